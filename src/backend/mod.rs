@@ -1,0 +1,58 @@
+//! Backends run models. `Backend` inspects model files and creates `Runner`s; each runner is
+//! one session, owned by one instance thread (`instance`). ONNX Runtime lives in `ort/` only.
+
+pub mod instance;
+pub mod ort;
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::model::{InstanceSpec, ModelSpec};
+use crate::tensor::{DataType, Tensor};
+
+/// The inputs and outputs a model file declares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelIo {
+    pub inputs: Vec<IoDesc>,
+    pub outputs: Vec<IoDesc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IoDesc {
+    pub name: String,
+    /// `Err(type name)` when the element type has no KServe datatype (the model cannot be served).
+    pub dtype: Result<DataType, String>,
+    /// -1 for symbolic or unknown dimensions.
+    pub shape: Vec<i64>,
+}
+
+/// Time spent in each phase of one execution.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ComputeTimes {
+    pub input: Duration,
+    pub infer: Duration,
+    pub output: Duration,
+}
+
+pub struct RunOutput {
+    /// One per requested output, in the order asked.
+    pub tensors: Vec<Tensor>,
+    pub times: ComputeTimes,
+}
+
+/// One loaded model instance. `run` takes `&mut self`: a runner is used by one thread at a time.
+pub trait Runner: Send + 'static {
+    /// Runs the model. `inputs` carry the shapes the model expects (batch dim included);
+    /// `outputs` names the model outputs to return.
+    fn run(&mut self, inputs: Vec<Tensor>, outputs: &[&str]) -> Result<RunOutput>;
+}
+
+pub trait Backend: Send + Sync + 'static {
+    /// Reads the inputs and outputs of a model file (used by auto-complete and load validation).
+    fn inspect(&self, path: &Path) -> Result<ModelIo>;
+
+    /// Creates the runner for instance `index` of `group`. Called on a loading thread, never on
+    /// an async worker.
+    fn create_runner(&self, spec: &ModelSpec, group: &InstanceSpec, index: u32) -> Result<Box<dyn Runner>>;
+}

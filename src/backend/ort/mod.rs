@@ -1,0 +1,234 @@
+//! ONNX Runtime backend: the only module that names `ort::`. The library is loaded at run time
+//! (`load-dynamic`) from the path the server was given; one `Session` per instance.
+
+#![allow(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ort::environment::Environment;
+use ort::memory::Allocator;
+use ort::session::Session;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
+
+use super::{Backend, ComputeTimes, IoDesc, ModelIo, RunOutput, Runner};
+use crate::error::{Error, Result};
+use crate::model::{DeviceKind, InstanceSpec, ModelSpec};
+use crate::tensor::{DataType, Tensor, bytes_codec};
+
+/// Default library location, created by `scripts/install-onnxruntime.sh`.
+pub const DEFAULT_DYLIB: &str = ".ort/libonnxruntime.so.1.31.1";
+
+pub struct OrtBackend {
+    env: Environment,
+    /// Cores available to this process (cgroup-aware), shared out among instances.
+    cores: usize,
+}
+
+impl OrtBackend {
+    /// Loads ONNX Runtime from `path` (or `ORT_DYLIB_PATH`, or the default). A missing or
+    /// unloadable library is an error with an instruction, never a panic.
+    pub fn init(path: Option<&Path>) -> Result<Self> {
+        let path: PathBuf = match path {
+            Some(p) => p.to_path_buf(),
+            None => std::env::var_os("ORT_DYLIB_PATH")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DYLIB)),
+        };
+        if !path.is_file() {
+            return Err(Error::unavailable(format!(
+                "ONNX Runtime library not found at '{}'. Run scripts/install-onnxruntime.sh (it extracts it from the PyPI wheel onnxruntime==1.31.1 into .ort/), or set ORT_DYLIB_PATH / --backend-config=onnxruntime,library-path=<file>.",
+                path.display()
+            )));
+        }
+        let builder = ort::init_from(&path).map_err(|e| {
+            Error::unavailable(format!("failed to load ONNX Runtime from '{}': {e}", path.display()))
+        })?;
+        let env = builder
+            .with_name("nereid")
+            .build()
+            .map_err(|e| Error::internal(format!("failed to create the ONNX Runtime environment: {e}")))?;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        tracing::info!(path = %path.display(), cores, "ONNX Runtime loaded");
+        Ok(OrtBackend { env, cores })
+    }
+
+    fn builder(&self) -> Result<SessionBuilder> {
+        Session::builder(&self.env).map_err(ort_err)
+    }
+}
+
+fn ort_err(e: impl std::fmt::Display) -> Error {
+    Error::internal(format!("onnx runtime error: {e}"))
+}
+
+/// `SessionBuilder` methods return an error type that owns the builder; keep only the message.
+fn opt<T>(r: std::result::Result<T, ort::Error<SessionBuilder>>) -> Result<T> {
+    r.map_err(|e| Error::invalid_arg(format!("onnx runtime error: {}", ort::Error::<()>::from(e))))
+}
+
+impl Backend for OrtBackend {
+    fn inspect(&self, path: &Path) -> Result<ModelIo> {
+        let mut b = opt(self.builder()?.with_intra_threads(1))?;
+        b = opt(b.with_optimization_level(GraphOptimizationLevel::Disable))?;
+        let session = b.commit_from_file(path).map_err(|e| load_err(path, e))?;
+        let desc = |outlets: &[ort::value::Outlet]| -> Vec<IoDesc> {
+            outlets
+                .iter()
+                .map(|o| {
+                    let (dtype, shape) = match o.dtype() {
+                        ValueType::Tensor { ty, shape, .. } => {
+                            (from_element_type(*ty).ok_or_else(|| ty.to_string()), shape.iter().copied().collect())
+                        }
+                        other => (Err(other.to_string()), vec![]),
+                    };
+                    IoDesc { name: o.name().to_string(), dtype, shape }
+                })
+                .collect()
+        };
+        Ok(ModelIo { inputs: desc(session.inputs()), outputs: desc(session.outputs()) })
+    }
+
+    fn create_runner(&self, spec: &ModelSpec, group: &InstanceSpec, _index: u32) -> Result<Box<dyn Runner>> {
+        if let DeviceKind::Gpu(id) = group.kind {
+            return Err(Error::invalid_arg(format!(
+                "instance group {} of model '{}' has kind KIND_GPU (device {id}) but this server build runs ONNX Runtime on CPU only",
+                group.name, spec.name
+            )));
+        }
+        let intra = if spec.ort.intra_op_threads > 0 {
+            spec.ort.intra_op_threads
+        } else {
+            (self.cores / spec.instance_count().max(1)).max(1)
+        };
+        let inter = spec.ort.inter_op_threads.max(1);
+        let level = match spec.ort.graph_level {
+            -1 => GraphOptimizationLevel::Level1,
+            1 => GraphOptimizationLevel::Level2,
+            2 => GraphOptimizationLevel::Disable,
+            _ => GraphOptimizationLevel::Level3,
+        };
+        let mut b = opt(self.builder()?.with_intra_threads(intra))?;
+        b = opt(b.with_inter_threads(inter))?;
+        b = opt(b.with_parallel_execution(spec.ort.parallel_execution))?;
+        b = opt(b.with_optimization_level(level))?;
+        if let Some(p) = spec.ort.mem_pattern {
+            b = opt(b.with_memory_pattern(p))?;
+        }
+        if let Some(arena) = spec.ort.mem_arena {
+            b = opt(b.with_config_entry("session.use_arena", if arena { "1" } else { "0" }))?;
+        }
+        let session = b.commit_from_file(&spec.model_path).map_err(|e| load_err(&spec.model_path, e))?;
+        Ok(Box::new(OrtRunner { session }))
+    }
+}
+
+fn load_err(path: &Path, e: ort::Error) -> Error {
+    Error::invalid_arg(format!("failed to load model file '{}': onnx runtime error: {e}", path.display()))
+}
+
+struct OrtRunner {
+    session: Session,
+}
+
+impl Runner for OrtRunner {
+    fn run(&mut self, inputs: Vec<Tensor>, outputs: &[&str]) -> Result<RunOutput> {
+        let t0 = Instant::now();
+        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+        for t in inputs {
+            let value = to_ort(&t)?;
+            values.push((t.name, value));
+        }
+        let t1 = Instant::now();
+        let results = self.session.run(values).map_err(|e| Error::internal(format!("onnx runtime error: {e}")))?;
+        let t2 = Instant::now();
+        let mut tensors = Vec::with_capacity(outputs.len());
+        for name in outputs {
+            let value = results
+                .get(name)
+                .ok_or_else(|| Error::internal(format!("model did not produce output '{name}'")))?;
+            tensors.push(from_ort(name, value)?);
+        }
+        let t3 = Instant::now();
+        Ok(RunOutput { tensors, times: ComputeTimes { input: t1 - t0, infer: t2 - t1, output: t3 - t2 } })
+    }
+}
+
+fn to_ort(t: &Tensor) -> Result<DynValue> {
+    if t.dtype == DataType::Bytes {
+        let elements = bytes_codec::decode(&t.data, t.element_count())
+            .map_err(|e| Error::invalid_arg(format!("input '{}': {e}", t.name)))?;
+        let strings = elements
+            .into_iter()
+            .map(|e| {
+                let text = std::str::from_utf8(e).ok().filter(|s| !s.contains('\0'));
+                text.map(str::to_owned).ok_or_else(|| {
+                    Error::invalid_arg(format!(
+                        "input '{}': ONNX Runtime string tensors need UTF-8 text without NUL bytes",
+                        t.name
+                    ))
+                })
+            })
+            .collect::<Result<Vec<String>>>()?;
+        let shape: Vec<i64> = t.shape.clone();
+        return Ok(OrtTensor::from_string_array((shape, strings.as_slice())).map_err(ort_err)?.into_dyn());
+    }
+    let mut value = DynTensor::new(&Allocator::default(), element_type(t.dtype), t.shape.clone()).map_err(ort_err)?;
+    if !t.data.is_empty() {
+        let dst = value.data_ptr_mut().cast::<u8>();
+        // SAFETY: the tensor was just allocated on the CPU with `shape` × element size bytes, which
+        // `validate` checked equals `t.data.len()`; the regions cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(t.data.as_ptr(), dst, t.data.len()) };
+    }
+    Ok(value.into_dyn())
+}
+
+fn from_ort(name: &str, value: &DynValue) -> Result<Tensor> {
+    let ValueType::Tensor { ty, shape, .. } = value.dtype() else {
+        return Err(Error::internal(format!("output '{name}' is not a tensor")));
+    };
+    let dtype = from_element_type(*ty)
+        .ok_or_else(|| Error::internal(format!("output '{name}' has unsupported element type {ty}")))?;
+    let shape: Vec<i64> = shape.iter().copied().collect();
+    let data = if dtype == DataType::Bytes {
+        let (_, strings) = value.try_extract_strings().map_err(ort_err)?;
+        bytes_codec::encode(strings.iter().map(|s| s.as_bytes()))
+    } else {
+        let len = crate::tensor::element_count(&shape) * dtype.byte_size().expect("fixed-size type");
+        let tensor = value.view().downcast::<DynTensorValueType>().map_err(ort_err)?;
+        let src = tensor.data_ptr().cast::<u8>();
+        if len == 0 || src.is_null() {
+            Vec::new()
+        } else {
+            // SAFETY: a CPU tensor of `shape` and this element type holds exactly `len` bytes at `src`,
+            // alive while `value` is borrowed.
+            unsafe { std::slice::from_raw_parts(src, len) }.to_vec()
+        }
+    };
+    Ok(Tensor { name: name.to_string(), dtype, shape, data: data.into() })
+}
+
+fn element_type(d: DataType) -> TensorElementType {
+    match d {
+        DataType::Bool => TensorElementType::Bool,
+        DataType::Uint8 => TensorElementType::Uint8,
+        DataType::Uint16 => TensorElementType::Uint16,
+        DataType::Uint32 => TensorElementType::Uint32,
+        DataType::Uint64 => TensorElementType::Uint64,
+        DataType::Int8 => TensorElementType::Int8,
+        DataType::Int16 => TensorElementType::Int16,
+        DataType::Int32 => TensorElementType::Int32,
+        DataType::Int64 => TensorElementType::Int64,
+        DataType::Fp16 => TensorElementType::Float16,
+        DataType::Fp32 => TensorElementType::Float32,
+        DataType::Fp64 => TensorElementType::Float64,
+        DataType::Bytes => TensorElementType::String,
+        DataType::Bf16 => TensorElementType::Bfloat16,
+    }
+}
+
+fn from_element_type(t: TensorElementType) -> Option<DataType> {
+    DataType::ALL.into_iter().find(|d| element_type(*d) == t)
+}

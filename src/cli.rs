@@ -1,0 +1,282 @@
+//! The command line, with `tritonserver`'s flag names, turned into a validated `ServerConfig`.
+//! Pure: no I/O beyond checking that repositories exist.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::model::manager::ManagerOptions;
+use crate::scheduler::DEFAULT_QUEUE_CAPACITY;
+
+/// Parses Triton's boolean spellings: true/false, on/off, 1/0 (any case).
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "on" | "1" => Ok(true),
+        "false" | "off" | "0" => Ok(false),
+        _ => Err(format!("expected true/false, on/off or 1/0, got '{s}'")),
+    }
+}
+
+/// `--log-verbose` takes a level; `true`/`false` mean 1/0 as in Triton.
+fn parse_verbose(s: &str) -> Result<u32, String> {
+    s.parse::<u32>().or_else(|_| parse_bool(s).map(u32::from))
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nereid",
+    version,
+    about = "Nereid: a Triton-compatible inference server for ONNX models (KServe v2 gRPC).",
+    long_about = "Nereid serves a Triton model repository of ONNX models over the KServe v2 gRPC protocol with Triton's extensions. Flags follow tritonserver's names; boolean flags take true/false, on/off or 1/0."
+)]
+pub struct Cli {
+    /// Model repository folder (<repo>/<model>/config.pbtxt, <repo>/<model>/<version>/model.onnx). Repeatable.
+    #[arg(long = "model-repository", alias = "model-store", value_name = "DIR", required = true)]
+    pub model_repository: Vec<PathBuf>,
+
+    /// Model control mode. Only `none` (load every model at startup; no load/unload API) is available in this release.
+    #[arg(long, default_value = "none", value_name = "MODE")]
+    pub model_control_mode: String,
+
+    /// Use <model>/configs/<NAME>.pbtxt instead of config.pbtxt where it exists.
+    #[arg(long, value_name = "NAME")]
+    pub model_config_name: Option<String>,
+
+    /// Turn off auto-complete of model configs from the ONNX file; configs must then list inputs and outputs.
+    #[arg(long)]
+    pub disable_auto_complete_config: bool,
+
+    /// Deprecated alias: `true` is the same as --disable-auto-complete-config.
+    #[arg(long, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
+    pub strict_model_config: bool,
+
+    /// Ready only when every model is loaded (true), or as soon as the server started (false).
+    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    pub strict_readiness: bool,
+
+    /// Exit when a model fails to load at startup.
+    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    pub exit_on_error: bool,
+
+    /// Seconds to let in-flight requests finish after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub exit_timeout_secs: u64,
+
+    /// Models loaded in parallel at startup.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub model_load_thread_count: usize,
+
+    /// Server name reported by ServerMetadata.
+    #[arg(long, default_value = "triton", value_name = "ID")]
+    pub id: String,
+
+    /// Serve the gRPC protocol.
+    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    pub allow_grpc: bool,
+
+    /// gRPC port (0 picks a free port; the log line "Started GRPCInferenceService at ..." shows it).
+    #[arg(long, default_value_t = 8001, value_name = "PORT")]
+    pub grpc_port: u16,
+
+    /// Address the gRPC server binds.
+    #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
+    pub grpc_address: IpAddr,
+
+    /// Serve HTTP/REST. Accepted for tritonserver compatibility; this release serves gRPC only.
+    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    pub allow_http: bool,
+
+    /// HTTP port. Accepted for compatibility; not served by this release.
+    #[arg(long, default_value_t = 8000, value_name = "PORT")]
+    pub http_port: u16,
+
+    /// Serve Prometheus metrics. Accepted for compatibility; not served by this release.
+    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    pub allow_metrics: bool,
+
+    /// Metrics port. Accepted for compatibility; not served by this release.
+    #[arg(long, default_value_t = 8002, value_name = "PORT")]
+    pub metrics_port: u16,
+
+    /// Backend settings: `onnxruntime,default-max-batch-size=N` (or the global `default-max-batch-size=N`). Repeatable.
+    #[arg(long, value_name = "SETTING")]
+    pub backend_config: Vec<String>,
+
+    /// The ONNX Runtime shared library (default: $ORT_DYLIB_PATH, else .ort/libonnxruntime.so.1.31.1).
+    #[arg(long, env = "ORT_DYLIB_PATH", value_name = "FILE")]
+    pub onnxruntime_library: Option<PathBuf>,
+
+    /// Verbose logging level (0 = off).
+    #[arg(long, value_parser = parse_verbose, default_value = "0", value_name = "LEVEL")]
+    pub log_verbose: u32,
+
+    /// Log info messages.
+    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    pub log_info: bool,
+
+    /// Log warnings.
+    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    pub log_warning: bool,
+
+    /// Log errors.
+    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    pub log_error: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub manager: ManagerOptions,
+    pub server_id: String,
+    /// None when gRPC is turned off.
+    pub grpc_addr: Option<SocketAddr>,
+    pub grpc_max_message_bytes: usize,
+    pub exit_on_error: bool,
+    pub exit_timeout: Duration,
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Flags accepted for compatibility but not acted on, to be logged at startup.
+    pub ignored: Vec<String>,
+}
+
+impl ServerConfig {
+    /// The defaults of a server over `repos`, for tests and embedding.
+    pub fn new(repos: Vec<PathBuf>) -> Self {
+        Cli::parse_from(std::iter::once("nereid".to_string()).chain(repos.iter().map(|r| format!("--model-repository={}", r.display()))))
+            .into_config()
+            .expect("default flags are valid")
+    }
+}
+
+impl Cli {
+    pub fn into_config(self) -> Result<ServerConfig, String> {
+        match self.model_control_mode.to_ascii_lowercase().as_str() {
+            "none" => {}
+            "poll" | "explicit" => {
+                return Err(format!(
+                    "--model-control-mode={} is not available in this release; use 'none'",
+                    self.model_control_mode
+                ));
+            }
+            other => return Err(format!("invalid --model-control-mode '{other}': expected none, poll or explicit")),
+        }
+        if let Some(name) = &self.model_config_name
+            && (name.is_empty() || name.contains(char::is_whitespace))
+        {
+            return Err(format!("--model-config-name must be a non-empty name without spaces, got '{name}'"));
+        }
+        if self.model_load_thread_count == 0 {
+            return Err("--model-load-thread-count must be at least 1".into());
+        }
+        let mut default_max_batch_size = 4;
+        let mut ignored = Vec::new();
+        for setting in &self.backend_config {
+            let (backend, kv) = match setting.split_once(',') {
+                Some((b, kv)) => (Some(b), kv),
+                None => (None, setting.as_str()),
+            };
+            let Some((key, value)) = kv.split_once('=') else {
+                return Err(format!("--backend-config '{setting}': expected [<backend>,]<key>=<value>"));
+            };
+            match (backend, key) {
+                (None | Some("onnxruntime"), "default-max-batch-size") => {
+                    default_max_batch_size = value
+                        .parse()
+                        .map_err(|_| format!("--backend-config '{setting}': default-max-batch-size must be a non-negative integer"))?;
+                }
+                _ => ignored.push(format!("--backend-config={setting}")),
+            }
+        }
+        for r in &self.model_repository {
+            if !r.is_dir() {
+                return Err(format!("model repository '{}' does not exist or is not a folder", r.display()));
+            }
+        }
+        if self.allow_http {
+            ignored.push(format!("--http-port={} (HTTP/REST is not served by this release)", self.http_port));
+        }
+        if self.allow_metrics {
+            ignored.push(format!("--metrics-port={} (metrics are not served by this release)", self.metrics_port));
+        }
+        Ok(ServerConfig {
+            manager: ManagerOptions {
+                repositories: self.model_repository,
+                auto_complete: !(self.disable_auto_complete_config || self.strict_model_config),
+                default_max_batch_size,
+                config_name: self.model_config_name,
+                load_threads: self.model_load_thread_count,
+                strict_readiness: self.strict_readiness,
+                queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            },
+            server_id: self.id,
+            grpc_addr: self.allow_grpc.then_some(SocketAddr::new(self.grpc_address, self.grpc_port)),
+            grpc_max_message_bytes: crate::frontend::grpc::MAX_MESSAGE_BYTES,
+            exit_on_error: self.exit_on_error,
+            exit_timeout: Duration::from_secs(self.exit_timeout_secs),
+            onnxruntime_library: self.onnxruntime_library,
+            ignored,
+        })
+    }
+
+    /// The tracing filter the logging flags ask for.
+    pub fn log_filter(&self) -> String {
+        let level = if self.log_verbose > 0 {
+            "debug"
+        } else if self.log_info {
+            "info"
+        } else if self.log_warning {
+            "warn"
+        } else if self.log_error {
+            "error"
+        } else {
+            "off"
+        };
+        // ONNX Runtime logs dozens of lines per session at info; keep them at warn unless verbose.
+        if self.log_verbose > 1 { level.to_string() } else { format!("{level},ort=warn") }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServerConfig, String> {
+        let dir = std::env::temp_dir();
+        let repo = format!("--model-repository={}", dir.display());
+        let argv = ["nereid", repo.as_str()].into_iter().chain(args.iter().copied());
+        Cli::try_parse_from(argv).map_err(|e| e.to_string())?.into_config()
+    }
+
+    #[test]
+    fn defaults_match_tritonserver() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.server_id, "triton");
+        assert_eq!(c.grpc_addr.unwrap().port(), 8001);
+        assert!(c.manager.auto_complete && c.manager.strict_readiness && c.exit_on_error);
+        assert_eq!(c.manager.default_max_batch_size, 4);
+        assert_eq!(c.manager.load_threads, 4);
+        assert_eq!(c.exit_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn flag_spellings() {
+        let c = parse(&["--strict-model-config=true", "--exit-on-error=off", "--id=nereid", "--grpc-port=9001"]).unwrap();
+        assert!(!c.manager.auto_complete && !c.exit_on_error);
+        assert_eq!(c.server_id, "nereid");
+        assert_eq!(c.grpc_addr.unwrap().port(), 9001);
+        assert!(!parse(&["--disable-auto-complete-config"]).unwrap().manager.auto_complete);
+        let c = parse(&["--backend-config=onnxruntime,default-max-batch-size=16"]).unwrap();
+        assert_eq!(c.manager.default_max_batch_size, 16);
+        assert!(parse(&["--allow-grpc=false"]).unwrap().grpc_addr.is_none());
+    }
+
+    #[test]
+    fn bad_flags_are_clear_errors() {
+        assert!(parse(&["--exit-on-error=maybe"]).unwrap_err().contains("expected true/false"));
+        assert!(parse(&["--no-such-flag"]).unwrap_err().contains("--no-such-flag"));
+        assert!(parse(&["--model-control-mode=sometimes"]).unwrap_err().contains("invalid --model-control-mode"));
+        let err = Cli::try_parse_from(["nereid", "--model-repository=/definitely/not/here"]).unwrap().into_config().unwrap_err();
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(Cli::try_parse_from(["nereid"]).is_err());
+    }
+}

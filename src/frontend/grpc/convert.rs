@@ -1,0 +1,300 @@
+//! Wire ↔ core conversion for the gRPC front-end.
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::core::{ModelMetadata, ModelStatistics};
+use crate::error::{Error, Result};
+use crate::model::manager::IndexEntry;
+use crate::pb::inference::{
+    self as pb, infer_parameter::ParameterChoice, model_infer_request::InferInputTensor,
+    model_infer_response::InferOutputTensor, model_metadata_response::TensorMetadata,
+};
+use crate::request::{InferRequest, InferResponse, InputTensor, RequestParams, RequestedOutput};
+use crate::tensor::{DataType, bytes_codec};
+
+/// Decodes a `ModelInferRequest`. Raw entries are taken in input order; typed `contents` are
+/// converted to the same little-endian layout (narrowing 32-bit carriers as Triton does).
+pub fn infer_request(req: pb::ModelInferRequest, arrival: Instant) -> Result<InferRequest> {
+    let model = req.model_name.clone();
+    let params = request_params(&req.parameters)?;
+    let use_raw = !req.raw_input_contents.is_empty();
+    let mut raw = req.raw_input_contents.into_iter();
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    for input in req.inputs {
+        if let Some(p) = input.parameters.get("shared_memory_region") {
+            let region = match &p.parameter_choice {
+                Some(ParameterChoice::StringParam(s)) => s.clone(),
+                _ => String::new(),
+            };
+            return Err(Error::not_found(format!("Unable to find shared memory region: '{region}'")));
+        }
+        for key in ["shared_memory_offset", "shared_memory_byte_size"] {
+            if input.parameters.contains_key(key) {
+                return Err(Error::invalid_arg(format!(
+                    "'{key}' can not be specified without 'shared_memory_region' for input '{}'",
+                    input.name
+                )));
+            }
+        }
+        let data = if use_raw {
+            if input.contents.is_some() {
+                return Err(Error::invalid_arg(format!(
+                    "contents field must not be specified when using raw_input_contents for '{}' for model '{model}'",
+                    input.name
+                )));
+            }
+            raw.next().ok_or_else(|| no_data(&input.name, &model))?
+        } else {
+            typed_contents(&input, &model)?
+        };
+        inputs.push(InputTensor { name: input.name, datatype: input.datatype, shape: input.shape, data });
+    }
+    let mut outputs = Vec::with_capacity(req.outputs.len());
+    for o in req.outputs {
+        let classification = match o.parameters.get("classification").and_then(|p| p.parameter_choice.as_ref()) {
+            None => None,
+            Some(ParameterChoice::Int64Param(k)) if *k > 0 => Some((*k).min(u32::MAX as i64) as u32),
+            Some(_) => {
+                return Err(Error::invalid_arg(format!(
+                    "invalid value for 'classification' parameter of output '{}', expected a positive int64_param",
+                    o.name
+                )));
+            }
+        };
+        if o.parameters.contains_key("shared_memory_region") {
+            if classification.is_some() {
+                return Err(Error::invalid_arg(format!(
+                    "output '{}' can not request classification when using shared memory",
+                    o.name
+                )));
+            }
+            return Err(Error::not_found("Unable to find shared memory region for output '".to_string() + &o.name + "'"));
+        }
+        outputs.push(RequestedOutput { name: o.name, classification });
+    }
+    Ok(InferRequest { model_name: req.model_name, model_version: req.model_version, id: req.id, inputs, outputs, params, arrival })
+}
+
+fn no_data(input: &str, model: &str) -> Error {
+    Error::invalid_arg(format!("unable to find data for input tensor '{input}' for model '{model}' in request."))
+}
+
+fn request_params(map: &std::collections::HashMap<String, pb::InferParameter>) -> Result<RequestParams> {
+    let mut p = RequestParams::default();
+    for (key, value) in map {
+        let v = value.parameter_choice.as_ref();
+        let bad = |expected: &str| Error::invalid_arg(format!("invalid value type for '{key}' parameter, expected {expected}."));
+        match key.as_str() {
+            "priority" => {
+                p.priority = match v {
+                    Some(ParameterChoice::Int64Param(n)) if *n >= 0 => *n as u64,
+                    Some(ParameterChoice::Uint64Param(n)) => *n,
+                    _ => return Err(bad("int64_param or uint64_param")),
+                }
+            }
+            "timeout" => {
+                p.timeout_us = match v {
+                    Some(ParameterChoice::Int64Param(n)) if *n >= 0 => *n as u64,
+                    _ => return Err(bad("int64_param")),
+                }
+            }
+            "sequence_id" => match v {
+                Some(ParameterChoice::Int64Param(_)) | Some(ParameterChoice::StringParam(_)) => {}
+                _ => return Err(bad("int64_param or string_param")),
+            },
+            "sequence_start" | "sequence_end" | "triton_enable_empty_final_response" => match v {
+                Some(ParameterChoice::BoolParam(_)) => {}
+                _ => return Err(bad("bool_param")),
+            },
+            k if k.starts_with("triton_") => {
+                return Err(Error::invalid_arg(format!("parameter keys starting with 'triton_' are reserved, got '{k}'")));
+            }
+            _ => match v {
+                Some(ParameterChoice::Uint64Param(_)) => {
+                    return Err(Error::invalid_arg(format!(
+                        "uint64_param is only supported for the 'priority' parameter, got it for '{key}'"
+                    )));
+                }
+                None => return Err(bad("bool_param, int64_param, double_param or string_param")),
+                _ => {}
+            },
+        }
+    }
+    Ok(p)
+}
+
+/// Converts typed `contents` into raw little-endian bytes for the declared datatype.
+fn typed_contents(input: &InferInputTensor, model: &str) -> Result<Bytes> {
+    let Some(c) = &input.contents else {
+        return Err(no_data(&input.name, model));
+    };
+    let Some(dtype) = DataType::from_wire(&input.datatype) else {
+        return Err(Error::invalid_arg(format!(
+            "invalid datatype '{}' for input '{}' for model '{model}'",
+            input.datatype, input.name
+        )));
+    };
+    let mismatch = || {
+        Error::invalid_arg(format!(
+            "unexpected explicit tensor data for input tensor '{}' for model '{model}' of type {}, expected datatype {}",
+            input.name,
+            populated_field(c).unwrap_or("<none>"),
+            dtype.as_str()
+        ))
+    };
+    let expected_field = match dtype {
+        DataType::Bool => "bool_contents",
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => "int_contents",
+        DataType::Int64 => "int64_contents",
+        DataType::Uint8 | DataType::Uint16 | DataType::Uint32 => "uint_contents",
+        DataType::Uint64 => "uint64_contents",
+        DataType::Fp32 => "fp32_contents",
+        DataType::Fp64 => "fp64_contents",
+        DataType::Bytes => "bytes_contents",
+        DataType::Fp16 | DataType::Bf16 => {
+            return Err(Error::invalid_arg(format!(
+                "{} input '{}' for model '{model}' must be sent in raw_input_contents",
+                dtype.as_str(),
+                input.name
+            )));
+        }
+    };
+    if populated_field(c).is_some_and(|f| f != expected_field) {
+        return Err(mismatch());
+    }
+    let mut out = Vec::new();
+    match dtype {
+        DataType::Bool => out.extend(c.bool_contents.iter().map(|&b| b as u8)),
+        DataType::Int8 => out.extend(c.int_contents.iter().map(|&v| v as i8 as u8)),
+        DataType::Int16 => c.int_contents.iter().for_each(|&v| out.extend_from_slice(&(v as i16).to_le_bytes())),
+        DataType::Int32 => c.int_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Int64 => c.int64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Uint8 => out.extend(c.uint_contents.iter().map(|&v| v as u8)),
+        DataType::Uint16 => c.uint_contents.iter().for_each(|&v| out.extend_from_slice(&(v as u16).to_le_bytes())),
+        DataType::Uint32 => c.uint_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Uint64 => c.uint64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Fp32 => c.fp32_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Fp64 => c.fp64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Bytes => out = bytes_codec::encode(c.bytes_contents.iter().map(|b| b.as_ref())),
+        DataType::Fp16 | DataType::Bf16 => unreachable!("rejected above"),
+    }
+    Ok(out.into())
+}
+
+fn populated_field(c: &pb::InferTensorContents) -> Option<&'static str> {
+    [
+        (!c.bool_contents.is_empty(), "bool_contents"),
+        (!c.int_contents.is_empty(), "int_contents"),
+        (!c.int64_contents.is_empty(), "int64_contents"),
+        (!c.uint_contents.is_empty(), "uint_contents"),
+        (!c.uint64_contents.is_empty(), "uint64_contents"),
+        (!c.fp32_contents.is_empty(), "fp32_contents"),
+        (!c.fp64_contents.is_empty(), "fp64_contents"),
+        (!c.bytes_contents.is_empty(), "bytes_contents"),
+    ]
+    .into_iter()
+    .find_map(|(set, name)| set.then_some(name))
+}
+
+/// Outputs go in `raw_output_contents`, one entry per output at the same index.
+pub fn infer_response(resp: InferResponse) -> pb::ModelInferResponse {
+    let mut outputs = Vec::with_capacity(resp.outputs.len());
+    let mut raw = Vec::with_capacity(resp.outputs.len());
+    for t in resp.outputs {
+        outputs.push(InferOutputTensor {
+            name: t.name,
+            datatype: t.dtype.as_str().to_string(),
+            shape: t.shape,
+            ..Default::default()
+        });
+        raw.push(t.data);
+    }
+    pb::ModelInferResponse {
+        model_name: resp.model_name,
+        model_version: resp.model_version.to_string(),
+        id: resp.id,
+        parameters: Default::default(),
+        outputs,
+        raw_output_contents: raw,
+    }
+}
+
+pub fn model_metadata(m: ModelMetadata) -> pb::ModelMetadataResponse {
+    let batching = m.spec.batching();
+    let tensors = |ios: &[crate::model::IoSpec]| -> Vec<TensorMetadata> {
+        ios.iter()
+            .map(|io| {
+                let mut shape = io.dims.clone();
+                if batching {
+                    shape.insert(0, -1);
+                }
+                TensorMetadata { name: io.name.clone(), datatype: io.dtype.as_str().to_string(), shape }
+            })
+            .collect()
+    };
+    pb::ModelMetadataResponse {
+        name: m.name,
+        versions: m.versions,
+        platform: m.platform,
+        inputs: tensors(&m.spec.inputs),
+        outputs: tensors(&m.spec.outputs),
+    }
+}
+
+fn dur(d: crate::telemetry::stats::Dur) -> Option<pb::StatisticDuration> {
+    Some(pb::StatisticDuration { count: d.count, ns: d.ns })
+}
+
+pub fn model_statistics(stats: Vec<ModelStatistics>) -> pb::ModelStatisticsResponse {
+    let model_stats = stats
+        .into_iter()
+        .map(|m| {
+            let s = m.stats;
+            pb::ModelStatistics {
+                name: m.name,
+                version: m.version.to_string(),
+                last_inference: s.last_inference_ms,
+                inference_count: s.inference_count,
+                execution_count: s.execution_count,
+                inference_stats: Some(pb::InferStatistics {
+                    success: dur(s.success),
+                    fail: dur(s.fail),
+                    queue: dur(s.queue),
+                    compute_input: dur(s.compute_input),
+                    compute_infer: dur(s.compute_infer),
+                    compute_output: dur(s.compute_output),
+                    cache_hit: dur(Default::default()),
+                    cache_miss: dur(Default::default()),
+                }),
+                batch_stats: s
+                    .batches
+                    .iter()
+                    .map(|(size, b)| pb::InferBatchStatistics {
+                        batch_size: *size,
+                        compute_input: dur(b.compute_input),
+                        compute_infer: dur(b.compute_infer),
+                        compute_output: dur(b.compute_output),
+                    })
+                    .collect(),
+                memory_usage: vec![],
+                response_stats: Default::default(),
+            }
+        })
+        .collect();
+    pb::ModelStatisticsResponse { model_stats }
+}
+
+pub fn repository_index(rows: Vec<IndexEntry>) -> pb::RepositoryIndexResponse {
+    pb::RepositoryIndexResponse {
+        models: rows
+            .into_iter()
+            .map(|r| pb::repository_index_response::ModelIndex {
+                name: r.name,
+                version: r.version.map(|v| v.to_string()).unwrap_or_default(),
+                state: r.state.map(|s| s.as_str().to_string()).unwrap_or_default(),
+                reason: r.reason,
+            })
+            .collect(),
+    }
+}

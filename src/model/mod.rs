@@ -1,0 +1,79 @@
+//! Models: configuration (`config`), the repository on disk (`repository`), lifecycle
+//! states (`state`) and the manager that owns them (`manager`).
+//!
+//! `ModelSpec` is the server's own, validated view of an effective config: the scheduler,
+//! the backend and `validate` work from it and never see the protobuf message.
+
+pub mod autocomplete;
+pub mod config;
+pub mod manager;
+pub mod repository;
+pub mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::tensor::DataType;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    pub name: String,
+    pub version: i64,
+    /// 0 = the model does not batch; inputs carry no batch dimension.
+    pub max_batch_size: u32,
+    pub inputs: Vec<IoSpec>,
+    pub outputs: Vec<IoSpec>,
+    /// The ONNX file this version runs.
+    pub model_path: PathBuf,
+    pub instances: Vec<InstanceSpec>,
+    pub ort: OrtOptions,
+}
+
+impl ModelSpec {
+    pub fn batching(&self) -> bool {
+        self.max_batch_size > 0
+    }
+
+    pub fn instance_count(&self) -> usize {
+        self.instances.iter().map(|g| g.count as usize).sum()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IoSpec {
+    pub name: String,
+    pub dtype: DataType,
+    /// Shape without the batch dimension; -1 = variable.
+    pub dims: Vec<i64>,
+    /// Shape the model itself sees/produces (without batch dim), when it differs from `dims`.
+    pub reshape: Option<Vec<i64>>,
+    pub optional: bool,
+    /// Labels for the classification extension (outputs only).
+    pub labels: Option<Arc<Vec<String>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+    Gpu(i32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSpec {
+    pub name: String,
+    pub kind: DeviceKind,
+    pub count: u32,
+}
+
+/// Session options from the config's `parameters` and `optimization`, as Triton's ORT backend names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrtOptions {
+    /// 0 = chosen by the server so that instances × threads fits the cores.
+    pub intra_op_threads: usize,
+    pub inter_op_threads: usize,
+    pub parallel_execution: bool,
+    /// `optimization.graph.level`: 0 all, -1 basic, 1 extended, 2 disabled.
+    pub graph_level: i32,
+    pub mem_arena: Option<bool>,
+    pub mem_pattern: Option<bool>,
+}

@@ -1,0 +1,265 @@
+//! A batch: requests that execute together on one instance. Assembles the model inputs
+//! (concatenating rows, applying `reshape`), runs, scatters outputs back to each request
+//! (undoing `reshape`, classification), replies and records statistics.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::backend::instance::Job;
+use crate::backend::{ComputeTimes, Runner};
+use crate::error::{Error, Result};
+use crate::model::{IoSpec, ModelSpec};
+use crate::request::InferResponse;
+use crate::telemetry::stats::ModelStats;
+use crate::tensor::{DataType, Tensor, bytes_codec};
+use crate::validate::{OutputRequest, ValidRequest};
+
+/// What every batch of one model version shares.
+pub struct ExecContext {
+    pub spec: Arc<ModelSpec>,
+    pub stats: Arc<ModelStats>,
+}
+
+/// One queued request and the channel its reply must go to. Whoever holds an `Entry` owns the
+/// obligation to reply (or to drop it, which the waiting caller sees as cancellation).
+pub struct Entry {
+    pub req: ValidRequest,
+    pub reply: oneshot::Sender<Result<InferResponse>>,
+    pub arrival: Instant,
+    pub enqueued: Instant,
+}
+
+pub struct Batch {
+    ctx: Arc<ExecContext>,
+    entries: Vec<Entry>,
+}
+
+impl Batch {
+    pub fn new(ctx: Arc<ExecContext>, entries: Vec<Entry>) -> Self {
+        Batch { ctx, entries }
+    }
+}
+
+impl Job for Batch {
+    fn execute(self, runner: &mut dyn Runner) {
+        let Batch { ctx, entries } = self;
+        let start = Instant::now();
+        // Work whose client has gone is never run.
+        let (entries, gone): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| !e.reply.is_closed());
+        for e in gone {
+            ctx.stats.record_failure(start - e.enqueued);
+        }
+        if entries.is_empty() {
+            return;
+        }
+        let rows: Vec<usize> = entries.iter().map(|e| e.req.batch_size).collect();
+        let result = assemble(&ctx.spec, &entries).and_then(|(inputs, wanted)| {
+            let names: Vec<&str> = wanted.iter().map(|&i| ctx.spec.outputs[i].name.as_str()).collect();
+            let out = runner.run(inputs, &names)?;
+            Ok((wanted, out))
+        });
+        let (wanted, out) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let now = Instant::now();
+                for entry in entries {
+                    ctx.stats.record_failure(now - entry.enqueued);
+                    let _ = entry.reply.send(Err(e.clone().with_request_id(&entry.req.id)));
+                }
+                return;
+            }
+        };
+        let times = out.times;
+        let scattered = scatter(&ctx.spec, &wanted, out.tensors, &rows);
+        ctx.stats.record_execution(rows.iter().sum(), times);
+        respond(&ctx, entries, &wanted, scattered, start, times);
+    }
+}
+
+/// Builds the model's input tensors from the entries, and the sorted set of outputs any entry wants.
+fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tensor>, Vec<usize>)> {
+    let mut inputs = Vec::with_capacity(spec.inputs.len());
+    for io in &spec.inputs {
+        let parts: Vec<&Tensor> = entries.iter().filter_map(|e| e.req.inputs.iter().find(|t| t.name == io.name)).collect();
+        if parts.is_empty() {
+            continue; // an optional input nobody sent
+        }
+        let mut t = if spec.batching() { Tensor::concat_rows(&parts) } else { parts[0].clone() };
+        if let Some(reshape) = &io.reshape {
+            t.shape = model_shape(&t.shape, io, reshape, spec.batching());
+        }
+        inputs.push(t);
+    }
+    let mut wanted: Vec<usize> = entries.iter().flat_map(|e| e.req.outputs.iter().map(|o| o.index)).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    Ok((inputs, wanted))
+}
+
+/// The shape the model sees for an input with `reshape`: the request's variable dims fill the
+/// reshape's -1 entries in order.
+fn model_shape(shape: &[i64], io: &IoSpec, reshape: &[i64], batching: bool) -> Vec<i64> {
+    let (head, item) = if batching { (&shape[..1], &shape[1..]) } else { (&shape[..0], shape) };
+    let mut vars = item.iter().zip(&io.dims).filter(|(_, d)| **d == -1).map(|(s, _)| *s);
+    let mut out = head.to_vec();
+    out.extend(reshape.iter().map(|&r| if r == -1 { vars.next().unwrap_or(1) } else { r }));
+    out
+}
+
+/// Splits each output into per-request pieces, with shapes back in the config's `dims`.
+/// Returns, per output in `wanted` order, one tensor per entry.
+fn scatter(spec: &ModelSpec, wanted: &[usize], tensors: Vec<Tensor>, rows: &[usize]) -> Result<Vec<Vec<Tensor>>> {
+    let mut out = Vec::with_capacity(wanted.len());
+    for (&index, mut t) in wanted.iter().zip(tensors) {
+        let io = &spec.outputs[index];
+        if io.reshape.is_some() {
+            t.shape = config_shape(&t.shape, io, spec.batching());
+        }
+        if t.dtype != io.dtype {
+            return Err(Error::internal(format!(
+                "model produced {} for output '{}', its configuration says {}",
+                t.dtype.as_str(),
+                io.name,
+                io.dtype.as_str()
+            )));
+        }
+        let pieces = if spec.batching() { t.split_rows(rows)? } else { vec![t] };
+        out.push(pieces);
+    }
+    Ok(out)
+}
+
+/// Undoes an output `reshape`: dims keep their fixed entries and take the rest from the model's shape.
+fn config_shape(shape: &[i64], io: &IoSpec, batching: bool) -> Vec<i64> {
+    let (head, item) = if batching { (&shape[..1.min(shape.len())], &shape[1.min(shape.len())..]) } else { (&shape[..0], shape) };
+    let fixed: i64 = io.dims.iter().filter(|&&d| d > 0).product();
+    let elements: i64 = item.iter().product();
+    let vars = io.dims.iter().filter(|&&d| d == -1).count();
+    let mut out = head.to_vec();
+    for &d in &io.dims {
+        out.push(if d == -1 {
+            if vars == 1 && fixed > 0 { elements / fixed } else { -1 }
+        } else {
+            d
+        });
+    }
+    out
+}
+
+fn respond(ctx: &ExecContext, entries: Vec<Entry>, wanted: &[usize], scattered: Result<Vec<Vec<Tensor>>>, start: Instant, times: ComputeTimes) {
+    let spec = &ctx.spec;
+    let scattered = match scattered {
+        Ok(s) => s,
+        Err(e) => {
+            let now = Instant::now();
+            for entry in entries {
+                ctx.stats.record_failure(now - entry.enqueued);
+                let _ = entry.reply.send(Err(e.clone().with_request_id(&entry.req.id)));
+            }
+            return;
+        }
+    };
+    for (i, entry) in entries.into_iter().enumerate() {
+        let outputs: Result<Vec<Tensor>> = entry
+            .req
+            .outputs
+            .iter()
+            .map(|o| {
+                let k = wanted.iter().position(|&w| w == o.index).expect("wanted covers every request");
+                // A clone shares the data (`Bytes`); a request may name the same output twice.
+                finish_output(spec, o, scattered[k][i].clone())
+            })
+            .collect();
+        let now = Instant::now();
+        match outputs {
+            Ok(outputs) => {
+                ctx.stats.record_success(entry.req.batch_size, start - entry.enqueued, now - entry.enqueued, times);
+                let resp = InferResponse {
+                    model_name: spec.name.clone(),
+                    model_version: spec.version,
+                    id: entry.req.id.clone(),
+                    outputs,
+                };
+                let _ = entry.reply.send(Ok(resp));
+            }
+            Err(e) => {
+                ctx.stats.record_failure(now - entry.enqueued);
+                let _ = entry.reply.send(Err(e.with_request_id(&entry.req.id)));
+            }
+        }
+    }
+}
+
+fn finish_output(spec: &ModelSpec, o: &OutputRequest, t: Tensor) -> Result<Tensor> {
+    match o.classification {
+        None => Ok(t),
+        Some(k) => classify(spec, &spec.outputs[o.index], t, k as usize),
+    }
+}
+
+/// The classification extension: top-k "value:index[:label]" strings per batch item.
+fn classify(spec: &ModelSpec, io: &IoSpec, t: Tensor, k: usize) -> Result<Tensor> {
+    let values = numeric_values(&t)?;
+    let rows = if spec.batching() { t.shape.first().copied().unwrap_or(1).max(0) as usize } else { 1 };
+    let per_row = if rows == 0 { 0 } else { values.len() / rows };
+    let k = k.min(per_row);
+    let mut strings: Vec<String> = Vec::with_capacity(rows * k);
+    for r in 0..rows {
+        let row = &values[r * per_row..(r + 1) * per_row];
+        let mut idx: Vec<usize> = (0..row.len()).collect();
+        idx.sort_by(|&a, &b| row[b].0.partial_cmp(&row[a].0).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+        for &i in idx.iter().take(k) {
+            let label = io.labels.as_ref().and_then(|l| l.get(i));
+            strings.push(match label {
+                Some(l) => format!("{}:{i}:{l}", row[i].1),
+                None => format!("{}:{i}", row[i].1),
+            });
+        }
+    }
+    let shape = if spec.batching() { vec![rows as i64, k as i64] } else { vec![k as i64] };
+    Ok(Tensor {
+        name: t.name,
+        dtype: DataType::Bytes,
+        shape,
+        data: bytes_codec::encode(strings.iter().map(|s| s.as_bytes())).into(),
+    })
+}
+
+/// Elements as (ordering key, text as Triton prints it).
+fn numeric_values(t: &Tensor) -> Result<Vec<(f64, String)>> {
+    macro_rules! ints {
+        ($ty:ty) => {
+            t.data.chunks_exact(size_of::<$ty>()).map(|c| {
+                let v = <$ty>::from_le_bytes(c.try_into().expect("chunk size"));
+                (v as f64, v.to_string())
+            }).collect()
+        };
+    }
+    macro_rules! floats {
+        ($conv:expr, $n:expr) => {
+            t.data.chunks_exact($n).map(|c| {
+                let v: f64 = $conv(c);
+                (v, format!("{v:.6}"))
+            }).collect()
+        };
+    }
+    Ok(match t.dtype {
+        DataType::Bool | DataType::Uint8 => ints!(u8),
+        DataType::Int8 => ints!(i8),
+        DataType::Uint16 => ints!(u16),
+        DataType::Int16 => ints!(i16),
+        DataType::Uint32 => ints!(u32),
+        DataType::Int32 => ints!(i32),
+        DataType::Uint64 => ints!(u64),
+        DataType::Int64 => ints!(i64),
+        DataType::Fp16 => floats!(|c: &[u8]| half::f16::from_le_bytes([c[0], c[1]]).to_f64(), 2),
+        DataType::Bf16 => floats!(|c: &[u8]| half::bf16::from_le_bytes([c[0], c[1]]).to_f64(), 2),
+        DataType::Fp32 => floats!(|c: &[u8]| f32::from_le_bytes(c.try_into().expect("4")) as f64, 4),
+        DataType::Fp64 => floats!(|c: &[u8]| f64::from_le_bytes(c.try_into().expect("8")), 8),
+        DataType::Bytes => {
+            return Err(Error::invalid_arg(format!("classification is not supported for BYTES output '{}'", t.name)));
+        }
+    })
+}

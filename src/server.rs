@@ -1,0 +1,129 @@
+//! Composition root: backend, manager, core and front-ends wired together; startup loads,
+//! readiness, and a graceful stop. The caller binds the listeners and owns the stop signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::backend::Backend;
+use crate::backend::ort::OrtBackend;
+use crate::cli::ServerConfig;
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::frontend::grpc::{GrpcService, HealthService};
+use crate::model::manager::ModelManager;
+use crate::pb::health::health_server::HealthServer;
+use crate::pb::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+
+pub struct RunningServer {
+    pub grpc_addr: Option<SocketAddr>,
+    pub core: Arc<Core>,
+    grpc: Option<JoinHandle<Result<()>>>,
+}
+
+/// Binds `addr`, with Triton's message when the port is taken.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => Error::unavailable(format!("Socket '{addr}' already in use")),
+        _ => Error::unavailable(format!("failed to bind '{addr}': {e}")),
+    })
+}
+
+impl RunningServer {
+    /// Starts serving on `grpc_listener` at once (ServerLive is true from here), loads the
+    /// repository, and returns when the startup loads are done. `shutdown` resolving stops the
+    /// server: new requests are refused, in-flight ones get `exit_timeout` to finish.
+    pub async fn start(
+        config: ServerConfig,
+        grpc_listener: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<RunningServer> {
+        let backend: Arc<dyn Backend> = {
+            let lib = config.onnxruntime_library.clone();
+            let b = tokio::task::spawn_blocking(move || OrtBackend::init(lib.as_deref()))
+                .await
+                .map_err(|e| Error::internal(format!("ONNX Runtime initialisation panicked: {e}")))??;
+            Arc::new(b)
+        };
+        let manager = Arc::new(ModelManager::new(backend, config.manager.clone()));
+        let core = Arc::new(Core::new(manager.clone(), config.server_id.clone()));
+        for flag in &config.ignored {
+            tracing::warn!("ignoring {flag}");
+        }
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        {
+            let core = core.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                tracing::info!("shutting down: refusing new requests, finishing in-flight ones");
+                core.begin_shutdown();
+                let _ = stop_tx.send(true);
+            });
+        }
+
+        let mut grpc_addr = None;
+        let mut grpc = None;
+        if let Some(listener) = grpc_listener {
+            let addr = listener.local_addr().map_err(|e| Error::internal(e.to_string()))?;
+            grpc_addr = Some(addr);
+            let limit = config.grpc_max_message_bytes;
+            let svc = GrpcInferenceServiceServer::new(GrpcService::new(core.clone()))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
+            let health = HealthServer::new(HealthService::new(core.clone()));
+            let mut stop = stop_rx.clone();
+            let timeout = config.exit_timeout;
+            grpc = Some(tokio::spawn(async move {
+                let serve = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .add_service(health)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    });
+                let mut stop = stop_rx;
+                tokio::pin!(serve);
+                tokio::select! {
+                    r = &mut serve => r.map_err(|e| Error::internal(format!("gRPC server failed: {e}"))),
+                    _ = async { let _ = stop.wait_for(|s| *s).await; tokio::time::sleep(timeout).await } => {
+                        tracing::warn!("exit timeout reached with requests still in flight");
+                        Ok(())
+                    }
+                }
+            }));
+        }
+        core.set_live();
+
+        let failures = manager.load_all().await?;
+        if !failures.is_empty() {
+            for (model, reason) in &failures {
+                tracing::error!(model, reason, "model failed to load");
+            }
+            if config.exit_on_error {
+                core.begin_shutdown();
+                return Err(Error::internal(format!(
+                    "failed to load all models: {}",
+                    failures.iter().map(|(m, r)| format!("{m}: {r}")).collect::<Vec<_>>().join("; ")
+                )));
+            }
+        }
+        core.set_started();
+        if let Some(addr) = grpc_addr {
+            tracing::info!("Started GRPCInferenceService at {addr}");
+        }
+        Ok(RunningServer { grpc_addr, core, grpc })
+    }
+
+    /// Waits until the front-ends have stopped (after the shutdown signal).
+    pub async fn wait(self) -> Result<()> {
+        if let Some(grpc) = self.grpc {
+            grpc.await.map_err(|e| Error::internal(format!("gRPC server task failed: {e}")))??;
+        }
+        Ok(())
+    }
+}

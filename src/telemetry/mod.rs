@@ -1,0 +1,3 @@
+//! Telemetry: per-version statistics (`stats`). Metrics and tracing export come with later issues.
+
+pub mod stats;

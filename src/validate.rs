@@ -1,0 +1,311 @@
+//! `InferRequest` + `ModelSpec` → `ValidRequest`. The only constructor of `ValidRequest`:
+//! everything downstream (scheduler, backend) can trust names, types, shapes and sizes.
+//! Messages follow Triton's wording (behaviour.md §2, E7–E17) because clients match on them.
+
+use std::collections::HashSet;
+
+use crate::error::{Error, Result};
+use crate::model::{IoSpec, ModelSpec};
+use crate::request::{InferRequest, RequestParams};
+use crate::tensor::{DataType, Tensor, bytes_codec, element_count, shape_string};
+
+/// A request checked against one model version.
+#[derive(Debug)]
+pub struct ValidRequest {
+    pub id: String,
+    /// Provided inputs, in the model's input order, shapes as the client sent them.
+    pub inputs: Vec<Tensor>,
+    /// Rows in this request: the batch dimension for batching models, else 1.
+    pub batch_size: usize,
+    /// Outputs to return, in response order.
+    pub outputs: Vec<OutputRequest>,
+    pub params: RequestParams,
+    _sealed: (),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputRequest {
+    /// Index into `ModelSpec::outputs`.
+    pub index: usize,
+    pub classification: Option<u32>,
+}
+
+pub fn validate(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
+    let id = req.id.clone();
+    validate_inner(req, spec).map_err(|e| e.with_request_id(&id))
+}
+
+fn validate_inner(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
+    let model = &spec.name;
+    let mut seen = HashSet::new();
+    for input in &req.inputs {
+        if !seen.insert(input.name.as_str()) {
+            return Err(Error::invalid_arg(format!("input '{}' already exists in request", input.name)));
+        }
+        if !spec.inputs.iter().any(|i| i.name == input.name) {
+            return Err(Error::invalid_arg(format!(
+                "unexpected inference input '{}' for model '{model}'",
+                input.name
+            )));
+        }
+    }
+    let missing: Vec<&str> = spec
+        .inputs
+        .iter()
+        .filter(|i| !i.optional && !seen.contains(i.name.as_str()))
+        .map(|i| i.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        let required = spec.inputs.iter().filter(|i| !i.optional).count();
+        let got: Vec<String> = req.inputs.iter().map(|i| format!("'{}'", i.name)).collect();
+        let missing: Vec<String> = missing.iter().map(|n| format!("'{n}'")).collect();
+        let expected = if required == spec.inputs.len() {
+            format!("expected {required} inputs")
+        } else {
+            format!("expected number of inputs between {required} and {}", spec.inputs.len())
+        };
+        return Err(Error::invalid_arg(format!(
+            "{expected} but got {} inputs for model '{model}'. Got input(s) [{}], but missing required input(s) [{}]. Please provide all required input(s).",
+            req.inputs.len(),
+            got.join(", "),
+            missing.join(", ")
+        )));
+    }
+
+    let mut batch: Option<usize> = None;
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    let mut by_name: Vec<_> = req.inputs.into_iter().map(Some).collect();
+    for io in &spec.inputs {
+        let Some(slot) = by_name.iter_mut().find(|i| i.as_ref().is_some_and(|i| i.name == io.name)) else {
+            continue;
+        };
+        let input = slot.take().expect("found above");
+        let dtype = DataType::from_wire(&input.datatype).filter(|d| *d == io.dtype).ok_or_else(|| {
+            Error::invalid_arg(format!(
+                "inference input '{}' data-type is '{}', but model '{model}' expects '{}'",
+                io.name,
+                input.datatype,
+                io.dtype.as_str()
+            ))
+        })?;
+        if input.shape.iter().any(|&d| d < 0) {
+            return Err(Error::invalid_arg(format!(
+                "All input dimensions should be specified for input '{}' for model '{model}', got {}",
+                io.name,
+                shape_string(&input.shape)
+            )));
+        }
+        let item_shape = if spec.batching() {
+            let Some(&rows) = input.shape.first() else {
+                return Err(Error::invalid_arg(format!(
+                    "input '{}' has no shape but model requires batch dimension for '{model}'",
+                    io.name
+                )));
+            };
+            let rows = rows as usize;
+            match batch {
+                None => batch = Some(rows),
+                Some(b) if b != rows => {
+                    return Err(Error::invalid_arg(format!(
+                        "input '{}' batch size does not match other inputs for '{model}'",
+                        io.name
+                    )));
+                }
+                Some(_) => {}
+            }
+            &input.shape[1..]
+        } else {
+            &input.shape[..]
+        };
+        check_dims(io, item_shape, &input.shape, spec)?;
+        check_data(io, dtype, &input.shape, &input.data, model)?;
+        inputs.push(Tensor { name: input.name, dtype, shape: input.shape, data: input.data });
+    }
+
+    let batch_size = if spec.batching() {
+        let rows = batch.unwrap_or(0);
+        if rows as u64 > spec.max_batch_size as u64 {
+            return Err(Error::invalid_arg(format!(
+                "inference request batch-size must be <= {} for '{model}'",
+                spec.max_batch_size
+            )));
+        }
+        rows
+    } else {
+        1
+    };
+
+    let outputs = if req.outputs.is_empty() {
+        (0..spec.outputs.len()).map(|index| OutputRequest { index, classification: None }).collect()
+    } else {
+        let mut outs = Vec::with_capacity(req.outputs.len());
+        for o in req.outputs {
+            let index = spec.outputs.iter().position(|s| s.name == o.name).ok_or_else(|| {
+                Error::invalid_arg(format!("unexpected inference output '{}' for model '{model}'", o.name))
+            })?;
+            outs.push(OutputRequest { index, classification: o.classification });
+        }
+        outs
+    };
+
+    Ok(ValidRequest { id: req.id, inputs, batch_size, outputs, params: req.params, _sealed: () })
+}
+
+fn check_dims(io: &IoSpec, item_shape: &[i64], full: &[i64], spec: &ModelSpec) -> Result<()> {
+    let fits = item_shape.len() == io.dims.len()
+        && item_shape.iter().zip(&io.dims).all(|(&got, &want)| want == -1 || got == want);
+    if fits {
+        return Ok(());
+    }
+    let mut expected = io.dims.clone();
+    let mut note = String::new();
+    if spec.batching() {
+        expected.insert(0, -1);
+        note = " NOTE: Setting a non-zero max_batch_size in the model config requires a batch dimension to be prepended to each input shape. If you want to specify the full shape including the batch dim in your input dims config, try making the max_batch_size to be zero. See the model configuration docs for more info on max_batch_size.".into();
+    }
+    Err(Error::invalid_arg(format!(
+        "unexpected shape for input '{}' for model '{}'. Expected {}, got {}.{note}",
+        io.name,
+        spec.name,
+        shape_string(&expected),
+        shape_string(full)
+    )))
+}
+
+fn check_data(io: &IoSpec, dtype: DataType, shape: &[i64], data: &[u8], model: &str) -> Result<()> {
+    let elements = element_count(shape);
+    match dtype.byte_size() {
+        Some(size) => {
+            let expected = elements * size;
+            if data.len() != expected {
+                return Err(Error::invalid_arg(format!(
+                    "input byte size mismatch for input '{}' for model '{model}'. Expected {expected}, got {}",
+                    io.name,
+                    data.len()
+                )));
+            }
+        }
+        None => {
+            bytes_codec::decode(data, elements).map_err(|e| {
+                Error::invalid_arg(format!("{e} for inference input '{}' for model '{model}'", io.name))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::OrtOptions;
+    use crate::request::{InputTensor, RequestedOutput};
+    use bytes::Bytes;
+    use tokio::time::Instant;
+
+    fn spec(max_batch_size: u32) -> ModelSpec {
+        let io = |name: &str| IoSpec {
+            name: name.into(),
+            dtype: DataType::Int32,
+            dims: vec![16],
+            reshape: None,
+            optional: false,
+            labels: None,
+        };
+        ModelSpec {
+            name: "simple".into(),
+            version: 1,
+            max_batch_size,
+            inputs: vec![io("INPUT0"), io("INPUT1")],
+            outputs: vec![io("OUTPUT0"), io("OUTPUT1")],
+            model_path: "model.onnx".into(),
+            instances: vec![],
+            ort: OrtOptions::default(),
+        }
+    }
+
+    fn input(name: &str, datatype: &str, shape: Vec<i64>, bytes: usize) -> InputTensor {
+        InputTensor { name: name.into(), datatype: datatype.into(), shape, data: Bytes::from(vec![0u8; bytes]) }
+    }
+
+    fn request(inputs: Vec<InputTensor>) -> InferRequest {
+        InferRequest {
+            model_name: "simple".into(),
+            model_version: String::new(),
+            id: "r1".into(),
+            inputs,
+            outputs: vec![],
+            params: RequestParams::default(),
+            arrival: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn accepts_a_batch_and_orders_inputs_like_the_model() {
+        let req = request(vec![input("INPUT1", "INT32", vec![3, 16], 192), input("INPUT0", "INT32", vec![3, 16], 192)]);
+        let v = validate(req, &spec(8)).unwrap();
+        assert_eq!(v.batch_size, 3);
+        assert_eq!(v.inputs[0].name, "INPUT0");
+        assert_eq!(v.outputs.len(), 2);
+    }
+
+    #[test]
+    fn error_table() {
+        let s = spec(8);
+        let cases: Vec<(Vec<InputTensor>, &str)> = vec![
+            (vec![input("INPUT0", "FP32", vec![1, 16], 64), input("INPUT1", "INT32", vec![1, 16], 64)],
+             "[request id: r1] inference input 'INPUT0' data-type is 'FP32', but model 'simple' expects 'INT32'"),
+            (vec![input("INPUT0", "INT32", vec![1, 15], 60), input("INPUT1", "INT32", vec![1, 16], 64)],
+             "unexpected shape for input 'INPUT0' for model 'simple'. Expected [-1,16], got [1,15]."),
+            (vec![input("INPUT0", "INT32", vec![9, 16], 576), input("INPUT1", "INT32", vec![9, 16], 576)],
+             "inference request batch-size must be <= 8 for 'simple'"),
+            (vec![input("INPUT0", "INT32", vec![1, 16], 64)],
+             "expected 2 inputs but got 1 inputs for model 'simple'. Got input(s) ['INPUT0'], but missing required input(s) ['INPUT1']."),
+            (vec![input("INPUT0", "INT32", vec![1, 16], 64), input("INPUT1", "INT32", vec![1, 16], 64), input("EXTRA", "INT32", vec![1], 4)],
+             "unexpected inference input 'EXTRA' for model 'simple'"),
+            (vec![input("INPUT0", "INT32", vec![1, 16], 63), input("INPUT1", "INT32", vec![1, 16], 64)],
+             "input byte size mismatch for input 'INPUT0' for model 'simple'. Expected 64, got 63"),
+            (vec![input("INPUT0", "INT32", vec![1, 16], 64), input("INPUT0", "INT32", vec![1, 16], 64)],
+             "input 'INPUT0' already exists in request"),
+            (vec![input("INPUT0", "INT32", vec![1, 16], 64), input("INPUT1", "INT32", vec![2, 16], 128)],
+             "input 'INPUT1' batch size does not match other inputs for 'simple'"),
+            (vec![input("INPUT0", "INT32", vec![], 0), input("INPUT1", "INT32", vec![1, 16], 64)],
+             "input 'INPUT0' has no shape but model requires batch dimension for 'simple'"),
+            (vec![input("INPUT0", "INT32", vec![-1, 16], 64), input("INPUT1", "INT32", vec![1, 16], 64)],
+             "All input dimensions should be specified for input 'INPUT0'"),
+        ];
+        for (inputs, want) in cases {
+            let err = validate(request(inputs), &s).unwrap_err();
+            assert_eq!(err.code, crate::error::Code::InvalidArg, "{want}");
+            assert!(err.message.contains(want), "got {:?}, want {want:?}", err.message);
+        }
+    }
+
+    #[test]
+    fn unknown_requested_output() {
+        let mut req = request(vec![input("INPUT0", "INT32", vec![1, 16], 64), input("INPUT1", "INT32", vec![1, 16], 64)]);
+        req.outputs = vec![RequestedOutput { name: "NOPE".into(), classification: None }];
+        let err = validate(req, &spec(8)).unwrap_err();
+        assert!(err.message.ends_with("unexpected inference output 'NOPE' for model 'simple'"));
+    }
+
+    #[test]
+    fn non_batching_model_takes_exact_dims() {
+        let req = request(vec![input("INPUT0", "INT32", vec![16], 64), input("INPUT1", "INT32", vec![16], 64)]);
+        assert_eq!(validate(req, &spec(0)).unwrap().batch_size, 1);
+        let req = request(vec![input("INPUT0", "INT32", vec![1, 16], 64), input("INPUT1", "INT32", vec![16], 64)]);
+        let err = validate(req, &spec(0)).unwrap_err();
+        assert!(err.message.contains("Expected [16], got [1,16]."), "{}", err.message);
+    }
+
+    #[test]
+    fn malformed_bytes_tensor() {
+        let mut s = spec(8);
+        s.inputs.truncate(1);
+        s.inputs[0].dtype = DataType::Bytes;
+        s.inputs[0].dims = vec![-1];
+        let mut inp = input("INPUT0", "BYTES", vec![1, 2], 0);
+        inp.data = Bytes::from(vec![1, 0, 0, 0, b'a', 5, 0]);
+        let err = validate(request(vec![inp]), &s).unwrap_err();
+        assert!(err.message.contains("incomplete string length indicator"), "{}", err.message);
+    }
+}
