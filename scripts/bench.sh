@@ -5,6 +5,7 @@
 #   NEREID_BIN          server binary (default: cargo build --release, then target/release/nereid)
 #   BENCH_GRPC_PORT     gRPC port (default 18001); BENCH_HTTP_PORT (18000), BENCH_METRICS_PORT (18002)
 #   BENCH_CONCURRENCY   perf_analyzer --concurrency-range (default 1:8)
+#   BENCH_WINDOW_MS     perf_analyzer measurement window -p (default 2000; CI uses a shorter one)
 #
 # Output files (server log, perf_analyzer output and CSV) go to .bench/.
 set -euo pipefail
@@ -16,6 +17,7 @@ grpc_port="${BENCH_GRPC_PORT:-18001}"
 http_port="${BENCH_HTTP_PORT:-18000}"
 metrics_port="${BENCH_METRICS_PORT:-18002}"
 concurrency="${BENCH_CONCURRENCY:-1:8}"
+window_ms="${BENCH_WINDOW_MS:-2000}"
 
 if [ -n "${NEREID_BIN:-}" ]; then
   bin="$NEREID_BIN"
@@ -111,11 +113,11 @@ rss_kb="$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")"
 echo "server:      $bin (pid $pid)"
 echo "startup:     gRPC port open after ${port_ms} ms, first ready after ${ready_ms} ms"
 echo "idle RSS:    $(awk -v kb="$rss_kb" 'BEGIN { printf "%.1f MB", kb / 1024 }')"
-echo "perf:        perf_analyzer -m simple -i grpc --concurrency-range $concurrency -s 30 -p 2000 ..."
+echo "perf:        perf_analyzer -m simple -i grpc --concurrency-range $concurrency -s 30 -p $window_ms ..."
 
 pa_status=0
 "$perf_analyzer" -m simple -i grpc -u "localhost:$grpc_port" --concurrency-range "$concurrency" \
-  -s 30 -p 2000 -f "$out/perf.csv" > "$out/perf.txt" 2>&1 || pa_status=$?
+  -s 30 -p "$window_ms" -f "$out/perf.csv" > "$out/perf.txt" 2>&1 || pa_status=$?
 if [ "$pa_status" -ne 0 ] || grep -qiE '(^|[^a-z])(error|failed)' "$out/perf.txt"; then
   echo "bench: perf_analyzer failed (exit $pa_status); its output:" >&2
   cat "$out/perf.txt" >&2

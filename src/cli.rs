@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{ArgAction, Parser};
 
 use crate::model::manager::ManagerOptions;
 use crate::scheduler::DEFAULT_QUEUE_CAPACITY;
@@ -49,15 +49,15 @@ pub struct Cli {
     pub disable_auto_complete_config: bool,
 
     /// Deprecated alias: `true` is the same as --disable-auto-complete-config.
-    #[arg(long, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
+    #[arg(long, action = ArgAction::Set, value_parser = parse_bool, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_name = "BOOL")]
     pub strict_model_config: bool,
 
     /// Ready only when every model is loaded (true), or as soon as the server started (false).
-    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
     pub strict_readiness: bool,
 
     /// Exit when a model fails to load at startup.
-    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
     pub exit_on_error: bool,
 
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM.
@@ -73,7 +73,7 @@ pub struct Cli {
     pub id: String,
 
     /// Serve the gRPC protocol.
-    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
     pub allow_grpc: bool,
 
     /// gRPC port (0 picks a free port; the log line "Started GRPCInferenceService at ..." shows it).
@@ -85,7 +85,7 @@ pub struct Cli {
     pub grpc_address: IpAddr,
 
     /// Serve HTTP/REST. Accepted for tritonserver compatibility; this release serves gRPC only.
-    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
     pub allow_http: bool,
 
     /// HTTP port. Accepted for compatibility; not served by this release.
@@ -93,7 +93,7 @@ pub struct Cli {
     pub http_port: u16,
 
     /// Serve Prometheus metrics. Accepted for compatibility; not served by this release.
-    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
     pub allow_metrics: bool,
 
     /// Metrics port. Accepted for compatibility; not served by this release.
@@ -113,15 +113,15 @@ pub struct Cli {
     pub log_verbose: u32,
 
     /// Log info messages.
-    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
     pub log_info: bool,
 
     /// Log warnings.
-    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
     pub log_warning: bool,
 
     /// Log errors.
-    #[arg(long, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
     pub log_error: bool,
 }
 

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::backend::Backend;
 use crate::backend::ort::OrtBackend;
@@ -79,11 +78,13 @@ impl RunningServer {
             let health = HealthServer::new(HealthService::new(core.clone()));
             let mut stop = stop_rx.clone();
             let timeout = config.exit_timeout;
+            // Small responses must not wait for Nagle's algorithm (40 ms stalls with delayed ACKs).
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             grpc = Some(tokio::spawn(async move {
                 let serve = tonic::transport::Server::builder()
                     .add_service(svc)
                     .add_service(health)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    .serve_with_incoming_shutdown(incoming, async move {
                         let _ = stop.wait_for(|s| *s).await;
                     });
                 let mut stop = stop_rx;

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs what it needs (ONNX Runtime and the
+# Python tools from PyPI, perf_analyzer), checks the committed models regenerate byte for byte,
+# then formatting, clippy, Rust unit + integration tests, the official tritonclient tests and a
+# perf_analyzer run against a real server.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "setup: ONNX Runtime, Python tools, perf_analyzer"
+scripts/install-onnxruntime.sh .ort
+scripts/setup-python.sh
+scripts/install-perf-analyzer.sh
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$PWD/.ort/libonnxruntime.so.1.31.1}"
+
+step "model_repository/ regenerates byte for byte"
+scripts/check_models.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test (unit + integration)"
+cargo test
+
+step "tritonclient[grpc] compatibility (pytest)"
+NEREID_BIN="$PWD/target/debug/nereid" .venv/bin/python -m pytest -q tests/python
+
+step "perf_analyzer against the server (debug build, short windows)"
+NEREID_BIN="$PWD/target/debug/nereid" BENCH_WINDOW_MS=500 scripts/bench.sh
+
+echo
+echo "all tests passed"
