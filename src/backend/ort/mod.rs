@@ -39,7 +39,7 @@ impl OrtBackend {
         };
         if !path.is_file() {
             return Err(Error::unavailable(format!(
-                "ONNX Runtime library not found at '{}'. Run scripts/install-onnxruntime.sh (it extracts it from the PyPI wheel onnxruntime==1.31.1 into .ort/), or set ORT_DYLIB_PATH / --backend-config=onnxruntime,library-path=<file>.",
+                "ONNX Runtime library not found at '{}'. Run scripts/install-onnxruntime.sh (it extracts it from the PyPI wheel onnxruntime==1.31.1 into .ort/), or point --onnxruntime-library (or ORT_DYLIB_PATH) at libonnxruntime.so.1.31.1.",
                 path.display()
             )));
         }
