@@ -33,7 +33,12 @@ fn parse_verbose(s: &str) -> Result<u32, String> {
 )]
 pub struct Cli {
     /// Model repository folder (<repo>/<model>/config.pbtxt, <repo>/<model>/<version>/model.onnx). Repeatable.
-    #[arg(long = "model-repository", alias = "model-store", value_name = "DIR", required = true)]
+    #[arg(
+        long = "model-repository",
+        alias = "model-store",
+        value_name = "DIR",
+        required = true
+    )]
     pub model_repository: Vec<PathBuf>,
 
     /// Model control mode. Only `none` (load every model at startup; no load/unload API) is available in this release.
@@ -142,9 +147,15 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// The defaults of a server over `repos`, for tests and embedding.
     pub fn new(repos: Vec<PathBuf>) -> Self {
-        Cli::parse_from(std::iter::once("nereid".to_string()).chain(repos.iter().map(|r| format!("--model-repository={}", r.display()))))
-            .into_config()
-            .expect("default flags are valid")
+        Cli::parse_from(
+            std::iter::once("nereid".to_string()).chain(
+                repos
+                    .iter()
+                    .map(|r| format!("--model-repository={}", r.display())),
+            ),
+        )
+        .into_config()
+        .expect("default flags are valid")
     }
 }
 
@@ -158,12 +169,18 @@ impl Cli {
                     self.model_control_mode
                 ));
             }
-            other => return Err(format!("invalid --model-control-mode '{other}': expected none, poll or explicit")),
+            other => {
+                return Err(format!(
+                    "invalid --model-control-mode '{other}': expected none, poll or explicit"
+                ));
+            }
         }
         if let Some(name) = &self.model_config_name
             && (name.is_empty() || name.contains(char::is_whitespace))
         {
-            return Err(format!("--model-config-name must be a non-empty name without spaces, got '{name}'"));
+            return Err(format!(
+                "--model-config-name must be a non-empty name without spaces, got '{name}'"
+            ));
         }
         if self.model_load_thread_count == 0 {
             return Err("--model-load-thread-count must be at least 1".into());
@@ -176,7 +193,9 @@ impl Cli {
                 None => (None, setting.as_str()),
             };
             let Some((key, value)) = kv.split_once('=') else {
-                return Err(format!("--backend-config '{setting}': expected [<backend>,]<key>=<value>"));
+                return Err(format!(
+                    "--backend-config '{setting}': expected [<backend>,]<key>=<value>"
+                ));
             };
             match (backend, key) {
                 (None | Some("onnxruntime"), "default-max-batch-size") => {
@@ -189,14 +208,23 @@ impl Cli {
         }
         for r in &self.model_repository {
             if !r.is_dir() {
-                return Err(format!("model repository '{}' does not exist or is not a folder", r.display()));
+                return Err(format!(
+                    "model repository '{}' does not exist or is not a folder",
+                    r.display()
+                ));
             }
         }
         if self.allow_http {
-            ignored.push(format!("--http-port={} (HTTP/REST is not served by this release)", self.http_port));
+            ignored.push(format!(
+                "--http-port={} (HTTP/REST is not served by this release)",
+                self.http_port
+            ));
         }
         if self.allow_metrics {
-            ignored.push(format!("--metrics-port={} (metrics are not served by this release)", self.metrics_port));
+            ignored.push(format!(
+                "--metrics-port={} (metrics are not served by this release)",
+                self.metrics_port
+            ));
         }
         Ok(ServerConfig {
             manager: ManagerOptions {
@@ -209,7 +237,9 @@ impl Cli {
                 queue_capacity: DEFAULT_QUEUE_CAPACITY,
             },
             server_id: self.id,
-            grpc_addr: self.allow_grpc.then_some(SocketAddr::new(self.grpc_address, self.grpc_port)),
+            grpc_addr: self
+                .allow_grpc
+                .then_some(SocketAddr::new(self.grpc_address, self.grpc_port)),
             grpc_max_message_bytes: crate::frontend::grpc::MAX_MESSAGE_BYTES,
             exit_on_error: self.exit_on_error,
             exit_timeout: Duration::from_secs(self.exit_timeout_secs),
@@ -232,7 +262,11 @@ impl Cli {
             "off"
         };
         // ONNX Runtime logs dozens of lines per session at info; keep them at warn unless verbose.
-        if self.log_verbose > 1 { level.to_string() } else { format!("{level},ort=warn") }
+        if self.log_verbose > 1 {
+            level.to_string()
+        } else {
+            format!("{level},ort=warn")
+        }
     }
 }
 
@@ -243,8 +277,12 @@ mod tests {
     fn parse(args: &[&str]) -> Result<ServerConfig, String> {
         let dir = std::env::temp_dir();
         let repo = format!("--model-repository={}", dir.display());
-        let argv = ["nereid", repo.as_str()].into_iter().chain(args.iter().copied());
-        Cli::try_parse_from(argv).map_err(|e| e.to_string())?.into_config()
+        let argv = ["nereid", repo.as_str()]
+            .into_iter()
+            .chain(args.iter().copied());
+        Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .into_config()
     }
 
     #[test]
@@ -260,11 +298,22 @@ mod tests {
 
     #[test]
     fn flag_spellings() {
-        let c = parse(&["--strict-model-config=true", "--exit-on-error=off", "--id=nereid", "--grpc-port=9001"]).unwrap();
+        let c = parse(&[
+            "--strict-model-config=true",
+            "--exit-on-error=off",
+            "--id=nereid",
+            "--grpc-port=9001",
+        ])
+        .unwrap();
         assert!(!c.manager.auto_complete && !c.exit_on_error);
         assert_eq!(c.server_id, "nereid");
         assert_eq!(c.grpc_addr.unwrap().port(), 9001);
-        assert!(!parse(&["--disable-auto-complete-config"]).unwrap().manager.auto_complete);
+        assert!(
+            !parse(&["--disable-auto-complete-config"])
+                .unwrap()
+                .manager
+                .auto_complete
+        );
         let c = parse(&["--backend-config=onnxruntime,default-max-batch-size=16"]).unwrap();
         assert_eq!(c.manager.default_max_batch_size, 16);
         assert!(parse(&["--allow-grpc=false"]).unwrap().grpc_addr.is_none());
@@ -272,10 +321,25 @@ mod tests {
 
     #[test]
     fn bad_flags_are_clear_errors() {
-        assert!(parse(&["--exit-on-error=maybe"]).unwrap_err().contains("expected true/false"));
-        assert!(parse(&["--no-such-flag"]).unwrap_err().contains("--no-such-flag"));
-        assert!(parse(&["--model-control-mode=sometimes"]).unwrap_err().contains("invalid --model-control-mode"));
-        let err = Cli::try_parse_from(["nereid", "--model-repository=/definitely/not/here"]).unwrap().into_config().unwrap_err();
+        assert!(
+            parse(&["--exit-on-error=maybe"])
+                .unwrap_err()
+                .contains("expected true/false")
+        );
+        assert!(
+            parse(&["--no-such-flag"])
+                .unwrap_err()
+                .contains("--no-such-flag")
+        );
+        assert!(
+            parse(&["--model-control-mode=sometimes"])
+                .unwrap_err()
+                .contains("invalid --model-control-mode")
+        );
+        let err = Cli::try_parse_from(["nereid", "--model-repository=/definitely/not/here"])
+            .unwrap()
+            .into_config()
+            .unwrap_err();
         assert!(err.contains("does not exist"), "{err}");
         assert!(Cli::try_parse_from(["nereid"]).is_err());
     }

@@ -103,7 +103,11 @@ impl Core {
     pub fn model_metadata(&self, name: &str, version: &str) -> Result<ModelMetadata> {
         let model = self.manager.get(name, version)?;
         let versions = if version.is_empty() {
-            self.manager.ready_versions(name).iter().map(|m| m.spec.version.to_string()).collect()
+            self.manager
+                .ready_versions(name)
+                .iter()
+                .map(|m| m.spec.version.to_string())
+                .collect()
         } else {
             vec![model.spec.version.to_string()]
         };
@@ -126,7 +130,9 @@ impl Core {
         let arrival = req.arrival;
         let valid = validate(req, &model.spec)?;
         let reply = model.scheduler.enqueue(valid, arrival)?;
-        reply.await.map_err(|_| Error::internal("the model instance dropped the request without replying"))?
+        reply.await.map_err(|_| {
+            Error::internal("the model instance dropped the request without replying")
+        })?
     }
 
     /// Statistics of READY versions: all models (`name` empty), all versions (`version` empty) or one.
@@ -136,20 +142,33 @@ impl Core {
         } else if version.is_empty() {
             let v = self.manager.ready_versions(name);
             if v.is_empty() {
-                return Err(Error::invalid_arg(format!("requested model '{name}' is not available")));
+                return Err(Error::invalid_arg(format!(
+                    "requested model '{name}' is not available"
+                )));
             }
             v
         } else {
             let want = parse_version(version)?;
-            let v: Vec<_> = self.manager.ready_versions(name).into_iter().filter(|m| m.spec.version == want).collect();
+            let v: Vec<_> = self
+                .manager
+                .ready_versions(name)
+                .into_iter()
+                .filter(|m| m.spec.version == want)
+                .collect();
             if v.is_empty() {
-                return Err(Error::invalid_arg(format!("requested model version is not available for model '{name}'")));
+                return Err(Error::invalid_arg(format!(
+                    "requested model version is not available for model '{name}'"
+                )));
             }
             v
         };
         Ok(models
             .iter()
-            .map(|m| ModelStatistics { name: m.spec.name.clone(), version: m.spec.version, stats: m.stats.snapshot() })
+            .map(|m| ModelStatistics {
+                name: m.spec.name.clone(),
+                version: m.spec.version,
+                stats: m.stats.snapshot(),
+            })
             .collect())
     }
 

@@ -28,7 +28,9 @@ pub struct RunningServer {
 /// Binds `addr`, with Triton's message when the port is taken.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => Error::unavailable(format!("Socket '{addr}' already in use")),
+        std::io::ErrorKind::AddrInUse => {
+            Error::unavailable(format!("Socket '{addr}' already in use"))
+        }
         _ => Error::unavailable(format!("failed to bind '{addr}': {e}")),
     })
 }
@@ -46,7 +48,9 @@ impl RunningServer {
             let lib = config.onnxruntime_library.clone();
             let b = tokio::task::spawn_blocking(move || OrtBackend::init(lib.as_deref()))
                 .await
-                .map_err(|e| Error::internal(format!("ONNX Runtime initialisation panicked: {e}")))??;
+                .map_err(|e| {
+                    Error::internal(format!("ONNX Runtime initialisation panicked: {e}"))
+                })??;
             Arc::new(b)
         };
         let manager = Arc::new(ModelManager::new(backend, config.manager.clone()));
@@ -69,7 +73,9 @@ impl RunningServer {
         let mut grpc_addr = None;
         let mut grpc = None;
         if let Some(listener) = grpc_listener {
-            let addr = listener.local_addr().map_err(|e| Error::internal(e.to_string()))?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| Error::internal(e.to_string()))?;
             grpc_addr = Some(addr);
             let limit = config.grpc_max_message_bytes;
             let svc = GrpcInferenceServiceServer::new(GrpcService::new(core.clone()))
@@ -79,7 +85,8 @@ impl RunningServer {
             let mut stop = stop_rx.clone();
             let timeout = config.exit_timeout;
             // Small responses must not wait for Nagle's algorithm (40 ms stalls with delayed ACKs).
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             grpc = Some(tokio::spawn(async move {
                 let serve = tonic::transport::Server::builder()
                     .add_service(svc)
@@ -109,7 +116,11 @@ impl RunningServer {
                 core.begin_shutdown();
                 return Err(Error::internal(format!(
                     "failed to load all models: {}",
-                    failures.iter().map(|(m, r)| format!("{m}: {r}")).collect::<Vec<_>>().join("; ")
+                    failures
+                        .iter()
+                        .map(|(m, r)| format!("{m}: {r}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 )));
             }
         }
@@ -117,13 +128,18 @@ impl RunningServer {
         if let Some(addr) = grpc_addr {
             tracing::info!("Started GRPCInferenceService at {addr}");
         }
-        Ok(RunningServer { grpc_addr, core, grpc })
+        Ok(RunningServer {
+            grpc_addr,
+            core,
+            grpc,
+        })
     }
 
     /// Waits until the front-ends have stopped (after the shutdown signal).
     pub async fn wait(self) -> Result<()> {
         if let Some(grpc) = self.grpc {
-            grpc.await.map_err(|e| Error::internal(format!("gRPC server task failed: {e}")))??;
+            grpc.await
+                .map_err(|e| Error::internal(format!("gRPC server task failed: {e}")))??;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! Messages follow Triton's wording (behaviour.md §2, E7–E17) because clients match on them.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::model::{IoSpec, ModelSpec};
@@ -20,8 +21,16 @@ pub struct ValidRequest {
     /// Outputs to return, in response order.
     pub outputs: Vec<OutputRequest>,
     pub params: RequestParams,
-    _sealed: (),
+    /// Priority level, 0-based (0 = the highest); 0 without dynamic batching.
+    pub level: usize,
+    /// How long the request may wait in the queue; `None` = no limit.
+    pub queue_timeout: Option<Duration>,
+    _sealed: Sealed,
 }
+
+/// Only this module can build a `ValidRequest`.
+#[derive(Debug)]
+struct Sealed;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutputRequest {
@@ -40,7 +49,10 @@ fn validate_inner(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
     let mut seen = HashSet::new();
     for input in &req.inputs {
         if !seen.insert(input.name.as_str()) {
-            return Err(Error::invalid_arg(format!("input '{}' already exists in request", input.name)));
+            return Err(Error::invalid_arg(format!(
+                "input '{}' already exists in request",
+                input.name
+            )));
         }
         if !spec.inputs.iter().any(|i| i.name == input.name) {
             return Err(Error::invalid_arg(format!(
@@ -62,7 +74,10 @@ fn validate_inner(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
         let expected = if required == spec.inputs.len() {
             format!("expected {required} inputs")
         } else {
-            format!("expected number of inputs between {required} and {}", spec.inputs.len())
+            format!(
+                "expected number of inputs between {required} and {}",
+                spec.inputs.len()
+            )
         };
         return Err(Error::invalid_arg(format!(
             "{expected} but got {} inputs for model '{model}'. Got input(s) [{}], but missing required input(s) [{}]. Please provide all required input(s).",
@@ -76,18 +91,23 @@ fn validate_inner(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
     let mut inputs = Vec::with_capacity(req.inputs.len());
     let mut by_name: Vec<_> = req.inputs.into_iter().map(Some).collect();
     for io in &spec.inputs {
-        let Some(slot) = by_name.iter_mut().find(|i| i.as_ref().is_some_and(|i| i.name == io.name)) else {
+        let Some(slot) = by_name
+            .iter_mut()
+            .find(|i| i.as_ref().is_some_and(|i| i.name == io.name))
+        else {
             continue;
         };
         let input = slot.take().expect("found above");
-        let dtype = DataType::from_wire(&input.datatype).filter(|d| *d == io.dtype).ok_or_else(|| {
-            Error::invalid_arg(format!(
-                "inference input '{}' data-type is '{}', but model '{model}' expects '{}'",
-                io.name,
-                input.datatype,
-                io.dtype.as_str()
-            ))
-        })?;
+        let dtype = DataType::from_wire(&input.datatype)
+            .filter(|d| *d == io.dtype)
+            .ok_or_else(|| {
+                Error::invalid_arg(format!(
+                    "inference input '{}' data-type is '{}', but model '{model}' expects '{}'",
+                    io.name,
+                    input.datatype,
+                    io.dtype.as_str()
+                ))
+            })?;
         if input.shape.iter().any(|&d| d < 0) {
             return Err(Error::invalid_arg(format!(
                 "All input dimensions should be specified for input '{}' for model '{model}', got {}",
@@ -119,7 +139,12 @@ fn validate_inner(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
         };
         check_dims(io, item_shape, &input.shape, spec)?;
         check_data(io, dtype, &input.shape, &input.data, model)?;
-        inputs.push(Tensor { name: input.name, dtype, shape: input.shape, data: input.data });
+        inputs.push(Tensor {
+            name: input.name,
+            dtype,
+            shape: input.shape,
+            data: input.data,
+        });
     }
 
     let batch_size = if spec.batching() {
@@ -136,24 +161,94 @@ fn validate_inner(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
     };
 
     let outputs = if req.outputs.is_empty() {
-        (0..spec.outputs.len()).map(|index| OutputRequest { index, classification: None }).collect()
+        (0..spec.outputs.len())
+            .map(|index| OutputRequest {
+                index,
+                classification: None,
+            })
+            .collect()
     } else {
         let mut outs = Vec::with_capacity(req.outputs.len());
         for o in req.outputs {
-            let index = spec.outputs.iter().position(|s| s.name == o.name).ok_or_else(|| {
-                Error::invalid_arg(format!("unexpected inference output '{}' for model '{model}'", o.name))
-            })?;
-            outs.push(OutputRequest { index, classification: o.classification });
+            let index = spec
+                .outputs
+                .iter()
+                .position(|s| s.name == o.name)
+                .ok_or_else(|| {
+                    Error::invalid_arg(format!(
+                        "unexpected inference output '{}' for model '{model}'",
+                        o.name
+                    ))
+                })?;
+            outs.push(OutputRequest {
+                index,
+                classification: o.classification,
+            });
         }
         outs
     };
 
-    Ok(ValidRequest { id: req.id, inputs, batch_size, outputs, params: req.params, _sealed: () })
+    let (level, queue_timeout) = schedule_params(spec, &req.params)?;
+    Ok(ValidRequest {
+        id: req.id,
+        inputs,
+        batch_size,
+        outputs,
+        params: req.params,
+        level,
+        queue_timeout,
+        _sealed: Sealed,
+    })
+}
+
+/// The priority level and queue timeout of a request to a dynamically batched model.
+/// Priority 0 means the model's default level; a level the model does not have, or a timeout
+/// override the model does not allow, is refused rather than silently ignored.
+fn schedule_params(spec: &ModelSpec, params: &RequestParams) -> Result<(usize, Option<Duration>)> {
+    let Some(db) = &spec.dynamic_batching else {
+        return Ok((0, None));
+    };
+    let model = &spec.name;
+    let level = match params.priority {
+        0 => db.default_priority_level,
+        p if db.priorities_enabled && p <= db.priority_levels as u64 => p as usize,
+        p => {
+            return Err(Error::invalid_arg(if db.priorities_enabled {
+                format!(
+                    "priority {p} is out of range for model '{model}': it has priority levels 1..={}",
+                    db.priority_levels
+                )
+            } else {
+                format!(
+                    "priority {p} given but model '{model}' does not enable priority levels (dynamic_batching.priority_levels is 0)"
+                )
+            }));
+        }
+    };
+    let policy = &db.queue_policies[level - 1];
+    let default = policy.default_timeout;
+    let timeout = match params.timeout_us {
+        0 => default,
+        t if policy.allow_timeout_override => {
+            let t = Duration::from_micros(t);
+            // A smaller request timeout wins; with no default timeout the request's own applies.
+            if default.is_zero() { t } else { t.min(default) }
+        }
+        _ => {
+            return Err(Error::invalid_arg(format!(
+                "request timeout override is not allowed for model '{model}' (its queue policy sets allow_timeout_override: false)"
+            )));
+        }
+    };
+    Ok((level - 1, (!timeout.is_zero()).then_some(timeout)))
 }
 
 fn check_dims(io: &IoSpec, item_shape: &[i64], full: &[i64], spec: &ModelSpec) -> Result<()> {
     let fits = item_shape.len() == io.dims.len()
-        && item_shape.iter().zip(&io.dims).all(|(&got, &want)| want == -1 || got == want);
+        && item_shape
+            .iter()
+            .zip(&io.dims)
+            .all(|(&got, &want)| want == -1 || got == want);
     if fits {
         return Ok(());
     }
@@ -187,7 +282,10 @@ fn check_data(io: &IoSpec, dtype: DataType, shape: &[i64], data: &[u8], model: &
         }
         None => {
             bytes_codec::decode(data, elements).map_err(|e| {
-                Error::invalid_arg(format!("{e} for inference input '{}' for model '{model}'", io.name))
+                Error::invalid_arg(format!(
+                    "{e} for inference input '{}' for model '{model}'",
+                    io.name
+                ))
             })?;
         }
     }
@@ -220,11 +318,17 @@ mod tests {
             model_path: "model.onnx".into(),
             instances: vec![],
             ort: OrtOptions::default(),
+            dynamic_batching: None,
         }
     }
 
     fn input(name: &str, datatype: &str, shape: Vec<i64>, bytes: usize) -> InputTensor {
-        InputTensor { name: name.into(), datatype: datatype.into(), shape, data: Bytes::from(vec![0u8; bytes]) }
+        InputTensor {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape,
+            data: Bytes::from(vec![0u8; bytes]),
+        }
     }
 
     fn request(inputs: Vec<InputTensor>) -> InferRequest {
@@ -241,7 +345,10 @@ mod tests {
 
     #[test]
     fn accepts_a_batch_and_orders_inputs_like_the_model() {
-        let req = request(vec![input("INPUT1", "INT32", vec![3, 16], 192), input("INPUT0", "INT32", vec![3, 16], 192)]);
+        let req = request(vec![
+            input("INPUT1", "INT32", vec![3, 16], 192),
+            input("INPUT0", "INT32", vec![3, 16], 192),
+        ]);
         let v = validate(req, &spec(8)).unwrap();
         assert_eq!(v.batch_size, 3);
         assert_eq!(v.inputs[0].name, "INPUT0");
@@ -252,49 +359,120 @@ mod tests {
     fn error_table() {
         let s = spec(8);
         let cases: Vec<(Vec<InputTensor>, &str)> = vec![
-            (vec![input("INPUT0", "FP32", vec![1, 16], 64), input("INPUT1", "INT32", vec![1, 16], 64)],
-             "[request id: r1] inference input 'INPUT0' data-type is 'FP32', but model 'simple' expects 'INT32'"),
-            (vec![input("INPUT0", "INT32", vec![1, 15], 60), input("INPUT1", "INT32", vec![1, 16], 64)],
-             "unexpected shape for input 'INPUT0' for model 'simple'. Expected [-1,16], got [1,15]."),
-            (vec![input("INPUT0", "INT32", vec![9, 16], 576), input("INPUT1", "INT32", vec![9, 16], 576)],
-             "inference request batch-size must be <= 8 for 'simple'"),
-            (vec![input("INPUT0", "INT32", vec![1, 16], 64)],
-             "expected 2 inputs but got 1 inputs for model 'simple'. Got input(s) ['INPUT0'], but missing required input(s) ['INPUT1']."),
-            (vec![input("INPUT0", "INT32", vec![1, 16], 64), input("INPUT1", "INT32", vec![1, 16], 64), input("EXTRA", "INT32", vec![1], 4)],
-             "unexpected inference input 'EXTRA' for model 'simple'"),
-            (vec![input("INPUT0", "INT32", vec![1, 16], 63), input("INPUT1", "INT32", vec![1, 16], 64)],
-             "input byte size mismatch for input 'INPUT0' for model 'simple'. Expected 64, got 63"),
-            (vec![input("INPUT0", "INT32", vec![1, 16], 64), input("INPUT0", "INT32", vec![1, 16], 64)],
-             "input 'INPUT0' already exists in request"),
-            (vec![input("INPUT0", "INT32", vec![1, 16], 64), input("INPUT1", "INT32", vec![2, 16], 128)],
-             "input 'INPUT1' batch size does not match other inputs for 'simple'"),
-            (vec![input("INPUT0", "INT32", vec![], 0), input("INPUT1", "INT32", vec![1, 16], 64)],
-             "input 'INPUT0' has no shape but model requires batch dimension for 'simple'"),
-            (vec![input("INPUT0", "INT32", vec![-1, 16], 64), input("INPUT1", "INT32", vec![1, 16], 64)],
-             "All input dimensions should be specified for input 'INPUT0'"),
+            (
+                vec![
+                    input("INPUT0", "FP32", vec![1, 16], 64),
+                    input("INPUT1", "INT32", vec![1, 16], 64),
+                ],
+                "[request id: r1] inference input 'INPUT0' data-type is 'FP32', but model 'simple' expects 'INT32'",
+            ),
+            (
+                vec![
+                    input("INPUT0", "INT32", vec![1, 15], 60),
+                    input("INPUT1", "INT32", vec![1, 16], 64),
+                ],
+                "unexpected shape for input 'INPUT0' for model 'simple'. Expected [-1,16], got [1,15].",
+            ),
+            (
+                vec![
+                    input("INPUT0", "INT32", vec![9, 16], 576),
+                    input("INPUT1", "INT32", vec![9, 16], 576),
+                ],
+                "inference request batch-size must be <= 8 for 'simple'",
+            ),
+            (
+                vec![input("INPUT0", "INT32", vec![1, 16], 64)],
+                "expected 2 inputs but got 1 inputs for model 'simple'. Got input(s) ['INPUT0'], but missing required input(s) ['INPUT1'].",
+            ),
+            (
+                vec![
+                    input("INPUT0", "INT32", vec![1, 16], 64),
+                    input("INPUT1", "INT32", vec![1, 16], 64),
+                    input("EXTRA", "INT32", vec![1], 4),
+                ],
+                "unexpected inference input 'EXTRA' for model 'simple'",
+            ),
+            (
+                vec![
+                    input("INPUT0", "INT32", vec![1, 16], 63),
+                    input("INPUT1", "INT32", vec![1, 16], 64),
+                ],
+                "input byte size mismatch for input 'INPUT0' for model 'simple'. Expected 64, got 63",
+            ),
+            (
+                vec![
+                    input("INPUT0", "INT32", vec![1, 16], 64),
+                    input("INPUT0", "INT32", vec![1, 16], 64),
+                ],
+                "input 'INPUT0' already exists in request",
+            ),
+            (
+                vec![
+                    input("INPUT0", "INT32", vec![1, 16], 64),
+                    input("INPUT1", "INT32", vec![2, 16], 128),
+                ],
+                "input 'INPUT1' batch size does not match other inputs for 'simple'",
+            ),
+            (
+                vec![
+                    input("INPUT0", "INT32", vec![], 0),
+                    input("INPUT1", "INT32", vec![1, 16], 64),
+                ],
+                "input 'INPUT0' has no shape but model requires batch dimension for 'simple'",
+            ),
+            (
+                vec![
+                    input("INPUT0", "INT32", vec![-1, 16], 64),
+                    input("INPUT1", "INT32", vec![1, 16], 64),
+                ],
+                "All input dimensions should be specified for input 'INPUT0'",
+            ),
         ];
         for (inputs, want) in cases {
             let err = validate(request(inputs), &s).unwrap_err();
             assert_eq!(err.code, crate::error::Code::InvalidArg, "{want}");
-            assert!(err.message.contains(want), "got {:?}, want {want:?}", err.message);
+            assert!(
+                err.message.contains(want),
+                "got {:?}, want {want:?}",
+                err.message
+            );
         }
     }
 
     #[test]
     fn unknown_requested_output() {
-        let mut req = request(vec![input("INPUT0", "INT32", vec![1, 16], 64), input("INPUT1", "INT32", vec![1, 16], 64)]);
-        req.outputs = vec![RequestedOutput { name: "NOPE".into(), classification: None }];
+        let mut req = request(vec![
+            input("INPUT0", "INT32", vec![1, 16], 64),
+            input("INPUT1", "INT32", vec![1, 16], 64),
+        ]);
+        req.outputs = vec![RequestedOutput {
+            name: "NOPE".into(),
+            classification: None,
+        }];
         let err = validate(req, &spec(8)).unwrap_err();
-        assert!(err.message.ends_with("unexpected inference output 'NOPE' for model 'simple'"));
+        assert!(
+            err.message
+                .ends_with("unexpected inference output 'NOPE' for model 'simple'")
+        );
     }
 
     #[test]
     fn non_batching_model_takes_exact_dims() {
-        let req = request(vec![input("INPUT0", "INT32", vec![16], 64), input("INPUT1", "INT32", vec![16], 64)]);
+        let req = request(vec![
+            input("INPUT0", "INT32", vec![16], 64),
+            input("INPUT1", "INT32", vec![16], 64),
+        ]);
         assert_eq!(validate(req, &spec(0)).unwrap().batch_size, 1);
-        let req = request(vec![input("INPUT0", "INT32", vec![1, 16], 64), input("INPUT1", "INT32", vec![16], 64)]);
+        let req = request(vec![
+            input("INPUT0", "INT32", vec![1, 16], 64),
+            input("INPUT1", "INT32", vec![16], 64),
+        ]);
         let err = validate(req, &spec(0)).unwrap_err();
-        assert!(err.message.contains("Expected [16], got [1,16]."), "{}", err.message);
+        assert!(
+            err.message.contains("Expected [16], got [1,16]."),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -306,6 +484,10 @@ mod tests {
         let mut inp = input("INPUT0", "BYTES", vec![1, 2], 0);
         inp.data = Bytes::from(vec![1, 0, 0, 0, b'a', 5, 0]);
         let err = validate(request(vec![inp]), &s).unwrap_err();
-        assert!(err.message.contains("incomplete string length indicator"), "{}", err.message);
+        assert!(
+            err.message.contains("incomplete string length indicator"),
+            "{}",
+            err.message
+        );
     }
 }

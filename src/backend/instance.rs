@@ -20,7 +20,11 @@ pub struct InstanceThread {
 }
 
 impl InstanceThread {
-    pub fn spawn<J: Job>(name: String, mut runner: Box<dyn Runner>, jobs: Receiver<J>) -> Result<Self> {
+    pub fn spawn<J: Job>(
+        name: String,
+        mut runner: Box<dyn Runner>,
+        jobs: Receiver<J>,
+    ) -> Result<Self> {
         let handle = std::thread::Builder::new()
             .name(thread_name(&name))
             .spawn(move || {
@@ -29,7 +33,9 @@ impl InstanceThread {
                 }
                 tracing::debug!("instance thread exits");
             })
-            .map_err(|e| Error::internal(format!("failed to start instance thread '{name}': {e}")))?;
+            .map_err(|e| {
+                Error::internal(format!("failed to start instance thread '{name}': {e}"))
+            })?;
         Ok(InstanceThread { name, handle })
     }
 

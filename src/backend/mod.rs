@@ -3,6 +3,7 @@
 
 pub mod instance;
 pub mod ort;
+pub mod testing;
 
 use std::path::Path;
 use std::time::Duration;
@@ -54,5 +55,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Creates the runner for instance `index` of `group`. Called on a loading thread, never on
     /// an async worker.
-    fn create_runner(&self, spec: &ModelSpec, group: &InstanceSpec, index: u32) -> Result<Box<dyn Runner>>;
+    fn create_runner(
+        &self,
+        spec: &ModelSpec,
+        group: &InstanceSpec,
+        index: u32,
+    ) -> Result<Box<dyn Runner>>;
 }

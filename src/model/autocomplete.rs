@@ -11,10 +11,17 @@ use super::config::ModelConfig;
 
 /// Fills `max_batch_size`, inputs, outputs and the default dynamic batcher from `io`.
 /// A config that already lists inputs and outputs is left as it is.
-pub fn auto_complete(cfg: &mut ModelConfig, io: &ModelIo, default_max_batch_size: u32) -> Result<()> {
+pub fn auto_complete(
+    cfg: &mut ModelConfig,
+    io: &ModelIo,
+    default_max_batch_size: u32,
+) -> Result<()> {
     let model = cfg.name.clone();
     if (!cfg.input.is_empty() || !cfg.batch_input.is_empty()) && !cfg.output.is_empty() {
-        tracing::debug!(model, "skipping model configuration auto-complete: inputs and outputs already specified");
+        tracing::debug!(
+            model,
+            "skipping model configuration auto-complete: inputs and outputs already specified"
+        );
         return Ok(());
     }
     let batch_dim = |d: &IoDesc| d.shape.first() == Some(&-1);
@@ -38,28 +45,50 @@ pub fn auto_complete(cfg: &mut ModelConfig, io: &ModelIo, default_max_batch_size
     }
     let batching = cfg.max_batch_size > 0;
     let dims_of = |d: &IoDesc| -> (Vec<i64>, Option<pb::ModelTensorReshape>) {
-        let dims: Vec<i64> = if batching { d.shape[1..].to_vec() } else { d.shape.clone() };
+        let dims: Vec<i64> = if batching {
+            d.shape[1..].to_vec()
+        } else {
+            d.shape.clone()
+        };
         if dims.is_empty() {
-            (vec![1], batching.then(|| pb::ModelTensorReshape { shape: vec![] }))
+            (
+                vec![1],
+                batching.then(|| pb::ModelTensorReshape { shape: vec![] }),
+            )
         } else {
             (dims, None)
         }
     };
     let dtype_of = |d: &IoDesc| -> Result<i32> {
         d.dtype.clone().map(DataType::config_value).map_err(|ty| {
-            Error::invalid_arg(format!("autofill failed for model '{model}': tensor '{}' has unsupported type {ty}", d.name))
+            Error::invalid_arg(format!(
+                "autofill failed for model '{model}': tensor '{}' has unsupported type {ty}",
+                d.name
+            ))
         })
     };
     if cfg.input.is_empty() {
         for d in &io.inputs {
             let (dims, reshape) = dims_of(d);
-            cfg.input.push(pb::ModelInput { name: d.name.clone(), data_type: dtype_of(d)?, dims, reshape, ..Default::default() });
+            cfg.input.push(pb::ModelInput {
+                name: d.name.clone(),
+                data_type: dtype_of(d)?,
+                dims,
+                reshape,
+                ..Default::default()
+            });
         }
     }
     if cfg.output.is_empty() {
         for d in &io.outputs {
             let (dims, reshape) = dims_of(d);
-            cfg.output.push(pb::ModelOutput { name: d.name.clone(), data_type: dtype_of(d)?, dims, reshape, ..Default::default() });
+            cfg.output.push(pb::ModelOutput {
+                name: d.name.clone(),
+                data_type: dtype_of(d)?,
+                dims,
+                reshape,
+                ..Default::default()
+            });
         }
     }
     Ok(())
@@ -77,7 +106,13 @@ pub fn check_against_model(cfg: &ModelConfig, io: &ModelIo) -> Result<()> {
         )));
     }
     let batching = cfg.max_batch_size > 0;
-    let check = |what: &str, name: &str, data_type: i32, dims: &[i64], reshape: Option<&pb::ModelTensorReshape>, graph: &[IoDesc]| -> Result<()> {
+    let check = |what: &str,
+                 name: &str,
+                 data_type: i32,
+                 dims: &[i64],
+                 reshape: Option<&pb::ModelTensorReshape>,
+                 graph: &[IoDesc]|
+     -> Result<()> {
         let Some(d) = graph.iter().find(|d| d.name == name) else {
             let allowed: Vec<&str> = graph.iter().map(|d| d.name.as_str()).collect();
             return Err(Error::invalid_arg(format!(
@@ -85,8 +120,13 @@ pub fn check_against_model(cfg: &ModelConfig, io: &ModelIo) -> Result<()> {
                 allowed.join(", ")
             )));
         };
-        let provided = d.dtype.as_ref().map(|t| t.config_name().to_string()).unwrap_or_else(|t| t.clone());
-        let expected = DataType::from_config_value(data_type).map_or("TYPE_INVALID", |t| t.config_name());
+        let provided = d
+            .dtype
+            .as_ref()
+            .map(|t| t.config_name().to_string())
+            .unwrap_or_else(|t| t.clone());
+        let expected =
+            DataType::from_config_value(data_type).map_or("TYPE_INVALID", |t| t.config_name());
         if expected != provided {
             return Err(Error::invalid_arg(format!(
                 "unable to load model '{model}', configuration expects datatype {expected} for {what} '{name}', model provides {provided}"
@@ -99,7 +139,10 @@ pub fn check_against_model(cfg: &ModelConfig, io: &ModelIo) -> Result<()> {
         }
         let graph_ok = d.shape.len() == full.len()
             && (!batching || d.shape[0] == -1)
-            && d.shape.iter().zip(&full).all(|(&g, &c)| g == -1 || c == -1 || g == c);
+            && d.shape
+                .iter()
+                .zip(&full)
+                .all(|(&g, &c)| g == -1 || c == -1 || g == c);
         // A graph scalar may be fed from a non-batching config whose dims are all 1.
         let scalar_ok = !batching && d.shape.is_empty() && item.iter().all(|&x| x == 1);
         if !graph_ok && !scalar_ok {
@@ -107,16 +150,34 @@ pub fn check_against_model(cfg: &ModelConfig, io: &ModelIo) -> Result<()> {
                 "unable to load model '{model}', {what} '{name}': model shape {} does not match the configuration shape {}{}",
                 shape_string(&d.shape),
                 shape_string(&full),
-                if batching { " (max_batch_size > 0 adds a leading batch dimension -1)" } else { "" }
+                if batching {
+                    " (max_batch_size > 0 adds a leading batch dimension -1)"
+                } else {
+                    ""
+                }
             )));
         }
         Ok(())
     };
     for i in &cfg.input {
-        check("input", &i.name, i.data_type, &i.dims, i.reshape.as_ref(), &io.inputs)?;
+        check(
+            "input",
+            &i.name,
+            i.data_type,
+            &i.dims,
+            i.reshape.as_ref(),
+            &io.inputs,
+        )?;
     }
     for o in &cfg.output {
-        check("output", &o.name, o.data_type, &o.dims, o.reshape.as_ref(), &io.outputs)?;
+        check(
+            "output",
+            &o.name,
+            o.data_type,
+            &o.dims,
+            o.reshape.as_ref(),
+            &io.outputs,
+        )?;
     }
     Ok(())
 }
@@ -126,60 +187,108 @@ mod tests {
     use super::*;
 
     fn desc(name: &str, dtype: DataType, shape: &[i64]) -> IoDesc {
-        IoDesc { name: name.into(), dtype: Ok(dtype), shape: shape.to_vec() }
+        IoDesc {
+            name: name.into(),
+            dtype: Ok(dtype),
+            shape: shape.to_vec(),
+        }
     }
 
     fn io(shape: &[i64]) -> ModelIo {
         ModelIo {
-            inputs: vec![desc("x", DataType::Fp32, shape), desc("y", DataType::Fp32, shape)],
+            inputs: vec![
+                desc("x", DataType::Fp32, shape),
+                desc("y", DataType::Fp32, shape),
+            ],
             outputs: vec![desc("sum", DataType::Fp32, shape)],
         }
     }
 
     #[test]
     fn fills_a_batching_model() {
-        let mut cfg = ModelConfig { name: "m".into(), ..Default::default() };
+        let mut cfg = ModelConfig {
+            name: "m".into(),
+            ..Default::default()
+        };
         auto_complete(&mut cfg, &io(&[-1, 4]), 4).unwrap();
         assert_eq!(cfg.max_batch_size, 4);
         assert_eq!(cfg.input.len(), 2);
         assert_eq!(cfg.input[0].dims, vec![4]);
         assert_eq!(cfg.input[0].data_type, DataType::Fp32.config_value());
-        assert!(matches!(cfg.scheduling_choice, Some(SchedulingChoice::DynamicBatching(_))));
+        assert!(matches!(
+            cfg.scheduling_choice,
+            Some(SchedulingChoice::DynamicBatching(_))
+        ));
         check_against_model(&cfg, &io(&[-1, 4])).unwrap();
     }
 
     #[test]
     fn fills_a_non_batching_model_and_rejects_a_batch_size() {
-        let mut cfg = ModelConfig { name: "m".into(), ..Default::default() };
+        let mut cfg = ModelConfig {
+            name: "m".into(),
+            ..Default::default()
+        };
         auto_complete(&mut cfg, &io(&[3, 4]), 4).unwrap();
         assert_eq!(cfg.max_batch_size, 0);
         assert_eq!(cfg.input[0].dims, vec![3, 4]);
         assert!(cfg.scheduling_choice.is_none());
-        let mut cfg = ModelConfig { name: "m".into(), max_batch_size: 8, ..Default::default() };
+        let mut cfg = ModelConfig {
+            name: "m".into(),
+            max_batch_size: 8,
+            ..Default::default()
+        };
         let err = auto_complete(&mut cfg, &io(&[3, 4]), 4).unwrap_err();
-        assert!(err.message.contains("does not support batching"), "{}", err.message);
+        assert!(
+            err.message.contains("does not support batching"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn per_item_scalars_get_an_empty_reshape() {
-        let mut cfg = ModelConfig { name: "m".into(), ..Default::default() };
+        let mut cfg = ModelConfig {
+            name: "m".into(),
+            ..Default::default()
+        };
         auto_complete(&mut cfg, &io(&[-1]), 4).unwrap();
         assert_eq!(cfg.input[0].dims, vec![1]);
-        assert_eq!(cfg.input[0].reshape, Some(pb::ModelTensorReshape { shape: vec![] }));
+        assert_eq!(
+            cfg.input[0].reshape,
+            Some(pb::ModelTensorReshape { shape: vec![] })
+        );
         check_against_model(&cfg, &io(&[-1])).unwrap();
     }
 
     #[test]
     fn mismatches_are_load_errors() {
-        let mut cfg = ModelConfig { name: "m".into(), ..Default::default() };
+        let mut cfg = ModelConfig {
+            name: "m".into(),
+            ..Default::default()
+        };
         auto_complete(&mut cfg, &io(&[-1, 4]), 4).unwrap();
         cfg.input[0].data_type = DataType::Int32.config_value();
         let err = check_against_model(&cfg, &io(&[-1, 4])).unwrap_err();
-        assert!(err.message.contains("expects datatype TYPE_INT32 for input 'x', model provides TYPE_FP32"), "{}", err.message);
+        assert!(
+            err.message
+                .contains("expects datatype TYPE_INT32 for input 'x', model provides TYPE_FP32"),
+            "{}",
+            err.message
+        );
         cfg.input[0].data_type = DataType::Fp32.config_value();
         cfg.input[0].dims = vec![5];
-        assert!(check_against_model(&cfg, &io(&[-1, 4])).unwrap_err().message.contains("does not match"));
+        assert!(
+            check_against_model(&cfg, &io(&[-1, 4]))
+                .unwrap_err()
+                .message
+                .contains("does not match")
+        );
         cfg.input.pop();
-        assert!(check_against_model(&cfg, &io(&[-1, 4])).unwrap_err().message.contains("expects 1 inputs, model provides 2"));
+        assert!(
+            check_against_model(&cfg, &io(&[-1, 4]))
+                .unwrap_err()
+                .message
+                .contains("expects 1 inputs, model provides 2")
+        );
     }
 }

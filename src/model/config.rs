@@ -7,7 +7,10 @@ use std::sync::{Arc, OnceLock};
 
 use prost_reflect::{DescriptorPool, DynamicMessage};
 
-use super::{DeviceKind, InstanceSpec, IoSpec, ModelSpec, OrtOptions};
+use super::{
+    DeviceKind, DynamicBatching, InstanceSpec, IoSpec, ModelSpec, OrtOptions, QueuePolicy,
+    TimeoutAction,
+};
 use crate::error::{Error, Result};
 use crate::pb::inference::{
     self as pb, model_config::SchedulingChoice, model_instance_group::Kind, model_version_policy,
@@ -22,20 +25,32 @@ pub const DEFAULT_MODEL_FILENAME: &str = "model.onnx";
 
 fn descriptor_pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(crate::pb::DESCRIPTOR_SET).expect("descriptor set built by build.rs"))
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(crate::pb::DESCRIPTOR_SET).expect("descriptor set built by build.rs")
+    })
 }
 
 /// Parses `text` (the contents of `path`) as a `ModelConfig` in protobuf text format.
 /// Errors name the file, the line and what was wrong (e.g. the unknown field).
 pub fn parse_pbtxt(path: &Path, text: &str) -> Result<ModelConfig> {
-    let desc = descriptor_pool().get_message_by_name("inference.ModelConfig").expect("ModelConfig in descriptor");
+    let desc = descriptor_pool()
+        .get_message_by_name("inference.ModelConfig")
+        .expect("ModelConfig in descriptor");
     let fixed = add_list_colons(text);
     let msg = DynamicMessage::parse_text_format(desc, &fixed).map_err(|e| {
         let line = miette::Diagnostic::labels(&e)
             .and_then(|mut l| l.next())
-            .map(|span| fixed[..span.offset().min(fixed.len())].matches('\n').count() + 1);
+            .map(|span| {
+                fixed[..span.offset().min(fixed.len())]
+                    .matches('\n')
+                    .count()
+                    + 1
+            });
         let at = line.map(|l| format!(" at line {l}")).unwrap_or_default();
-        Error::invalid_arg(format!("failed to parse model configuration '{}'{at}: {e}", path.display()))
+        Error::invalid_arg(format!(
+            "failed to parse model configuration '{}'{at}: {e}",
+            path.display()
+        ))
     })?;
     msg.transcode_to::<ModelConfig>()
         .map_err(|e| Error::internal(format!("model configuration '{}': {e}", path.display())))
@@ -101,23 +116,38 @@ fn add_list_colons(src: &str) -> String {
 
 /// Reads `<model_dir>/config.pbtxt` (or `configs/<config_name>.pbtxt` when given and present).
 /// A missing file yields an empty config when auto-complete may fill it.
-pub fn read_config(model_dir: &Path, config_name: Option<&str>, auto_complete: bool) -> Result<ModelConfig> {
+pub fn read_config(
+    model_dir: &Path,
+    config_name: Option<&str>,
+    auto_complete: bool,
+) -> Result<ModelConfig> {
     let named = config_name.map(|n| model_dir.join("configs").join(format!("{n}.pbtxt")));
-    let path = named.filter(|p| p.is_file()).unwrap_or_else(|| model_dir.join("config.pbtxt"));
+    let path = named
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| model_dir.join("config.pbtxt"));
     match std::fs::read_to_string(&path) {
         Ok(text) => parse_pbtxt(&path, &text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && auto_complete => Ok(ModelConfig::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && auto_complete => {
+            Ok(ModelConfig::default())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::invalid_arg(format!(
             "model configuration file '{}' is required when auto-complete is disabled",
             path.display()
         ))),
-        Err(e) => Err(Error::internal(format!("failed to read '{}': {e}", path.display()))),
+        Err(e) => Err(Error::internal(format!(
+            "failed to read '{}': {e}",
+            path.display()
+        ))),
     }
 }
 
 /// Server-side fill before backend auto-complete: name, platform/backend, default file name,
 /// version policy. Rejects anything that is not an ONNX Runtime model.
-pub fn fill_server_defaults(cfg: &mut ModelConfig, name: &str, first_version_dir: Option<&Path>) -> Result<()> {
+pub fn fill_server_defaults(
+    cfg: &mut ModelConfig,
+    name: &str,
+    first_version_dir: Option<&Path>,
+) -> Result<()> {
     if cfg.name.is_empty() {
         cfg.name = name.to_string();
     } else if cfg.name != name {
@@ -151,11 +181,16 @@ pub fn fill_server_defaults(cfg: &mut ModelConfig, name: &str, first_version_dir
     if cfg.default_model_filename.is_empty() {
         cfg.default_model_filename = DEFAULT_MODEL_FILENAME.into();
     }
-    if cfg.version_policy.as_ref().and_then(|p| p.policy_choice.as_ref()).is_none() {
+    if cfg
+        .version_policy
+        .as_ref()
+        .and_then(|p| p.policy_choice.as_ref())
+        .is_none()
+    {
         cfg.version_policy = Some(pb::ModelVersionPolicy {
-            policy_choice: Some(model_version_policy::PolicyChoice::Latest(model_version_policy::Latest {
-                num_versions: 1,
-            })),
+            policy_choice: Some(model_version_policy::PolicyChoice::Latest(
+                model_version_policy::Latest { num_versions: 1 },
+            )),
         });
     }
     Ok(())
@@ -187,7 +222,10 @@ pub fn normalize(cfg: &mut ModelConfig) -> Result<()> {
     opt.output_pinned_memory.get_or_insert(pinned);
 
     if cfg.instance_group.is_empty() {
-        cfg.instance_group.push(pb::ModelInstanceGroup { name: cfg.name.clone(), ..Default::default() });
+        cfg.instance_group.push(pb::ModelInstanceGroup {
+            name: cfg.name.clone(),
+            ..Default::default()
+        });
     }
     let model = cfg.name.clone();
     for (i, g) in cfg.instance_group.iter_mut().enumerate() {
@@ -214,7 +252,8 @@ pub fn normalize(cfg: &mut ModelConfig) -> Result<()> {
                 return Err(Error::invalid_arg(format!(
                     "instance group {} of model {model} has kind {} which the ONNX Runtime backend does not support",
                     g.name,
-                    Kind::try_from(g.kind).map_or_else(|_| g.kind.to_string(), |k| k.as_str_name().into())
+                    Kind::try_from(g.kind)
+                        .map_or_else(|_| g.kind.to_string(), |k| k.as_str_name().into())
                 )));
             }
         }
@@ -230,12 +269,23 @@ pub fn normalize(cfg: &mut ModelConfig) -> Result<()> {
 }
 
 /// Checks the dims rules shared by inputs and outputs.
-fn check_dims(model: &str, what: &str, name: &str, dims: &[i64], reshape: Option<&pb::ModelTensorReshape>, batching: bool) -> Result<()> {
+fn check_dims(
+    model: &str,
+    what: &str,
+    name: &str,
+    dims: &[i64],
+    reshape: Option<&pb::ModelTensorReshape>,
+    batching: bool,
+) -> Result<()> {
     if name.is_empty() {
-        return Err(Error::invalid_arg(format!("model '{model}' has an {what} without a name")));
+        return Err(Error::invalid_arg(format!(
+            "model '{model}' has an {what} without a name"
+        )));
     }
     if dims.is_empty() {
-        return Err(Error::invalid_arg(format!("model '{model}' {what} '{name}' must specify 'dims'")));
+        return Err(Error::invalid_arg(format!(
+            "model '{model}' {what} '{name}' must specify 'dims'"
+        )));
     }
     let bad = |d: &[i64]| d.iter().any(|&x| x != -1 && x < 1);
     if bad(dims) {
@@ -269,7 +319,9 @@ fn check_dims(model: &str, what: &str, name: &str, dims: &[i64], reshape: Option
 
 fn data_type(model: &str, what: &str, name: &str, v: i32) -> Result<DataType> {
     DataType::from_config_value(v).ok_or_else(|| {
-        Error::invalid_arg(format!("model '{model}' {what} '{name}' must specify a valid 'data_type'"))
+        Error::invalid_arg(format!(
+            "model '{model}' {what} '{name}' must specify a valid 'data_type'"
+        ))
     })
 }
 
@@ -277,19 +329,33 @@ fn parse_bool(key: &str, v: &str) -> Result<bool> {
     match v.to_ascii_lowercase().as_str() {
         "true" | "on" | "1" => Ok(true),
         "false" | "off" | "0" => Ok(false),
-        _ => Err(Error::invalid_arg(format!("parameter '{key}' expects a boolean (true/false/on/off/1/0), got '{v}'"))),
+        _ => Err(Error::invalid_arg(format!(
+            "parameter '{key}' expects a boolean (true/false/on/off/1/0), got '{v}'"
+        ))),
     }
 }
 
 fn parse_ort_options(cfg: &ModelConfig) -> Result<OrtOptions> {
     let mut o = OrtOptions {
-        graph_level: cfg.optimization.as_ref().and_then(|p| p.graph.as_ref()).map_or(0, |g| g.level),
+        graph_level: cfg
+            .optimization
+            .as_ref()
+            .and_then(|p| p.graph.as_ref())
+            .map_or(0, |g| g.level),
         ..Default::default()
     };
     let num = |key: &str, v: &str| -> Result<usize> {
-        v.trim().parse::<i64>().ok().filter(|n| *n >= 0).map(|n| n as usize).ok_or_else(|| {
-            Error::invalid_arg(format!("parameter '{key}' of model '{}' expects a non-negative integer, got '{v}'", cfg.name))
-        })
+        v.trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(|n| n as usize)
+            .ok_or_else(|| {
+                Error::invalid_arg(format!(
+                    "parameter '{key}' of model '{}' expects a non-negative integer, got '{v}'",
+                    cfg.name
+                ))
+            })
     };
     for (key, p) in &cfg.parameters {
         let v = p.string_value.as_str();
@@ -310,7 +376,9 @@ fn parse_ort_options(cfg: &ModelConfig) -> Result<OrtOptions> {
             }
             "enable_mem_arena" => o.mem_arena = Some(parse_bool(key, v)?),
             "enable_mem_pattern" => o.mem_pattern = Some(parse_bool(key, v)?),
-            _ => tracing::debug!(model = %cfg.name, parameter = %key, "model parameter not used by this server"),
+            _ => {
+                tracing::debug!(model = %cfg.name, parameter = %key, "model parameter not used by this server")
+            }
         }
     }
     Ok(o)
@@ -322,7 +390,14 @@ pub fn to_spec(cfg: &ModelConfig, version: i64, model_dir: &Path) -> Result<Mode
     let batching = cfg.max_batch_size > 0;
     let mut inputs = Vec::with_capacity(cfg.input.len());
     for i in &cfg.input {
-        check_dims(model, "input", &i.name, &i.dims, i.reshape.as_ref(), batching)?;
+        check_dims(
+            model,
+            "input",
+            &i.name,
+            &i.dims,
+            i.reshape.as_ref(),
+            batching,
+        )?;
         if i.optional && batching {
             return Err(Error::invalid_arg(format!(
                 "model '{model}' input '{}': optional inputs are not supported for models with max_batch_size > 0 (ONNX Runtime backend)",
@@ -340,13 +415,24 @@ pub fn to_spec(cfg: &ModelConfig, version: i64, model_dir: &Path) -> Result<Mode
     }
     let mut outputs = Vec::with_capacity(cfg.output.len());
     for o in &cfg.output {
-        check_dims(model, "output", &o.name, &o.dims, o.reshape.as_ref(), batching)?;
+        check_dims(
+            model,
+            "output",
+            &o.name,
+            &o.dims,
+            o.reshape.as_ref(),
+            batching,
+        )?;
         let labels = if o.label_filename.is_empty() {
             None
         } else {
             let path = model_dir.join(&o.label_filename);
             let text = std::fs::read_to_string(&path).map_err(|e| {
-                Error::invalid_arg(format!("model '{model}' output '{}': cannot read label file '{}': {e}", o.name, path.display()))
+                Error::invalid_arg(format!(
+                    "model '{model}' output '{}': cannot read label file '{}': {e}",
+                    o.name,
+                    path.display()
+                ))
             })?;
             Some(Arc::new(text.lines().map(str::to_owned).collect()))
         };
@@ -369,7 +455,11 @@ pub fn to_spec(cfg: &ModelConfig, version: i64, model_dir: &Path) -> Result<Mode
         .iter()
         .map(|g| InstanceSpec {
             name: g.name.clone(),
-            kind: if g.kind == Kind::Gpu as i32 { DeviceKind::Gpu(g.gpus.first().copied().unwrap_or(0)) } else { DeviceKind::Cpu },
+            kind: if g.kind == Kind::Gpu as i32 {
+                DeviceKind::Gpu(g.gpus.first().copied().unwrap_or(0))
+            } else {
+                DeviceKind::Cpu
+            },
             count: g.count.max(1) as u32,
         })
         .collect();
@@ -379,10 +469,95 @@ pub fn to_spec(cfg: &ModelConfig, version: i64, model_dir: &Path) -> Result<Mode
         max_batch_size: cfg.max_batch_size as u32,
         inputs,
         outputs,
-        model_path: model_dir.join(version.to_string()).join(&cfg.default_model_filename),
+        model_path: model_dir
+            .join(version.to_string())
+            .join(&cfg.default_model_filename),
         instances,
         ort: parse_ort_options(cfg)?,
+        dynamic_batching: dynamic_batching(cfg)?,
     })
+}
+
+fn queue_policy(p: Option<&pb::ModelQueuePolicy>) -> QueuePolicy {
+    let p = p.cloned().unwrap_or_default();
+    QueuePolicy {
+        max_queue_size: p.max_queue_size as usize,
+        default_timeout: std::time::Duration::from_micros(p.default_timeout_microseconds),
+        timeout_action: if p.timeout_action == pb::model_queue_policy::TimeoutAction::Delay as i32 {
+            TimeoutAction::Delay
+        } else {
+            TimeoutAction::Reject
+        },
+        allow_timeout_override: p.allow_timeout_override,
+    }
+}
+
+/// Validates `dynamic_batching` (behaviour.md §8.2). A model with `max_batch_size: 0` runs
+/// every request alone, whatever the config says.
+fn dynamic_batching(cfg: &ModelConfig) -> Result<Option<DynamicBatching>> {
+    let Some(SchedulingChoice::DynamicBatching(db)) = &cfg.scheduling_choice else {
+        return Ok(None);
+    };
+    if cfg.max_batch_size == 0 {
+        return Ok(None);
+    }
+    let model = &cfg.name;
+    let mbs = cfg.max_batch_size as i64;
+    let mut preferred = Vec::with_capacity(db.preferred_batch_size.len());
+    for &p in &db.preferred_batch_size {
+        if p < 1 || p as i64 > mbs {
+            return Err(Error::invalid_arg(format!(
+                "dynamic batching preferred size must be positive and <= max_batch_size {mbs} for model '{model}', got {p}"
+            )));
+        }
+        preferred.push(p as usize);
+    }
+    preferred.sort_unstable();
+    preferred.dedup();
+    let enabled = db.priority_levels > 0;
+    let levels = db.priority_levels.max(1) as usize;
+    let default_level = if enabled {
+        if db.default_priority_level < 1 || db.default_priority_level > db.priority_levels {
+            return Err(Error::invalid_arg(format!(
+                "default_priority_level must be in the range [1, {}] for model '{model}', got {}",
+                db.priority_levels, db.default_priority_level
+            )));
+        }
+        db.default_priority_level as usize
+    } else {
+        1
+    };
+    for &level in db.priority_queue_policy.keys() {
+        if !enabled || level < 1 || level > db.priority_levels {
+            return Err(Error::invalid_arg(format!(
+                "priority queue policy must have a key in the range [1, {}] for model '{model}', got {level}",
+                db.priority_levels
+            )));
+        }
+    }
+    let default_policy = db.default_queue_policy.as_ref();
+    let queue_policies: Vec<QueuePolicy> = (1..=levels as u64)
+        .map(|l| queue_policy(db.priority_queue_policy.get(&l).or(default_policy)))
+        .collect();
+    if db.preserve_ordering
+        && (levels > 1
+            || queue_policies
+                .iter()
+                .any(|p| p.timeout_action == TimeoutAction::Delay))
+    {
+        return Err(Error::invalid_arg(format!(
+            "preserve_ordering of model '{model}' allows only one priority level and no DELAY timeout action"
+        )));
+    }
+    Ok(Some(DynamicBatching {
+        preferred_batch_sizes: preferred,
+        max_queue_delay: std::time::Duration::from_micros(db.max_queue_delay_microseconds),
+        preserve_ordering: db.preserve_ordering,
+        priority_levels: levels,
+        default_priority_level: default_level,
+        queue_policies,
+        priorities_enabled: enabled,
+    }))
 }
 
 #[cfg(test)]
@@ -414,7 +589,9 @@ version_policy: { specific: { versions: [1, 3] } }
         assert_eq!(cfg.output.len(), 2);
         assert_eq!(cfg.input[1].dims, vec![16]);
         assert_eq!(cfg.instance_group[0].kind, Kind::Cpu as i32);
-        let Some(SchedulingChoice::DynamicBatching(db)) = &cfg.scheduling_choice else { panic!() };
+        let Some(SchedulingChoice::DynamicBatching(db)) = &cfg.scheduling_choice else {
+            panic!()
+        };
         assert_eq!(db.max_queue_delay_microseconds, 100);
         assert_eq!(db.priority_queue_policy[&1].max_queue_size, 4);
         assert_eq!(cfg.parameters["intra_op_thread_count"].string_value, "1");
@@ -422,12 +599,25 @@ version_policy: { specific: { versions: [1, 3] } }
 
     #[test]
     fn errors_name_file_line_and_field() {
-        let err = parse_pbtxt(Path::new("m/config.pbtxt"), "name: \"m\"\n\nbogus_field: 3\n").unwrap_err();
-        assert!(err.message.contains("'m/config.pbtxt' at line 3"), "{}", err.message);
+        let err = parse_pbtxt(
+            Path::new("m/config.pbtxt"),
+            "name: \"m\"\n\nbogus_field: 3\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.message.contains("'m/config.pbtxt' at line 3"),
+            "{}",
+            err.message
+        );
         assert!(err.message.contains("bogus_field"), "{}", err.message);
-        let err = parse_pbtxt(Path::new("c"), "max_batch_size: 8\nmax_batch_size: 4\n").unwrap_err();
+        let err =
+            parse_pbtxt(Path::new("c"), "max_batch_size: 8\nmax_batch_size: 4\n").unwrap_err();
         assert!(err.message.contains("line 2"), "{}", err.message);
-        let err = parse_pbtxt(Path::new("c"), "input [ { name: \"x\" data_type: TYPE_NOPE } ]").unwrap_err();
+        let err = parse_pbtxt(
+            Path::new("c"),
+            "input [ { name: \"x\" data_type: TYPE_NOPE } ]",
+        )
+        .unwrap_err();
         assert!(err.message.contains("TYPE_NOPE"), "{}", err.message);
         assert!(parse_pbtxt(Path::new("c"), "").unwrap() == ModelConfig::default());
     }
@@ -436,7 +626,10 @@ version_policy: { specific: { versions: [1, 3] } }
     fn list_colons_leave_strings_and_comments_alone() {
         assert_eq!(add_list_colons("a [ 1 ]"), "a : [ 1 ]");
         assert_eq!(add_list_colons("a: [ 1 ]"), "a: [ 1 ]");
-        assert_eq!(add_list_colons("n: \"x [\" # b [\nc [ ]"), "n: \"x [\" # b [\nc : [ ]");
+        assert_eq!(
+            add_list_colons("n: \"x [\" # b [\nc [ ]"),
+            "n: \"x [\" # b [\nc : [ ]"
+        );
     }
 
     #[test]
@@ -449,20 +642,42 @@ version_policy: { specific: { versions: [1, 3] } }
         assert_eq!(cfg.default_model_filename, "model.onnx");
         assert_eq!(cfg.instance_group[0].name, "simple");
         assert_eq!(cfg.instance_group[0].count, 2);
-        let Some(SchedulingChoice::DynamicBatching(db)) = &cfg.scheduling_choice else { panic!() };
+        let Some(SchedulingChoice::DynamicBatching(db)) = &cfg.scheduling_choice else {
+            panic!()
+        };
         assert_eq!(db.preferred_batch_size, vec![8]);
 
-        let mut other = ModelConfig { platform: "tensorrt_plan".into(), ..Default::default() };
+        let mut other = ModelConfig {
+            platform: "tensorrt_plan".into(),
+            ..Default::default()
+        };
         let err = fill_server_defaults(&mut other, "x", None).unwrap_err();
         assert!(err.message.contains("tensorrt_plan"), "{}", err.message);
-        let mut named = ModelConfig { name: "y".into(), ..Default::default() };
-        assert!(fill_server_defaults(&mut named, "x", None).unwrap_err().message.contains("directory name must equal"));
+        let mut named = ModelConfig {
+            name: "y".into(),
+            ..Default::default()
+        };
+        assert!(
+            fill_server_defaults(&mut named, "x", None)
+                .unwrap_err()
+                .message
+                .contains("directory name must equal")
+        );
     }
 
     #[test]
     fn gpu_groups_are_refused_with_a_reason() {
-        let mut cfg = parse_pbtxt(Path::new("c"), "name: \"g\" instance_group [ { kind: KIND_GPU } ]").unwrap();
+        let mut cfg = parse_pbtxt(
+            Path::new("c"),
+            "name: \"g\" instance_group [ { kind: KIND_GPU } ]",
+        )
+        .unwrap();
         let err = normalize(&mut cfg).unwrap_err();
-        assert!(err.message.contains("KIND_GPU but server does not support GPUs"), "{}", err.message);
+        assert!(
+            err.message
+                .contains("KIND_GPU but server does not support GPUs"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -71,7 +71,11 @@ pub struct ModelManager {
 
 impl ModelManager {
     pub fn new(backend: Arc<dyn Backend>, opts: ManagerOptions) -> Self {
-        ModelManager { backend, opts, models: RwLock::new(BTreeMap::new()) }
+        ModelManager {
+            backend,
+            opts,
+            models: RwLock::new(BTreeMap::new()),
+        }
     }
 
     /// Loads every model of every repository, `load_threads` at a time, off the async workers.
@@ -84,13 +88,18 @@ impl ModelManager {
             let this = self.clone();
             let permits = permits.clone();
             tasks.push(tokio::spawn(async move {
-                let _permit = permits.acquire_owned().await.expect("semaphore never closed");
+                let _permit = permits
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore never closed");
                 let entry = match dir {
                     Ok(dir) => {
                         let (n, this2) = (name.clone(), this.clone());
                         tokio::task::spawn_blocking(move || this2.load_model(&n, &dir))
                             .await
-                            .unwrap_or_else(|e| failed(Error::internal(format!("model load panicked: {e}"))))
+                            .unwrap_or_else(|e| {
+                                failed(Error::internal(format!("model load panicked: {e}")))
+                            })
                     }
                     Err(e) => failed(e),
                 };
@@ -103,13 +112,19 @@ impl ModelManager {
                         .collect();
                     (!bad.is_empty()).then(|| bad.join("; "))
                 });
-                this.models.write().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), entry);
+                this.models
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.clone(), entry);
                 failure.map(|f| (name, f))
             }));
         }
         let mut failures = Vec::new();
         for t in tasks {
-            if let Some(f) = t.await.map_err(|e| Error::internal(format!("model load task failed: {e}")))? {
+            if let Some(f) = t
+                .await
+                .map_err(|e| Error::internal(format!("model load task failed: {e}")))?
+            {
                 failures.push(f);
             }
         }
@@ -134,12 +149,25 @@ impl ModelManager {
             let io = first_io.take();
             let slot = match self.load_version(&cfg, dir, v, io) {
                 Ok(m) => {
-                    tracing::info!(model = name, version = v, ms = started.elapsed().as_millis() as u64, "loaded, READY");
-                    VersionSlot { state: ModelState::Ready, reason: String::new(), model: Some(Arc::new(m)) }
+                    tracing::info!(
+                        model = name,
+                        version = v,
+                        ms = started.elapsed().as_millis() as u64,
+                        "loaded, READY"
+                    );
+                    VersionSlot {
+                        state: ModelState::Ready,
+                        reason: String::new(),
+                        model: Some(Arc::new(m)),
+                    }
                 }
                 Err(e) => {
                     tracing::error!(model = name, version = v, error = %e, "failed to load version");
-                    VersionSlot { state: ModelState::Unavailable, reason: e.reason(), model: None }
+                    VersionSlot {
+                        state: ModelState::Unavailable,
+                        reason: e.reason(),
+                        model: None,
+                    }
                 }
             };
             entry.versions.insert(v, slot);
@@ -149,15 +177,25 @@ impl ModelManager {
 
     /// Config resolution (behaviour.md §5.6) up to the versions to load. Returns the graph
     /// description of the highest version when auto-complete had to read it.
-    fn prepare(&self, name: &str, dir: &Path) -> Result<(ModelConfig, Vec<i64>, Option<crate::backend::ModelIo>)> {
-        let mut cfg = config::read_config(dir, self.opts.config_name.as_deref(), self.opts.auto_complete)?;
+    fn prepare(
+        &self,
+        name: &str,
+        dir: &Path,
+    ) -> Result<(ModelConfig, Vec<i64>, Option<crate::backend::ModelIo>)> {
+        let mut cfg = config::read_config(
+            dir,
+            self.opts.config_name.as_deref(),
+            self.opts.auto_complete,
+        )?;
         let on_disk = repository::versions_on_disk(dir);
         let first_dir = on_disk.first().map(|v| dir.join(v.to_string()));
         config::fill_server_defaults(&mut cfg, name, first_dir.as_deref())?;
         let versions = repository::select_versions(name, cfg.version_policy.as_ref(), &on_disk)?;
         let mut io = None;
         if self.opts.auto_complete {
-            let newest = *versions.last().expect("select_versions returns at least one");
+            let newest = *versions
+                .last()
+                .expect("select_versions returns at least one");
             let path = model_file(dir, newest, &cfg)?;
             let found = self.backend.inspect(&path)?;
             autocomplete::auto_complete(&mut cfg, &found, self.opts.default_max_batch_size)?;
@@ -167,7 +205,13 @@ impl ModelManager {
         Ok((cfg, versions, io))
     }
 
-    fn load_version(&self, cfg: &Arc<ModelConfig>, dir: &Path, version: i64, io: Option<crate::backend::ModelIo>) -> Result<LoadedModel> {
+    fn load_version(
+        &self,
+        cfg: &Arc<ModelConfig>,
+        dir: &Path,
+        version: i64,
+        io: Option<crate::backend::ModelIo>,
+    ) -> Result<LoadedModel> {
         let spec = Arc::new(config::to_spec(cfg, version, dir)?);
         let path = model_file(dir, version, cfg)?;
         let io = match io {
@@ -176,8 +220,12 @@ impl ModelManager {
         };
         autocomplete::check_against_model(cfg, &io)?;
         let stats = Arc::new(ModelStats::default());
-        let ctx = Arc::new(ExecContext { spec: spec.clone(), stats: stats.clone() });
-        let (scheduler, rx) = Scheduler::new(ctx, self.opts.queue_capacity);
+        let ctx = Arc::new(ExecContext {
+            spec: spec.clone(),
+            stats: stats.clone(),
+        });
+        let (scheduler, rx) =
+            Scheduler::start(ctx, spec.instance_count(), self.opts.queue_capacity);
         let mut threads = Vec::with_capacity(spec.instance_count());
         for group in &spec.instances {
             for i in 0..group.count {
@@ -186,26 +234,38 @@ impl ModelManager {
                 threads.push(InstanceThread::spawn(name, runner, rx.clone())?);
             }
         }
-        Ok(LoadedModel { config: cfg.clone(), spec, scheduler, stats, _threads: threads })
+        Ok(LoadedModel {
+            config: cfg.clone(),
+            spec,
+            scheduler,
+            stats,
+            _threads: threads,
+        })
     }
 
     /// The version a request should use: `version` empty = the highest READY version.
     pub fn get(&self, name: &str, version: &str) -> Result<Arc<LoadedModel>> {
         let models = self.models.read().unwrap_or_else(|p| p.into_inner());
-        let entry = models
-            .get(name)
-            .ok_or_else(|| Error::invalid_arg(format!("Request for unknown model: '{name}' is not found")))?;
+        let entry = models.get(name).ok_or_else(|| {
+            Error::invalid_arg(format!("Request for unknown model: '{name}' is not found"))
+        })?;
         if version.is_empty() {
             return entry
                 .versions
                 .values()
                 .rev()
                 .find_map(|s| s.model.clone().filter(|_| s.state == ModelState::Ready))
-                .ok_or_else(|| Error::not_found(format!("Request for unknown model: '{name}' has no available versions")));
+                .ok_or_else(|| {
+                    Error::not_found(format!(
+                        "Request for unknown model: '{name}' has no available versions"
+                    ))
+                });
         }
         let v = parse_version(version)?;
         let slot = entry.versions.get(&v).ok_or_else(|| {
-            Error::not_found(format!("Request for unknown model: '{name}' version {v} is not found"))
+            Error::not_found(format!(
+                "Request for unknown model: '{name}' version {v} is not found"
+            ))
         })?;
         match (&slot.model, slot.state) {
             (Some(m), ModelState::Ready) => Ok(m.clone()),
@@ -228,7 +288,10 @@ impl ModelManager {
     }
 
     pub fn is_known(&self, name: &str) -> bool {
-        self.models.read().unwrap_or_else(|p| p.into_inner()).contains_key(name)
+        self.models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
     }
 
     /// Strict readiness: every model has a version and every tracked version is READY.
@@ -240,13 +303,18 @@ impl ModelManager {
         models.values().all(|e| {
             e.failure.is_none()
                 && !e.versions.is_empty()
-                && e.versions.values().all(|s| s.state == ModelState::Ready || (s.state == ModelState::Unavailable && s.reason == "unloaded"))
+                && e.versions.values().all(|s| {
+                    s.state == ModelState::Ready
+                        || (s.state == ModelState::Unavailable && s.reason == "unloaded")
+                })
         })
     }
 
     /// The repository index: one row per model folder found, one per tracked version.
     pub fn index(&self, ready_only: bool) -> Result<Vec<IndexEntry>> {
-        let mut names: Vec<String> = repository::scan(&self.opts.repositories)?.into_keys().collect();
+        let mut names: Vec<String> = repository::scan(&self.opts.repositories)?
+            .into_keys()
+            .collect();
         let models = self.models.read().unwrap_or_else(|p| p.into_inner());
         names.extend(models.keys().cloned());
         names.sort();
@@ -254,19 +322,34 @@ impl ModelManager {
         let mut rows = Vec::new();
         for name in names {
             match models.get(&name) {
-                None if !ready_only => rows.push(IndexEntry { name, version: None, state: None, reason: String::new() }),
+                None if !ready_only => rows.push(IndexEntry {
+                    name,
+                    version: None,
+                    state: None,
+                    reason: String::new(),
+                }),
                 None => {}
                 Some(e) => {
-                    if let Some(f) = &e.failure {
-                        if !ready_only {
-                            rows.push(IndexEntry { name: name.clone(), version: None, state: Some(ModelState::Unavailable), reason: f.clone() });
-                        }
+                    if let Some(f) = &e.failure
+                        && !ready_only
+                    {
+                        rows.push(IndexEntry {
+                            name: name.clone(),
+                            version: None,
+                            state: Some(ModelState::Unavailable),
+                            reason: f.clone(),
+                        });
                     }
                     for (v, s) in &e.versions {
                         if ready_only && s.state != ModelState::Ready {
                             continue;
                         }
-                        rows.push(IndexEntry { name: name.clone(), version: Some(*v), state: Some(s.state), reason: s.reason.clone() });
+                        rows.push(IndexEntry {
+                            name: name.clone(),
+                            version: Some(*v),
+                            state: Some(s.state),
+                            reason: s.reason.clone(),
+                        });
                     }
                 }
             }
@@ -276,13 +359,22 @@ impl ModelManager {
 }
 
 fn failed(e: Error) -> ModelEntry {
-    ModelEntry { versions: BTreeMap::new(), failure: Some(e.reason()) }
+    ModelEntry {
+        versions: BTreeMap::new(),
+        failure: Some(e.reason()),
+    }
 }
 
 /// `<dir>/<version>/<default_model_filename>`; it may also be a folder holding `model.onnx`.
 fn model_file(dir: &Path, version: i64, cfg: &ModelConfig) -> Result<PathBuf> {
-    let path = dir.join(version.to_string()).join(&cfg.default_model_filename);
-    let path = if path.is_dir() { path.join(config::DEFAULT_MODEL_FILENAME) } else { path };
+    let path = dir
+        .join(version.to_string())
+        .join(&cfg.default_model_filename);
+    let path = if path.is_dir() {
+        path.join(config::DEFAULT_MODEL_FILENAME)
+    } else {
+        path
+    };
     if !path.is_file() {
         return Err(Error::invalid_arg(format!(
             "unable to find model file '{}' for model '{}' version {version}",

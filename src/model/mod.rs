@@ -12,6 +12,7 @@ pub mod state;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::tensor::DataType;
 
@@ -27,6 +28,8 @@ pub struct ModelSpec {
     pub model_path: PathBuf,
     pub instances: Vec<InstanceSpec>,
     pub ort: OrtOptions,
+    /// The dynamic batcher's settings; `None` = Triton's default scheduler (each request alone).
+    pub dynamic_batching: Option<DynamicBatching>,
 }
 
 impl ModelSpec {
@@ -76,4 +79,37 @@ pub struct OrtOptions {
     pub graph_level: i32,
     pub mem_arena: Option<bool>,
     pub mem_pattern: Option<bool>,
+}
+
+/// `dynamic_batching { ... }` after validation (model-config.md §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicBatching {
+    /// Ascending, each in 1..=max_batch_size.
+    pub preferred_batch_sizes: Vec<usize>,
+    pub max_queue_delay: Duration,
+    pub preserve_ordering: bool,
+    /// Priority levels, at least 1 (a config's 0 = priorities disabled = one level).
+    pub priority_levels: usize,
+    /// Level (1 = highest) used when a request gives no priority.
+    pub default_priority_level: usize,
+    /// One policy per level, index = level - 1.
+    pub queue_policies: Vec<QueuePolicy>,
+    /// True when the config enabled priorities (`priority_levels > 0`).
+    pub priorities_enabled: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutAction {
+    Reject,
+    Delay,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuePolicy {
+    /// 0 = no per-level limit (the server-wide queue capacity still applies).
+    pub max_queue_size: usize,
+    /// Zero = no timeout.
+    pub default_timeout: Duration,
+    pub timeout_action: TimeoutAction,
+    pub allow_timeout_override: bool,
 }

@@ -14,8 +14,12 @@ const RESERVED: &[&str] = &["warmup", "initial_state", "configs"];
 pub fn scan(repos: &[PathBuf]) -> Result<BTreeMap<String, Result<PathBuf>>> {
     let mut models: BTreeMap<String, Result<PathBuf>> = BTreeMap::new();
     for repo in repos {
-        let entries = std::fs::read_dir(repo)
-            .map_err(|e| Error::internal(format!("failed to read model repository '{}': {e}", repo.display())))?;
+        let entries = std::fs::read_dir(repo).map_err(|e| {
+            Error::internal(format!(
+                "failed to read model repository '{}': {e}",
+                repo.display()
+            ))
+        })?;
         for entry in entries.flatten() {
             let path = entry.path();
             if !path.is_dir() {
@@ -30,7 +34,12 @@ pub fn scan(repos: &[PathBuf]) -> Result<BTreeMap<String, Result<PathBuf>>> {
             }
             match models.get(&name) {
                 Some(_) => {
-                    models.insert(name, Err(Error::invalid_arg("model appears in two or more repositories")));
+                    models.insert(
+                        name,
+                        Err(Error::invalid_arg(
+                            "model appears in two or more repositories",
+                        )),
+                    );
                 }
                 None => {
                     models.insert(name, Ok(path));
@@ -50,7 +59,11 @@ pub fn versions_on_disk(model_dir: &Path) -> Vec<i64> {
         .filter(|e| e.path().is_dir())
         .filter_map(|e| e.file_name().to_str().map(str::to_owned))
         .filter(|n| !RESERVED.contains(&n.as_str()))
-        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0')))
+        .filter(|n| {
+            !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && (n == "0" || !n.starts_with('0'))
+        })
         .filter_map(|n| n.parse().ok())
         .collect();
     versions.sort_unstable();
@@ -58,7 +71,11 @@ pub fn versions_on_disk(model_dir: &Path) -> Vec<i64> {
 }
 
 /// The versions `policy` selects from `on_disk` (ascending). Zero selected is a load error.
-pub fn select_versions(model: &str, policy: Option<&ModelVersionPolicy>, on_disk: &[i64]) -> Result<Vec<i64>> {
+pub fn select_versions(
+    model: &str,
+    policy: Option<&ModelVersionPolicy>,
+    on_disk: &[i64],
+) -> Result<Vec<i64>> {
     let selected: Vec<i64> = match policy.and_then(|p| p.policy_choice.as_ref()) {
         None => on_disk.iter().rev().take(1).rev().copied().collect(),
         Some(PolicyChoice::Latest(l)) => {
@@ -70,10 +87,18 @@ pub fn select_versions(model: &str, policy: Option<&ModelVersionPolicy>, on_disk
         Some(PolicyChoice::Specific(s)) => {
             for v in &s.versions {
                 if !on_disk.contains(v) {
-                    tracing::warn!(model, version = v, "version named by the version policy has no folder; skipped");
+                    tracing::warn!(
+                        model,
+                        version = v,
+                        "version named by the version policy has no folder; skipped"
+                    );
                 }
             }
-            on_disk.iter().copied().filter(|v| s.versions.contains(v)).collect()
+            on_disk
+                .iter()
+                .copied()
+                .filter(|v| s.versions.contains(v))
+                .collect()
         }
     };
     if selected.is_empty() {
@@ -90,7 +115,9 @@ mod tests {
     use crate::pb::inference::model_version_policy::{All, Latest, Specific};
 
     fn policy(p: PolicyChoice) -> ModelVersionPolicy {
-        ModelVersionPolicy { policy_choice: Some(p) }
+        ModelVersionPolicy {
+            policy_choice: Some(p),
+        }
     }
 
     #[test]
@@ -98,12 +125,28 @@ mod tests {
         let disk = [1, 2, 3, 10];
         assert_eq!(select_versions("m", None, &disk).unwrap(), vec![10]);
         let latest2 = policy(PolicyChoice::Latest(Latest { num_versions: 2 }));
-        assert_eq!(select_versions("m", Some(&latest2), &disk).unwrap(), vec![3, 10]);
-        assert_eq!(select_versions("m", Some(&policy(PolicyChoice::All(All {}))), &disk).unwrap(), disk.to_vec());
-        let specific = policy(PolicyChoice::Specific(Specific { versions: vec![2, 7] }));
-        assert_eq!(select_versions("m", Some(&specific), &disk).unwrap(), vec![2]);
+        assert_eq!(
+            select_versions("m", Some(&latest2), &disk).unwrap(),
+            vec![3, 10]
+        );
+        assert_eq!(
+            select_versions("m", Some(&policy(PolicyChoice::All(All {}))), &disk).unwrap(),
+            disk.to_vec()
+        );
+        let specific = policy(PolicyChoice::Specific(Specific {
+            versions: vec![2, 7],
+        }));
+        assert_eq!(
+            select_versions("m", Some(&specific), &disk).unwrap(),
+            vec![2]
+        );
         let none = policy(PolicyChoice::Specific(Specific { versions: vec![7] }));
-        assert!(select_versions("m", Some(&none), &disk).unwrap_err().message.contains("at least one version"));
+        assert!(
+            select_versions("m", Some(&none), &disk)
+                .unwrap_err()
+                .message
+                .contains("at least one version")
+        );
     }
 
     #[test]

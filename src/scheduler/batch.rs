@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::backend::instance::Job;
@@ -16,6 +16,9 @@ use crate::telemetry::stats::ModelStats;
 use crate::tensor::{DataType, Tensor, bytes_codec};
 use crate::validate::{OutputRequest, ValidRequest};
 
+use super::queue::Pending;
+use super::reply::Replier;
+
 /// What every batch of one model version shares.
 pub struct ExecContext {
     pub spec: Arc<ModelSpec>,
@@ -26,37 +29,104 @@ pub struct ExecContext {
 /// obligation to reply (or to drop it, which the waiting caller sees as cancellation).
 pub struct Entry {
     pub req: ValidRequest,
-    pub reply: oneshot::Sender<Result<InferResponse>>,
+    pub reply: Replier,
     pub arrival: Instant,
     pub enqueued: Instant,
+    /// When the queue timeout expires (`None` = never).
+    pub deadline: Option<Instant>,
+    /// Under `timeout_action: DELAY` an expired entry waits behind the others instead of failing.
+    pub delay_on_timeout: bool,
+}
+
+impl Pending for Entry {
+    fn rows(&self) -> usize {
+        self.req.batch_size
+    }
+
+    /// Requests batch together when they carry the same inputs with the same non-batch dims.
+    fn batches_with(&self, other: &Self) -> bool {
+        let (a, b) = (&self.req.inputs, &other.req.inputs);
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| x.name == y.name && x.shape.get(1..) == y.shape.get(1..))
+    }
+
+    fn enqueued(&self) -> Instant {
+        self.enqueued
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    fn level(&self) -> usize {
+        self.req.level
+    }
+
+    fn delay_on_timeout(&self) -> bool {
+        self.delay_on_timeout
+    }
 }
 
 pub struct Batch {
     ctx: Arc<ExecContext>,
     entries: Vec<Entry>,
+    /// The instance slot this batch occupies (dynamic batcher); released when execution ends.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Batch {
-    pub fn new(ctx: Arc<ExecContext>, entries: Vec<Entry>) -> Self {
-        Batch { ctx, entries }
+    pub fn new(
+        ctx: Arc<ExecContext>,
+        entries: Vec<Entry>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        Batch {
+            ctx,
+            entries,
+            _permit: permit,
+        }
+    }
+
+    /// Answers every request of a batch that will not run.
+    pub fn fail(self, err: Error) {
+        let now = Instant::now();
+        for entry in self.entries {
+            self.ctx.stats.record_failure(now - entry.enqueued);
+            entry
+                .reply
+                .send(Err(err.clone().with_request_id(&entry.req.id)));
+        }
     }
 }
 
 impl Job for Batch {
     fn execute(self, runner: &mut dyn Runner) {
-        let Batch { ctx, entries } = self;
+        let Batch {
+            ctx,
+            entries,
+            _permit,
+        } = self;
         let start = Instant::now();
         // Work whose client has gone is never run.
-        let (entries, gone): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| !e.reply.is_closed());
+        let (entries, gone): (Vec<Entry>, Vec<Entry>) =
+            entries.into_iter().partition(|e| !e.reply.is_closed());
         for e in gone {
             ctx.stats.record_failure(start - e.enqueued);
+            e.reply.send(Err(Error::cancelled(
+                "request cancelled: the client went away",
+            )));
         }
         if entries.is_empty() {
             return;
         }
         let rows: Vec<usize> = entries.iter().map(|e| e.req.batch_size).collect();
         let result = assemble(&ctx.spec, &entries).and_then(|(inputs, wanted)| {
-            let names: Vec<&str> = wanted.iter().map(|&i| ctx.spec.outputs[i].name.as_str()).collect();
+            let names: Vec<&str> = wanted
+                .iter()
+                .map(|&i| ctx.spec.outputs[i].name.as_str())
+                .collect();
             let out = runner.run(inputs, &names)?;
             Ok((wanted, out))
         });
@@ -66,7 +136,9 @@ impl Job for Batch {
                 let now = Instant::now();
                 for entry in entries {
                     ctx.stats.record_failure(now - entry.enqueued);
-                    let _ = entry.reply.send(Err(e.clone().with_request_id(&entry.req.id)));
+                    entry
+                        .reply
+                        .send(Err(e.clone().with_request_id(&entry.req.id)));
                 }
                 return;
             }
@@ -82,17 +154,27 @@ impl Job for Batch {
 fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tensor>, Vec<usize>)> {
     let mut inputs = Vec::with_capacity(spec.inputs.len());
     for io in &spec.inputs {
-        let parts: Vec<&Tensor> = entries.iter().filter_map(|e| e.req.inputs.iter().find(|t| t.name == io.name)).collect();
+        let parts: Vec<&Tensor> = entries
+            .iter()
+            .filter_map(|e| e.req.inputs.iter().find(|t| t.name == io.name))
+            .collect();
         if parts.is_empty() {
             continue; // an optional input nobody sent
         }
-        let mut t = if spec.batching() { Tensor::concat_rows(&parts) } else { parts[0].clone() };
+        let mut t = if spec.batching() {
+            Tensor::concat_rows(&parts)
+        } else {
+            parts[0].clone()
+        };
         if let Some(reshape) = &io.reshape {
             t.shape = model_shape(&t.shape, io, reshape, spec.batching());
         }
         inputs.push(t);
     }
-    let mut wanted: Vec<usize> = entries.iter().flat_map(|e| e.req.outputs.iter().map(|o| o.index)).collect();
+    let mut wanted: Vec<usize> = entries
+        .iter()
+        .flat_map(|e| e.req.outputs.iter().map(|o| o.index))
+        .collect();
     wanted.sort_unstable();
     wanted.dedup();
     Ok((inputs, wanted))
@@ -101,16 +183,33 @@ fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tensor>, Vec<usi
 /// The shape the model sees for an input with `reshape`: the request's variable dims fill the
 /// reshape's -1 entries in order.
 fn model_shape(shape: &[i64], io: &IoSpec, reshape: &[i64], batching: bool) -> Vec<i64> {
-    let (head, item) = if batching { (&shape[..1], &shape[1..]) } else { (&shape[..0], shape) };
-    let mut vars = item.iter().zip(&io.dims).filter(|(_, d)| **d == -1).map(|(s, _)| *s);
+    let (head, item) = if batching {
+        (&shape[..1], &shape[1..])
+    } else {
+        (&shape[..0], shape)
+    };
+    let mut vars = item
+        .iter()
+        .zip(&io.dims)
+        .filter(|(_, d)| **d == -1)
+        .map(|(s, _)| *s);
     let mut out = head.to_vec();
-    out.extend(reshape.iter().map(|&r| if r == -1 { vars.next().unwrap_or(1) } else { r }));
+    out.extend(
+        reshape
+            .iter()
+            .map(|&r| if r == -1 { vars.next().unwrap_or(1) } else { r }),
+    );
     out
 }
 
 /// Splits each output into per-request pieces, with shapes back in the config's `dims`.
 /// Returns, per output in `wanted` order, one tensor per entry.
-fn scatter(spec: &ModelSpec, wanted: &[usize], tensors: Vec<Tensor>, rows: &[usize]) -> Result<Vec<Vec<Tensor>>> {
+fn scatter(
+    spec: &ModelSpec,
+    wanted: &[usize],
+    tensors: Vec<Tensor>,
+    rows: &[usize],
+) -> Result<Vec<Vec<Tensor>>> {
     let mut out = Vec::with_capacity(wanted.len());
     for (&index, mut t) in wanted.iter().zip(tensors) {
         let io = &spec.outputs[index];
@@ -125,7 +224,11 @@ fn scatter(spec: &ModelSpec, wanted: &[usize], tensors: Vec<Tensor>, rows: &[usi
                 io.dtype.as_str()
             )));
         }
-        let pieces = if spec.batching() { t.split_rows(rows)? } else { vec![t] };
+        let pieces = if spec.batching() {
+            t.split_rows(rows)?
+        } else {
+            vec![t]
+        };
         out.push(pieces);
     }
     Ok(out)
@@ -133,14 +236,22 @@ fn scatter(spec: &ModelSpec, wanted: &[usize], tensors: Vec<Tensor>, rows: &[usi
 
 /// Undoes an output `reshape`: dims keep their fixed entries and take the rest from the model's shape.
 fn config_shape(shape: &[i64], io: &IoSpec, batching: bool) -> Vec<i64> {
-    let (head, item) = if batching { (&shape[..1.min(shape.len())], &shape[1.min(shape.len())..]) } else { (&shape[..0], shape) };
+    let (head, item) = if batching {
+        (&shape[..1.min(shape.len())], &shape[1.min(shape.len())..])
+    } else {
+        (&shape[..0], shape)
+    };
     let fixed: i64 = io.dims.iter().filter(|&&d| d > 0).product();
     let elements: i64 = item.iter().product();
     let vars = io.dims.iter().filter(|&&d| d == -1).count();
     let mut out = head.to_vec();
     for &d in &io.dims {
         out.push(if d == -1 {
-            if vars == 1 && fixed > 0 { elements / fixed } else { -1 }
+            if vars == 1 && fixed > 0 {
+                elements / fixed
+            } else {
+                -1
+            }
         } else {
             d
         });
@@ -148,7 +259,14 @@ fn config_shape(shape: &[i64], io: &IoSpec, batching: bool) -> Vec<i64> {
     out
 }
 
-fn respond(ctx: &ExecContext, entries: Vec<Entry>, wanted: &[usize], scattered: Result<Vec<Vec<Tensor>>>, start: Instant, times: ComputeTimes) {
+fn respond(
+    ctx: &ExecContext,
+    entries: Vec<Entry>,
+    wanted: &[usize],
+    scattered: Result<Vec<Vec<Tensor>>>,
+    start: Instant,
+    times: ComputeTimes,
+) {
     let spec = &ctx.spec;
     let scattered = match scattered {
         Ok(s) => s,
@@ -156,7 +274,9 @@ fn respond(ctx: &ExecContext, entries: Vec<Entry>, wanted: &[usize], scattered: 
             let now = Instant::now();
             for entry in entries {
                 ctx.stats.record_failure(now - entry.enqueued);
-                let _ = entry.reply.send(Err(e.clone().with_request_id(&entry.req.id)));
+                entry
+                    .reply
+                    .send(Err(e.clone().with_request_id(&entry.req.id)));
             }
             return;
         }
@@ -167,7 +287,10 @@ fn respond(ctx: &ExecContext, entries: Vec<Entry>, wanted: &[usize], scattered: 
             .outputs
             .iter()
             .map(|o| {
-                let k = wanted.iter().position(|&w| w == o.index).expect("wanted covers every request");
+                let k = wanted
+                    .iter()
+                    .position(|&w| w == o.index)
+                    .expect("wanted covers every request");
                 // A clone shares the data (`Bytes`); a request may name the same output twice.
                 finish_output(spec, o, scattered[k][i].clone())
             })
@@ -175,18 +298,23 @@ fn respond(ctx: &ExecContext, entries: Vec<Entry>, wanted: &[usize], scattered: 
         let now = Instant::now();
         match outputs {
             Ok(outputs) => {
-                ctx.stats.record_success(entry.req.batch_size, start - entry.enqueued, now - entry.enqueued, times);
+                ctx.stats.record_success(
+                    entry.req.batch_size,
+                    start - entry.enqueued,
+                    now - entry.enqueued,
+                    times,
+                );
                 let resp = InferResponse {
                     model_name: spec.name.clone(),
                     model_version: spec.version,
                     id: entry.req.id.clone(),
                     outputs,
                 };
-                let _ = entry.reply.send(Ok(resp));
+                entry.reply.send(Ok(resp));
             }
             Err(e) => {
                 ctx.stats.record_failure(now - entry.enqueued);
-                let _ = entry.reply.send(Err(e.with_request_id(&entry.req.id)));
+                entry.reply.send(Err(e.with_request_id(&entry.req.id)));
             }
         }
     }
@@ -202,14 +330,24 @@ fn finish_output(spec: &ModelSpec, o: &OutputRequest, t: Tensor) -> Result<Tenso
 /// The classification extension: top-k "value:index[:label]" strings per batch item.
 fn classify(spec: &ModelSpec, io: &IoSpec, t: Tensor, k: usize) -> Result<Tensor> {
     let values = numeric_values(&t)?;
-    let rows = if spec.batching() { t.shape.first().copied().unwrap_or(1).max(0) as usize } else { 1 };
-    let per_row = if rows == 0 { 0 } else { values.len() / rows };
+    let rows = if spec.batching() {
+        t.shape.first().copied().unwrap_or(1).max(0) as usize
+    } else {
+        1
+    };
+    let per_row = values.len().checked_div(rows).unwrap_or(0);
     let k = k.min(per_row);
     let mut strings: Vec<String> = Vec::with_capacity(rows * k);
     for r in 0..rows {
         let row = &values[r * per_row..(r + 1) * per_row];
         let mut idx: Vec<usize> = (0..row.len()).collect();
-        idx.sort_by(|&a, &b| row[b].0.partial_cmp(&row[a].0).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+        idx.sort_by(|&a, &b| {
+            row[b]
+                .0
+                .partial_cmp(&row[a].0)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.cmp(&b))
+        });
         for &i in idx.iter().take(k) {
             let label = io.labels.as_ref().and_then(|l| l.get(i));
             strings.push(match label {
@@ -218,7 +356,11 @@ fn classify(spec: &ModelSpec, io: &IoSpec, t: Tensor, k: usize) -> Result<Tensor
             });
         }
     }
-    let shape = if spec.batching() { vec![rows as i64, k as i64] } else { vec![k as i64] };
+    let shape = if spec.batching() {
+        vec![rows as i64, k as i64]
+    } else {
+        vec![k as i64]
+    };
     Ok(Tensor {
         name: t.name,
         dtype: DataType::Bytes,
@@ -231,18 +373,24 @@ fn classify(spec: &ModelSpec, io: &IoSpec, t: Tensor, k: usize) -> Result<Tensor
 fn numeric_values(t: &Tensor) -> Result<Vec<(f64, String)>> {
     macro_rules! ints {
         ($ty:ty) => {
-            t.data.chunks_exact(size_of::<$ty>()).map(|c| {
-                let v = <$ty>::from_le_bytes(c.try_into().expect("chunk size"));
-                (v as f64, v.to_string())
-            }).collect()
+            t.data
+                .chunks_exact(size_of::<$ty>())
+                .map(|c| {
+                    let v = <$ty>::from_le_bytes(c.try_into().expect("chunk size"));
+                    (v as f64, v.to_string())
+                })
+                .collect()
         };
     }
     macro_rules! floats {
         ($conv:expr, $n:expr) => {
-            t.data.chunks_exact($n).map(|c| {
-                let v: f64 = $conv(c);
-                (v, format!("{v:.6}"))
-            }).collect()
+            t.data
+                .chunks_exact($n)
+                .map(|c| {
+                    let v: f64 = $conv(c);
+                    (v, format!("{v:.6}"))
+                })
+                .collect()
         };
     }
     Ok(match t.dtype {
@@ -254,12 +402,24 @@ fn numeric_values(t: &Tensor) -> Result<Vec<(f64, String)>> {
         DataType::Int32 => ints!(i32),
         DataType::Uint64 => ints!(u64),
         DataType::Int64 => ints!(i64),
-        DataType::Fp16 => floats!(|c: &[u8]| half::f16::from_le_bytes([c[0], c[1]]).to_f64(), 2),
-        DataType::Bf16 => floats!(|c: &[u8]| half::bf16::from_le_bytes([c[0], c[1]]).to_f64(), 2),
-        DataType::Fp32 => floats!(|c: &[u8]| f32::from_le_bytes(c.try_into().expect("4")) as f64, 4),
+        DataType::Fp16 => floats!(
+            |c: &[u8]| half::f16::from_le_bytes([c[0], c[1]]).to_f64(),
+            2
+        ),
+        DataType::Bf16 => floats!(
+            |c: &[u8]| half::bf16::from_le_bytes([c[0], c[1]]).to_f64(),
+            2
+        ),
+        DataType::Fp32 => floats!(
+            |c: &[u8]| f32::from_le_bytes(c.try_into().expect("4")) as f64,
+            4
+        ),
         DataType::Fp64 => floats!(|c: &[u8]| f64::from_le_bytes(c.try_into().expect("8")), 8),
         DataType::Bytes => {
-            return Err(Error::invalid_arg(format!("classification is not supported for BYTES output '{}'", t.name)));
+            return Err(Error::invalid_arg(format!(
+                "classification is not supported for BYTES output '{}'",
+                t.name
+            )));
         }
     })
 }

@@ -1,10 +1,18 @@
 //! Scheduling: how validated requests reach a model's instances.
 //!
-//! This is Triton's default scheduler: each request executes alone (a client-side batch is one
-//! execution) on whichever instance is free first. Requests wait in one bounded queue shared by
-//! the model's instance threads; a full queue rejects at once with "Exceeds maximum queue size".
+//! Without `dynamic_batching` (or with `max_batch_size: 0`) this is Triton's default scheduler:
+//! each request executes alone on whichever instance is free first, waiting in one bounded
+//! queue shared by the instance threads. With `dynamic_batching` a batcher task (`batcher`)
+//! owns priority queues and forms batches with the pure `planner`. Either way a full queue is
+//! refused at once with "Exceeds maximum queue size".
 
 pub mod batch;
+pub mod batcher;
+pub mod planner;
+pub mod queue;
+pub mod reply;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -17,43 +25,87 @@ use crate::request::InferResponse;
 use crate::validate::ValidRequest;
 
 pub use batch::{Batch, Entry, ExecContext};
+use batcher::DynamicScheduler;
+use reply::Replier;
 
-/// Queued requests per model version before new ones are refused.
+/// Requests queued per model version (all priority levels together) before new ones are refused.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
-
-/// Handle to a model version's queue. Dropping every handle (and so the sender) closes the
-/// queue; instance threads finish what was queued and exit.
-pub struct Scheduler {
-    tx: Sender<Batch>,
-    ctx: Arc<ExecContext>,
-}
 
 pub type Reply = oneshot::Receiver<Result<InferResponse>>;
 
+/// Handle to a model version's scheduler. Dropping it closes the queue: what was queued still
+/// runs, then the instance threads exit.
+pub enum Scheduler {
+    Direct {
+        tx: Sender<Batch>,
+        ctx: Arc<ExecContext>,
+    },
+    Dynamic(DynamicScheduler),
+}
+
 impl Scheduler {
-    /// Creates the queue; the receiver goes to the instance threads.
-    pub fn new(ctx: Arc<ExecContext>, capacity: usize) -> (Scheduler, Receiver<Batch>) {
-        let (tx, rx) = crossbeam_channel::bounded(capacity);
-        (Scheduler { tx, ctx }, rx)
+    /// Creates the scheduler for `ctx.spec` with `instances` instance threads to feed; returns
+    /// the receiver those threads share. Must run inside a tokio runtime (the batcher is a task).
+    pub fn start(
+        ctx: Arc<ExecContext>,
+        instances: usize,
+        capacity: usize,
+    ) -> (Scheduler, Receiver<Batch>) {
+        match ctx.spec.dynamic_batching.clone() {
+            None => {
+                let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+                (Scheduler::Direct { tx, ctx }, rx)
+            }
+            Some(db) => {
+                // Permits bound the batches in flight to `instances`, so this never fills.
+                let (jobs, rx) = crossbeam_channel::bounded(instances.max(1));
+                (
+                    Scheduler::Dynamic(DynamicScheduler::start(ctx, db, instances, capacity, jobs)),
+                    rx,
+                )
+            }
+        }
     }
 
     /// Queues one request without waiting. The reply arrives on the returned receiver; dropping
     /// it cancels the request if it has not started.
     pub fn enqueue(&self, req: ValidRequest, arrival: Instant) -> Result<Reply> {
-        let (reply, rx) = oneshot::channel();
-        let id = req.id.clone();
-        let entry = Entry { req, reply, arrival, enqueued: Instant::now() };
-        match self.tx.try_send(Batch::new(self.ctx.clone(), vec![entry])) {
-            Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) => Err(Error::unavailable("Exceeds maximum queue size").with_request_id(&id)),
-            Err(TrySendError::Disconnected(_)) => Err(Error::unavailable(
-                "Server is stopping, scheduler for model has stopped accepting new inference requests",
-            )),
+        let (tx, rx) = oneshot::channel();
+        match self {
+            Scheduler::Direct { tx: jobs, ctx } => {
+                let id = req.id.clone();
+                let entry = Entry {
+                    req,
+                    reply: Replier::Direct(tx),
+                    arrival,
+                    enqueued: Instant::now(),
+                    deadline: None,
+                    delay_on_timeout: false,
+                };
+                match jobs.try_send(Batch::new(ctx.clone(), vec![entry], None)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        return Err(
+                            Error::unavailable("Exceeds maximum queue size").with_request_id(&id)
+                        );
+                    }
+                    Err(TrySendError::Disconnected(_)) => {
+                        return Err(Error::unavailable(
+                            "Server is stopping, scheduler for model has stopped accepting new inference requests",
+                        ));
+                    }
+                }
+            }
+            Scheduler::Dynamic(d) => d.enqueue(req, arrival, tx)?,
         }
+        Ok(rx)
     }
 
     /// Requests waiting for an instance.
     pub fn queued(&self) -> usize {
-        self.tx.len()
+        match self {
+            Scheduler::Direct { tx, .. } => tx.len(),
+            Scheduler::Dynamic(d) => d.queued(),
+        }
     }
 }

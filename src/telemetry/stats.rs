@@ -51,7 +51,9 @@ pub struct ModelStats {
 impl ModelStats {
     /// One model execution of `batch_size` rows (the sum over its requests).
     pub fn record_execution(&self, batch_size: usize, times: ComputeTimes) {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let mut s = self.lock();
         s.execution_count += 1;
         s.last_inference_ms = now_ms;
@@ -62,7 +64,13 @@ impl ModelStats {
     }
 
     /// One request completed successfully; each request is charged its execution's full compute times.
-    pub fn record_success(&self, rows: usize, queue: Duration, total: Duration, times: ComputeTimes) {
+    pub fn record_success(
+        &self,
+        rows: usize,
+        queue: Duration,
+        total: Duration,
+        times: ComputeTimes,
+    ) {
         let mut s = self.lock();
         s.inference_count += rows as u64;
         s.success.add(total);
@@ -95,7 +103,11 @@ mod tests {
     #[test]
     fn counts_follow_triton_rules() {
         let s = ModelStats::default();
-        let t = ComputeTimes { input: Duration::from_nanos(10), infer: Duration::from_nanos(100), output: Duration::from_nanos(5) };
+        let t = ComputeTimes {
+            input: Duration::from_nanos(10),
+            infer: Duration::from_nanos(100),
+            output: Duration::from_nanos(5),
+        };
         s.record_execution(3, t);
         s.record_success(2, Duration::from_nanos(7), Duration::from_nanos(200), t);
         s.record_success(1, Duration::from_nanos(9), Duration::from_nanos(210), t);

@@ -8,7 +8,11 @@ pub enum FramingError {
     /// Fewer than 4 bytes remain where a length prefix should start.
     IncompleteLength { element: usize },
     /// A length prefix points past the end of the buffer.
-    IncompletePayload { element: usize, length: usize, remaining: usize },
+    IncompletePayload {
+        element: usize,
+        length: usize,
+        remaining: usize,
+    },
     /// The buffer holds a different number of elements than the shape says.
     Count { expected: usize, got: usize },
 }
@@ -19,7 +23,11 @@ impl fmt::Display for FramingError {
             FramingError::IncompleteLength { element } => {
                 write!(f, "incomplete string length indicator at element {element}")
             }
-            FramingError::IncompletePayload { element, length, remaining } => write!(
+            FramingError::IncompletePayload {
+                element,
+                length,
+                remaining,
+            } => write!(
                 f,
                 "incomplete string data at element {element}: length indicator says {length} bytes, {remaining} remain"
             ),
@@ -43,13 +51,20 @@ pub fn decode(data: &[u8], expected: usize) -> Result<Vec<&[u8]>, FramingError> 
         pos += 4;
         let remaining = data.len() - pos;
         if length > remaining {
-            return Err(FramingError::IncompletePayload { element, length, remaining });
+            return Err(FramingError::IncompletePayload {
+                element,
+                length,
+                remaining,
+            });
         }
         out.push(&data[pos..pos + length]);
         pos += length;
     }
     if out.len() != expected {
-        return Err(FramingError::Count { expected, got: out.len() });
+        return Err(FramingError::Count {
+            expected,
+            got: out.len(),
+        });
     }
     Ok(out)
 }
@@ -65,7 +80,11 @@ pub fn encode<'a>(elements: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
 }
 
 /// Byte length of each group of `rows[i] × per_row` consecutive elements.
-pub fn row_byte_lengths(data: &[u8], rows: &[usize], per_row: usize) -> Result<Vec<usize>, FramingError> {
+pub fn row_byte_lengths(
+    data: &[u8],
+    rows: &[usize],
+    per_row: usize,
+) -> Result<Vec<usize>, FramingError> {
     let total: usize = rows.iter().sum::<usize>() * per_row;
     let elements = decode(data, total)?;
     let mut lengths = Vec::with_capacity(rows.len());
@@ -85,19 +104,35 @@ mod tests {
     #[test]
     fn round_trip() {
         let data = encode([b"hello".as_slice(), b"", b"\xff\x00"]);
-        assert_eq!(decode(&data, 3).unwrap(), vec![b"hello".as_slice(), b"", b"\xff\x00"]);
+        assert_eq!(
+            decode(&data, 3).unwrap(),
+            vec![b"hello".as_slice(), b"", b"\xff\x00"]
+        );
     }
 
     #[test]
     fn malformed_inputs() {
-        assert_eq!(decode(&[1, 0], 1), Err(FramingError::IncompleteLength { element: 0 }));
+        assert_eq!(
+            decode(&[1, 0], 1),
+            Err(FramingError::IncompleteLength { element: 0 })
+        );
         let mut data = encode([b"ab".as_slice()]);
         data.extend_from_slice(&[9, 0, 0, 0, b'x']);
         assert_eq!(
             decode(&data, 2),
-            Err(FramingError::IncompletePayload { element: 1, length: 9, remaining: 1 })
+            Err(FramingError::IncompletePayload {
+                element: 1,
+                length: 9,
+                remaining: 1
+            })
         );
-        assert_eq!(decode(&encode([b"a".as_slice()]), 2), Err(FramingError::Count { expected: 2, got: 1 }));
+        assert_eq!(
+            decode(&encode([b"a".as_slice()]), 2),
+            Err(FramingError::Count {
+                expected: 2,
+                got: 1
+            })
+        );
         assert_eq!(decode(&[], 0), Ok(vec![]));
     }
 }

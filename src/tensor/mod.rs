@@ -160,7 +160,7 @@ impl Tensor {
                 self.name
             )));
         }
-        let per_row = if total == 0 { 0 } else { self.element_count() / total };
+        let per_row = self.element_count().checked_div(total).unwrap_or(0);
         let mut pieces = Vec::with_capacity(rows.len());
         let offsets = match self.dtype.byte_size() {
             Some(size) => rows.iter().map(|r| r * per_row * size).collect::<Vec<_>>(),
@@ -195,7 +195,12 @@ impl Tensor {
         }
         let mut shape = first.shape.clone();
         shape[0] = rows;
-        Tensor { name: first.name.clone(), dtype: first.dtype, shape, data: Bytes::from(data) }
+        Tensor {
+            name: first.name.clone(),
+            dtype: first.dtype,
+            shape,
+            data: Bytes::from(data),
+        }
     }
 }
 
@@ -231,7 +236,12 @@ mod tests {
     #[test]
     fn split_bytes_tensor_by_rows() {
         let data = bytes_codec::encode(["a", "bb", "ccc", "d"].iter().map(|s| s.as_bytes()));
-        let t = Tensor { name: "s".into(), dtype: DataType::Bytes, shape: vec![2, 2], data: data.into() };
+        let t = Tensor {
+            name: "s".into(),
+            dtype: DataType::Bytes,
+            shape: vec![2, 2],
+            data: data.into(),
+        };
         let parts = t.split_rows(&[1, 1]).unwrap();
         let second: Vec<&[u8]> = bytes_codec::decode(&parts[1].data, 2).unwrap();
         assert_eq!(second, vec![b"ccc".as_slice(), b"d".as_slice()]);

@@ -10,7 +10,9 @@ use ort::environment::Environment;
 use ort::memory::Allocator;
 use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
+use ort::value::{
+    DynTensor, DynTensorValueType, DynValue, Tensor as OrtTensor, TensorElementType, ValueType,
+};
 
 use super::{Backend, ComputeTimes, IoDesc, ModelIo, RunOutput, Runner};
 use crate::error::{Error, Result};
@@ -44,13 +46,19 @@ impl OrtBackend {
             )));
         }
         let builder = ort::init_from(&path).map_err(|e| {
-            Error::unavailable(format!("failed to load ONNX Runtime from '{}': {e}", path.display()))
+            Error::unavailable(format!(
+                "failed to load ONNX Runtime from '{}': {e}",
+                path.display()
+            ))
         })?;
-        let env = builder
-            .with_name("nereid")
-            .build()
-            .map_err(|e| Error::internal(format!("failed to create the ONNX Runtime environment: {e}")))?;
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let env = builder.with_name("nereid").build().map_err(|e| {
+            Error::internal(format!(
+                "failed to create the ONNX Runtime environment: {e}"
+            ))
+        })?;
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         tracing::info!(path = %path.display(), cores, "ONNX Runtime loaded");
         Ok(OrtBackend { env, cores })
     }
@@ -79,19 +87,32 @@ impl Backend for OrtBackend {
                 .iter()
                 .map(|o| {
                     let (dtype, shape) = match o.dtype() {
-                        ValueType::Tensor { ty, shape, .. } => {
-                            (from_element_type(*ty).ok_or_else(|| ty.to_string()), shape.iter().copied().collect())
-                        }
+                        ValueType::Tensor { ty, shape, .. } => (
+                            from_element_type(*ty).ok_or_else(|| ty.to_string()),
+                            shape.iter().copied().collect(),
+                        ),
                         other => (Err(other.to_string()), vec![]),
                     };
-                    IoDesc { name: o.name().to_string(), dtype, shape }
+                    IoDesc {
+                        name: o.name().to_string(),
+                        dtype,
+                        shape,
+                    }
                 })
                 .collect()
         };
-        Ok(ModelIo { inputs: desc(session.inputs()), outputs: desc(session.outputs()) })
+        Ok(ModelIo {
+            inputs: desc(session.inputs()),
+            outputs: desc(session.outputs()),
+        })
     }
 
-    fn create_runner(&self, spec: &ModelSpec, group: &InstanceSpec, _index: u32) -> Result<Box<dyn Runner>> {
+    fn create_runner(
+        &self,
+        spec: &ModelSpec,
+        group: &InstanceSpec,
+        _index: u32,
+    ) -> Result<Box<dyn Runner>> {
         if let DeviceKind::Gpu(id) = group.kind {
             return Err(Error::invalid_arg(format!(
                 "instance group {} of model '{}' has kind KIND_GPU (device {id}) but this server build runs ONNX Runtime on CPU only",
@@ -120,13 +141,18 @@ impl Backend for OrtBackend {
         if let Some(arena) = spec.ort.mem_arena {
             b = opt(b.with_config_entry("session.use_arena", if arena { "1" } else { "0" }))?;
         }
-        let session = b.commit_from_file(&spec.model_path).map_err(|e| load_err(&spec.model_path, e))?;
+        let session = b
+            .commit_from_file(&spec.model_path)
+            .map_err(|e| load_err(&spec.model_path, e))?;
         Ok(Box::new(OrtRunner { session }))
     }
 }
 
 fn load_err(path: &Path, e: ort::Error) -> Error {
-    Error::invalid_arg(format!("failed to load model file '{}': onnx runtime error: {e}", path.display()))
+    Error::invalid_arg(format!(
+        "failed to load model file '{}': onnx runtime error: {e}",
+        path.display()
+    ))
 }
 
 struct OrtRunner {
@@ -142,7 +168,10 @@ impl Runner for OrtRunner {
             values.push((t.name, value));
         }
         let t1 = Instant::now();
-        let results = self.session.run(values).map_err(|e| Error::internal(format!("onnx runtime error: {e}")))?;
+        let results = self
+            .session
+            .run(values)
+            .map_err(|e| Error::internal(format!("onnx runtime error: {e}")))?;
         let t2 = Instant::now();
         let mut tensors = Vec::with_capacity(outputs.len());
         for name in outputs {
@@ -152,7 +181,14 @@ impl Runner for OrtRunner {
             tensors.push(from_ort(name, value)?);
         }
         let t3 = Instant::now();
-        Ok(RunOutput { tensors, times: ComputeTimes { input: t1 - t0, infer: t2 - t1, output: t3 - t2 } })
+        Ok(RunOutput {
+            tensors,
+            times: ComputeTimes {
+                input: t1 - t0,
+                infer: t2 - t1,
+                output: t3 - t2,
+            },
+        })
     }
 }
 
@@ -173,9 +209,16 @@ fn to_ort(t: &Tensor) -> Result<DynValue> {
             })
             .collect::<Result<Vec<String>>>()?;
         let shape: Vec<i64> = t.shape.clone();
-        return Ok(OrtTensor::from_string_array((shape, strings.as_slice())).map_err(ort_err)?.into_dyn());
+        return Ok(OrtTensor::from_string_array((shape, strings.as_slice()))
+            .map_err(ort_err)?
+            .into_dyn());
     }
-    let mut value = DynTensor::new(&Allocator::default(), element_type(t.dtype), t.shape.clone()).map_err(ort_err)?;
+    let mut value = DynTensor::new(
+        &Allocator::default(),
+        element_type(t.dtype),
+        t.shape.clone(),
+    )
+    .map_err(ort_err)?;
     if !t.data.is_empty() {
         let dst = value.data_ptr_mut().cast::<u8>();
         // SAFETY: the tensor was just allocated on the CPU with `shape` × element size bytes, which
@@ -189,15 +232,20 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor> {
     let ValueType::Tensor { ty, shape, .. } = value.dtype() else {
         return Err(Error::internal(format!("output '{name}' is not a tensor")));
     };
-    let dtype = from_element_type(*ty)
-        .ok_or_else(|| Error::internal(format!("output '{name}' has unsupported element type {ty}")))?;
+    let dtype = from_element_type(*ty).ok_or_else(|| {
+        Error::internal(format!("output '{name}' has unsupported element type {ty}"))
+    })?;
     let shape: Vec<i64> = shape.iter().copied().collect();
     let data = if dtype == DataType::Bytes {
         let (_, strings) = value.try_extract_strings().map_err(ort_err)?;
         bytes_codec::encode(strings.iter().map(|s| s.as_bytes()))
     } else {
-        let len = crate::tensor::element_count(&shape) * dtype.byte_size().expect("fixed-size type");
-        let tensor = value.view().downcast::<DynTensorValueType>().map_err(ort_err)?;
+        let len =
+            crate::tensor::element_count(&shape) * dtype.byte_size().expect("fixed-size type");
+        let tensor = value
+            .view()
+            .downcast::<DynTensorValueType>()
+            .map_err(ort_err)?;
         let src = tensor.data_ptr().cast::<u8>();
         if len == 0 || src.is_null() {
             Vec::new()
@@ -207,7 +255,12 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor> {
             unsafe { std::slice::from_raw_parts(src, len) }.to_vec()
         }
     };
-    Ok(Tensor { name: name.to_string(), dtype, shape, data: data.into() })
+    Ok(Tensor {
+        name: name.to_string(),
+        dtype,
+        shape,
+        data: data.into(),
+    })
 }
 
 fn element_type(d: DataType) -> TensorElementType {

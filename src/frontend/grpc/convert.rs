@@ -27,7 +27,9 @@ pub fn infer_request(req: pb::ModelInferRequest, arrival: Instant) -> Result<Inf
                 Some(ParameterChoice::StringParam(s)) => s.clone(),
                 _ => String::new(),
             };
-            return Err(Error::not_found(format!("Unable to find shared memory region: '{region}'")));
+            return Err(Error::not_found(format!(
+                "Unable to find shared memory region: '{region}'"
+            )));
         }
         for key in ["shared_memory_offset", "shared_memory_byte_size"] {
             if input.parameters.contains_key(key) {
@@ -48,13 +50,24 @@ pub fn infer_request(req: pb::ModelInferRequest, arrival: Instant) -> Result<Inf
         } else {
             typed_contents(&input, &model)?
         };
-        inputs.push(InputTensor { name: input.name, datatype: input.datatype, shape: input.shape, data });
+        inputs.push(InputTensor {
+            name: input.name,
+            datatype: input.datatype,
+            shape: input.shape,
+            data,
+        });
     }
     let mut outputs = Vec::with_capacity(req.outputs.len());
     for o in req.outputs {
-        let classification = match o.parameters.get("classification").and_then(|p| p.parameter_choice.as_ref()) {
+        let classification = match o
+            .parameters
+            .get("classification")
+            .and_then(|p| p.parameter_choice.as_ref())
+        {
             None => None,
-            Some(ParameterChoice::Int64Param(k)) if *k > 0 => Some((*k).min(u32::MAX as i64) as u32),
+            Some(ParameterChoice::Int64Param(k)) if *k > 0 => {
+                Some((*k).min(u32::MAX as i64) as u32)
+            }
             Some(_) => {
                 return Err(Error::invalid_arg(format!(
                     "invalid value for 'classification' parameter of output '{}', expected a positive int64_param",
@@ -69,22 +82,43 @@ pub fn infer_request(req: pb::ModelInferRequest, arrival: Instant) -> Result<Inf
                     o.name
                 )));
             }
-            return Err(Error::not_found("Unable to find shared memory region for output '".to_string() + &o.name + "'"));
+            return Err(Error::not_found(
+                "Unable to find shared memory region for output '".to_string() + &o.name + "'",
+            ));
         }
-        outputs.push(RequestedOutput { name: o.name, classification });
+        outputs.push(RequestedOutput {
+            name: o.name,
+            classification,
+        });
     }
-    Ok(InferRequest { model_name: req.model_name, model_version: req.model_version, id: req.id, inputs, outputs, params, arrival })
+    Ok(InferRequest {
+        model_name: req.model_name,
+        model_version: req.model_version,
+        id: req.id,
+        inputs,
+        outputs,
+        params,
+        arrival,
+    })
 }
 
 fn no_data(input: &str, model: &str) -> Error {
-    Error::invalid_arg(format!("unable to find data for input tensor '{input}' for model '{model}' in request."))
+    Error::invalid_arg(format!(
+        "unable to find data for input tensor '{input}' for model '{model}' in request."
+    ))
 }
 
-fn request_params(map: &std::collections::HashMap<String, pb::InferParameter>) -> Result<RequestParams> {
+fn request_params(
+    map: &std::collections::HashMap<String, pb::InferParameter>,
+) -> Result<RequestParams> {
     let mut p = RequestParams::default();
     for (key, value) in map {
         let v = value.parameter_choice.as_ref();
-        let bad = |expected: &str| Error::invalid_arg(format!("invalid value type for '{key}' parameter, expected {expected}."));
+        let bad = |expected: &str| {
+            Error::invalid_arg(format!(
+                "invalid value type for '{key}' parameter, expected {expected}."
+            ))
+        };
         match key.as_str() {
             "priority" => {
                 p.priority = match v {
@@ -108,7 +142,9 @@ fn request_params(map: &std::collections::HashMap<String, pb::InferParameter>) -
                 _ => return Err(bad("bool_param")),
             },
             k if k.starts_with("triton_") => {
-                return Err(Error::invalid_arg(format!("parameter keys starting with 'triton_' are reserved, got '{k}'")));
+                return Err(Error::invalid_arg(format!(
+                    "parameter keys starting with 'triton_' are reserved, got '{k}'"
+                )));
             }
             _ => match v {
                 Some(ParameterChoice::Uint64Param(_)) => {
@@ -167,15 +203,39 @@ fn typed_contents(input: &InferInputTensor, model: &str) -> Result<Bytes> {
     match dtype {
         DataType::Bool => out.extend(c.bool_contents.iter().map(|&b| b as u8)),
         DataType::Int8 => out.extend(c.int_contents.iter().map(|&v| v as i8 as u8)),
-        DataType::Int16 => c.int_contents.iter().for_each(|&v| out.extend_from_slice(&(v as i16).to_le_bytes())),
-        DataType::Int32 => c.int_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::Int64 => c.int64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Int16 => c
+            .int_contents
+            .iter()
+            .for_each(|&v| out.extend_from_slice(&(v as i16).to_le_bytes())),
+        DataType::Int32 => c
+            .int_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Int64 => c
+            .int64_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         DataType::Uint8 => out.extend(c.uint_contents.iter().map(|&v| v as u8)),
-        DataType::Uint16 => c.uint_contents.iter().for_each(|&v| out.extend_from_slice(&(v as u16).to_le_bytes())),
-        DataType::Uint32 => c.uint_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::Uint64 => c.uint64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::Fp32 => c.fp32_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        DataType::Fp64 => c.fp64_contents.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Uint16 => c
+            .uint_contents
+            .iter()
+            .for_each(|&v| out.extend_from_slice(&(v as u16).to_le_bytes())),
+        DataType::Uint32 => c
+            .uint_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Uint64 => c
+            .uint64_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Fp32 => c
+            .fp32_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Fp64 => c
+            .fp64_contents
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         DataType::Bytes => out = bytes_codec::encode(c.bytes_contents.iter().map(|b| b.as_ref())),
         DataType::Fp16 | DataType::Bf16 => unreachable!("rejected above"),
     }
@@ -229,7 +289,11 @@ pub fn model_metadata(m: ModelMetadata) -> pb::ModelMetadataResponse {
                 if batching {
                     shape.insert(0, -1);
                 }
-                TensorMetadata { name: io.name.clone(), datatype: io.dtype.as_str().to_string(), shape }
+                TensorMetadata {
+                    name: io.name.clone(),
+                    datatype: io.dtype.as_str().to_string(),
+                    shape,
+                }
             })
             .collect()
     };
@@ -243,7 +307,10 @@ pub fn model_metadata(m: ModelMetadata) -> pb::ModelMetadataResponse {
 }
 
 fn dur(d: crate::telemetry::stats::Dur) -> Option<pb::StatisticDuration> {
-    Some(pb::StatisticDuration { count: d.count, ns: d.ns })
+    Some(pb::StatisticDuration {
+        count: d.count,
+        ns: d.ns,
+    })
 }
 
 pub fn model_statistics(stats: Vec<ModelStatistics>) -> pb::ModelStatisticsResponse {

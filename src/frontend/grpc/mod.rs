@@ -38,43 +38,76 @@ fn no_repository_name(name: &str) -> Result<(), Status> {
     if name.is_empty() {
         Ok(())
     } else {
-        Err(Status::unimplemented("'repository_name' specification is not supported"))
+        Err(Status::unimplemented(
+            "'repository_name' specification is not supported",
+        ))
     }
 }
 
 #[tonic::async_trait]
 impl GrpcInferenceService for GrpcService {
-    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Reply<pb::ServerLiveResponse> {
-        Ok(Response::new(pb::ServerLiveResponse { live: self.core.live()? }))
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Reply<pb::ServerLiveResponse> {
+        Ok(Response::new(pb::ServerLiveResponse {
+            live: self.core.live()?,
+        }))
     }
 
-    async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Reply<pb::ServerReadyResponse> {
-        Ok(Response::new(pb::ServerReadyResponse { ready: self.core.ready()? }))
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Reply<pb::ServerReadyResponse> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.core.ready()?,
+        }))
     }
 
-    async fn model_ready(&self, req: Request<pb::ModelReadyRequest>) -> Reply<pb::ModelReadyResponse> {
+    async fn model_ready(
+        &self,
+        req: Request<pb::ModelReadyRequest>,
+    ) -> Reply<pb::ModelReadyResponse> {
         let r = req.into_inner();
-        Ok(Response::new(pb::ModelReadyResponse { ready: self.core.model_ready(&r.name, &r.version)? }))
+        Ok(Response::new(pb::ModelReadyResponse {
+            ready: self.core.model_ready(&r.name, &r.version)?,
+        }))
     }
 
-    async fn server_metadata(&self, _: Request<pb::ServerMetadataRequest>) -> Reply<pb::ServerMetadataResponse> {
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Reply<pb::ServerMetadataResponse> {
         let m = self.core.server_metadata();
-        Ok(Response::new(pb::ServerMetadataResponse { name: m.name, version: m.version, extensions: m.extensions }))
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: m.name,
+            version: m.version,
+            extensions: m.extensions,
+        }))
     }
 
-    async fn model_metadata(&self, req: Request<pb::ModelMetadataRequest>) -> Reply<pb::ModelMetadataResponse> {
+    async fn model_metadata(
+        &self,
+        req: Request<pb::ModelMetadataRequest>,
+    ) -> Reply<pb::ModelMetadataResponse> {
         let r = req.into_inner();
-        Ok(Response::new(convert::model_metadata(self.core.model_metadata(&r.name, &r.version)?)))
+        Ok(Response::new(convert::model_metadata(
+            self.core.model_metadata(&r.name, &r.version)?,
+        )))
     }
 
-    async fn model_infer(&self, req: Request<pb::ModelInferRequest>) -> Reply<pb::ModelInferResponse> {
+    async fn model_infer(
+        &self,
+        req: Request<pb::ModelInferRequest>,
+    ) -> Reply<pb::ModelInferResponse> {
         let arrival = Instant::now();
         let req = convert::infer_request(req.into_inner(), arrival)?;
         let resp = self.core.infer(req).await?;
         Ok(Response::new(convert::infer_response(resp)))
     }
 
-    type ModelStreamInferStream = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+    type ModelStreamInferStream =
+        Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
 
     async fn model_stream_infer(
         &self,
@@ -83,62 +116,111 @@ impl GrpcInferenceService for GrpcService {
         Err(unimplemented("ModelStreamInfer"))
     }
 
-    async fn model_config(&self, req: Request<pb::ModelConfigRequest>) -> Reply<pb::ModelConfigResponse> {
+    async fn model_config(
+        &self,
+        req: Request<pb::ModelConfigRequest>,
+    ) -> Reply<pb::ModelConfigResponse> {
         let r = req.into_inner();
         let config = self.core.model_config(&r.name, &r.version)?;
-        Ok(Response::new(pb::ModelConfigResponse { config: Some((*config).clone()) }))
+        Ok(Response::new(pb::ModelConfigResponse {
+            config: Some((*config).clone()),
+        }))
     }
 
-    async fn model_statistics(&self, req: Request<pb::ModelStatisticsRequest>) -> Reply<pb::ModelStatisticsResponse> {
+    async fn model_statistics(
+        &self,
+        req: Request<pb::ModelStatisticsRequest>,
+    ) -> Reply<pb::ModelStatisticsResponse> {
         let r = req.into_inner();
-        Ok(Response::new(convert::model_statistics(self.core.statistics(&r.name, &r.version)?)))
+        Ok(Response::new(convert::model_statistics(
+            self.core.statistics(&r.name, &r.version)?,
+        )))
     }
 
-    async fn repository_index(&self, req: Request<pb::RepositoryIndexRequest>) -> Reply<pb::RepositoryIndexResponse> {
+    async fn repository_index(
+        &self,
+        req: Request<pb::RepositoryIndexRequest>,
+    ) -> Reply<pb::RepositoryIndexResponse> {
         let r = req.into_inner();
         no_repository_name(&r.repository_name)?;
-        Ok(Response::new(convert::repository_index(self.core.repository_index(r.ready)?)))
+        Ok(Response::new(convert::repository_index(
+            self.core.repository_index(r.ready)?,
+        )))
     }
 
-    async fn repository_model_load(&self, req: Request<pb::RepositoryModelLoadRequest>) -> Reply<pb::RepositoryModelLoadResponse> {
+    async fn repository_model_load(
+        &self,
+        req: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Reply<pb::RepositoryModelLoadResponse> {
         no_repository_name(&req.get_ref().repository_name)?;
-        Err(Status::unavailable("explicit model load / unload is not allowed if polling is enabled"))
+        Err(Status::unavailable(
+            "explicit model load / unload is not allowed if polling is enabled",
+        ))
     }
 
-    async fn repository_model_unload(&self, req: Request<pb::RepositoryModelUnloadRequest>) -> Reply<pb::RepositoryModelUnloadResponse> {
+    async fn repository_model_unload(
+        &self,
+        req: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Reply<pb::RepositoryModelUnloadResponse> {
         no_repository_name(&req.get_ref().repository_name)?;
-        Err(Status::unavailable("explicit model load / unload is not allowed if polling is enabled"))
+        Err(Status::unavailable(
+            "explicit model load / unload is not allowed if polling is enabled",
+        ))
     }
 
-    async fn system_shared_memory_status(&self, _: Request<pb::SystemSharedMemoryStatusRequest>) -> Reply<pb::SystemSharedMemoryStatusResponse> {
+    async fn system_shared_memory_status(
+        &self,
+        _: Request<pb::SystemSharedMemoryStatusRequest>,
+    ) -> Reply<pb::SystemSharedMemoryStatusResponse> {
         Err(shm_disabled())
     }
 
-    async fn system_shared_memory_register(&self, _: Request<pb::SystemSharedMemoryRegisterRequest>) -> Reply<pb::SystemSharedMemoryRegisterResponse> {
+    async fn system_shared_memory_register(
+        &self,
+        _: Request<pb::SystemSharedMemoryRegisterRequest>,
+    ) -> Reply<pb::SystemSharedMemoryRegisterResponse> {
         Err(shm_disabled())
     }
 
-    async fn system_shared_memory_unregister(&self, _: Request<pb::SystemSharedMemoryUnregisterRequest>) -> Reply<pb::SystemSharedMemoryUnregisterResponse> {
+    async fn system_shared_memory_unregister(
+        &self,
+        _: Request<pb::SystemSharedMemoryUnregisterRequest>,
+    ) -> Reply<pb::SystemSharedMemoryUnregisterResponse> {
         Err(shm_disabled())
     }
 
-    async fn cuda_shared_memory_status(&self, _: Request<pb::CudaSharedMemoryStatusRequest>) -> Reply<pb::CudaSharedMemoryStatusResponse> {
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<pb::CudaSharedMemoryStatusRequest>,
+    ) -> Reply<pb::CudaSharedMemoryStatusResponse> {
         Err(shm_disabled())
     }
 
-    async fn cuda_shared_memory_register(&self, _: Request<pb::CudaSharedMemoryRegisterRequest>) -> Reply<pb::CudaSharedMemoryRegisterResponse> {
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<pb::CudaSharedMemoryRegisterRequest>,
+    ) -> Reply<pb::CudaSharedMemoryRegisterResponse> {
         Err(shm_disabled())
     }
 
-    async fn cuda_shared_memory_unregister(&self, _: Request<pb::CudaSharedMemoryUnregisterRequest>) -> Reply<pb::CudaSharedMemoryUnregisterResponse> {
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<pb::CudaSharedMemoryUnregisterRequest>,
+    ) -> Reply<pb::CudaSharedMemoryUnregisterResponse> {
         Err(shm_disabled())
     }
 
-    async fn trace_setting(&self, _: Request<pb::TraceSettingRequest>) -> Reply<pb::TraceSettingResponse> {
+    async fn trace_setting(
+        &self,
+        _: Request<pb::TraceSettingRequest>,
+    ) -> Reply<pb::TraceSettingResponse> {
         Err(unimplemented("TraceSetting"))
     }
 
-    async fn log_settings(&self, _: Request<pb::LogSettingsRequest>) -> Reply<pb::LogSettingsResponse> {
+    async fn log_settings(
+        &self,
+        _: Request<pb::LogSettingsRequest>,
+    ) -> Reply<pb::LogSettingsResponse> {
         Err(unimplemented("LogSettings"))
     }
 }
@@ -146,7 +228,9 @@ impl GrpcInferenceService for GrpcService {
 /// Client shared memory is off, as in Triton's newest release without `--allow-client-shm`
 /// (behaviour.md E36); this server does not implement it at all yet.
 fn shm_disabled() -> Status {
-    Status::unimplemented("Client shared memory is disabled: this server does not support client shared memory yet.")
+    Status::unimplemented(
+        "Client shared memory is disabled: this server does not support client shared memory yet.",
+    )
 }
 
 #[derive(Clone)]
@@ -163,8 +247,17 @@ impl HealthService {
 #[tonic::async_trait]
 impl Health for HealthService {
     /// SERVING exactly when the server is ready (the `service` field is ignored, as in Triton).
-    async fn check(&self, _: Request<health::HealthCheckRequest>) -> Reply<health::HealthCheckResponse> {
-        let status = if self.core.ready()? { ServingStatus::Serving } else { ServingStatus::NotServing };
-        Ok(Response::new(health::HealthCheckResponse { status: status as i32 }))
+    async fn check(
+        &self,
+        _: Request<health::HealthCheckRequest>,
+    ) -> Reply<health::HealthCheckResponse> {
+        let status = if self.core.ready()? {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        Ok(Response::new(health::HealthCheckResponse {
+            status: status as i32,
+        }))
     }
 }

@@ -40,7 +40,10 @@ mod tests {
             (Code::Cancelled, GrpcCode::Cancelled),
         ];
         for (ours, theirs) in table {
-            let status = Status::from(Error { code: ours, message: "m".into() });
+            let status = Status::from(Error {
+                code: ours,
+                message: "m".into(),
+            });
             assert_eq!(status.code(), theirs);
             assert_eq!(status.message(), "m");
         }

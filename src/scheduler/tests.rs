@@ -1,0 +1,401 @@
+//! The scheduler task around the planner, with a fake backend and (where timing matters)
+//! paused tokio time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::{ExecContext, Reply, Scheduler};
+use crate::backend::instance::InstanceThread;
+use crate::backend::testing::{FakeLog, FakeRunner};
+use crate::error::{Code, Result};
+use crate::model::{DynamicBatching, IoSpec, ModelSpec, OrtOptions, QueuePolicy, TimeoutAction};
+use crate::request::{InferRequest, InferResponse, InputTensor, RequestParams};
+use crate::telemetry::stats::ModelStats;
+use crate::tensor::DataType;
+use crate::validate::validate;
+
+fn policy(max_queue_size: usize, timeout_ms: u64, action: TimeoutAction) -> QueuePolicy {
+    QueuePolicy {
+        max_queue_size,
+        default_timeout: Duration::from_millis(timeout_ms),
+        timeout_action: action,
+        allow_timeout_override: true,
+    }
+}
+
+fn batching(delay_ms: u64, levels: usize, p: QueuePolicy) -> DynamicBatching {
+    DynamicBatching {
+        preferred_batch_sizes: vec![],
+        max_queue_delay: Duration::from_millis(delay_ms),
+        preserve_ordering: false,
+        priority_levels: levels,
+        default_priority_level: levels,
+        queue_policies: vec![p; levels],
+        priorities_enabled: levels > 1,
+    }
+}
+
+fn spec(db: Option<DynamicBatching>) -> ModelSpec {
+    let io = |name: &str| IoSpec {
+        name: name.into(),
+        dtype: DataType::Int32,
+        dims: vec![2],
+        reshape: None,
+        optional: false,
+        labels: None,
+    };
+    ModelSpec {
+        name: "fake".into(),
+        version: 1,
+        max_batch_size: 8,
+        inputs: vec![io("IN")],
+        outputs: vec![io("OUT")],
+        model_path: "none".into(),
+        instances: vec![],
+        ort: OrtOptions::default(),
+        dynamic_batching: db,
+    }
+}
+
+struct Harness {
+    scheduler: Scheduler,
+    spec: Arc<ModelSpec>,
+    log: Arc<FakeLog>,
+    stats: Arc<ModelStats>,
+    _threads: Vec<InstanceThread>,
+}
+
+fn start(db: Option<DynamicBatching>, instances: usize, work_ms: u64) -> Harness {
+    let spec = Arc::new(spec(db));
+    let stats = Arc::new(ModelStats::default());
+    let log = Arc::new(FakeLog::default());
+    let ctx = Arc::new(ExecContext {
+        spec: spec.clone(),
+        stats: stats.clone(),
+    });
+    let (scheduler, rx) = Scheduler::start(ctx, instances, 64);
+    let threads = (0..instances)
+        .map(|i| {
+            let runner = FakeRunner {
+                log: log.clone(),
+                work: Duration::from_millis(work_ms),
+                fail: None,
+                slow_value: Some(0),
+            };
+            InstanceThread::spawn(format!("fake{i}"), Box::new(runner), rx.clone()).unwrap()
+        })
+        .collect();
+    Harness {
+        scheduler,
+        spec,
+        log,
+        stats,
+        _threads: threads,
+    }
+}
+
+impl Harness {
+    /// Sends a request whose one input holds `value` in each of its `rows` × 2 elements.
+    fn send(&self, value: i32, rows: usize, params: RequestParams) -> Result<Reply> {
+        let data: Vec<u8> = (0..rows * 2).flat_map(|_| value.to_le_bytes()).collect();
+        let req = InferRequest {
+            model_name: "fake".into(),
+            model_version: String::new(),
+            id: format!("r{value}"),
+            inputs: vec![InputTensor {
+                name: "IN".into(),
+                datatype: "INT32".into(),
+                shape: vec![rows as i64, 2],
+                data: Bytes::from(data),
+            }],
+            outputs: vec![],
+            params,
+            arrival: Instant::now(),
+        };
+        let valid = validate(req, &self.spec)?;
+        self.scheduler.enqueue(valid, Instant::now())
+    }
+}
+
+fn first_value(r: &InferResponse) -> i32 {
+    i32::from_le_bytes(r.outputs[0].data[..4].try_into().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_within_the_delay_share_executions() {
+    let h = start(
+        Some(batching(50, 1, policy(0, 0, TimeoutAction::Reject))),
+        1,
+        1,
+    );
+    let replies: Vec<Reply> = (0..6)
+        .map(|i| h.send(i, 1, Default::default()).unwrap())
+        .collect();
+    for (i, r) in replies.into_iter().enumerate() {
+        let resp = r.await.unwrap().unwrap();
+        assert_eq!(
+            first_value(&resp),
+            i as i32,
+            "each request gets its own rows back"
+        );
+        assert_eq!(resp.outputs[0].shape, vec![1, 2]);
+    }
+    let batches = h.log.batches();
+    assert!(batches.len() < 6, "6 requests ran as {batches:?}");
+    assert_eq!(batches.iter().sum::<usize>(), 6);
+    let s = h.stats.snapshot();
+    assert_eq!(
+        (s.inference_count, s.execution_count as usize),
+        (6, batches.len())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_dynamic_batching_every_request_runs_alone() {
+    let h = start(None, 1, 1);
+    let replies: Vec<Reply> = (0..4)
+        .map(|i| h.send(i, 2, Default::default()).unwrap())
+        .collect();
+    for r in replies {
+        r.await.unwrap().unwrap();
+    }
+    assert_eq!(h.log.batches(), vec![2, 2, 2, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_at_once_and_accepted_requests_complete() {
+    // One slow instance; the first request occupies it, three more fit the queue of 3.
+    let h = start(
+        Some(batching(0, 1, policy(3, 0, TimeoutAction::Reject))),
+        1,
+        200,
+    );
+    let mut accepted = vec![h.send(0, 8, Default::default()).unwrap()];
+    tokio::time::sleep(Duration::from_millis(50)).await; // let the batcher hand it to the instance
+    let mut refused = 0;
+    for i in 1..8 {
+        match h.send(i, 8, Default::default()) {
+            Ok(r) => accepted.push(r),
+            Err(e) => {
+                assert_eq!(e.code, Code::Unavailable);
+                assert!(
+                    e.message.ends_with("Exceeds maximum queue size"),
+                    "{}",
+                    e.message
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((accepted.len(), refused), (4, 4));
+    for r in accepted {
+        r.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priority_overtakes_lower() {
+    let h = start(
+        Some(batching(0, 2, policy(0, 0, TimeoutAction::Reject))),
+        1,
+        100,
+    );
+    let busy = h
+        .send(
+            100,
+            8,
+            RequestParams {
+                priority: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Queued while the instance is busy: two low-priority full batches, then one high-priority.
+    let low1 = h
+        .send(
+            1,
+            8,
+            RequestParams {
+                priority: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let low2 = h
+        .send(
+            2,
+            8,
+            RequestParams {
+                priority: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let high = h
+        .send(
+            3,
+            8,
+            RequestParams {
+                priority: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    busy.await.unwrap().unwrap();
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (name, r) in [("low1", low1), ("low2", low2), ("high", high)] {
+        let order = order.clone();
+        tasks.push(tokio::spawn(async move {
+            r.await.unwrap().unwrap();
+            order.lock().unwrap().push(name);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        order.lock().unwrap()[0],
+        "high",
+        "{:?}",
+        order.lock().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_timeout_answers_when_it_expires() {
+    let h = start(
+        Some(batching(0, 1, policy(0, 50, TimeoutAction::Reject))),
+        1,
+        300,
+    );
+    let busy = h.send(0, 8, Default::default()).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let waiting = h.send(1, 8, Default::default()).unwrap();
+    let t = std::time::Instant::now();
+    let err = waiting.await.unwrap().unwrap_err();
+    let waited = t.elapsed();
+    assert_eq!(err.code, Code::Unavailable);
+    assert!(
+        err.message.ends_with("Request timeout expired"),
+        "{}",
+        err.message
+    );
+    // Answered at its deadline (~50 ms), not when the busy instance frees up (~300 ms).
+    assert!(
+        waited < Duration::from_millis(250),
+        "answered after {waited:?}"
+    );
+    busy.await.unwrap().unwrap();
+    assert_eq!(h.stats.snapshot().fail.count, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_timeout_still_runs_after_the_others() {
+    let h = start(
+        Some(batching(0, 1, policy(0, 20, TimeoutAction::Delay))),
+        1,
+        100,
+    );
+    let busy = h.send(0, 8, Default::default()).unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let delayed = h.send(1, 8, Default::default()).unwrap();
+    tokio::time::sleep(Duration::from_millis(40)).await; // its timeout passes while queued
+    let fresh = h
+        .send(
+            2,
+            8,
+            RequestParams {
+                timeout_us: 1_000_000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    busy.await.unwrap().unwrap();
+    let (d, f) = (
+        delayed.await.unwrap().unwrap(),
+        fresh.await.unwrap().unwrap(),
+    );
+    assert_eq!((first_value(&d), first_value(&f)), (1, 2));
+    assert_eq!(h.log.batches(), vec![8, 8, 8]);
+    assert_eq!(h.stats.snapshot().fail.count, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_run_two_batches_at_once() {
+    let h = start(
+        Some(batching(0, 1, policy(0, 0, TimeoutAction::Reject))),
+        2,
+        150,
+    );
+    let a = h.send(1, 8, Default::default()).unwrap();
+    let b = h.send(2, 8, Default::default()).unwrap();
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    assert_eq!(
+        h.log
+            .max_concurrent
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_request_never_runs_and_is_counted() {
+    let h = start(
+        Some(batching(0, 1, policy(0, 0, TimeoutAction::Reject))),
+        1,
+        100,
+    );
+    let busy = h.send(0, 8, Default::default()).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(h.send(1, 8, Default::default()).unwrap()); // the client goes away while queued
+    busy.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(h.log.batches(), vec![8]);
+    assert_eq!(h.stats.snapshot().fail.count, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preserve_ordering_releases_in_arrival_order() {
+    // Request 0 is slow (5 × 40 ms) on one instance, request 1 fast on the other.
+    for preserve in [false, true] {
+        let mut db = batching(0, 1, policy(0, 0, TimeoutAction::Reject));
+        db.preserve_ordering = preserve;
+        let h = start(Some(db), 2, 40);
+        let mut slow = h.send(0, 8, Default::default()).unwrap();
+        let fast = h.send(1, 8, Default::default()).unwrap();
+        assert_eq!(first_value(&fast.await.unwrap().unwrap()), 1);
+        // With ordering, the fast reply is held back until the slow one has been released.
+        assert_eq!(
+            slow.try_recv().is_ok(),
+            preserve,
+            "preserve_ordering = {preserve}"
+        );
+        if !preserve {
+            slow.await.unwrap().unwrap();
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_delay_is_honoured_in_paused_time() {
+    let h = start(
+        Some(batching(100, 1, policy(0, 0, TimeoutAction::Reject))),
+        1,
+        0,
+    );
+    let t0 = Instant::now();
+    let a = h.send(1, 1, Default::default()).unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let b = h.send(2, 1, Default::default()).unwrap();
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    // Both joined one batch released when the first had waited the 100 ms delay.
+    assert_eq!(h.log.batches(), vec![2]);
+    assert!(Instant::now() - t0 >= Duration::from_millis(100));
+}
