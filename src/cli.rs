@@ -235,6 +235,7 @@ impl Cli {
                 load_threads: self.model_load_thread_count,
                 strict_readiness: self.strict_readiness,
                 queue_capacity: DEFAULT_QUEUE_CAPACITY,
+                gpus: Vec::new(),
             },
             server_id: self.id,
             grpc_addr: self

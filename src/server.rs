@@ -53,7 +53,11 @@ impl RunningServer {
                 })??;
             Arc::new(b)
         };
-        let manager = Arc::new(ModelManager::new(backend, config.manager.clone()));
+        let mut opts = config.manager.clone();
+        opts.gpus = tokio::task::spawn_blocking(crate::backend::devices::visible_gpus)
+            .await
+            .unwrap_or_default();
+        let manager = Arc::new(ModelManager::new(backend, opts));
         let core = Arc::new(Core::new(manager.clone(), config.server_id.clone()));
         for flag in &config.ignored {
             tracing::warn!("ignoring {flag}");

@@ -490,4 +490,67 @@ mod tests {
             err.message
         );
     }
+
+    #[test]
+    fn priority_and_timeout_against_the_queue_policy() {
+        use crate::model::{DynamicBatching, QueuePolicy, TimeoutAction};
+        let mut s = spec(8);
+        let policy = |allow| QueuePolicy {
+            max_queue_size: 0,
+            default_timeout: Duration::from_micros(1000),
+            timeout_action: TimeoutAction::Reject,
+            allow_timeout_override: allow,
+        };
+        s.dynamic_batching = Some(DynamicBatching {
+            preferred_batch_sizes: vec![],
+            max_queue_delay: Duration::ZERO,
+            preserve_ordering: false,
+            priority_levels: 3,
+            default_priority_level: 2,
+            queue_policies: vec![policy(true), policy(false), policy(true)],
+            priorities_enabled: true,
+        });
+        let run = |priority, timeout_us| {
+            let mut req = request(vec![
+                input("INPUT0", "INT32", vec![1, 16], 64),
+                input("INPUT1", "INT32", vec![1, 16], 64),
+            ]);
+            req.params = RequestParams {
+                priority,
+                timeout_us,
+            };
+            validate(req, &s)
+        };
+        let v = run(0, 0).unwrap();
+        assert_eq!(
+            (v.level, v.queue_timeout),
+            (1, Some(Duration::from_micros(1000)))
+        );
+        let v = run(1, 300).unwrap();
+        assert_eq!(
+            (v.level, v.queue_timeout),
+            (0, Some(Duration::from_micros(300))),
+            "a smaller override wins"
+        );
+        let v = run(3, 5000).unwrap();
+        assert_eq!(
+            v.queue_timeout,
+            Some(Duration::from_micros(1000)),
+            "a larger override does not extend the default"
+        );
+        let err = run(4, 0).unwrap_err();
+        assert!(
+            err.message.contains(
+                "priority 4 is out of range for model 'simple': it has priority levels 1..=3"
+            ),
+            "{}",
+            err.message
+        );
+        let err = run(2, 10).unwrap_err();
+        assert!(
+            err.message.contains("timeout override is not allowed"),
+            "{}",
+            err.message
+        );
+    }
 }

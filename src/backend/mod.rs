@@ -1,6 +1,7 @@
 //! Backends run models. `Backend` inspects model files and creates `Runner`s; each runner is
 //! one session, owned by one instance thread (`instance`). ONNX Runtime lives in `ort/` only.
 
+pub mod devices;
 pub mod instance;
 pub mod ort;
 pub mod testing;

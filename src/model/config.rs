@@ -197,8 +197,8 @@ pub fn fill_server_defaults(
 }
 
 /// Normalization after auto-complete (model-config.md §10): preferred batch sizes, pinned
-/// memory entries and instance groups. This build has no GPUs, so KIND_AUTO becomes KIND_CPU.
-pub fn normalize(cfg: &mut ModelConfig) -> Result<()> {
+/// memory entries and instance groups; `gpus` are the CUDA devices this process can use.
+pub fn normalize(cfg: &mut ModelConfig, gpus: &[i32]) -> Result<()> {
     if cfg.max_batch_size < 0 {
         return Err(Error::invalid_arg(format!(
             "max_batch_size must be non-negative for model '{}', got {}",
@@ -232,38 +232,66 @@ pub fn normalize(cfg: &mut ModelConfig) -> Result<()> {
         if g.name.is_empty() {
             g.name = format!("{model}_{i}");
         }
-        match Kind::try_from(g.kind) {
-            Ok(Kind::Auto) | Ok(Kind::Cpu) => {
+        let kind = Kind::try_from(g.kind).map_err(|_| {
+            Error::invalid_arg(format!(
+                "instance group {} of model {model} has unknown kind {}",
+                g.name, g.kind
+            ))
+        })?;
+        let listed_exist = g.gpus.iter().all(|id| gpus.contains(id));
+        let kind = match kind {
+            // KIND_AUTO never fails: GPU when the listed (or any) GPUs exist, else CPU.
+            Kind::Auto if !gpus.is_empty() && listed_exist => Kind::Gpu,
+            Kind::Auto => {
+                g.gpus.clear();
+                Kind::Cpu
+            }
+            k => k,
+        };
+        match kind {
+            Kind::Cpu => {
                 if !g.gpus.is_empty() {
                     return Err(Error::invalid_arg(format!(
                         "instance group {} of model {model} has kind KIND_CPU but specifies one or more GPUs",
                         g.name
                     )));
                 }
-                g.kind = Kind::Cpu as i32;
+                if g.count < 1 {
+                    // Triton's default for CPU instances of the onnxruntime backend.
+                    g.count = 2;
+                }
+                if g.host_policy.is_empty() {
+                    g.host_policy = "cpu".into();
+                }
             }
-            Ok(Kind::Gpu) => {
+            Kind::Gpu => {
+                if gpus.is_empty() {
+                    return Err(Error::invalid_arg(format!(
+                        "instance group {} of model {model} has kind KIND_GPU but no GPUs are available (no CUDA driver or device on this machine)",
+                        g.name
+                    )));
+                }
+                if let Some(bad) = g.gpus.iter().find(|id| !gpus.contains(id)) {
+                    return Err(Error::invalid_arg(format!(
+                        "instance group {} of model {model} specifies invalid or unsupported gpu id {bad}; available GPUs: {gpus:?}",
+                        g.name
+                    )));
+                }
+                if g.gpus.is_empty() {
+                    g.gpus = gpus.to_vec();
+                }
+                if g.count < 1 {
+                    g.count = 1;
+                }
+            }
+            Kind::Model | Kind::Auto => {
                 return Err(Error::invalid_arg(format!(
-                    "instance group {} of model {model} has kind KIND_GPU but server does not support GPUs",
+                    "instance group {} of model {model} has kind KIND_MODEL, which the ONNX Runtime backend does not support",
                     g.name
                 )));
             }
-            Ok(Kind::Model) | Err(_) => {
-                return Err(Error::invalid_arg(format!(
-                    "instance group {} of model {model} has kind {} which the ONNX Runtime backend does not support",
-                    g.name,
-                    Kind::try_from(g.kind)
-                        .map_or_else(|_| g.kind.to_string(), |k| k.as_str_name().into())
-                )));
-            }
         }
-        if g.count < 1 {
-            // Triton's default for CPU instances of the onnxruntime backend.
-            g.count = 2;
-        }
-        if g.host_policy.is_empty() {
-            g.host_policy = "cpu".into();
-        }
+        g.kind = kind as i32;
     }
     Ok(())
 }
@@ -637,7 +665,7 @@ version_policy: { specific: { versions: [1, 3] } }
         let mut cfg = parse_pbtxt(Path::new("c"), SIMPLE).unwrap();
         cfg.instance_group.clear();
         fill_server_defaults(&mut cfg, "simple", None).unwrap();
-        normalize(&mut cfg).unwrap();
+        normalize(&mut cfg, &[]).unwrap();
         assert_eq!(cfg.backend, "onnxruntime");
         assert_eq!(cfg.default_model_filename, "model.onnx");
         assert_eq!(cfg.instance_group[0].name, "simple");
@@ -666,18 +694,103 @@ version_policy: { specific: { versions: [1, 3] } }
     }
 
     #[test]
-    fn gpu_groups_are_refused_with_a_reason() {
-        let mut cfg = parse_pbtxt(
-            Path::new("c"),
-            "name: \"g\" instance_group [ { kind: KIND_GPU } ]",
-        )
-        .unwrap();
-        let err = normalize(&mut cfg).unwrap_err();
+    fn instance_kinds_follow_the_gpus_present() {
+        let gpu = |text: &str| parse_pbtxt(Path::new("c"), text).unwrap();
+        let mut cfg = gpu("name: \"g\" instance_group [ { kind: KIND_GPU } ]");
+        let err = normalize(&mut cfg, &[]).unwrap_err();
         assert!(
-            err.message
-                .contains("KIND_GPU but server does not support GPUs"),
+            err.message.contains("KIND_GPU but no GPUs are available"),
             "{}",
             err.message
+        );
+        let mut cfg = gpu("name: \"g\" instance_group [ { kind: KIND_GPU count: 2 } ]");
+        normalize(&mut cfg, &[0, 1]).unwrap();
+        assert_eq!(
+            (
+                cfg.instance_group[0].gpus.clone(),
+                cfg.instance_group[0].count
+            ),
+            (vec![0, 1], 2)
+        );
+        let mut cfg = gpu("name: \"g\" instance_group [ { kind: KIND_GPU gpus: [ 3 ] } ]");
+        assert!(
+            normalize(&mut cfg, &[0])
+                .unwrap_err()
+                .message
+                .contains("invalid or unsupported gpu id 3")
+        );
+        let mut cfg = gpu("name: \"g\" instance_group [ { kind: KIND_AUTO } ]");
+        normalize(&mut cfg, &[]).unwrap();
+        assert_eq!(
+            (cfg.instance_group[0].kind, cfg.instance_group[0].count),
+            (Kind::Cpu as i32, 2)
+        );
+        let mut cfg = gpu("name: \"g\" instance_group [ { kind: KIND_AUTO } ]");
+        normalize(&mut cfg, &[0]).unwrap();
+        assert_eq!(
+            (
+                cfg.instance_group[0].kind,
+                cfg.instance_group[0].gpus.clone()
+            ),
+            (Kind::Gpu as i32, vec![0])
+        );
+        let mut cfg = gpu("name: \"g\" instance_group [ { kind: KIND_CPU gpus: [ 0 ] } ]");
+        assert!(
+            normalize(&mut cfg, &[0])
+                .unwrap_err()
+                .message
+                .contains("KIND_CPU but specifies")
+        );
+    }
+
+    #[test]
+    fn dynamic_batching_settings_are_validated() {
+        let spec = |text: &str| {
+            let mut cfg = parse_pbtxt(Path::new("c"), text).unwrap();
+            fill_server_defaults(&mut cfg, "m", None)?;
+            normalize(&mut cfg, &[])?;
+            to_spec(&cfg, 1, Path::new("m"))
+        };
+        let io = "input [ { name: \"x\" data_type: TYPE_FP32 dims: [ 4 ] } ] output [ { name: \"y\" data_type: TYPE_FP32 dims: [ 4 ] } ]";
+        let ok = spec(&format!(
+            "name: \"m\" backend: \"onnxruntime\" max_batch_size: 8 {io} dynamic_batching {{ preferred_batch_size: [ 8, 2 ] max_queue_delay_microseconds: 500 priority_levels: 2 default_priority_level: 2 default_queue_policy {{ max_queue_size: 5 timeout_action: DELAY default_timeout_microseconds: 10 }} priority_queue_policy {{ key: 1 value: {{ max_queue_size: 1 }} }} }}"
+        ))
+        .unwrap();
+        let db = ok.dynamic_batching.unwrap();
+        assert_eq!(db.preferred_batch_sizes, vec![2, 8]);
+        assert_eq!(db.max_queue_delay, std::time::Duration::from_micros(500));
+        assert_eq!((db.priority_levels, db.default_priority_level), (2, 2));
+        assert_eq!(db.queue_policies[0].max_queue_size, 1);
+        assert_eq!(db.queue_policies[1].timeout_action, TimeoutAction::Delay);
+        let bad = [
+            (
+                "preferred_batch_size: [ 9 ]",
+                "preferred size must be positive and <= max_batch_size 8",
+            ),
+            (
+                "priority_levels: 2 default_priority_level: 3",
+                "default_priority_level must be in the range [1, 2]",
+            ),
+            (
+                "priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 5 value: { } }",
+                "key in the range [1, 2]",
+            ),
+            (
+                "preserve_ordering: true priority_levels: 2 default_priority_level: 1",
+                "preserve_ordering",
+            ),
+        ];
+        for (db, want) in bad {
+            let err = spec(&format!("name: \"m\" backend: \"onnxruntime\" max_batch_size: 8 {io} dynamic_batching {{ {db} }}")).unwrap_err();
+            assert!(err.message.contains(want), "{db}: {}", err.message);
+        }
+        let none = spec(&format!(
+            "name: \"m\" backend: \"onnxruntime\" max_batch_size: 0 {io} dynamic_batching {{ }}"
+        ))
+        .unwrap();
+        assert!(
+            none.dynamic_batching.is_none(),
+            "max_batch_size 0 runs requests alone"
         );
     }
 }

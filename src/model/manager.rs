@@ -28,6 +28,8 @@ pub struct ManagerOptions {
     pub load_threads: usize,
     pub strict_readiness: bool,
     pub queue_capacity: usize,
+    /// CUDA devices this process can use (`backend::devices::visible_gpus`).
+    pub gpus: Vec<i32>,
 }
 
 /// One READY model version: its effective config, spec, queue, statistics and instance threads.
@@ -201,7 +203,7 @@ impl ModelManager {
             autocomplete::auto_complete(&mut cfg, &found, self.opts.default_max_batch_size)?;
             io = Some(found);
         }
-        config::normalize(&mut cfg)?;
+        config::normalize(&mut cfg, &self.opts.gpus)?;
         Ok((cfg, versions, io))
     }
 

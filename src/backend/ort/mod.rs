@@ -113,12 +113,6 @@ impl Backend for OrtBackend {
         group: &InstanceSpec,
         _index: u32,
     ) -> Result<Box<dyn Runner>> {
-        if let DeviceKind::Gpu(id) = group.kind {
-            return Err(Error::invalid_arg(format!(
-                "instance group {} of model '{}' has kind KIND_GPU (device {id}) but this server build runs ONNX Runtime on CPU only",
-                group.name, spec.name
-            )));
-        }
         let intra = if spec.ort.intra_op_threads > 0 {
             spec.ort.intra_op_threads
         } else {
@@ -137,6 +131,22 @@ impl Backend for OrtBackend {
         b = opt(b.with_optimization_level(level))?;
         if let Some(p) = spec.ort.mem_pattern {
             b = opt(b.with_memory_pattern(p))?;
+        }
+        if let DeviceKind::Gpu(id) = group.kind {
+            // error_on_failure: a GPU instance that cannot get the CUDA provider fails to load
+            // instead of silently running on the CPU.
+            let cuda = ort::ep::CUDA::default()
+                .with_device_id(id)
+                .build()
+                .error_on_failure();
+            b = b.with_execution_providers([cuda]).map_err(|e| {
+                Error::invalid_arg(format!(
+                    "instance group {} of model '{}': cannot use the CUDA execution provider on GPU {id}: {}. The ONNX Runtime library must be the onnxruntime-gpu build with its CUDA libraries on LD_LIBRARY_PATH.",
+                    group.name,
+                    spec.name,
+                    ort::Error::<()>::from(e)
+                ))
+            })?;
         }
         if let Some(arena) = spec.ort.mem_arena {
             b = opt(b.with_config_entry("session.use_arena", if arena { "1" } else { "0" }))?;
