@@ -194,7 +194,11 @@ impl ModelManager {
         config::fill_server_defaults(&mut cfg, name, first_dir.as_deref())?;
         let versions = repository::select_versions(name, cfg.version_policy.as_ref(), &on_disk)?;
         let mut io = None;
-        if self.opts.auto_complete {
+        // Auto-complete reads the graph only when the config leaves inputs or outputs to fill, so
+        // a config that lists them keeps its good versions serving when another one is broken.
+        let needs_graph =
+            cfg.input.is_empty() && cfg.batch_input.is_empty() || cfg.output.is_empty();
+        if self.opts.auto_complete && needs_graph {
             let newest = *versions
                 .last()
                 .expect("select_versions returns at least one");

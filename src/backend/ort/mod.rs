@@ -4,6 +4,7 @@
 #![allow(unsafe_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use ort::environment::Environment;
@@ -45,17 +46,7 @@ impl OrtBackend {
                 path.display()
             )));
         }
-        let builder = ort::init_from(&path).map_err(|e| {
-            Error::unavailable(format!(
-                "failed to load ONNX Runtime from '{}': {e}",
-                path.display()
-            ))
-        })?;
-        let env = builder.with_name("nereid").build().map_err(|e| {
-            Error::internal(format!(
-                "failed to create the ONNX Runtime environment: {e}"
-            ))
-        })?;
+        let env = shared_environment(&path)?;
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
@@ -66,6 +57,36 @@ impl OrtBackend {
     fn builder(&self) -> Result<SessionBuilder> {
         Session::builder(&self.env).map_err(ort_err)
     }
+}
+
+/// ONNX Runtime allows one environment per process (and one library); every server in the
+/// process (tests start many) shares the first one.
+fn shared_environment(path: &Path) -> Result<Environment> {
+    static ENV: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
+    let mut env = ENV.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((loaded, e)) = env.as_ref() {
+        if loaded != path {
+            tracing::warn!(
+                loaded = %loaded.display(),
+                requested = %path.display(),
+                "ONNX Runtime is already loaded in this process; keeping the loaded library"
+            );
+        }
+        return Ok(e.clone());
+    }
+    let builder = ort::init_from(path).map_err(|e| {
+        Error::unavailable(format!(
+            "failed to load ONNX Runtime from '{}': {e}",
+            path.display()
+        ))
+    })?;
+    let e = builder.with_name("nereid").build().map_err(|e| {
+        Error::internal(format!(
+            "failed to create the ONNX Runtime environment: {e}"
+        ))
+    })?;
+    *env = Some((path.to_path_buf(), e.clone()));
+    Ok(e)
 }
 
 fn ort_err(e: impl std::fmt::Display) -> Error {
