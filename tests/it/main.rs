@@ -2,6 +2,7 @@
 //! over gRPC with the generated client (ARCHITECTURE.md house rules 5 and 8).
 
 mod autocomplete;
+mod batching;
 mod common;
 mod concurrency;
 mod datatypes;
