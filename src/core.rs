@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use crate::model::config::ModelConfig;
-use crate::model::manager::{IndexEntry, ModelManager, parse_version};
+use crate::model::manager::{IndexEntry, LoadRequest, ModelManager, parse_version};
 use crate::request::{InferRequest, InferResponse};
 use crate::telemetry::stats::StatsSnapshot;
 use crate::validate::validate;
@@ -170,6 +170,20 @@ impl Core {
                 stats: m.stats.snapshot(),
             })
             .collect())
+    }
+
+    /// RepositoryModelLoad: (re)loads `name`, optionally with a JSON config override and model
+    /// files sent in the request. Returns when every selected version finished loading.
+    pub async fn load_model(&self, name: &str, req: LoadRequest) -> Result<()> {
+        self.check_running()?;
+        self.manager.load(name, req).await
+    }
+
+    /// RepositoryModelUnload: marks the model's versions UNLOADING and returns; in-flight
+    /// requests finish, then the versions are freed.
+    pub async fn unload_model(&self, name: &str, unload_dependents: bool) -> Result<()> {
+        self.check_running()?;
+        self.manager.unload(name, unload_dependents).await
     }
 
     pub fn repository_index(&self, ready_only: bool) -> Result<Vec<IndexEntry>> {

@@ -23,7 +23,7 @@ pub const ONNX_PLATFORM: &str = "onnxruntime_onnx";
 pub const ONNX_BACKEND: &str = "onnxruntime";
 pub const DEFAULT_MODEL_FILENAME: &str = "model.onnx";
 
-fn descriptor_pool() -> &'static DescriptorPool {
+pub(crate) fn descriptor_pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {
         DescriptorPool::decode(crate::pb::DESCRIPTOR_SET).expect("descriptor set built by build.rs")

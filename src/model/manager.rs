@@ -56,6 +56,15 @@ struct ModelEntry {
     failure: Option<String>,
 }
 
+/// What a RepositoryModelLoad asked for besides the model's name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadRequest {
+    /// A JSON `ModelConfig` that replaces the config on disk for this load.
+    pub config: Option<String>,
+    /// Model files sent with the request: path relative to the model folder, and contents.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
 /// One row of the repository index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexEntry {
@@ -247,6 +256,20 @@ impl ModelManager {
             stats,
             _threads: threads,
         })
+    }
+
+    /// Explicit load; only allowed with `--model-control-mode=explicit`.
+    pub async fn load(&self, _name: &str, _req: LoadRequest) -> Result<()> {
+        Err(Error::unavailable(
+            "explicit model load / unload is not allowed if polling is enabled",
+        ))
+    }
+
+    /// Explicit unload; only allowed with `--model-control-mode=explicit`.
+    pub async fn unload(&self, _name: &str, _unload_dependents: bool) -> Result<()> {
+        Err(Error::unavailable(
+            "explicit model load / unload is not allowed if polling is enabled",
+        ))
     }
 
     /// The version a request should use: `version` empty = the highest READY version.

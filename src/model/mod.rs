@@ -6,6 +6,7 @@
 
 pub mod autocomplete;
 pub mod config;
+pub mod config_json;
 pub mod manager;
 pub mod repository;
 pub mod state;
