@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 
-use crate::model::manager::ManagerOptions;
+use crate::model::manager::{ControlMode, ManagerOptions};
 use crate::scheduler::DEFAULT_QUEUE_CAPACITY;
 
 /// Parses Triton's boolean spellings: true/false, on/off, 1/0 (any case).
@@ -41,9 +41,19 @@ pub struct Cli {
     )]
     pub model_repository: Vec<PathBuf>,
 
-    /// Model control mode. Only `none` (load every model at startup; no load/unload API) is available in this release.
+    /// Model control mode: `none` (load every model at startup), `poll` (also apply repository
+    /// changes every --repository-poll-secs) or `explicit` (load --load-model models at startup;
+    /// the load/unload API does the rest).
     #[arg(long, default_value = "none", value_name = "MODE")]
     pub model_control_mode: String,
+
+    /// Model to load at startup in explicit mode; repeatable; `*` loads every model.
+    #[arg(long, value_name = "NAME")]
+    pub load_model: Vec<String>,
+
+    /// Seconds between repository polls in poll mode.
+    #[arg(long, default_value_t = 15, value_name = "SECS")]
+    pub repository_poll_secs: u64,
 
     /// Use <model>/configs/<NAME>.pbtxt instead of config.pbtxt where it exists.
     #[arg(long, value_name = "NAME")]
@@ -161,19 +171,24 @@ impl ServerConfig {
 
 impl Cli {
     pub fn into_config(self) -> Result<ServerConfig, String> {
-        match self.model_control_mode.to_ascii_lowercase().as_str() {
-            "none" => {}
-            "poll" | "explicit" => {
-                return Err(format!(
-                    "--model-control-mode={} is not available in this release; use 'none'",
-                    self.model_control_mode
-                ));
-            }
+        let control_mode = match self.model_control_mode.to_ascii_lowercase().as_str() {
+            "none" => ControlMode::None,
+            "poll" => ControlMode::Poll,
+            "explicit" => ControlMode::Explicit,
             other => {
                 return Err(format!(
                     "invalid --model-control-mode '{other}': expected none, poll or explicit"
                 ));
             }
+        };
+        if !self.load_model.is_empty() && control_mode != ControlMode::Explicit {
+            return Err("--load-model requires --model-control-mode=explicit".into());
+        }
+        if self.load_model.iter().any(|m| m == "*") && self.load_model.len() > 1 {
+            return Err("--load-model=* must be the only --load-model".into());
+        }
+        if control_mode == ControlMode::Poll && self.repository_poll_secs == 0 {
+            return Err("--repository-poll-secs must be at least 1 in poll mode".into());
         }
         if let Some(name) = &self.model_config_name
             && (name.is_empty() || name.contains(char::is_whitespace))
@@ -229,6 +244,9 @@ impl Cli {
         Ok(ServerConfig {
             manager: ManagerOptions {
                 repositories: self.model_repository,
+                control_mode,
+                startup_models: self.load_model,
+                poll_interval: Duration::from_secs(self.repository_poll_secs),
                 auto_complete: !(self.disable_auto_complete_config || self.strict_model_config),
                 default_max_batch_size,
                 config_name: self.model_config_name,
@@ -295,6 +313,44 @@ mod tests {
         assert_eq!(c.manager.default_max_batch_size, 4);
         assert_eq!(c.manager.load_threads, 4);
         assert_eq!(c.exit_timeout, Duration::from_secs(30));
+        assert_eq!(c.manager.control_mode, ControlMode::None);
+        assert_eq!(c.manager.poll_interval, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn control_mode_flags() {
+        let c = parse(&[
+            "--model-control-mode=EXPLICIT",
+            "--load-model=a",
+            "--load-model=b",
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.manager.control_mode, c.manager.startup_models.clone()),
+            (
+                ControlMode::Explicit,
+                vec!["a".to_string(), "b".to_string()]
+            )
+        );
+        let c = parse(&["--model-control-mode=poll", "--repository-poll-secs=2"]).unwrap();
+        assert_eq!(
+            (c.manager.control_mode, c.manager.poll_interval),
+            (ControlMode::Poll, Duration::from_secs(2))
+        );
+        assert!(
+            parse(&["--load-model=simple"])
+                .unwrap_err()
+                .contains("requires --model-control-mode=explicit")
+        );
+        assert!(
+            parse(&[
+                "--model-control-mode=explicit",
+                "--load-model=*",
+                "--load-model=a"
+            ])
+            .unwrap_err()
+            .contains("must be the only")
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::cli::ServerConfig;
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::frontend::grpc::{GrpcService, HealthService};
-use crate::model::manager::ModelManager;
+use crate::model::manager::{ControlMode, ModelManager};
 use crate::pb::health::health_server::HealthServer;
 use crate::pb::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 
@@ -57,13 +57,14 @@ impl RunningServer {
         opts.gpus = tokio::task::spawn_blocking(crate::backend::devices::visible_gpus)
             .await
             .unwrap_or_default();
-        let manager = Arc::new(ModelManager::new(backend, opts));
+        let manager = ModelManager::new(backend, opts);
         let core = Arc::new(Core::new(manager.clone(), config.server_id.clone()));
         for flag in &config.ignored {
             tracing::warn!("ignoring {flag}");
         }
 
         let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_rx_poll = stop_rx.clone();
         {
             let core = core.clone();
             tokio::spawn(async move {
@@ -111,7 +112,7 @@ impl RunningServer {
         }
         core.set_live();
 
-        let failures = manager.load_all().await?;
+        let failures = manager.load_startup().await?;
         if !failures.is_empty() {
             for (model, reason) in &failures {
                 tracing::error!(model, reason, "model failed to load");
@@ -129,6 +130,9 @@ impl RunningServer {
             }
         }
         core.set_started();
+        if manager.options().control_mode == ControlMode::Poll {
+            tokio::spawn(crate::model::poll::run(manager.clone(), stop_rx_poll));
+        }
         if let Some(addr) = grpc_addr {
             tracing::info!("Started GRPCInferenceService at {addr}");
         }
@@ -145,6 +149,8 @@ impl RunningServer {
             grpc.await
                 .map_err(|e| Error::internal(format!("gRPC server task failed: {e}")))??;
         }
+        // Front-ends are closed: free every model (sessions and instance threads).
+        self.core.manager().shutdown().await;
         Ok(())
     }
 }

@@ -1,25 +1,40 @@
-//! The model manager: the only owner and mutator of model state. It loads models from the
-//! repositories (parse → auto-complete → normalize → sessions → instance threads), answers
-//! lookups for requests with Triton's errors (behaviour.md E1–E5), and reports the index.
+//! The model manager: the only owner and mutator of model state. It decides what to load
+//! (control modes), loads and swaps versions without downtime, drains and frees unloaded ones,
+//! answers request lookups with Triton's errors (behaviour.md E1–E5) and reports the index.
+//! Building a version happens in `loader`, off the async workers.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use super::config::{self, ModelConfig};
+use super::loader::{Loader, fingerprint};
 use super::state::ModelState;
-use super::{ModelSpec, autocomplete, repository};
+use super::{config_json, overrides, repository};
 use crate::backend::Backend;
-use crate::backend::instance::InstanceThread;
 use crate::error::{Error, Result};
-use crate::scheduler::{ExecContext, Scheduler};
-use crate::telemetry::stats::ModelStats;
+
+pub use super::loader::LoadedModel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlMode {
+    /// Load everything at startup; no load/unload API; repository changes ignored.
+    None,
+    /// Like `None`, and the repositories are re-read every poll interval.
+    Poll,
+    /// Only `startup_models` at startup; the load/unload API decides the rest.
+    Explicit,
+}
 
 #[derive(Debug, Clone)]
 pub struct ManagerOptions {
     pub repositories: Vec<PathBuf>,
+    pub control_mode: ControlMode,
+    /// `--load-model` names for explicit mode (`*` = all).
+    pub startup_models: Vec<String>,
+    pub poll_interval: Duration,
     pub auto_complete: bool,
     /// `max_batch_size` that auto-complete gives a batching model without one.
     pub default_max_batch_size: u32,
@@ -32,15 +47,13 @@ pub struct ManagerOptions {
     pub gpus: Vec<i32>,
 }
 
-/// One READY model version: its effective config, spec, queue, statistics and instance threads.
-/// Requests hold an `Arc` to it for their whole life, so it outlives any unload while in use.
-pub struct LoadedModel {
-    pub config: Arc<ModelConfig>,
-    pub spec: Arc<ModelSpec>,
-    pub scheduler: Scheduler,
-    pub stats: Arc<ModelStats>,
-    /// Instance threads end by themselves once `scheduler` (the queue's sender) is dropped.
-    _threads: Vec<InstanceThread>,
+/// What a RepositoryModelLoad asked for besides the model's name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadRequest {
+    /// A JSON `ModelConfig` that replaces the config on disk for this load.
+    pub config: Option<String>,
+    /// Model files sent with the request: path relative to the model folder, and contents.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 struct VersionSlot {
@@ -52,17 +65,22 @@ struct VersionSlot {
 #[derive(Default)]
 struct ModelEntry {
     versions: BTreeMap<i64, VersionSlot>,
-    /// Set when the model failed before any version could be tried (config, policy, ...).
+    /// The last load failed before any version could be tried, and nothing serves.
     failure: Option<String>,
+    /// The last (re)load failed while older versions kept serving.
+    reload_error: Option<String>,
+    /// Progress of a load in flight, shown in the index.
+    loading: Option<String>,
+    /// Fingerprint of what is serving; `None` after an override load (always reload then).
+    source: Option<u64>,
+    /// Files sent with the load request; removed when replaced or unloaded.
+    _override_dir: Option<tempfile::TempDir>,
 }
 
-/// What a RepositoryModelLoad asked for besides the model's name.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LoadRequest {
-    /// A JSON `ModelConfig` that replaces the config on disk for this load.
-    pub config: Option<String>,
-    /// Model files sent with the request: path relative to the model folder, and contents.
-    pub files: Vec<(String, Vec<u8>)>,
+impl ModelEntry {
+    fn serving(&self) -> bool {
+        self.versions.values().any(|s| s.state == ModelState::Ready)
+    }
 }
 
 /// One row of the repository index.
@@ -75,206 +93,367 @@ pub struct IndexEntry {
 }
 
 pub struct ModelManager {
-    backend: Arc<dyn Backend>,
-    opts: ManagerOptions,
+    loader: Arc<Loader>,
     models: RwLock<BTreeMap<String, ModelEntry>>,
+    /// One lock per model name: loads and unloads of the same model run one at a time.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// `--model-load-thread-count` loads at a time.
+    load_permits: Semaphore,
+    me: Weak<ModelManager>,
 }
 
 impl ModelManager {
-    pub fn new(backend: Arc<dyn Backend>, opts: ManagerOptions) -> Self {
-        ModelManager {
-            backend,
-            opts,
+    pub fn new(backend: Arc<dyn Backend>, opts: ManagerOptions) -> Arc<Self> {
+        let permits = opts.load_threads.max(1);
+        Arc::new_cyclic(|me| ModelManager {
+            loader: Arc::new(Loader { backend, opts }),
             models: RwLock::new(BTreeMap::new()),
-        }
-    }
-
-    /// Loads every model of every repository, `load_threads` at a time, off the async workers.
-    /// Returns the models that failed, with their reasons.
-    pub async fn load_all(self: &Arc<Self>) -> Result<Vec<(String, String)>> {
-        let found = repository::scan(&self.opts.repositories)?;
-        let permits = Arc::new(Semaphore::new(self.opts.load_threads.max(1)));
-        let mut tasks = Vec::new();
-        for (name, dir) in found {
-            let this = self.clone();
-            let permits = permits.clone();
-            tasks.push(tokio::spawn(async move {
-                let _permit = permits
-                    .acquire_owned()
-                    .await
-                    .expect("semaphore never closed");
-                let entry = match dir {
-                    Ok(dir) => {
-                        let (n, this2) = (name.clone(), this.clone());
-                        tokio::task::spawn_blocking(move || this2.load_model(&n, &dir))
-                            .await
-                            .unwrap_or_else(|e| {
-                                failed(Error::internal(format!("model load panicked: {e}")))
-                            })
-                    }
-                    Err(e) => failed(e),
-                };
-                let failure = entry.failure.clone().or_else(|| {
-                    let bad: Vec<String> = entry
-                        .versions
-                        .iter()
-                        .filter(|(_, s)| s.state != ModelState::Ready)
-                        .map(|(v, s)| format!("version {v}: {}", s.reason))
-                        .collect();
-                    (!bad.is_empty()).then(|| bad.join("; "))
-                });
-                this.models
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(name.clone(), entry);
-                failure.map(|f| (name, f))
-            }));
-        }
-        let mut failures = Vec::new();
-        for t in tasks {
-            if let Some(f) = t
-                .await
-                .map_err(|e| Error::internal(format!("model load task failed: {e}")))?
-            {
-                failures.push(f);
-            }
-        }
-        Ok(failures)
-    }
-
-    /// Loads one model folder: every version its policy selects. Blocking.
-    fn load_model(&self, name: &str, dir: &Path) -> ModelEntry {
-        let started = std::time::Instant::now();
-        tracing::info!(model = name, "loading");
-        let prepared = self.prepare(name, dir);
-        let (cfg, versions, mut first_io) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(model = name, error = %e, "failed to load");
-                return failed(e);
-            }
-        };
-        let cfg = Arc::new(cfg);
-        let mut entry = ModelEntry::default();
-        for v in versions.into_iter().rev() {
-            let io = first_io.take();
-            let slot = match self.load_version(&cfg, dir, v, io) {
-                Ok(m) => {
-                    tracing::info!(
-                        model = name,
-                        version = v,
-                        ms = started.elapsed().as_millis() as u64,
-                        "loaded, READY"
-                    );
-                    VersionSlot {
-                        state: ModelState::Ready,
-                        reason: String::new(),
-                        model: Some(Arc::new(m)),
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(model = name, version = v, error = %e, "failed to load version");
-                    VersionSlot {
-                        state: ModelState::Unavailable,
-                        reason: e.reason(),
-                        model: None,
-                    }
-                }
-            };
-            entry.versions.insert(v, slot);
-        }
-        entry
-    }
-
-    /// Config resolution (behaviour.md §5.6) up to the versions to load. Returns the graph
-    /// description of the highest version when auto-complete had to read it.
-    fn prepare(
-        &self,
-        name: &str,
-        dir: &Path,
-    ) -> Result<(ModelConfig, Vec<i64>, Option<crate::backend::ModelIo>)> {
-        let mut cfg = config::read_config(
-            dir,
-            self.opts.config_name.as_deref(),
-            self.opts.auto_complete,
-        )?;
-        let on_disk = repository::versions_on_disk(dir);
-        let first_dir = on_disk.first().map(|v| dir.join(v.to_string()));
-        config::fill_server_defaults(&mut cfg, name, first_dir.as_deref())?;
-        let versions = repository::select_versions(name, cfg.version_policy.as_ref(), &on_disk)?;
-        let mut io = None;
-        // Auto-complete reads the graph only when the config leaves inputs or outputs to fill, so
-        // a config that lists them keeps its good versions serving when another one is broken.
-        let needs_graph =
-            cfg.input.is_empty() && cfg.batch_input.is_empty() || cfg.output.is_empty();
-        if self.opts.auto_complete && needs_graph {
-            let newest = *versions
-                .last()
-                .expect("select_versions returns at least one");
-            let path = model_file(dir, newest, &cfg)?;
-            let found = self.backend.inspect(&path)?;
-            autocomplete::auto_complete(&mut cfg, &found, self.opts.default_max_batch_size)?;
-            io = Some(found);
-        }
-        config::normalize(&mut cfg, &self.opts.gpus)?;
-        Ok((cfg, versions, io))
-    }
-
-    fn load_version(
-        &self,
-        cfg: &Arc<ModelConfig>,
-        dir: &Path,
-        version: i64,
-        io: Option<crate::backend::ModelIo>,
-    ) -> Result<LoadedModel> {
-        let spec = Arc::new(config::to_spec(cfg, version, dir)?);
-        let path = model_file(dir, version, cfg)?;
-        let io = match io {
-            Some(io) => io,
-            None => self.backend.inspect(&path)?,
-        };
-        autocomplete::check_against_model(cfg, &io)?;
-        let stats = Arc::new(ModelStats::default());
-        let ctx = Arc::new(ExecContext {
-            spec: spec.clone(),
-            stats: stats.clone(),
-        });
-        let (scheduler, rx) =
-            Scheduler::start(ctx, spec.instance_count(), self.opts.queue_capacity);
-        let mut threads = Vec::with_capacity(spec.instance_count());
-        for group in &spec.instances {
-            for i in 0..group.count {
-                let runner = self.backend.create_runner(&spec, group, i)?;
-                let name = format!("{}:{version}:{i}", group.name);
-                threads.push(InstanceThread::spawn(name, runner, rx.clone())?);
-            }
-        }
-        Ok(LoadedModel {
-            config: cfg.clone(),
-            spec,
-            scheduler,
-            stats,
-            _threads: threads,
+            locks: Mutex::new(HashMap::new()),
+            load_permits: Semaphore::new(permits),
+            me: me.clone(),
         })
     }
 
-    /// Explicit load; only allowed with `--model-control-mode=explicit`.
-    pub async fn load(&self, _name: &str, _req: LoadRequest) -> Result<()> {
-        Err(Error::unavailable(
-            "explicit model load / unload is not allowed if polling is enabled",
-        ))
+    pub fn options(&self) -> &ManagerOptions {
+        &self.loader.opts
     }
 
-    /// Explicit unload; only allowed with `--model-control-mode=explicit`.
-    pub async fn unload(&self, _name: &str, _unload_dependents: bool) -> Result<()> {
-        Err(Error::unavailable(
-            "explicit model load / unload is not allowed if polling is enabled",
-        ))
+    /// Startup loads for the control mode. Returns the models that failed, with their reasons.
+    pub async fn load_startup(&self) -> Result<Vec<(String, String)>> {
+        let opts = &self.loader.opts;
+        let found = repository::scan(&opts.repositories)?;
+        let names: Vec<String> = match opts.control_mode {
+            ControlMode::None | ControlMode::Poll => found.keys().cloned().collect(),
+            ControlMode::Explicit if opts.startup_models.iter().any(|m| m == "*") => {
+                found.keys().cloned().collect()
+            }
+            ControlMode::Explicit => opts.startup_models.clone(),
+        };
+        let me = self
+            .me
+            .upgrade()
+            .expect("the manager is alive while it loads");
+        let mut loads = tokio::task::JoinSet::new();
+        for name in names {
+            let me = me.clone();
+            loads.spawn(async move {
+                me.load_from_repository(&name, None)
+                    .await
+                    .err()
+                    .map(|e| (name, e.message))
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(r) = loads.join_next().await {
+            match r {
+                Ok(Some(f)) => failures.push(f),
+                Ok(None) => {}
+                Err(e) => return Err(Error::internal(format!("model load task failed: {e}"))),
+            }
+        }
+        failures.sort();
+        Ok(failures)
+    }
+
+    /// RepositoryModelLoad. Only in explicit mode.
+    pub async fn load(&self, name: &str, req: LoadRequest) -> Result<()> {
+        if self.loader.opts.control_mode != ControlMode::Explicit {
+            return Err(Error::unavailable(
+                "explicit model load / unload is not allowed if polling is enabled",
+            ));
+        }
+        check_name(name)?;
+        self.load_from_repository(name, Some(req)).await
+    }
+
+    /// RepositoryModelUnload. Only in explicit mode; unloading an unknown model succeeds.
+    pub async fn unload(&self, name: &str, _unload_dependents: bool) -> Result<()> {
+        if self.loader.opts.control_mode != ControlMode::Explicit {
+            return Err(Error::unavailable(
+                "explicit model load / unload is not allowed if polling is enabled",
+            ));
+        }
+        let lock = self.lock_for(name);
+        let _guard = lock.lock().await;
+        self.retire_all(name);
+        Ok(())
+    }
+
+    /// Loads (or reloads) `name`. Unchanged files and no override: nothing to do. Otherwise the
+    /// new versions load beside the serving ones and replace them only if all of them load.
+    pub(crate) async fn load_from_repository(
+        &self,
+        name: &str,
+        req: Option<LoadRequest>,
+    ) -> Result<()> {
+        let lock = self.lock_for(name);
+        let _guard = lock.lock().await;
+        let req = req.unwrap_or_default();
+        let override_config = req
+            .config
+            .as_deref()
+            .map(config_json::from_json)
+            .transpose()?;
+        let (dir, override_dir) = if req.files.is_empty() {
+            (self.find(name)?, None)
+        } else {
+            if override_config.is_none() {
+                return Err(Error::invalid_arg(format!(
+                    "failed to load '{name}': the 'config' parameter must be given with 'file:' parameters"
+                )));
+            }
+            let tmp = overrides::write_files(name, &req.files)?;
+            (tmp.path().join(name), Some(tmp))
+        };
+        let source = fingerprint(&dir);
+        let plain = override_config.is_none() && override_dir.is_none();
+        {
+            let mut models = self.write();
+            let entry = models.entry(name.to_string()).or_default();
+            if plain && entry.source == Some(source) && entry.serving() {
+                return Ok(());
+            }
+            entry.loading = Some("loading".into());
+        }
+        let _permit = self.load_permits.acquire().await.expect("never closed");
+        tracing::info!(model = name, "loading");
+        let (loader, n, d) = (self.loader.clone(), name.to_string(), dir.clone());
+        let me = self.me.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let progress = |step: String| {
+                if let Some(m) = me.upgrade()
+                    && let Some(e) = m.write().get_mut(&n)
+                {
+                    e.loading = Some(step);
+                }
+            };
+            let mut prepared = loader.prepare(&n, &d, override_config.as_ref())?;
+            let versions = prepared.versions.clone();
+            Ok::<_, Error>(
+                versions
+                    .into_iter()
+                    .rev()
+                    .map(|v| (v, loader.build_version(&mut prepared, &d, v, &progress)))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await
+        .unwrap_or_else(|e| Err(Error::internal(format!("model load panicked: {e}"))));
+        self.install(name, built, plain.then_some(source), override_dir)
+    }
+
+    /// Swaps freshly built versions in (or records why they could not be).
+    fn install(
+        &self,
+        name: &str,
+        built: Result<Vec<(i64, Result<LoadedModel>)>>,
+        source: Option<u64>,
+        override_dir: Option<tempfile::TempDir>,
+    ) -> Result<()> {
+        let mut retire = Vec::new();
+        let result = {
+            let mut models = self.write();
+            let entry = models.entry(name.to_string()).or_default();
+            entry.loading = None;
+            let serving = entry.serving();
+            match built {
+                Err(e) => {
+                    tracing::error!(model = name, error = %e, "failed to load");
+                    if serving {
+                        entry.reload_error = Some(e.reason());
+                    } else {
+                        entry.failure = Some(e.reason());
+                    }
+                    Err(Error::invalid_arg(format!(
+                        "load failed for model '{name}': {}",
+                        e.message
+                    )))
+                }
+                Ok(versions) => {
+                    let failed: Vec<String> = versions
+                        .iter()
+                        .filter_map(|(v, r)| {
+                            r.as_ref().err().map(|e| {
+                                format!("version {v} is at UNAVAILABLE state: {};\n", e.reason())
+                            })
+                        })
+                        .collect();
+                    if !failed.is_empty() && serving {
+                        // Keep what serves; discard the whole new set.
+                        entry.reload_error = Some(failed.concat());
+                        retire.extend(
+                            versions
+                                .into_iter()
+                                .filter_map(|(_, r)| r.ok())
+                                .map(|m| (None, Arc::new(m))),
+                        );
+                    } else {
+                        let new: Vec<i64> = versions.iter().map(|(v, _)| *v).collect();
+                        for (v, r) in versions {
+                            let slot = match r {
+                                Ok(m) => {
+                                    tracing::info!(
+                                        model = name,
+                                        version = v,
+                                        ms = m.load_duration.as_millis() as u64,
+                                        "loaded, READY"
+                                    );
+                                    VersionSlot {
+                                        state: ModelState::Ready,
+                                        reason: String::new(),
+                                        model: Some(Arc::new(m)),
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::error!(model = name, version = v, error = %e, "failed to load version");
+                                    VersionSlot {
+                                        state: ModelState::Unavailable,
+                                        reason: e.reason(),
+                                        model: None,
+                                    }
+                                }
+                            };
+                            // A replaced version's old model drains in the background.
+                            if let Some(old) = entry.versions.insert(v, slot).and_then(|s| s.model)
+                            {
+                                retire.push((None, old));
+                            }
+                        }
+                        for (v, slot) in entry.versions.iter_mut().filter(|(v, _)| !new.contains(v))
+                        {
+                            if let Some(old) = slot.model.take() {
+                                slot.state = ModelState::Unloading;
+                                retire.push((Some(*v), old));
+                            }
+                        }
+                        entry.failure = None;
+                        entry.reload_error = None;
+                        entry.source = source;
+                        entry._override_dir = override_dir;
+                    }
+                    if failed.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(Error::invalid_arg(format!(
+                            "load failed for model '{name}': {}",
+                            failed.concat()
+                        )))
+                    }
+                }
+            }
+        };
+        for (version, model) in retire {
+            self.retire(name, version, model);
+        }
+        result
+    }
+
+    /// Unloads every version of `name`: UNLOADING now, UNAVAILABLE "unloaded" once drained.
+    pub(crate) fn retire_all(&self, name: &str) {
+        let mut retire = Vec::new();
+        if let Some(entry) = self.write().get_mut(name) {
+            for (v, slot) in entry.versions.iter_mut() {
+                if let Some(m) = slot.model.take() {
+                    slot.state = ModelState::Unloading;
+                    retire.push((*v, m));
+                }
+            }
+            entry.source = None;
+            entry.failure = None;
+            entry.reload_error = None;
+            entry._override_dir = None;
+        }
+        for (v, m) in retire {
+            self.retire(name, Some(v), m);
+        }
+    }
+
+    /// Waits (off the request path) until no request holds `model`, then frees it on a blocking
+    /// thread; marks `version` UNAVAILABLE "unloaded" if its slot is still UNLOADING.
+    fn retire(&self, name: &str, version: Option<i64>, model: Arc<LoadedModel>) {
+        let me = self.me.clone();
+        let name = name.to_string();
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime (tests without one): dropping frees it when the last user goes
+        };
+        handle.spawn(async move {
+            let mut model = model;
+            let mut wait = Duration::from_millis(1);
+            let owned = loop {
+                match Arc::try_unwrap(model) {
+                    Ok(m) => break m,
+                    Err(still_shared) => model = still_shared,
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(50));
+            };
+            let _ = tokio::task::spawn_blocking(move || owned.shutdown()).await;
+            if let (Some(v), Some(m)) = (version, me.upgrade())
+                && let Some(slot) = m
+                    .write()
+                    .get_mut(&name)
+                    .and_then(|e| e.versions.get_mut(&v))
+                && slot.state == ModelState::Unloading
+            {
+                slot.state = ModelState::Unavailable;
+                slot.reason = "unloaded".into();
+                tracing::info!(model = %name, version = v, "unloaded");
+            }
+        });
+    }
+
+    /// The model folder of `name` in the repositories.
+    fn find(&self, name: &str) -> Result<PathBuf> {
+        let found = repository::scan(&self.loader.opts.repositories)?;
+        match found.get(name) {
+            Some(Ok(dir)) => Ok(dir.clone()),
+            Some(Err(e)) => Err(Error::internal(format!(
+                "failed to load '{name}', failed to poll from model repository: {}",
+                e.message
+            ))),
+            None => Err(Error::internal(format!(
+                "failed to load '{name}', failed to poll from model repository: no folder '{name}' in {}",
+                self.loader
+                    .opts
+                    .repositories
+                    .iter()
+                    .map(|r| format!("'{}'", r.display()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    fn lock_for(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ModelEntry>> {
+        self.models.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelEntry>> {
+        self.models.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Names of the models currently tracked (loaded, loading, failed or unloaded).
+    pub fn tracked(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// Fingerprint of what serves `name`, if it was loaded from its repository folder.
+    pub fn source_of(&self, name: &str) -> Option<u64> {
+        self.read().get(name).and_then(|e| e.source)
     }
 
     /// The version a request should use: `version` empty = the highest READY version.
     pub fn get(&self, name: &str, version: &str) -> Result<Arc<LoadedModel>> {
-        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        let models = self.read();
         let entry = models.get(name).ok_or_else(|| {
             Error::invalid_arg(format!("Request for unknown model: '{name}' is not found"))
         })?;
@@ -306,8 +485,7 @@ impl ModelManager {
 
     /// Every READY version of `name` (ascending), or of every model when `name` is empty.
     pub fn ready_versions(&self, name: &str) -> Vec<Arc<LoadedModel>> {
-        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
-        models
+        self.read()
             .iter()
             .filter(|(n, _)| name.is_empty() || n.as_str() == name)
             .flat_map(|(_, e)| e.versions.values())
@@ -316,102 +494,104 @@ impl ModelManager {
             .collect()
     }
 
-    pub fn is_known(&self, name: &str) -> bool {
-        self.models
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(name)
-    }
-
-    /// Strict readiness: every model has a version and every tracked version is READY.
+    /// Strict readiness: no model is failed. A model that serves (even while it reloads, or
+    /// after a failed reload) counts as ready; an unrelated load in flight does not count against.
     pub fn all_ready(&self) -> bool {
-        if !self.opts.strict_readiness {
+        if !self.loader.opts.strict_readiness {
             return true;
         }
-        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
-        models.values().all(|e| {
-            e.failure.is_none()
-                && !e.versions.is_empty()
-                && e.versions.values().all(|s| {
-                    s.state == ModelState::Ready
-                        || (s.state == ModelState::Unavailable && s.reason == "unloaded")
-                })
+        self.read().values().all(|e| {
+            let failed_version = e
+                .versions
+                .values()
+                .any(|s| s.state == ModelState::Unavailable && s.reason != "unloaded");
+            e.failure.is_none() && !failed_version
         })
     }
 
     /// The repository index: one row per model folder found, one per tracked version.
     pub fn index(&self, ready_only: bool) -> Result<Vec<IndexEntry>> {
-        let mut names: Vec<String> = repository::scan(&self.opts.repositories)?
+        let mut names: Vec<String> = repository::scan(&self.loader.opts.repositories)?
             .into_keys()
             .collect();
-        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        let models = self.read();
         names.extend(models.keys().cloned());
         names.sort();
         names.dedup();
         let mut rows = Vec::new();
         for name in names {
-            match models.get(&name) {
-                None if !ready_only => rows.push(IndexEntry {
-                    name,
-                    version: None,
-                    state: None,
-                    reason: String::new(),
-                }),
-                None => {}
-                Some(e) => {
-                    if let Some(f) = &e.failure
-                        && !ready_only
-                    {
-                        rows.push(IndexEntry {
-                            name: name.clone(),
-                            version: None,
-                            state: Some(ModelState::Unavailable),
-                            reason: f.clone(),
-                        });
-                    }
-                    for (v, s) in &e.versions {
-                        if ready_only && s.state != ModelState::Ready {
-                            continue;
-                        }
-                        rows.push(IndexEntry {
-                            name: name.clone(),
-                            version: Some(*v),
-                            state: Some(s.state),
-                            reason: s.reason.clone(),
-                        });
-                    }
+            let Some(e) = models.get(&name) else {
+                if !ready_only {
+                    rows.push(IndexEntry {
+                        name,
+                        version: None,
+                        state: None,
+                        reason: String::new(),
+                    });
                 }
+                continue;
+            };
+            if !ready_only {
+                let pending = e.loading.clone().map(|r| (ModelState::Loading, r));
+                let failure = e.failure.clone().map(|r| (ModelState::Unavailable, r));
+                if let Some((state, reason)) = pending.or(failure).filter(|_| !e.serving()) {
+                    rows.push(IndexEntry {
+                        name: name.clone(),
+                        version: None,
+                        state: Some(state),
+                        reason,
+                    });
+                }
+            }
+            for (v, s) in &e.versions {
+                if ready_only && s.state != ModelState::Ready {
+                    continue;
+                }
+                let reason = match (&e.loading, &e.reload_error, s.state) {
+                    (Some(step), _, ModelState::Ready) => {
+                        format!("serving; reload in progress: {step}")
+                    }
+                    (None, Some(err), ModelState::Ready) => {
+                        format!("serving; the last reload failed: {err}")
+                    }
+                    _ => s.reason.clone(),
+                };
+                rows.push(IndexEntry {
+                    name: name.clone(),
+                    version: Some(*v),
+                    state: Some(s.state),
+                    reason,
+                });
             }
         }
         Ok(rows)
     }
-}
 
-fn failed(e: Error) -> ModelEntry {
-    ModelEntry {
-        versions: BTreeMap::new(),
-        failure: Some(e.reason()),
+    /// Unloads everything and waits until every version is freed (server shutdown).
+    pub async fn shutdown(&self) {
+        for name in self.tracked() {
+            self.retire_all(&name);
+        }
+        for _ in 0..600 {
+            let busy = self.read().values().any(|e| {
+                e.versions
+                    .values()
+                    .any(|s| s.state == ModelState::Unloading)
+            });
+            if !busy {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
-/// `<dir>/<version>/<default_model_filename>`; it may also be a folder holding `model.onnx`.
-fn model_file(dir: &Path, version: i64, cfg: &ModelConfig) -> Result<PathBuf> {
-    let path = dir
-        .join(version.to_string())
-        .join(&cfg.default_model_filename);
-    let path = if path.is_dir() {
-        path.join(config::DEFAULT_MODEL_FILENAME)
-    } else {
-        path
-    };
-    if !path.is_file() {
-        return Err(Error::invalid_arg(format!(
-            "unable to find model file '{}' for model '{}' version {version}",
-            path.display(),
-            cfg.name
-        )));
+/// Model names may not be empty, contain '/', or be '..' / '.'.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name == ".." || name == "." {
+        return Err(Error::invalid_arg(format!("invalid model name '{name}'")));
     }
-    Ok(path)
+    Ok(())
 }
 
 /// Parses a request's version string (behaviour.md E5).

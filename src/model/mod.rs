@@ -7,9 +7,13 @@
 pub mod autocomplete;
 pub mod config;
 pub mod config_json;
+pub mod loader;
 pub mod manager;
+pub mod overrides;
+pub mod poll;
 pub mod repository;
 pub mod state;
+pub mod warmup;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -180,6 +180,18 @@ fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tensor>, Vec<usi
     Ok((inputs, wanted))
 }
 
+/// Applies each input's `reshape` (warmup samples use this to look like assembled batches).
+pub(crate) fn model_inputs(spec: &ModelSpec, mut inputs: Vec<Tensor>) -> Vec<Tensor> {
+    for t in &mut inputs {
+        if let Some(io) = spec.inputs.iter().find(|io| io.name == t.name)
+            && let Some(reshape) = &io.reshape
+        {
+            t.shape = model_shape(&t.shape, io, reshape, spec.batching());
+        }
+    }
+    inputs
+}
+
 /// The shape the model sees for an input with `reshape`: the request's variable dims fill the
 /// reshape's -1 entries in order.
 fn model_shape(shape: &[i64], io: &IoSpec, reshape: &[i64], batching: bool) -> Vec<i64> {

@@ -5,7 +5,7 @@ use tokio::time::Instant;
 
 use crate::core::{ModelMetadata, ModelStatistics};
 use crate::error::{Error, Result};
-use crate::model::manager::IndexEntry;
+use crate::model::manager::{IndexEntry, LoadRequest};
 use crate::pb::inference::{
     self as pb, infer_parameter::ParameterChoice, model_infer_request::InferInputTensor,
     model_infer_response::InferOutputTensor, model_metadata_response::TensorMetadata,
@@ -350,6 +350,38 @@ pub fn model_statistics(stats: Vec<ModelStatistics>) -> pb::ModelStatisticsRespo
         })
         .collect();
     pb::ModelStatisticsResponse { model_stats }
+}
+
+/// The `config` and `file:<path>` parameters of RepositoryModelLoad (grpc-protocol.md §4.8).
+pub fn load_request(
+    params: std::collections::HashMap<String, pb::ModelRepositoryParameter>,
+) -> Result<LoadRequest> {
+    use pb::model_repository_parameter::ParameterChoice as P;
+    let mut load = LoadRequest::default();
+    for (key, value) in params {
+        match (key.as_str(), value.parameter_choice) {
+            ("config", Some(P::StringParam(json))) => load.config = Some(json),
+            ("config", _) => {
+                return Err(Error::invalid_arg(
+                    "invalid value type for load parameter 'config', expected string_param.",
+                ));
+            }
+            (k, Some(P::BytesParam(data))) if k.starts_with("file:") => {
+                load.files.push((k["file:".len()..].to_string(), data))
+            }
+            (k, _) if k.starts_with("file:") => {
+                return Err(Error::invalid_arg(format!(
+                    "invalid value type for load parameter '{k}', expected bytes_param."
+                )));
+            }
+            (k, _) => {
+                return Err(Error::invalid_arg(format!(
+                    "unrecognized load parameter '{k}'."
+                )));
+            }
+        }
+    }
+    Ok(load)
 }
 
 pub fn repository_index(rows: Vec<IndexEntry>) -> pb::RepositoryIndexResponse {

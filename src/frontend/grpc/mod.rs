@@ -152,20 +152,29 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<pb::RepositoryModelLoadRequest>,
     ) -> Reply<pb::RepositoryModelLoadResponse> {
-        no_repository_name(&req.get_ref().repository_name)?;
-        Err(Status::unavailable(
-            "explicit model load / unload is not allowed if polling is enabled",
-        ))
+        let r = req.into_inner();
+        no_repository_name(&r.repository_name)?;
+        let load = convert::load_request(r.parameters)?;
+        self.core.load_model(&r.model_name, load).await?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
     async fn repository_model_unload(
         &self,
         req: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Reply<pb::RepositoryModelUnloadResponse> {
-        no_repository_name(&req.get_ref().repository_name)?;
-        Err(Status::unavailable(
-            "explicit model load / unload is not allowed if polling is enabled",
-        ))
+        let r = req.into_inner();
+        no_repository_name(&r.repository_name)?;
+        let dependents = matches!(
+            r.parameters
+                .get("unload_dependents")
+                .and_then(|p| p.parameter_choice.as_ref()),
+            Some(pb::model_repository_parameter::ParameterChoice::BoolParam(
+                true
+            ))
+        );
+        self.core.unload_model(&r.model_name, dependents).await?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 
     async fn system_shared_memory_status(

@@ -1,0 +1,221 @@
+//! Building model versions, off the async workers: config resolution (behaviour.md §5.6),
+//! sessions and instance threads, warmup on every instance, and the fingerprint that tells
+//! whether a model folder changed.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::config::{self, ModelConfig};
+use super::manager::ManagerOptions;
+use super::{ModelSpec, autocomplete, repository, warmup};
+use crate::backend::instance::InstanceThread;
+use crate::backend::{Backend, ModelIo, Runner};
+use crate::error::{Error, Result};
+use crate::scheduler::{ExecContext, Scheduler, batch::model_inputs};
+use crate::telemetry::stats::ModelStats;
+
+/// One loaded model version: its effective config, spec, queue, statistics and instance threads.
+/// Requests hold an `Arc` to it for their whole life, so it outlives an unload while in use.
+pub struct LoadedModel {
+    pub config: Arc<ModelConfig>,
+    pub spec: Arc<ModelSpec>,
+    pub scheduler: Scheduler,
+    pub stats: Arc<ModelStats>,
+    /// Time from the start of the load to READY (sessions and warmup included).
+    pub load_duration: Duration,
+    threads: Vec<InstanceThread>,
+}
+
+impl LoadedModel {
+    /// Closes the queue and waits for the instance threads (and so the sessions) to end.
+    /// Blocking: call it on a blocking thread, never inside an async worker.
+    pub fn shutdown(self) {
+        let LoadedModel {
+            scheduler, threads, ..
+        } = self;
+        drop(scheduler);
+        for t in threads {
+            t.join();
+        }
+    }
+}
+
+/// A model's resolved config and the versions its policy selects.
+pub struct Prepared {
+    pub config: Arc<ModelConfig>,
+    pub versions: Vec<i64>,
+    io: Option<ModelIo>,
+}
+
+pub struct Loader {
+    pub backend: Arc<dyn Backend>,
+    pub opts: ManagerOptions,
+}
+
+impl Loader {
+    /// Resolves the config (from `override_config` or the folder) up to the versions to load.
+    pub fn prepare(
+        &self,
+        name: &str,
+        dir: &Path,
+        override_config: Option<&ModelConfig>,
+    ) -> Result<Prepared> {
+        let mut cfg = match override_config {
+            Some(c) => c.clone(),
+            None => config::read_config(
+                dir,
+                self.opts.config_name.as_deref(),
+                self.opts.auto_complete,
+            )?,
+        };
+        let on_disk = repository::versions_on_disk(dir);
+        let first_dir = on_disk.first().map(|v| dir.join(v.to_string()));
+        config::fill_server_defaults(&mut cfg, name, first_dir.as_deref())?;
+        let versions = repository::select_versions(name, cfg.version_policy.as_ref(), &on_disk)?;
+        let mut io = None;
+        // Auto-complete reads the graph only when the config leaves inputs or outputs to fill, so
+        // a config that lists them keeps its good versions serving when another one is broken.
+        let needs_graph =
+            cfg.input.is_empty() && cfg.batch_input.is_empty() || cfg.output.is_empty();
+        if self.opts.auto_complete && needs_graph {
+            let newest = *versions
+                .last()
+                .expect("select_versions returns at least one");
+            let found = self.backend.inspect(&model_file(dir, newest, &cfg)?)?;
+            autocomplete::auto_complete(&mut cfg, &found, self.opts.default_max_batch_size)?;
+            io = Some(found);
+        }
+        config::normalize(&mut cfg, &self.opts.gpus)?;
+        Ok(Prepared {
+            config: Arc::new(cfg),
+            versions,
+            io,
+        })
+    }
+
+    /// Creates one version's instances, warms each one, then starts serving threads.
+    /// `progress` receives human-readable steps for the repository index.
+    pub fn build_version(
+        &self,
+        prepared: &mut Prepared,
+        dir: &Path,
+        version: i64,
+        progress: &dyn Fn(String),
+    ) -> Result<LoadedModel> {
+        let started = Instant::now();
+        let cfg = &prepared.config;
+        let spec = Arc::new(config::to_spec(cfg, version, dir)?);
+        let path = model_file(dir, version, cfg)?;
+        let io = match prepared.io.take() {
+            Some(io) => io,
+            None => self.backend.inspect(&path)?,
+        };
+        autocomplete::check_against_model(cfg, &io)?;
+        let total = spec.instance_count();
+        let mut runners: Vec<(String, Box<dyn Runner>)> = Vec::with_capacity(total);
+        for group in &spec.instances {
+            for i in 0..group.count {
+                progress(format!(
+                    "creating instance {}/{total} of version {version}",
+                    runners.len() + 1
+                ));
+                runners.push((
+                    format!("{}:{version}:{i}", group.name),
+                    self.backend.create_runner(&spec, group, i)?,
+                ));
+            }
+        }
+        let samples = warmup::samples(cfg, &spec, dir)?;
+        if !samples.is_empty() {
+            progress(format!(
+                "warming up version {version} ({} samples × {total} instances)",
+                samples.len()
+            ));
+        }
+        let outputs: Vec<&str> = spec.outputs.iter().map(|o| o.name.as_str()).collect();
+        for (instance, runner) in &mut runners {
+            for sample in &samples {
+                for _ in 0..sample.count {
+                    if let Err(e) = runner.run(model_inputs(&spec, sample.inputs.clone()), &outputs)
+                    {
+                        if sample.required {
+                            return Err(Error::invalid_arg(format!(
+                                "warmup sample '{}' failed on instance {instance} of model '{}': {}",
+                                sample.name, spec.name, e.message
+                            )));
+                        }
+                        tracing::warn!(model = %spec.name, version, sample = %sample.name, error = %e, "default warmup failed; continuing");
+                        break;
+                    }
+                }
+            }
+        }
+        let stats = Arc::new(ModelStats::default());
+        let ctx = Arc::new(ExecContext {
+            spec: spec.clone(),
+            stats: stats.clone(),
+        });
+        let (scheduler, rx) = Scheduler::start(ctx, total, self.opts.queue_capacity);
+        let mut threads = Vec::with_capacity(total);
+        for (name, runner) in runners {
+            threads.push(InstanceThread::spawn(name, runner, rx.clone())?);
+        }
+        Ok(LoadedModel {
+            config: cfg.clone(),
+            spec,
+            scheduler,
+            stats,
+            load_duration: started.elapsed(),
+            threads,
+        })
+    }
+}
+
+/// `<dir>/<version>/<default_model_filename>`; it may also be a folder holding `model.onnx`.
+pub fn model_file(dir: &Path, version: i64, cfg: &ModelConfig) -> Result<PathBuf> {
+    let path = dir
+        .join(version.to_string())
+        .join(&cfg.default_model_filename);
+    let path = if path.is_dir() {
+        path.join(config::DEFAULT_MODEL_FILENAME)
+    } else {
+        path
+    };
+    if !path.is_file() {
+        return Err(Error::invalid_arg(format!(
+            "unable to find model file '{}' for model '{}' version {version}",
+            path.display(),
+            cfg.name
+        )));
+    }
+    Ok(path)
+}
+
+/// A hash of every file below `dir` (relative path, size, modification time). Equal fingerprints
+/// mean nothing in the folder changed.
+pub fn fingerprint(dir: &Path) -> u64 {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<(PathBuf, u64, Option<std::time::SystemTime>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                walk(&path, root, out);
+            } else {
+                let rel = path.strip_prefix(root).unwrap_or(&path).to_path_buf();
+                out.push((rel, meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files);
+    files.sort();
+    let mut h = DefaultHasher::new();
+    files.hash(&mut h);
+    h.finish()
+}
