@@ -5,6 +5,7 @@ mod autocomplete;
 mod batching;
 mod common;
 mod concurrency;
+mod control;
 mod datatypes;
 mod errors;
 mod health_metadata;
