@@ -115,6 +115,14 @@ pub struct Cli {
     #[arg(long, default_value_t = 8002, value_name = "PORT")]
     pub metrics_port: u16,
 
+    /// Refuse model loads that would fill more than FRACTION of GPU DEVICE's memory (`<device>:<fraction>`). Repeatable.
+    #[arg(long, value_name = "DEVICE:FRACTION")]
+    pub model_load_gpu_limit: Vec<String>,
+
+    /// Estimated GPU memory of one instance = model file size × this factor (load admission).
+    #[arg(long, default_value_t = 2.0, value_name = "FACTOR")]
+    pub model_load_gpu_safety_factor: f64,
+
     /// Backend settings: `onnxruntime,default-max-batch-size=N` (or the global `default-max-batch-size=N`). Repeatable.
     #[arg(long, value_name = "SETTING")]
     pub backend_config: Vec<String>,
@@ -200,6 +208,24 @@ impl Cli {
         if self.model_load_thread_count == 0 {
             return Err("--model-load-thread-count must be at least 1".into());
         }
+        let mut gpu_limits = Vec::new();
+        for l in &self.model_load_gpu_limit {
+            let parsed = l
+                .split_once(':')
+                .and_then(|(d, f)| Some((d.parse::<i32>().ok()?, f.parse::<f64>().ok()?)))
+                .filter(|(d, f)| *d >= 0 && *f > 0.0 && *f <= 1.0);
+            match parsed {
+                Some(p) => gpu_limits.push(p),
+                None => {
+                    return Err(format!(
+                        "--model-load-gpu-limit '{l}': expected <device>:<fraction> with a fraction in (0, 1]"
+                    ));
+                }
+            }
+        }
+        if self.model_load_gpu_safety_factor.is_nan() || self.model_load_gpu_safety_factor <= 0.0 {
+            return Err("--model-load-gpu-safety-factor must be positive".into());
+        }
         let mut default_max_batch_size = 4;
         let mut ignored = Vec::new();
         for setting in &self.backend_config {
@@ -254,6 +280,8 @@ impl Cli {
                 strict_readiness: self.strict_readiness,
                 queue_capacity: DEFAULT_QUEUE_CAPACITY,
                 gpus: Vec::new(),
+                gpu_limits,
+                gpu_safety_factor: self.model_load_gpu_safety_factor,
             },
             server_id: self.id,
             grpc_addr: self

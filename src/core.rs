@@ -44,6 +44,8 @@ pub struct ModelStatistics {
     pub name: String,
     pub version: i64,
     pub stats: StatsSnapshot,
+    /// GPU memory the version took at load, per device.
+    pub gpu_memory: Vec<(i32, u64)>,
 }
 
 impl Core {
@@ -168,6 +170,7 @@ impl Core {
                 name: m.spec.name.clone(),
                 version: m.spec.version,
                 stats: m.stats.snapshot(),
+                gpu_memory: m.gpu_memory.clone(),
             })
             .collect())
     }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::config::{self, ModelConfig};
 use super::manager::ManagerOptions;
-use super::{ModelSpec, autocomplete, repository, warmup};
+use super::{DeviceKind, ModelSpec, autocomplete, repository, warmup};
+use crate::backend::devices;
 use crate::backend::instance::InstanceThread;
 use crate::backend::{Backend, ModelIo, Runner};
 use crate::error::{Error, Result};
@@ -26,6 +27,8 @@ pub struct LoadedModel {
     pub stats: Arc<ModelStats>,
     /// Time from the start of the load to READY (sessions and warmup included).
     pub load_duration: Duration,
+    /// GPU memory the load took, per device (free memory before minus after).
+    pub gpu_memory: Vec<(i32, u64)>,
     threads: Vec<InstanceThread>,
 }
 
@@ -115,6 +118,7 @@ impl Loader {
         };
         autocomplete::check_against_model(cfg, &io)?;
         let total = spec.instance_count();
+        let gpu_before = self.admit_gpu(&spec, &path)?;
         let mut runners: Vec<(String, Box<dyn Runner>)> = Vec::with_capacity(total);
         for group in &spec.instances {
             for i in 0..group.count {
@@ -163,14 +167,58 @@ impl Loader {
         for (name, runner) in runners {
             threads.push(InstanceThread::spawn(name, runner, rx.clone())?);
         }
+        let gpu_memory = gpu_before
+            .into_iter()
+            .filter_map(|(id, free_before)| {
+                let (free_after, _) = devices::memory_info(id).ok()?;
+                Some((id, free_before.saturating_sub(free_after)))
+            })
+            .collect();
         Ok(LoadedModel {
             config: cfg.clone(),
             spec,
             scheduler,
             stats,
             load_duration: started.elapsed(),
+            gpu_memory,
             threads,
         })
+    }
+
+    /// GPU memory admission: before creating GPU instances, refuse a load whose estimated need
+    /// (model file size × instances on the device × safety factor) does not fit the device's
+    /// free memory or its `--model-load-gpu-limit`. Returns each device's free memory before.
+    fn admit_gpu(&self, spec: &ModelSpec, model_path: &Path) -> Result<Vec<(i32, u64)>> {
+        let mut per_device: Vec<(i32, u64)> = Vec::new();
+        for g in &spec.instances {
+            if let DeviceKind::Gpu(id) = g.kind {
+                match per_device.iter_mut().find(|(d, _)| *d == id) {
+                    Some((_, n)) => *n += g.count as u64,
+                    None => per_device.push((id, g.count as u64)),
+                }
+            }
+        }
+        let file_size = std::fs::metadata(model_path).map(|m| m.len()).unwrap_or(0);
+        let mut before = Vec::new();
+        for (id, instances) in per_device {
+            let (free, total) = devices::memory_info(id)
+                .map_err(|e| Error::unavailable(format!("cannot read GPU {id} memory: {e}")))?;
+            let need = (file_size as f64 * instances as f64 * self.opts.gpu_safety_factor) as u64;
+            let limit = self
+                .opts
+                .gpu_limits
+                .iter()
+                .find(|(d, _)| *d == id)
+                .map(|(_, f)| *f);
+            devices::admit(id, need, free, total, limit).map_err(|e| {
+                Error::unavailable(format!(
+                    "not enough GPU memory to load model '{}': {e}",
+                    spec.name
+                ))
+            })?;
+            before.push((id, free));
+        }
+        Ok(before)
     }
 }
 

@@ -45,6 +45,10 @@ pub struct ManagerOptions {
     pub queue_capacity: usize,
     /// CUDA devices this process can use (`backend::devices::visible_gpus`).
     pub gpus: Vec<i32>,
+    /// `--model-load-gpu-limit`: per device, the fraction of its memory loads may fill.
+    pub gpu_limits: Vec<(i32, f64)>,
+    /// Estimated GPU memory of an instance = model file size × this factor.
+    pub gpu_safety_factor: f64,
 }
 
 /// What a RepositoryModelLoad asked for besides the model's name.

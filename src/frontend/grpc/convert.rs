@@ -344,7 +344,15 @@ pub fn model_statistics(stats: Vec<ModelStatistics>) -> pb::ModelStatisticsRespo
                         compute_output: dur(b.compute_output),
                     })
                     .collect(),
-                memory_usage: vec![],
+                memory_usage: m
+                    .gpu_memory
+                    .iter()
+                    .map(|(id, bytes)| pb::MemoryUsage {
+                        r#type: "GPU".into(),
+                        id: *id as i64,
+                        byte_size: *bytes,
+                    })
+                    .collect(),
                 response_stats: Default::default(),
             }
         })
