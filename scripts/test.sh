@@ -29,6 +29,9 @@ cargo test
 step "tritonclient[grpc] compatibility (pytest)"
 NEREID_BIN="$PWD/target/debug/nereid" .venv/bin/python -m pytest -q tests/python
 
+step "lifecycle: reload under load from 8 clients, 200 load/unload cycles (RSS within 5%)"
+NEREID_BIN="$PWD/target/debug/nereid" RELOADS=6 CYCLES=200 scripts/lifecycle_bench.sh
+
 step "perf_analyzer against the server (debug build, short windows)"
 NEREID_BIN="$PWD/target/debug/nereid" BENCH_WINDOW_MS=500 scripts/bench.sh
 
