@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 
 use crate::model::manager::{ControlMode, ManagerOptions};
-use crate::scheduler::DEFAULT_QUEUE_CAPACITY;
+use crate::scheduler::{DEFAULT_QUEUE_CAPACITY, QueueLimits};
 
 /// Parses Triton's boolean spellings: true/false, on/off, 1/0 (any case).
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -123,6 +123,24 @@ pub struct Cli {
     #[arg(long, default_value_t = 2.0, value_name = "FACTOR")]
     pub model_load_gpu_safety_factor: f64,
 
+    /// Requests one model version may queue (all priority levels together) before new ones are
+    /// refused at once; config `max_queue_size` limits each level further.
+    #[arg(long, default_value_t = DEFAULT_QUEUE_CAPACITY, value_name = "N")]
+    pub max_queue_size_per_model: usize,
+
+    /// Percent of each model's queue kept for its highest priority level; lower levels are shed
+    /// (refused) in order as the queue fills past their high-water marks.
+    #[arg(long, default_value_t = 20.0, value_name = "PERCENT")]
+    pub priority_reserve_percent: f64,
+
+    /// Requests in flight in the whole server (queued or running) before new ones are refused.
+    #[arg(long, default_value_t = 8192, value_name = "N")]
+    pub max_inflight_requests: usize,
+
+    /// Bytes of request tensors in flight in the whole server before new requests are refused.
+    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
+    pub max_inflight_bytes: usize,
+
     /// Backend settings: `onnxruntime,default-max-batch-size=N` (or the global `default-max-batch-size=N`). Repeatable.
     #[arg(long, value_name = "SETTING")]
     pub backend_config: Vec<String>,
@@ -157,6 +175,8 @@ pub struct ServerConfig {
     pub grpc_max_message_bytes: usize,
     pub exit_on_error: bool,
     pub exit_timeout: Duration,
+    /// Server-wide admission caps (requests, request bytes in flight).
+    pub inflight: crate::core::InflightLimits,
     pub onnxruntime_library: Option<PathBuf>,
     /// Flags accepted for compatibility but not acted on, to be logged at startup.
     pub ignored: Vec<String>,
@@ -226,6 +246,15 @@ impl Cli {
         if self.model_load_gpu_safety_factor.is_nan() || self.model_load_gpu_safety_factor <= 0.0 {
             return Err("--model-load-gpu-safety-factor must be positive".into());
         }
+        if self.max_queue_size_per_model == 0
+            || self.max_inflight_requests == 0
+            || self.max_inflight_bytes == 0
+        {
+            return Err("--max-queue-size-per-model, --max-inflight-requests and --max-inflight-bytes must be at least 1".into());
+        }
+        if !(0.0..=90.0).contains(&self.priority_reserve_percent) {
+            return Err("--priority-reserve-percent must be between 0 and 90".into());
+        }
         let mut default_max_batch_size = 4;
         let mut ignored = Vec::new();
         for setting in &self.backend_config {
@@ -278,7 +307,10 @@ impl Cli {
                 config_name: self.model_config_name,
                 load_threads: self.model_load_thread_count,
                 strict_readiness: self.strict_readiness,
-                queue_capacity: DEFAULT_QUEUE_CAPACITY,
+                queue_limits: QueueLimits {
+                    capacity: self.max_queue_size_per_model,
+                    priority_reserve: self.priority_reserve_percent / 100.0,
+                },
                 gpus: Vec::new(),
                 gpu_limits,
                 gpu_safety_factor: self.model_load_gpu_safety_factor,
@@ -290,6 +322,10 @@ impl Cli {
             grpc_max_message_bytes: crate::frontend::grpc::MAX_MESSAGE_BYTES,
             exit_on_error: self.exit_on_error,
             exit_timeout: Duration::from_secs(self.exit_timeout_secs),
+            inflight: crate::core::InflightLimits {
+                requests: self.max_inflight_requests,
+                bytes: self.max_inflight_bytes,
+            },
             onnxruntime_library: self.onnxruntime_library,
             ignored,
         })

@@ -2,9 +2,10 @@
 //! (requests, specs, statistics snapshots, index rows); front-ends translate to the wire.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{Code, Error, Rejection, Result};
 use crate::model::ModelSpec;
 use crate::model::config::ModelConfig;
 use crate::model::manager::{IndexEntry, LoadRequest, ModelManager, parse_version};
@@ -15,6 +16,20 @@ use crate::validate::validate;
 /// Extensions this server really implements, in Triton's order (grpc-protocol.md §6).
 pub const EXTENSIONS: &[&str] = &["classification", "model_configuration", "statistics"];
 
+/// Server-wide admission caps: whatever each model's queue allows, the whole server holds at
+/// most this many requests, and this many bytes of request tensors, at once.
+#[derive(Debug, Clone, Copy)]
+pub struct InflightLimits {
+    pub requests: usize,
+    pub bytes: usize,
+}
+
+/// How long a client refused because the server is going away should wait: long enough for a
+/// load balancer to have moved it to another replica.
+const DRAINING_RETRY: Duration = Duration::from_secs(1);
+/// How long a client refused because the model is not ready should wait.
+const NOT_READY_RETRY: Duration = Duration::from_secs(1);
+
 pub struct Core {
     manager: Arc<ModelManager>,
     server_id: String,
@@ -22,7 +37,28 @@ pub struct Core {
     live: AtomicBool,
     /// True once the startup loads have finished.
     started: AtomicBool,
+    /// Shutdown began: health reports NOT_SERVING, requests are still served.
+    draining: AtomicBool,
+    /// New requests are refused ("Server exiting"); in-flight ones finish.
     stopping: AtomicBool,
+    limits: InflightLimits,
+    inflight_requests: AtomicUsize,
+    inflight_bytes: AtomicUsize,
+}
+
+/// A request counted against the server-wide caps until it is answered (or dropped).
+struct InflightGuard<'a> {
+    core: &'a Core,
+    bytes: usize,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.core.inflight_requests.fetch_sub(1, Ordering::AcqRel);
+        self.core
+            .inflight_bytes
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 pub struct ServerMetadata {
@@ -49,14 +85,54 @@ pub struct ModelStatistics {
 }
 
 impl Core {
-    pub fn new(manager: Arc<ModelManager>, server_id: String) -> Self {
+    pub fn new(manager: Arc<ModelManager>, server_id: String, limits: InflightLimits) -> Self {
         Core {
             manager,
             server_id,
             live: AtomicBool::new(false),
             started: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            limits,
+            inflight_requests: AtomicUsize::new(0),
+            inflight_bytes: AtomicUsize::new(0),
         }
+    }
+
+    /// First step of a graceful stop: readiness and health turn false so load balancers move
+    /// traffic away, while requests are still served.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Requests (queued or running) in the server now.
+    pub fn inflight(&self) -> usize {
+        self.inflight_requests.load(Ordering::Acquire)
+    }
+
+    fn admit(&self, bytes: usize) -> Result<InflightGuard<'_>> {
+        let n = self.inflight_requests.fetch_add(1, Ordering::AcqRel) + 1;
+        let b = self.inflight_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        let guard = InflightGuard { core: self, bytes };
+        if n > self.limits.requests || b > self.limits.bytes {
+            let msg = if n > self.limits.requests {
+                format!(
+                    "Server is busy: {} requests in flight (--max-inflight-requests)",
+                    self.limits.requests
+                )
+            } else {
+                format!(
+                    "Server is busy: more than {} bytes of requests in flight (--max-inflight-bytes)",
+                    self.limits.bytes
+                )
+            };
+            return Err(Error::rejected(
+                Rejection::ServerBusy,
+                Duration::from_millis(10),
+                msg,
+            ));
+        }
+        Ok(guard)
     }
 
     pub fn set_live(&self) {
@@ -73,7 +149,11 @@ impl Core {
 
     fn check_running(&self) -> Result<()> {
         if self.stopping.load(Ordering::SeqCst) {
-            return Err(Error::unavailable("Server exiting"));
+            return Err(Error::rejected(
+                Rejection::ServerDraining,
+                DRAINING_RETRY,
+                "Server exiting",
+            ));
         }
         Ok(())
     }
@@ -85,13 +165,17 @@ impl Core {
 
     pub fn ready(&self) -> Result<bool> {
         self.check_running()?;
-        Ok(self.started.load(Ordering::SeqCst) && self.manager.all_ready())
+        Ok(self.started.load(Ordering::SeqCst)
+            && !self.draining.load(Ordering::SeqCst)
+            && self.manager.all_ready())
     }
 
-    /// Ready when the version resolves to a READY one; lookups fail with Triton's errors.
+    /// Ready when the version resolves to a READY one with at least one healthy instance;
+    /// lookups fail with Triton's errors.
     pub fn model_ready(&self, name: &str, version: &str) -> Result<bool> {
         self.check_running()?;
-        self.manager.get(name, version).map(|_| true)
+        let m = self.manager.get(name, version)?;
+        Ok(m.load.healthy.load(Ordering::Acquire) > 0)
     }
 
     pub fn server_metadata(&self) -> ServerMetadata {
@@ -128,7 +212,23 @@ impl Core {
     /// Runs one request to completion. Dropping the future cancels it (the queued entry is skipped).
     pub async fn infer(&self, req: InferRequest) -> Result<InferResponse> {
         self.check_running()?;
-        let model = self.manager.get(&req.model_name, &req.model_version)?;
+        let bytes = req.inputs.iter().map(|i| i.data.len()).sum();
+        let _inflight = self.admit(bytes)?;
+        let model = self
+            .manager
+            .get(&req.model_name, &req.model_version)
+            .map_err(|e| match e.code {
+                // Known but not serving (loading, unloading): worth retrying shortly.
+                Code::Unavailable | Code::NotFound
+                    if self.manager.is_loading(&req.model_name) || e.code == Code::Unavailable =>
+                {
+                    Error {
+                        rejection: Some((Rejection::ModelNotReady, NOT_READY_RETRY)),
+                        ..e
+                    }
+                }
+                _ => e,
+            })?;
         let arrival = req.arrival;
         let valid = validate(req, &model.spec)?;
         let reply = model.scheduler.enqueue(valid, arrival)?;

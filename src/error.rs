@@ -32,10 +32,53 @@ impl Code {
     }
 }
 
+/// Why the server refused a request it could not take (overload control). Each is counted
+/// separately and carries a retry hint to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// The model's queue (or its priority level's share of it) is full.
+    QueueFull,
+    /// The request's deadline cannot be met at the current drain rate.
+    DeadlineUnmeetable,
+    /// Lower priorities are refused while the queue is past its high-water mark.
+    ShedByPriority,
+    /// The model has no ready version (loading, unloading, failed).
+    ModelNotReady,
+    /// The server is shutting down.
+    ServerDraining,
+    /// The server-wide cap on requests (or request bytes) in flight is reached.
+    ServerBusy,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 6] = [
+        Rejection::QueueFull,
+        Rejection::DeadlineUnmeetable,
+        Rejection::ShedByPriority,
+        Rejection::ModelNotReady,
+        Rejection::ServerDraining,
+        Rejection::ServerBusy,
+    ];
+
+    /// Label value used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::QueueFull => "queue_full",
+            Rejection::DeadlineUnmeetable => "deadline",
+            Rejection::ShedByPriority => "shed_priority",
+            Rejection::ModelNotReady => "model_not_ready",
+            Rejection::ServerDraining => "server_draining",
+            Rejection::ServerBusy => "server_busy",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct Error {
     pub code: Code,
     pub message: String,
+    /// Set for overload rejections: why, and when a retry may succeed.
+    pub rejection: Option<(Rejection, std::time::Duration)>,
 }
 
 impl fmt::Display for Error {
@@ -48,7 +91,7 @@ macro_rules! ctor {
     ($($fn_name:ident => $code:ident),* $(,)?) => {
         impl Error {
             $(pub fn $fn_name(message: impl Into<String>) -> Self {
-                Error { code: Code::$code, message: message.into() }
+                Error { code: Code::$code, message: message.into(), rejection: None }
             })*
         }
     };
@@ -68,6 +111,19 @@ ctor! {
 impl Error {
     pub fn code(&self) -> Code {
         self.code
+    }
+
+    /// An UNAVAILABLE overload rejection with its reason and retry hint.
+    pub fn rejected(
+        reason: Rejection,
+        retry_after: std::time::Duration,
+        message: impl Into<String>,
+    ) -> Self {
+        Error {
+            code: Code::Unavailable,
+            message: message.into(),
+            rejection: Some((reason, retry_after)),
+        }
     }
 
     /// "<Code text>: <message>", the form Triton uses for load-failure reasons.

@@ -45,6 +45,9 @@ pub struct RequestParams {
     pub priority: u64,
     /// Queue timeout in microseconds; 0 = none.
     pub timeout_us: u64,
+    /// The client's own deadline (`grpc-timeout`, an HTTP timeout header): past it the answer
+    /// is of no use, so the request may not wait beyond it.
+    pub deadline: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]

@@ -58,7 +58,11 @@ impl RunningServer {
             .await
             .unwrap_or_default();
         let manager = ModelManager::new(backend, opts);
-        let core = Arc::new(Core::new(manager.clone(), config.server_id.clone()));
+        let core = Arc::new(Core::new(
+            manager.clone(),
+            config.server_id.clone(),
+            config.inflight,
+        ));
         for flag in &config.ignored {
             tracing::warn!("ignoring {flag}");
         }

@@ -205,6 +205,20 @@ fn validate_inner(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
 /// Priority 0 means the model's default level; a level the model does not have, or a timeout
 /// override the model does not allow, is refused rather than silently ignored.
 fn schedule_params(spec: &ModelSpec, params: &RequestParams) -> Result<(usize, Option<Duration>)> {
+    let (level, timeout) = queue_policy_params(spec, params)?;
+    let Some(deadline) = params.deadline else {
+        return Ok((level, timeout));
+    };
+    let left = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(Duration::from_micros(1));
+    Ok((level, Some(timeout.map_or(left, |t| t.min(left)))))
+}
+
+fn queue_policy_params(
+    spec: &ModelSpec,
+    params: &RequestParams,
+) -> Result<(usize, Option<Duration>)> {
     let Some(db) = &spec.dynamic_batching else {
         return Ok((0, None));
     };
@@ -518,6 +532,7 @@ mod tests {
             req.params = RequestParams {
                 priority,
                 timeout_us,
+                ..Default::default()
             };
             validate(req, &s)
         };

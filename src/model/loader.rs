@@ -6,15 +6,17 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::config::{self, ModelConfig};
 use super::manager::ManagerOptions;
 use super::{DeviceKind, ModelSpec, autocomplete, repository, warmup};
 use crate::backend::devices;
-use crate::backend::instance::InstanceThread;
+use crate::backend::instance::{InstanceThread, Recovery};
 use crate::backend::{Backend, ModelIo, Runner};
 use crate::error::{Error, Result};
+use crate::scheduler::load::LoadTracker;
 use crate::scheduler::{ExecContext, Scheduler, batch::model_inputs};
 use crate::telemetry::stats::ModelStats;
 
@@ -25,6 +27,8 @@ pub struct LoadedModel {
     pub spec: Arc<ModelSpec>,
     pub scheduler: Scheduler,
     pub stats: Arc<ModelStats>,
+    /// Drain rate and healthy instances (retry hints, deadline admission, readiness).
+    pub load: Arc<LoadTracker>,
     /// Time from the start of the load to READY (sessions and warmup included).
     pub load_duration: Duration,
     /// GPU memory the load took, per device (free memory before minus after).
@@ -119,7 +123,9 @@ impl Loader {
         autocomplete::check_against_model(cfg, &io)?;
         let total = spec.instance_count();
         let gpu_before = self.admit_gpu(&spec, &path)?;
-        let mut runners: Vec<(String, Box<dyn Runner>)> = Vec::with_capacity(total);
+        let samples = Arc::new(warmup::samples(cfg, &spec, dir)?);
+        let mut runners: Vec<(String, Box<dyn Runner>, crate::model::InstanceSpec, u32)> =
+            Vec::with_capacity(total);
         for group in &spec.instances {
             for i in 0..group.count {
                 progress(format!(
@@ -129,43 +135,61 @@ impl Loader {
                 runners.push((
                     format!("{}:{version}:{i}", group.name),
                     self.backend.create_runner(&spec, group, i)?,
+                    group.clone(),
+                    i,
                 ));
             }
         }
-        let samples = warmup::samples(cfg, &spec, dir)?;
         if !samples.is_empty() {
             progress(format!(
                 "warming up version {version} ({} samples × {total} instances)",
                 samples.len()
             ));
         }
-        let outputs: Vec<&str> = spec.outputs.iter().map(|o| o.name.as_str()).collect();
-        for (instance, runner) in &mut runners {
-            for sample in &samples {
-                for _ in 0..sample.count {
-                    if let Err(e) = runner.run(model_inputs(&spec, sample.inputs.clone()), &outputs)
-                    {
-                        if sample.required {
-                            return Err(Error::invalid_arg(format!(
-                                "warmup sample '{}' failed on instance {instance} of model '{}': {}",
-                                sample.name, spec.name, e.message
-                            )));
-                        }
-                        tracing::warn!(model = %spec.name, version, sample = %sample.name, error = %e, "default warmup failed; continuing");
-                        break;
-                    }
-                }
-            }
+        for (instance, runner, _, _) in &mut runners {
+            warm(&spec, &samples, instance, runner.as_mut())?;
         }
         let stats = Arc::new(ModelStats::default());
+        let load = Arc::new(LoadTracker::new(total));
         let ctx = Arc::new(ExecContext {
             spec: spec.clone(),
             stats: stats.clone(),
+            load: load.clone(),
         });
-        let (scheduler, rx) = Scheduler::start(ctx, total, self.opts.queue_capacity);
+        let (scheduler, rx) = Scheduler::start(ctx.clone(), total, self.opts.queue_limits);
+        let threshold = breaker_threshold(cfg)?;
+        let alive: Arc<dyn Send + Sync> = ctx;
         let mut threads = Vec::with_capacity(total);
-        for (name, runner) in runners {
-            threads.push(InstanceThread::spawn(name, runner, rx.clone())?);
+        for (name, runner, group, i) in runners {
+            let (backend, spec2, samples, load2) = (
+                self.backend.clone(),
+                spec.clone(),
+                samples.clone(),
+                load.clone(),
+            );
+            let instance = name.clone();
+            let recovery = Recovery {
+                threshold,
+                rebuild: Box::new(move || {
+                    let mut r = backend.create_runner(&spec2, &group, i)?;
+                    warm(&spec2, &samples, &instance, r.as_mut())?;
+                    Ok(r)
+                }),
+                on_change: Box::new(move |up| {
+                    if up {
+                        load2.healthy.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        load2.healthy.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }),
+                alive: Arc::downgrade(&alive),
+            };
+            threads.push(InstanceThread::spawn(
+                name,
+                runner,
+                rx.clone(),
+                Some(recovery),
+            )?);
         }
         let gpu_memory = gpu_before
             .into_iter()
@@ -179,6 +203,7 @@ impl Loader {
             spec,
             scheduler,
             stats,
+            load,
             load_duration: started.elapsed(),
             gpu_memory,
             threads,
@@ -219,6 +244,46 @@ impl Loader {
             before.push((id, free));
         }
         Ok(before)
+    }
+}
+
+/// Runs the warmup samples on one instance. A configured sample's failure is an error; a
+/// default one only logs (zeros are not valid input for every model).
+fn warm(
+    spec: &ModelSpec,
+    samples: &[warmup::WarmupSample],
+    instance: &str,
+    runner: &mut dyn Runner,
+) -> Result<()> {
+    let outputs: Vec<&str> = spec.outputs.iter().map(|o| o.name.as_str()).collect();
+    for sample in samples {
+        for _ in 0..sample.count {
+            if let Err(e) = runner.run(model_inputs(spec, sample.inputs.clone()), &outputs) {
+                if sample.required {
+                    return Err(Error::invalid_arg(format!(
+                        "warmup sample '{}' failed on instance {instance} of model '{}': {}",
+                        sample.name, spec.name, e.message
+                    )));
+                }
+                tracing::warn!(model = %spec.name, sample = %sample.name, error = %e, "default warmup failed; continuing");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `circuit_breaker_failures` model parameter: failed executions in a row that take an
+/// instance out of service to be rebuilt (default 5; 0 turns the breaker off).
+fn breaker_threshold(cfg: &ModelConfig) -> Result<u32> {
+    match cfg.parameters.get("circuit_breaker_failures") {
+        None => Ok(5),
+        Some(p) => p.string_value.trim().parse().map_err(|_| {
+            Error::invalid_arg(format!(
+                "parameter 'circuit_breaker_failures' of model '{}' expects a non-negative integer, got '{}'",
+                cfg.name, p.string_value
+            ))
+        }),
     }
 }
 

@@ -42,7 +42,7 @@ pub struct ManagerOptions {
     pub config_name: Option<String>,
     pub load_threads: usize,
     pub strict_readiness: bool,
-    pub queue_capacity: usize,
+    pub queue_limits: crate::scheduler::QueueLimits,
     /// CUDA devices this process can use (`backend::devices::visible_gpus`).
     pub gpus: Vec<i32>,
     /// `--model-load-gpu-limit`: per device, the fraction of its memory loads may fill.
@@ -443,6 +443,11 @@ impl ModelManager {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelEntry>> {
         self.models.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a load of `name` is in flight.
+    pub fn is_loading(&self, name: &str) -> bool {
+        self.read().get(name).is_some_and(|e| e.loading.is_some())
     }
 
     /// Names of the models currently tracked (loaded, loading, failed or unloaded).

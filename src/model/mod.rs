@@ -103,6 +103,27 @@ pub struct DynamicBatching {
     pub priorities_enabled: bool,
 }
 
+impl DynamicBatching {
+    /// The settings that make the batcher behave as Triton's default scheduler: one level,
+    /// no delay, no queue timeout (client deadlines still apply).
+    pub fn default_scheduler() -> Self {
+        DynamicBatching {
+            preferred_batch_sizes: vec![],
+            max_queue_delay: Duration::ZERO,
+            preserve_ordering: false,
+            priority_levels: 1,
+            default_priority_level: 1,
+            queue_policies: vec![QueuePolicy {
+                max_queue_size: 0,
+                default_timeout: Duration::ZERO,
+                timeout_action: TimeoutAction::Reject,
+                allow_timeout_override: false,
+            }],
+            priorities_enabled: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeoutAction {
     Reject,

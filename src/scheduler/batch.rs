@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use crate::backend::instance::Job;
+use crate::backend::instance::{Job, RunHealth};
 use crate::backend::{ComputeTimes, Runner};
 use crate::error::{Error, Result};
 use crate::model::{IoSpec, ModelSpec};
@@ -23,6 +23,7 @@ use super::reply::Replier;
 pub struct ExecContext {
     pub spec: Arc<ModelSpec>,
     pub stats: Arc<ModelStats>,
+    pub load: Arc<super::load::LoadTracker>,
 }
 
 /// One queued request and the channel its reply must go to. Whoever holds an `Entry` owns the
@@ -102,7 +103,7 @@ impl Batch {
 }
 
 impl Job for Batch {
-    fn execute(self, runner: &mut dyn Runner) {
+    fn execute(self, runner: &mut dyn Runner) -> RunHealth {
         let Batch {
             ctx,
             entries,
@@ -119,15 +120,19 @@ impl Job for Batch {
             )));
         }
         if entries.is_empty() {
-            return;
+            return RunHealth::Ok;
         }
         let rows: Vec<usize> = entries.iter().map(|e| e.req.batch_size).collect();
+        // A failure to assemble is the requests' fault; a failed run counts against the instance.
+        let mut health = RunHealth::Ok;
         let result = assemble(&ctx.spec, &entries).and_then(|(inputs, wanted)| {
             let names: Vec<&str> = wanted
                 .iter()
                 .map(|&i| ctx.spec.outputs[i].name.as_str())
                 .collect();
-            let out = runner.run(inputs, &names)?;
+            let out = runner
+                .run(inputs, &names)
+                .inspect_err(|_| health = RunHealth::Failed)?;
             Ok((wanted, out))
         });
         let (wanted, out) = match result {
@@ -140,13 +145,16 @@ impl Job for Batch {
                         .reply
                         .send(Err(e.clone().with_request_id(&entry.req.id)));
                 }
-                return;
+                return health;
             }
         };
         let times = out.times;
+        ctx.load
+            .record(times.input + times.infer + times.output, entries.len());
         let scattered = scatter(&ctx.spec, &wanted, out.tensors, &rows);
         ctx.stats.record_execution(rows.iter().sum(), times);
         respond(&ctx, entries, &wanted, scattered, start, times);
+        RunHealth::Ok
     }
 }
 

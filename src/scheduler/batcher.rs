@@ -13,11 +13,12 @@ use crossbeam_channel::Sender as JobSender;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, sleep_until};
 
+use super::QueueLimits;
 use super::batch::{Batch, Entry, ExecContext};
 use super::planner::{Action, PlanConfig, plan};
 use super::queue::Queues;
 use super::reply::{Replier, Sequencer};
-use crate::error::{Error, Result};
+use crate::error::{Error, Rejection, Result};
 use crate::model::{DynamicBatching, TimeoutAction};
 use crate::validate::ValidRequest;
 
@@ -26,11 +27,11 @@ pub struct Admission {
     /// Per level: (queued now, limit; 0 = none).
     levels: Vec<(AtomicUsize, usize)>,
     total: AtomicUsize,
-    capacity: usize,
+    limits: QueueLimits,
 }
 
 impl Admission {
-    fn new(db: &DynamicBatching, capacity: usize) -> Self {
+    fn new(db: &DynamicBatching, limits: QueueLimits) -> Self {
         Admission {
             levels: db
                 .queue_policies
@@ -38,31 +39,44 @@ impl Admission {
                 .map(|p| (AtomicUsize::new(0), p.max_queue_size))
                 .collect(),
             total: AtomicUsize::new(0),
-            capacity,
+            limits,
         }
     }
 
-    fn try_admit(&self, level: usize) -> bool {
+    /// Most requests the whole queue may hold when this one is at `level` (0 = highest):
+    /// the highest level may fill it, each lower level stops at a lower high-water mark, the
+    /// lowest at `capacity × (1 − priority_reserve)`.
+    fn level_capacity(&self, level: usize) -> usize {
+        let n = self.levels.len();
+        if n <= 1 || level == 0 {
+            return self.limits.capacity;
+        }
+        let share = 1.0 - self.limits.priority_reserve * level as f64 / (n - 1) as f64;
+        ((self.limits.capacity as f64 * share) as usize).max(1)
+    }
+
+    fn try_admit(&self, level: usize) -> std::result::Result<(), Rejection> {
         let (count, limit) = &self.levels[level];
-        let ok = count
+        count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (*limit == 0 || n < *limit).then_some(n + 1)
             })
-            .is_ok();
-        if !ok {
-            return false;
-        }
-        if self
+            .map_err(|_| Rejection::QueueFull)?;
+        let cap = self.level_capacity(level);
+        let admitted = self
             .total
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.capacity).then_some(n + 1)
-            })
-            .is_err()
-        {
+                (n < cap).then_some(n + 1)
+            });
+        if admitted.is_err() {
             count.fetch_sub(1, Ordering::AcqRel);
-            return false;
+            return Err(if cap < self.limits.capacity {
+                Rejection::ShedByPriority
+            } else {
+                Rejection::QueueFull
+            });
         }
-        true
+        Ok(())
     }
 
     fn release(&self, level: usize) {
@@ -70,8 +84,24 @@ impl Admission {
         self.total.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Requests queued at `level` or above (served before a new one at `level`).
+    fn ahead(&self, level: usize) -> usize {
+        self.levels[..=level]
+            .iter()
+            .map(|(c, _)| c.load(Ordering::Acquire))
+            .sum()
+    }
+
     pub fn queued(&self) -> usize {
         self.total.load(Ordering::Acquire)
+    }
+
+    /// Queued requests per priority level (level 1 first).
+    pub fn queued_per_level(&self) -> Vec<usize> {
+        self.levels
+            .iter()
+            .map(|(c, _)| c.load(Ordering::Acquire))
+            .collect()
     }
 }
 
@@ -83,27 +113,34 @@ pub struct DynamicScheduler {
     /// Keeps ticket order equal to queue order when responses must be released in order.
     order_lock: Mutex<()>,
     policy: DynamicBatching,
+    ctx: Arc<ExecContext>,
 }
 
 impl DynamicScheduler {
     /// Starts the batcher task on the current runtime. `jobs` reaches the instance threads;
-    /// `instances` is how many batches may run at once.
+    /// `instances` is how many batches may run at once; `alone` runs every request by itself.
     pub fn start(
         ctx: Arc<ExecContext>,
         db: DynamicBatching,
+        alone: bool,
         instances: usize,
-        capacity: usize,
+        limits: QueueLimits,
         jobs: JobSender<Batch>,
     ) -> Self {
-        let admission = Arc::new(Admission::new(&db, capacity));
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let admission = Arc::new(Admission::new(&db, limits));
+        let (tx, rx) = mpsc::channel(limits.capacity.max(1));
         let cfg = PlanConfig {
-            max_batch_size: ctx.spec.max_batch_size as usize,
+            max_batch_size: if alone {
+                usize::MAX
+            } else {
+                ctx.spec.max_batch_size as usize
+            },
+            max_requests: if alone { 1 } else { usize::MAX },
             preferred_batch_sizes: db.preferred_batch_sizes.clone(),
             max_queue_delay: db.max_queue_delay,
         };
         let task = BatcherTask {
-            ctx,
+            ctx: ctx.clone(),
             rx,
             queues: Queues::new(db.priority_levels),
             permits: Arc::new(Semaphore::new(instances.max(1))),
@@ -120,6 +157,7 @@ impl DynamicScheduler {
             order,
             order_lock: Mutex::new(()),
             policy: db,
+            ctx,
         }
     }
 
@@ -130,8 +168,35 @@ impl DynamicScheduler {
         reply: tokio::sync::oneshot::Sender<Result<crate::request::InferResponse>>,
     ) -> Result<()> {
         let level = req.level;
-        if !self.admission.try_admit(level) {
-            return Err(Error::unavailable("Exceeds maximum queue size").with_request_id(&req.id));
+        if let Err(why) = self.admission.try_admit(level) {
+            let retry = self.ctx.load.retry_hint(self.admission.queued());
+            let msg = match why {
+                Rejection::ShedByPriority => format!(
+                    "Exceeds maximum queue size: the queue of model '{}' is past the high-water mark for priority level {}",
+                    self.ctx.spec.name,
+                    level + 1
+                ),
+                _ => "Exceeds maximum queue size".to_string(),
+            };
+            return Err(Error::rejected(why, retry, msg).with_request_id(&req.id));
+        }
+        // A deadline that the queue ahead cannot drain in time is refused now, not at expiry.
+        if let Some(timeout) = req.queue_timeout
+            && let Some(wait) = self.ctx.load.estimate_wait(self.admission.ahead(level) - 1)
+            && wait > timeout
+        {
+            self.admission.release(level);
+            return Err(Error::rejected(
+                Rejection::DeadlineUnmeetable,
+                wait,
+                format!(
+                    "Request deadline cannot be met: {} ms left, model '{}' needs about {} ms to reach it",
+                    timeout.as_millis(),
+                    self.ctx.spec.name,
+                    wait.as_millis()
+                ),
+            )
+            .with_request_id(&req.id));
         }
         let enqueued = Instant::now();
         let policy = &self.policy.queue_policies[level];
@@ -174,6 +239,10 @@ impl DynamicScheduler {
 
     pub fn queued(&self) -> usize {
         self.admission.queued()
+    }
+
+    pub fn queued_per_level(&self) -> Vec<usize> {
+        self.admission.queued_per_level()
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod batcher;
+pub mod load;
 pub mod planner;
 pub mod queue;
 pub mod reply;
@@ -16,96 +17,79 @@ mod tests;
 
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::Receiver;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::request::InferResponse;
 use crate::validate::ValidRequest;
 
 pub use batch::{Batch, Entry, ExecContext};
 use batcher::DynamicScheduler;
-use reply::Replier;
 
 /// Requests queued per model version (all priority levels together) before new ones are refused.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 
 pub type Reply = oneshot::Receiver<Result<InferResponse>>;
 
+/// Queue limits shared by every model: the capacity of one version's queue and the share of it
+/// kept for the highest priority level.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub capacity: usize,
+    /// Fraction of `capacity` that only the highest priority may fill (lower levels are shed
+    /// in order as the queue passes its high-water marks).
+    pub priority_reserve: f64,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            capacity: DEFAULT_QUEUE_CAPACITY,
+            priority_reserve: 0.2,
+        }
+    }
+}
+
 /// Handle to a model version's scheduler. Dropping it closes the queue: what was queued still
 /// runs, then the instance threads exit.
-pub enum Scheduler {
-    Direct {
-        tx: Sender<Batch>,
-        ctx: Arc<ExecContext>,
-    },
-    Dynamic(DynamicScheduler),
-}
+pub struct Scheduler(DynamicScheduler);
 
 impl Scheduler {
     /// Creates the scheduler for `ctx.spec` with `instances` instance threads to feed; returns
     /// the receiver those threads share. Must run inside a tokio runtime (the batcher is a task).
+    /// Without `dynamic_batching` the same task runs every request alone (Triton's default
+    /// scheduler), which still gives it bounded queues, deadlines and cancellation.
     pub fn start(
         ctx: Arc<ExecContext>,
         instances: usize,
-        capacity: usize,
+        limits: QueueLimits,
     ) -> (Scheduler, Receiver<Batch>) {
-        match ctx.spec.dynamic_batching.clone() {
-            None => {
-                let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
-                (Scheduler::Direct { tx, ctx }, rx)
-            }
-            Some(db) => {
-                // Permits bound the batches in flight to `instances`, so this never fills.
-                let (jobs, rx) = crossbeam_channel::bounded(instances.max(1));
-                (
-                    Scheduler::Dynamic(DynamicScheduler::start(ctx, db, instances, capacity, jobs)),
-                    rx,
-                )
-            }
-        }
+        // Permits bound the batches in flight to `instances`, so this never fills.
+        let (jobs, rx) = crossbeam_channel::bounded(instances.max(1));
+        let (db, alone) = match ctx.spec.dynamic_batching.clone() {
+            Some(db) => (db, false),
+            None => (crate::model::DynamicBatching::default_scheduler(), true),
+        };
+        (
+            Scheduler(DynamicScheduler::start(
+                ctx, db, alone, instances, limits, jobs,
+            )),
+            rx,
+        )
     }
 
     /// Queues one request without waiting. The reply arrives on the returned receiver; dropping
     /// it cancels the request if it has not started.
     pub fn enqueue(&self, req: ValidRequest, arrival: Instant) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
-        match self {
-            Scheduler::Direct { tx: jobs, ctx } => {
-                let id = req.id.clone();
-                let entry = Entry {
-                    req,
-                    reply: Replier::Direct(tx),
-                    arrival,
-                    enqueued: Instant::now(),
-                    deadline: None,
-                    delay_on_timeout: false,
-                };
-                match jobs.try_send(Batch::new(ctx.clone(), vec![entry], None)) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) => {
-                        return Err(
-                            Error::unavailable("Exceeds maximum queue size").with_request_id(&id)
-                        );
-                    }
-                    Err(TrySendError::Disconnected(_)) => {
-                        return Err(Error::unavailable(
-                            "Server is stopping, scheduler for model has stopped accepting new inference requests",
-                        ));
-                    }
-                }
-            }
-            Scheduler::Dynamic(d) => d.enqueue(req, arrival, tx)?,
-        }
+        self.0.enqueue(req, arrival, tx)?;
         Ok(rx)
     }
 
     /// Requests waiting for an instance.
     pub fn queued(&self) -> usize {
-        match self {
-            Scheduler::Direct { tx, .. } => tx.len(),
-            Scheduler::Dynamic(d) => d.queued(),
-        }
+        self.0.queued()
     }
 }

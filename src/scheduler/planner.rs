@@ -14,6 +14,8 @@ use super::queue::{Pending, Queues};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanConfig {
     pub max_batch_size: usize,
+    /// Most requests in one batch (1 = Triton's default scheduler: each request alone).
+    pub max_requests: usize,
     /// Ascending.
     pub preferred_batch_sizes: Vec<usize>,
     pub max_queue_delay: Duration,
@@ -41,7 +43,10 @@ pub fn plan<E: Pending>(queues: &mut Queues<E>, now: Instant, cfg: &PlanConfig) 
     let mut oldest = head.enqueued();
     let mut can_grow = true;
     for e in iter {
-        if !head.batches_with(e) || rows + e.rows() > cfg.max_batch_size {
+        if count >= cfg.max_requests
+            || !head.batches_with(e)
+            || rows + e.rows() > cfg.max_batch_size
+        {
             can_grow = false;
             break;
         }
@@ -128,6 +133,7 @@ mod tests {
     fn cfg(max: usize, preferred: &[usize], delay_us: u64) -> PlanConfig {
         PlanConfig {
             max_batch_size: max,
+            max_requests: usize::MAX,
             preferred_batch_sizes: preferred.to_vec(),
             max_queue_delay: Duration::from_micros(delay_us),
         }
