@@ -647,7 +647,7 @@ async fn a_faulty_instance_is_taken_out_and_restored_while_the_model_serves() {
         }
     }
     // The breaker opens after 3 failures in a row, so at most 3 requests fail.
-    assert!(failed <= 3 && failed >= 1, "{failed} failed");
+    assert!((1..=3).contains(&failed), "{failed} failed");
     assert_eq!(ok + failed, 40);
     assert_eq!(
         h.load.healthy.load(std::sync::atomic::Ordering::SeqCst),
