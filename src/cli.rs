@@ -75,6 +75,11 @@ pub struct Cli {
     #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
     pub exit_on_error: bool,
 
+    /// Seconds to keep serving after SIGINT/SIGTERM while health reports NOT_SERVING, so load
+    /// balancers can move traffic away before new requests are refused.
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub shutdown_delay_secs: u64,
+
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub exit_timeout_secs: u64,
@@ -175,6 +180,7 @@ pub struct ServerConfig {
     pub grpc_max_message_bytes: usize,
     pub exit_on_error: bool,
     pub exit_timeout: Duration,
+    pub shutdown_delay: Duration,
     /// Server-wide admission caps (requests, request bytes in flight).
     pub inflight: crate::core::InflightLimits,
     pub onnxruntime_library: Option<PathBuf>,
@@ -322,6 +328,7 @@ impl Cli {
             grpc_max_message_bytes: crate::frontend::grpc::MAX_MESSAGE_BYTES,
             exit_on_error: self.exit_on_error,
             exit_timeout: Duration::from_secs(self.exit_timeout_secs),
+            shutdown_delay: Duration::from_secs(self.shutdown_delay_secs),
             inflight: crate::core::InflightLimits {
                 requests: self.max_inflight_requests,
                 bytes: self.max_inflight_bytes,

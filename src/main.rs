@@ -48,7 +48,19 @@ async fn run(config: nereid::cli::ServerConfig) -> anyhow::Result<()> {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    let server = RunningServer::start(config, listener, shutdown_signal()).await?;
+    // The first SIGINT/SIGTERM starts a graceful stop; a second one exits at once.
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = first_tx.send(());
+        shutdown_signal().await;
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    let server = RunningServer::start(config, listener, async {
+        let _ = first_rx.await;
+    })
+    .await?;
     server.wait().await?;
     tracing::info!("stopped");
     Ok(())

@@ -35,6 +35,53 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
+/// Graceful stop, once `signal` resolves: health and readiness turn false while requests are
+/// still served for `delay` (so load balancers notice), then new requests are refused with
+/// "Server exiting" and a retry hint, in-flight ones get up to `exit_timeout` to finish, and
+/// the front-ends stop.
+async fn drain(
+    core: Arc<Core>,
+    signal: impl Future<Output = ()>,
+    delay: std::time::Duration,
+    exit_timeout: std::time::Duration,
+    stop: watch::Sender<bool>,
+) {
+    signal.await;
+    core.begin_drain();
+    if !delay.is_zero() {
+        tracing::info!(
+            secs = delay.as_secs_f64(),
+            "shutting down: health reports NOT_SERVING; still serving during the shutdown delay"
+        );
+        tokio::time::sleep(delay).await;
+    }
+    core.begin_shutdown();
+    let deadline = tokio::time::Instant::now() + exit_timeout;
+    let mut last_log = tokio::time::Instant::now();
+    while core.inflight() > 0 && tokio::time::Instant::now() < deadline {
+        if last_log.elapsed() >= std::time::Duration::from_secs(1) {
+            let left = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_secs();
+            tracing::info!(
+                inflight = core.inflight(),
+                "waiting for in-flight requests; timeout in {left} s"
+            );
+            last_log = tokio::time::Instant::now();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    if core.inflight() > 0 {
+        tracing::warn!(
+            inflight = core.inflight(),
+            "exit timeout reached with requests still in flight"
+        );
+    } else {
+        tracing::info!("shutting down: every accepted request was answered");
+    }
+    let _ = stop.send(true);
+}
+
 impl RunningServer {
     /// Starts serving on `grpc_listener` at once (ServerLive is true from here), loads the
     /// repository, and returns when the startup loads are done. `shutdown` resolving stops the
@@ -69,15 +116,13 @@ impl RunningServer {
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop_rx_poll = stop_rx.clone();
-        {
-            let core = core.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                tracing::info!("shutting down: refusing new requests, finishing in-flight ones");
-                core.begin_shutdown();
-                let _ = stop_tx.send(true);
-            });
-        }
+        tokio::spawn(drain(
+            core.clone(),
+            shutdown,
+            config.shutdown_delay,
+            config.exit_timeout,
+            stop_tx,
+        ));
 
         let mut grpc_addr = None;
         let mut grpc = None;
