@@ -13,7 +13,12 @@ use crate::telemetry::stats::StatsSnapshot;
 use crate::validate::validate;
 
 /// Extensions this server really implements, in Triton's order (grpc-protocol.md §6).
-pub const EXTENSIONS: &[&str] = &["classification", "model_configuration", "statistics"];
+pub const EXTENSIONS: &[&str] = &[
+    "classification",
+    "model_configuration",
+    "binary_tensor_data",
+    "statistics",
+];
 
 pub struct Core {
     manager: Arc<ModelManager>,

@@ -225,12 +225,9 @@ impl GrpcInferenceService for GrpcService {
     }
 }
 
-/// Client shared memory is off, as in Triton's newest release without `--allow-client-shm`
-/// (behaviour.md E36); this server does not implement it at all yet.
+/// See `frontend::SHM_DISABLED`.
 fn shm_disabled() -> Status {
-    Status::unimplemented(
-        "Client shared memory is disabled: this server does not support client shared memory yet.",
-    )
+    Status::unimplemented(crate::frontend::SHM_DISABLED)
 }
 
 #[derive(Clone)]
