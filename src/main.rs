@@ -44,11 +44,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: nereid::cli::ServerConfig) -> anyhow::Result<()> {
-    let listener = match config.grpc_addr {
+    let grpc = match config.grpc_addr {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    let server = RunningServer::start(config, listener, shutdown_signal()).await?;
+    let http = match config.http_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let server = RunningServer::start(config, grpc, http, shutdown_signal()).await?;
     server.wait().await?;
     tracing::info!("stopped");
     Ok(())
