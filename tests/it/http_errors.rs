@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 
+use bytes::Bytes;
 use flate2::Compression;
 use flate2::read::{GzDecoder, ZlibDecoder};
 use flate2::write::{GzEncoder, ZlibEncoder};
@@ -297,4 +298,43 @@ async fn gzip_and_deflate_both_ways() {
             .starts_with("failed to decompress the request body (gzip)")
     );
     s.assert_http_still_serving().await;
+}
+
+/// Shapes whose element count is astronomically large (or overflows) must be refused with the
+/// usual size-mismatch error, not crash the server or try to allocate for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_shapes_are_refused_not_allocated() {
+    let s = TestServer::bundled().await;
+    for (model, datatype, dim) in [
+        ("simple_identity", "BYTES", 1i64 << 40),
+        ("identity_fp32", "FP32", 1i64 << 62),
+        ("identity_fp32", "FP32", i64::MAX),
+    ] {
+        let header = json!({"id": "huge", "inputs": [{"name": "INPUT0", "datatype": datatype, "shape": [1, dim],
+            "parameters": {"binary_data_size": 4}}]});
+        let (body, n) = binary_body(&header, &[&[0u8; 4]]);
+        let req = s
+            .http
+            .post(s.url(&format!("/v2/models/{model}/infer")))
+            .header("Inference-Header-Content-Length", n)
+            .body(body);
+        let r = s.send(req).await;
+        assert_eq!(r.status, 400, "{model} [1, {dim}]");
+        let e = r.error();
+        assert!(e.contains("INPUT0"), "{e}");
+
+        let mut req = raw_request(
+            model,
+            vec![(
+                input("INPUT0", datatype, &[1, dim]),
+                Bytes::from_static(&[0; 4]),
+            )],
+        );
+        req.id = "huge".into();
+        let g = s.infer(req).await.unwrap_err();
+        assert_eq!(g.code(), tonic::Code::InvalidArgument, "{g:?}");
+        assert_eq!(g.message(), e, "gRPC and HTTP agree");
+    }
+    s.assert_http_still_serving().await;
+    s.assert_still_serving().await;
 }
