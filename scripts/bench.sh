@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Benchmarks the server on model_repository/: startup time to first readiness, idle RSS, and
-# perf_analyzer throughput/latency on `simple` over gRPC at concurrency 1..8.
+# perf_analyzer throughput/latency on `simple` over gRPC at concurrency 1..8, then over HTTP.
 #
 #   NEREID_BIN          server binary (default: cargo build --release, then target/release/nereid)
 #   BENCH_GRPC_PORT     gRPC port (default 18001); BENCH_HTTP_PORT (18000), BENCH_METRICS_PORT (18002)
 #   BENCH_CONCURRENCY   perf_analyzer --concurrency-range (default 1:8)
+#   BENCH_HTTP_CONCURRENCY  the same for the HTTP run (default: BENCH_CONCURRENCY)
 #   BENCH_WINDOW_MS     perf_analyzer measurement window -p (default 2000; CI uses a shorter one)
 #
 # Output files (server log, perf_analyzer output and CSV) go to .bench/.
@@ -130,6 +131,29 @@ import csv, sys
 with open(sys.argv[1], newline="") as f:
     rows = sorted(csv.DictReader(f), key=lambda r: int(r["Concurrency"]))
 print(f"{'concurrency':>11}  {'infer/s':>10}  {'p50 ms':>8}  {'p99 ms':>8}")
+for r in rows:
+    print(f"{r['Concurrency']:>11}  {float(r['Inferences/Second']):>10.1f}"
+          f"  {int(r['p50 latency']) / 1000:>8.3f}  {int(r['p99 latency']) / 1000:>8.3f}")
+PY
+
+# The same model over HTTP/REST (binary tensors, as perf_analyzer sends them); it must run clean.
+http_concurrency="${BENCH_HTTP_CONCURRENCY:-$concurrency}"
+echo "perf HTTP:   perf_analyzer -m simple -i http --concurrency-range $http_concurrency -s 30 -p $window_ms ..."
+rm -f "$out/perf_http.csv"
+pa_status=0
+"$perf_analyzer" -m simple -i http -u "localhost:$http_port" --concurrency-range "$http_concurrency" \
+  -s 30 -p "$window_ms" -f "$out/perf_http.csv" > "$out/perf_http.txt" 2>&1 || pa_status=$?
+if [ "$pa_status" -ne 0 ] || grep -qiE '(^|[^a-z])(error|failed)' "$out/perf_http.txt"; then
+  echo "bench: perf_analyzer -i http failed (exit $pa_status); its output:" >&2
+  cat "$out/perf_http.txt" >&2
+  exit 1
+fi
+"$py" - "$out/perf_http.csv" <<'PY'
+import csv, sys
+
+with open(sys.argv[1], newline="") as f:
+    rows = sorted(csv.DictReader(f), key=lambda r: int(r["Concurrency"]))
+print(f"{'HTTP conc.':>11}  {'infer/s':>10}  {'p50 ms':>8}  {'p99 ms':>8}")
 for r in rows:
     print(f"{r['Concurrency']:>11}  {float(r['Inferences/Second']):>10.1f}"
           f"  {int(r['p50 latency']) / 1000:>8.3f}  {int(r['p99 latency']) / 1000:>8.3f}")

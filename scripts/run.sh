@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine (ONNX Runtime from PyPI, release build) and starts Nereid on the
-# bundled model_repository/ with tritonserver's default port (gRPC 8001). Extra flags pass through.
+# bundled model_repository/ with tritonserver's default ports (HTTP 8000, gRPC 8001). Extra flags pass through.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/install-onnxruntime.sh .ort

@@ -26,14 +26,14 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test (unit + integration)"
 cargo test
 
-step "tritonclient[grpc] compatibility (pytest)"
+step "tritonclient[grpc] and tritonclient[http] compatibility (pytest)"
 NEREID_BIN="$PWD/target/debug/nereid" .venv/bin/python -m pytest -q tests/python
 
 step "lifecycle: reload under load from 8 clients, 200 load/unload cycles (RSS within 5%)"
 NEREID_BIN="$PWD/target/debug/nereid" RELOADS=6 CYCLES=200 scripts/lifecycle_bench.sh
 
-step "perf_analyzer against the server (debug build, short windows)"
-NEREID_BIN="$PWD/target/debug/nereid" BENCH_WINDOW_MS=500 scripts/bench.sh
+step "perf_analyzer against the server, gRPC and HTTP (debug build, short windows)"
+NEREID_BIN="$PWD/target/debug/nereid" BENCH_WINDOW_MS=500 BENCH_HTTP_CONCURRENCY=1:4 scripts/bench.sh
 
 echo
 echo "all tests passed"

@@ -19,6 +19,14 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
+fn parse_overload_status(s: &str) -> Result<u16, String> {
+    match s {
+        "503" => Ok(503),
+        "429" => Ok(429),
+        _ => Err(format!("expected 503 or 429, got '{s}'")),
+    }
+}
+
 /// `--log-verbose` takes a level; `true`/`false` mean 1/0 as in Triton.
 fn parse_verbose(s: &str) -> Result<u32, String> {
     s.parse::<u32>().or_else(|_| parse_bool(s).map(u32::from))
@@ -28,8 +36,8 @@ fn parse_verbose(s: &str) -> Result<u32, String> {
 #[command(
     name = "nereid",
     version,
-    about = "Nereid: a Triton-compatible inference server for ONNX models (KServe v2 gRPC).",
-    long_about = "Nereid serves a Triton model repository of ONNX models over the KServe v2 gRPC protocol with Triton's extensions. Flags follow tritonserver's names; boolean flags take true/false, on/off or 1/0."
+    about = "Nereid: a Triton-compatible inference server for ONNX models (KServe v2 HTTP/REST and gRPC).",
+    long_about = "Nereid serves a Triton model repository of ONNX models over the KServe v2 HTTP/REST and gRPC protocols with Triton's extensions. Flags follow tritonserver's names; boolean flags take true/false, on/off or 1/0."
 )]
 pub struct Cli {
     /// Model repository folder (<repo>/<model>/config.pbtxt, <repo>/<model>/<version>/model.onnx). Repeatable.
@@ -104,13 +112,30 @@ pub struct Cli {
     #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
     pub grpc_address: IpAddr,
 
-    /// Serve HTTP/REST. Accepted for tritonserver compatibility; this release serves gRPC only.
+    /// Serve the HTTP/REST protocol.
     #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
     pub allow_http: bool,
 
-    /// HTTP port. Accepted for compatibility; not served by this release.
+    /// HTTP port (0 picks a free port; the log line "Started HTTPService at ..." shows it).
     #[arg(long, default_value_t = 8000, value_name = "PORT")]
     pub http_port: u16,
+
+    /// Address the HTTP server binds.
+    #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
+    pub http_address: IpAddr,
+
+    /// Largest HTTP request body in bytes (after decompression); larger ones get a 400.
+    #[arg(long, default_value_t = crate::frontend::http::DEFAULT_MAX_INPUT_SIZE, value_name = "BYTES")]
+    pub http_max_input_size: usize,
+
+    /// HTTP status of load rejections (queue full, shed, deadline, busy): 503 as Triton, or 429.
+    #[arg(long, default_value_t = 503, value_name = "STATUS", value_parser = parse_overload_status)]
+    pub http_overload_status: u16,
+
+    /// HTTP worker threads. Accepted for tritonserver compatibility: HTTP requests share the
+    /// server's async runtime with gRPC, so there is no separate pool to size.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub http_thread_count: usize,
 
     /// Serve Prometheus metrics. Accepted for compatibility; not served by this release.
     #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
@@ -178,6 +203,12 @@ pub struct ServerConfig {
     /// None when gRPC is turned off.
     pub grpc_addr: Option<SocketAddr>,
     pub grpc_max_message_bytes: usize,
+    /// None when HTTP/REST is turned off.
+    pub http_addr: Option<SocketAddr>,
+    /// `--http-max-input-size`: the largest request body, compressed or not.
+    pub http_max_input_size: usize,
+    /// Answer load rejections over HTTP with 429 instead of 503.
+    pub http_overload_429: bool,
     pub exit_on_error: bool,
     pub exit_timeout: Duration,
     pub shutdown_delay: Duration,
@@ -290,11 +321,8 @@ impl Cli {
                 ));
             }
         }
-        if self.allow_http {
-            ignored.push(format!(
-                "--http-port={} (HTTP/REST is not served by this release)",
-                self.http_port
-            ));
+        if self.http_max_input_size == 0 {
+            return Err("--http-max-input-size must be at least 1".into());
         }
         if self.allow_metrics {
             ignored.push(format!(
@@ -326,6 +354,11 @@ impl Cli {
                 .allow_grpc
                 .then_some(SocketAddr::new(self.grpc_address, self.grpc_port)),
             grpc_max_message_bytes: crate::frontend::grpc::MAX_MESSAGE_BYTES,
+            http_addr: self
+                .allow_http
+                .then_some(SocketAddr::new(self.http_address, self.http_port)),
+            http_max_input_size: self.http_max_input_size,
+            http_overload_429: self.http_overload_status == 429,
             exit_on_error: self.exit_on_error,
             exit_timeout: Duration::from_secs(self.exit_timeout_secs),
             shutdown_delay: Duration::from_secs(self.shutdown_delay_secs),
@@ -380,6 +413,13 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.server_id, "triton");
         assert_eq!(c.grpc_addr.unwrap().port(), 8001);
+        assert_eq!(c.http_addr.unwrap().to_string(), "0.0.0.0:8000");
+        assert_eq!(c.http_max_input_size, 64 << 20);
+        assert!(
+            c.ignored.iter().all(|f| !f.contains("http")),
+            "{:?}",
+            c.ignored
+        );
         assert!(c.manager.auto_complete && c.manager.strict_readiness && c.exit_on_error);
         assert_eq!(c.manager.default_max_batch_size, 4);
         assert_eq!(c.manager.load_threads, 4);
@@ -445,6 +485,17 @@ mod tests {
         let c = parse(&["--backend-config=onnxruntime,default-max-batch-size=16"]).unwrap();
         assert_eq!(c.manager.default_max_batch_size, 16);
         assert!(parse(&["--allow-grpc=false"]).unwrap().grpc_addr.is_none());
+        let c = parse(&[
+            "--http-port=9000",
+            "--http-address=127.0.0.1",
+            "--http-max-input-size=1024",
+            "--http-thread-count=2",
+        ])
+        .unwrap();
+        assert_eq!(c.http_addr.unwrap().to_string(), "127.0.0.1:9000");
+        assert_eq!(c.http_max_input_size, 1024);
+        assert!(parse(&["--allow-http=false"]).unwrap().http_addr.is_none());
+        assert!(parse(&["--http-max-input-size=0"]).is_err());
     }
 
     #[test]

@@ -14,7 +14,12 @@ use crate::telemetry::stats::StatsSnapshot;
 use crate::validate::validate;
 
 /// Extensions this server really implements, in Triton's order (grpc-protocol.md §6).
-pub const EXTENSIONS: &[&str] = &["classification", "model_configuration", "statistics"];
+pub const EXTENSIONS: &[&str] = &[
+    "classification",
+    "model_configuration",
+    "binary_tensor_data",
+    "statistics",
+];
 
 /// Server-wide admission caps: whatever each model's queue allows, the whole server holds at
 /// most this many requests, and this many bytes of request tensors, at once.

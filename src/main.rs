@@ -44,7 +44,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: nereid::cli::ServerConfig) -> anyhow::Result<()> {
-    let listener = match config.grpc_addr {
+    let grpc = match config.grpc_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let http = match config.http_addr {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
@@ -57,7 +61,7 @@ async fn run(config: nereid::cli::ServerConfig) -> anyhow::Result<()> {
         eprintln!("second signal: exiting now");
         std::process::exit(130);
     });
-    let server = RunningServer::start(config, listener, async {
+    let server = RunningServer::start(config, grpc, http, async {
         let _ = first_rx.await;
     })
     .await?;

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -21,8 +22,10 @@ use crate::pb::inference::grpc_inference_service_server::GrpcInferenceServiceSer
 
 pub struct RunningServer {
     pub grpc_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
     pub core: Arc<Core>,
     grpc: Option<JoinHandle<Result<()>>>,
+    http: Option<JoinHandle<Result<()>>>,
 }
 
 /// Binds `addr`, with Triton's message when the port is taken.
@@ -83,12 +86,14 @@ async fn drain(
 }
 
 impl RunningServer {
-    /// Starts serving on `grpc_listener` at once (ServerLive is true from here), loads the
-    /// repository, and returns when the startup loads are done. `shutdown` resolving stops the
-    /// server: new requests are refused, in-flight ones get `exit_timeout` to finish.
+    /// Starts serving on `grpc_listener` and `http_listener` at once (ServerLive is true from
+    /// here), loads the repository, and returns when the startup loads are done. `shutdown`
+    /// resolving stops the server: new requests are refused, in-flight ones get `exit_timeout`
+    /// to finish.
     pub async fn start(
         config: ServerConfig,
         grpc_listener: Option<TcpListener>,
+        http_listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<RunningServer> {
         let backend: Arc<dyn Backend> = {
@@ -136,28 +141,40 @@ impl RunningServer {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
             let health = HealthServer::new(HealthService::new(core.clone()));
-            let mut stop = stop_rx.clone();
-            let timeout = config.exit_timeout;
             // Small responses must not wait for Nagle's algorithm (40 ms stalls with delayed ACKs).
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            grpc = Some(tokio::spawn(async move {
-                let serve = tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .add_service(health)
-                    .serve_with_incoming_shutdown(incoming, async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    });
-                let mut stop = stop_rx;
-                tokio::pin!(serve);
-                tokio::select! {
-                    r = &mut serve => r.map_err(|e| Error::internal(format!("gRPC server failed: {e}"))),
-                    _ = async { let _ = stop.wait_for(|s| *s).await; tokio::time::sleep(timeout).await } => {
-                        tracing::warn!("exit timeout reached with requests still in flight");
-                        Ok(())
-                    }
-                }
-            }));
+            let serve = tonic::transport::Server::builder()
+                .add_service(svc)
+                .add_service(health)
+                .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+            grpc = Some(supervise(
+                "gRPC",
+                async move { serve.await.map_err(|e| e.to_string()) },
+                stop_rx.clone(),
+                config.exit_timeout,
+            ));
+        }
+        let mut http_addr = None;
+        let mut http = None;
+        if let Some(listener) = http_listener {
+            let addr = listener
+                .local_addr()
+                .map_err(|e| Error::internal(e.to_string()))?;
+            http_addr = Some(addr);
+            let serve = crate::frontend::http::serve(
+                listener,
+                core.clone(),
+                config.http_max_input_size,
+                config.http_overload_429,
+                stopped(stop_rx.clone()),
+            );
+            http = Some(supervise(
+                "HTTP",
+                async move { serve.await.map_err(|e| e.to_string()) },
+                stop_rx.clone(),
+                config.exit_timeout,
+            ));
         }
         core.set_live();
 
@@ -185,21 +202,53 @@ impl RunningServer {
         if let Some(addr) = grpc_addr {
             tracing::info!("Started GRPCInferenceService at {addr}");
         }
+        if let Some(addr) = http_addr {
+            tracing::info!("Started HTTPService at {addr}");
+        }
         Ok(RunningServer {
             grpc_addr,
+            http_addr,
             core,
             grpc,
+            http,
         })
     }
 
     /// Waits until the front-ends have stopped (after the shutdown signal).
     pub async fn wait(self) -> Result<()> {
-        if let Some(grpc) = self.grpc {
-            grpc.await
-                .map_err(|e| Error::internal(format!("gRPC server task failed: {e}")))??;
+        for (what, task) in [("gRPC", self.grpc), ("HTTP", self.http)] {
+            if let Some(task) = task {
+                task.await
+                    .map_err(|e| Error::internal(format!("{what} server task failed: {e}")))??;
+            }
         }
         // Front-ends are closed: free every model (sessions and instance threads).
         self.core.manager().shutdown().await;
         Ok(())
     }
+}
+
+/// Resolves once the stop signal has been given.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Runs a front-end until it ends by itself (graceful stop: in-flight requests finished) or
+/// `exit_timeout` after the stop signal, whichever comes first.
+fn supervise(
+    what: &'static str,
+    serve: impl Future<Output = std::result::Result<(), String>> + Send + 'static,
+    stop: watch::Receiver<bool>,
+    exit_timeout: Duration,
+) -> JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        tokio::pin!(serve);
+        tokio::select! {
+            r = &mut serve => r.map_err(|e| Error::internal(format!("{what} server failed: {e}"))),
+            _ = async { stopped(stop).await; tokio::time::sleep(exit_timeout).await } => {
+                tracing::warn!("{what}: exit timeout reached with requests still in flight");
+                Ok(())
+            }
+        }
+    })
 }

@@ -285,8 +285,10 @@ fn check_data(io: &IoSpec, dtype: DataType, shape: &[i64], data: &[u8], model: &
     let elements = element_count(shape);
     match dtype.byte_size() {
         Some(size) => {
-            let expected = elements * size;
-            if data.len() != expected {
+            let expected = elements.checked_mul(size).filter(|&n| n < usize::MAX);
+            if expected != Some(data.len()) {
+                let expected =
+                    expected.map_or_else(|| format!("more than {}", usize::MAX), |n| n.to_string());
                 return Err(Error::invalid_arg(format!(
                     "input byte size mismatch for input '{}' for model '{model}'. Expected {expected}, got {}",
                     io.name,

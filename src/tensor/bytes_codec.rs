@@ -40,7 +40,9 @@ impl fmt::Display for FramingError {
 
 /// Splits `data` into exactly `expected` elements.
 pub fn decode(data: &[u8], expected: usize) -> Result<Vec<&[u8]>, FramingError> {
-    let mut out = Vec::with_capacity(expected);
+    // `expected` comes from a client's shape: never reserve more than the data can hold
+    // (every element takes at least its 4-byte length).
+    let mut out = Vec::with_capacity(expected.min(data.len() / 4));
     let mut pos = 0;
     while pos < data.len() {
         let element = out.len();

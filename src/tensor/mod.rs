@@ -124,9 +124,12 @@ impl DataType {
     }
 }
 
-/// Number of elements of a shape whose dims are all known (≥ 0).
+/// Number of elements of a shape whose dims are all known (≥ 0). Saturates at `usize::MAX`:
+/// a client can send any shape, and no real tensor comes near that count.
 pub fn element_count(shape: &[i64]) -> usize {
-    shape.iter().map(|&d| d.max(0) as usize).product()
+    shape
+        .iter()
+        .fold(1usize, |n, &d| n.saturating_mul(d.max(0) as usize))
 }
 
 /// Formats a shape the way Triton's messages do: `[2,16]`.

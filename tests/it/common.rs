@@ -46,10 +46,14 @@ fn init_logging() {
     }
 }
 
-/// A real server on 127.0.0.1:<ephemeral>, stopped when dropped.
+/// A real server on 127.0.0.1:<ephemeral> (gRPC and HTTP), stopped when dropped.
 pub struct TestServer {
+    /// The gRPC address.
     pub addr: SocketAddr,
     pub client: Client,
+    pub http_addr: SocketAddr,
+    /// An HTTP/1.1 client without compression or TLS; every call is bounded by `RPC_TIMEOUT`.
+    pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     server: Option<RunningServer>,
     /// Keeps a scratch repository alive as long as the server.
@@ -84,20 +88,33 @@ impl TestServer {
         let mut config = ServerConfig::new(vec![repo.to_path_buf()]);
         edit(&mut config);
         let listener = bind("127.0.0.1:0".parse().unwrap()).await?;
+        let http_listener = bind("127.0.0.1:0".parse().unwrap()).await?;
         let (tx, rx) = oneshot::channel::<()>();
-        let server = RunningServer::start(config, Some(listener), async {
+        let server = RunningServer::start(config, Some(listener), Some(http_listener), async {
             let _ = rx.await;
         })
         .await?;
         let addr = server.grpc_addr.expect("gRPC is enabled by default");
+        let http_addr = server.http_addr.expect("HTTP is bound");
         let client = connect(addr).await;
+        let http = reqwest::Client::builder()
+            .timeout(RPC_TIMEOUT)
+            .build()
+            .expect("HTTP client builds");
         Ok(TestServer {
             addr,
             client,
+            http_addr,
+            http,
             stop: Some(tx),
             server: Some(server),
             _repo: None,
         })
+    }
+
+    /// `http://<http addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
     }
 
     /// Ties a scratch repository's lifetime to this server.

@@ -1,5 +1,6 @@
 //! Integration tests: each test starts the real server in-process on 127.0.0.1:0 and talks to it
-//! over gRPC with the generated client (ARCHITECTURE.md house rules 5 and 8).
+//! over gRPC with the generated client and over HTTP with reqwest (ARCHITECTURE.md house rules 5
+//! and 8).
 
 mod autocomplete;
 mod batching;
@@ -9,9 +10,13 @@ mod control;
 mod datatypes;
 mod errors;
 mod health_metadata;
+mod http;
+mod http_errors;
 mod infer;
 mod lifecycle;
 mod load_failures;
+mod parity;
 mod repository;
+mod rest;
 mod statistics;
 mod versions;

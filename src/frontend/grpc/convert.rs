@@ -102,6 +102,25 @@ pub fn infer_request(req: pb::ModelInferRequest, arrival: Instant) -> Result<Inf
     })
 }
 
+/// Parses a `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn grpc_timeout(v: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 fn no_data(input: &str, model: &str) -> Error {
     Error::invalid_arg(format!(
         "unable to find data for input tensor '{input}' for model '{model}' in request."
@@ -403,5 +422,22 @@ pub fn repository_index(rows: Vec<IndexEntry>) -> pb::RepositoryIndexResponse {
                 reason: r.reason,
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeout_values() {
+        assert_eq!(grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(grpc_timeout("m"), None);
+        assert_eq!(grpc_timeout("123456789S"), None);
+        assert_eq!(grpc_timeout("10x"), None);
     }
 }

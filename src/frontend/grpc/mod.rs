@@ -101,7 +101,14 @@ impl GrpcInferenceService for GrpcService {
         req: Request<pb::ModelInferRequest>,
     ) -> Reply<pb::ModelInferResponse> {
         let arrival = Instant::now();
-        let req = convert::infer_request(req.into_inner(), arrival)?;
+        let deadline = req
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(convert::grpc_timeout)
+            .map(|t| arrival + t);
+        let mut req = convert::infer_request(req.into_inner(), arrival)?;
+        req.params.deadline = deadline;
         let resp = self.core.infer(req).await?;
         Ok(Response::new(convert::infer_response(resp)))
     }
@@ -234,12 +241,9 @@ impl GrpcInferenceService for GrpcService {
     }
 }
 
-/// Client shared memory is off, as in Triton's newest release without `--allow-client-shm`
-/// (behaviour.md E36); this server does not implement it at all yet.
+/// See `frontend::SHM_DISABLED`.
 fn shm_disabled() -> Status {
-    Status::unimplemented(
-        "Client shared memory is disabled: this server does not support client shared memory yet.",
-    )
+    Status::unimplemented(crate::frontend::SHM_DISABLED)
 }
 
 #[derive(Clone)]

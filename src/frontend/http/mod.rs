@@ -1,0 +1,414 @@
+//! The KServe v2 HTTP/REST front-end with Triton's extensions (http-protocol.md): routes,
+//! request bodies (size limit, compression) and replies. It calls the same `Core` as gRPC;
+//! `convert` does the JSON/binary ↔ core translation and `status` the error mapping.
+
+pub mod compress;
+pub mod convert;
+pub mod shapes;
+pub mod status;
+pub mod tensor_json;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+
+use self::compress::Encoding;
+use crate::core::Core;
+use crate::error::Error;
+use crate::model::config_json;
+
+/// Triton's default `--http-max-input-size` (64 MiB).
+pub const DEFAULT_MAX_INPUT_SIZE: usize = 64 << 20;
+
+/// The binary tensor extension's header (http-protocol.md §6.2).
+pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+/// How much of an over-limit body is read and thrown away so that the client, still sending,
+/// gets the 400 instead of a reset connection. Past this the connection is simply closed.
+const DRAIN_LIMIT: usize = 1 << 30;
+
+#[derive(Clone)]
+struct Http {
+    core: Arc<Core>,
+    max_input_size: usize,
+}
+
+/// Serves the routes on `listener` until `shutdown` resolves, then lets in-flight requests
+/// finish (the caller bounds that wait with the exit timeout).
+pub async fn serve(
+    listener: TcpListener,
+    core: Arc<Core>,
+    max_input_size: usize,
+    overload_429: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // Small responses must not wait for Nagle's algorithm (40 ms stalls with delayed ACKs).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let mut app = router(core, max_input_size);
+    if overload_429 {
+        app = app.layer(axum::middleware::map_response(status::overload_as_429));
+    }
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Every route of http-protocol.md §2 that this server implements or answers with an error.
+pub fn router(core: Arc<Core>, max_input_size: usize) -> Router {
+    let model_routes = |r: Router<Http>, base: &str| {
+        r.route(base, get(model_metadata))
+            .route(&format!("{base}/ready"), get(model_ready))
+            .route(&format!("{base}/infer"), post(infer))
+            .route(&format!("{base}/config"), get(model_config))
+            .route(&format!("{base}/stats"), get(model_stats))
+    };
+    let mut r = Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/stats", get(all_stats));
+    r = model_routes(r, "/v2/models/{model}");
+    r = model_routes(r, "/v2/models/{model}/versions/{version}");
+    r = r
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/{repo}/index", post(repository_name))
+        .route("/v2/repository/models/{model}/load", post(load))
+        .route("/v2/repository/models/{model}/unload", post(unload))
+        .route(
+            "/v2/repository/{repo}/models/{model}/load",
+            post(repository_name),
+        )
+        .route(
+            "/v2/repository/{repo}/models/{model}/unload",
+            post(repository_name),
+        );
+    for kind in ["systemsharedmemory", "cudasharedmemory"] {
+        for (path, status) in [
+            ("status", true),
+            ("region/{region}/status", true),
+            ("register", false),
+            ("region/{region}/register", false),
+            ("unregister", false),
+            ("region/{region}/unregister", false),
+        ] {
+            let method = if status {
+                get(shared_memory)
+            } else {
+                post(shared_memory)
+            };
+            r = r.route(&format!("/v2/{kind}/{path}"), method);
+        }
+    }
+    r.route("/v2/trace/setting", get(trace).post(trace))
+        .route("/v2/models/{model}/trace/setting", get(trace).post(trace))
+        .route("/v2/logging", get(logging).post(logging))
+        .fallback(|| async { status::not_found() })
+        .method_not_allowed_fallback(|| async { status::method_not_allowed() })
+        .layer(DefaultBodyLimit::disable())
+        .with_state(Http {
+            core,
+            max_input_size,
+        })
+}
+
+/// A handler's failure: a core error (mapped by `status`) or a ready-made reply.
+enum Failure {
+    Error(Error),
+    Reply(Box<Response>),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Error(e)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        match self {
+            Failure::Error(e) => e.into_response(),
+            Failure::Reply(r) => *r,
+        }
+    }
+}
+
+type Reply = Result<Response, Failure>;
+type Params = Result<Path<HashMap<String, String>>, PathRejection>;
+
+fn json(v: &Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+/// 200 with an empty body (health, model ready, load/unload).
+fn ok_empty() -> Response {
+    StatusCode::OK.into_response()
+}
+
+fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The `{model}` (and optional `{version}`) path segments. The version must be digits, as
+/// Triton's route pattern: anything else is not a route (404).
+fn model_path(params: Params) -> Result<(String, String), Failure> {
+    let Path(mut p) =
+        params.map_err(|e| Error::invalid_arg(format!("invalid request path: {e}")))?;
+    let model = p.remove("model").unwrap_or_default();
+    let version = p.remove("version").unwrap_or_default();
+    if !version.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Failure::Reply(Box::new(status::not_found())));
+    }
+    Ok((model, version))
+}
+
+fn too_large(size: Option<u64>, limit: usize, what: &str) -> Error {
+    let size = size.map(|n| format!(" of {n} bytes")).unwrap_or_default();
+    Error::invalid_arg(format!(
+        "Request {what}size{size} exceeds the maximum allowed value of {limit} bytes. Use --http-max-input-size to increase the limit."
+    ))
+}
+
+/// Reads the whole body, refusing more than `limit` bytes. `what` names it in the message
+/// ("JSON " when the body is all JSON).
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    what: &str,
+) -> Result<Bytes, Failure> {
+    let declared = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
+    let over = |size| {
+        let mut resp = too_large(size, limit, what).into_response();
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Failure::Reply(Box::new(resp))
+    };
+    if declared.is_some_and(|n| n > limit as u64) {
+        drain(stream).await;
+        return Err(over(declared));
+    }
+    let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| Error::invalid_arg(format!("failed to read the request body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            let seen = (buf.len() + chunk.len()) as u64;
+            drain(stream).await;
+            return Err(over(declared.or(Some(seen)).filter(|&n| n > limit as u64)));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads and discards what the client still sends, up to `DRAIN_LIMIT` bytes.
+async fn drain(mut stream: axum::body::BodyDataStream) {
+    let mut seen = 0usize;
+    while let Some(Ok(chunk)) = stream.next().await {
+        seen += chunk.len();
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+}
+
+async fn live(State(s): State<Http>) -> Reply {
+    Ok(health(s.core.live()?))
+}
+
+async fn ready(State(s): State<Http>) -> Reply {
+    Ok(health(s.core.ready()?))
+}
+
+/// 200 or 400, both with an empty body (http-protocol.md §3).
+fn health(ok: bool) -> Response {
+    if ok {
+        ok_empty()
+    } else {
+        StatusCode::BAD_REQUEST.into_response()
+    }
+}
+
+async fn server_metadata(State(s): State<Http>) -> Reply {
+    Ok(json(&shapes::server_metadata(s.core.server_metadata())))
+}
+
+async fn model_metadata(State(s): State<Http>, params: Params) -> Reply {
+    let (model, version) = model_path(params)?;
+    Ok(json(&shapes::model_metadata(
+        s.core.model_metadata(&model, &version)?,
+    )))
+}
+
+async fn model_ready(State(s): State<Http>, params: Params) -> Reply {
+    let (model, version) = model_path(params)?;
+    if s.core.model_ready(&model, &version)? {
+        Ok(ok_empty())
+    } else {
+        Err(Error::invalid_arg("Model version not ready").into())
+    }
+}
+
+async fn model_config(State(s): State<Http>, params: Params) -> Reply {
+    let (model, version) = model_path(params)?;
+    let config = s.core.model_config(&model, &version)?;
+    Ok(json(&config_json::to_json(&config)))
+}
+
+async fn all_stats(State(s): State<Http>) -> Reply {
+    Ok(json(&shapes::model_statistics(s.core.statistics("", "")?)))
+}
+
+async fn model_stats(State(s): State<Http>, params: Params) -> Reply {
+    let (model, version) = model_path(params)?;
+    Ok(json(&shapes::model_statistics(
+        s.core.statistics(&model, &version)?,
+    )))
+}
+
+async fn repository_index(State(s): State<Http>, headers: HeaderMap, body: Body) -> Reply {
+    let body = read_body(body, &headers, s.max_input_size, "JSON ").await?;
+    let ready = shapes::index_request(&body)?;
+    Ok(json(&shapes::repository_index(
+        s.core.repository_index(ready)?,
+    )))
+}
+
+/// Index/load/unload naming a repository (behaviour.md E40).
+async fn repository_name() -> Reply {
+    Err(Error::unsupported("'repository_name' specification is not supported").into())
+}
+
+async fn load(State(s): State<Http>, params: Params, headers: HeaderMap, body: Body) -> Reply {
+    let (model, _) = model_path(params)?;
+    let body = read_body(body, &headers, s.max_input_size, "JSON ").await?;
+    let req = shapes::load_request(&body)?;
+    s.core.load_model(&model, req).await?;
+    Ok(ok_empty())
+}
+
+async fn unload(State(s): State<Http>, params: Params, headers: HeaderMap, body: Body) -> Reply {
+    let (model, _) = model_path(params)?;
+    let body = read_body(body, &headers, s.max_input_size, "JSON ").await?;
+    let unload_dependents = shapes::unload_request(&body)?;
+    s.core.unload_model(&model, unload_dependents).await?;
+    Ok(ok_empty())
+}
+
+async fn shared_memory() -> Reply {
+    Err(Error::unsupported(super::SHM_DISABLED).into())
+}
+
+async fn trace() -> Reply {
+    Err(Error::unsupported("TraceSetting is not implemented by this server yet").into())
+}
+
+async fn logging() -> Reply {
+    Err(Error::unsupported("LogSettings is not implemented by this server yet").into())
+}
+
+/// POST `.../infer`: JSON, JSON + binary tensors, or a raw binary body; gzip/deflate both
+/// ways (http-protocol.md §1.2, §5, §6).
+async fn infer(State(s): State<Http>, params: Params, headers: HeaderMap, body: Body) -> Reply {
+    let arrival = Instant::now();
+    let (model, version) = model_path(params)?;
+    let header_value = header_str(&headers, INFERENCE_HEADER_CONTENT_LENGTH);
+    let what = if header_value.is_none() { "JSON " } else { "" };
+    let body = read_body(body, &headers, s.max_input_size, what).await?;
+    // Triton looks the model up before it looks at the body.
+    s.core.model_ready(&model, &version)?;
+    let body = match compress::request_encoding(header_str(&headers, header::CONTENT_ENCODING)) {
+        Some(Encoding::Identity) => body,
+        Some(enc) => compress::decompress(enc, &body, s.max_input_size)?
+            .ok_or_else(|| too_large(None, s.max_input_size, what))?
+            .into(),
+        None => {
+            let mut resp = Error::unsupported("Unsupported compression type").into_response();
+            resp.headers_mut().insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("gzip, deflate"),
+            );
+            return Err(Failure::Reply(Box::new(resp)));
+        }
+    };
+    let header_len = convert::header_length(header_value, body.len())?;
+    let (req, format) = if header_len == Some(0) {
+        let meta = s.core.model_metadata(&model, &version)?;
+        convert::raw_infer_request(&meta.spec, &version, body, arrival)?
+    } else {
+        convert::infer_request(&model, &version, body, header_len, arrival)?
+    };
+    let mut req = req;
+    req.params.deadline = request_deadline(&headers, arrival)?;
+    let resp = s.core.infer(req).await?;
+    let (body, header_len) = convert::infer_response(resp, &format)?;
+    let encoding = compress::response_encoding(header_str(&headers, header::ACCEPT_ENCODING));
+    Ok(infer_reply(body, header_len, encoding))
+}
+
+/// The client's deadline, from the `Request-Timeout-Ms` header (milliseconds from now).
+fn request_deadline(headers: &HeaderMap, arrival: Instant) -> Result<Option<Instant>, Failure> {
+    let Some(v) = header_str(headers, REQUEST_TIMEOUT_MS) else {
+        return Ok(None);
+    };
+    let ms: u64 = v.trim().parse().map_err(|_| {
+        Error::invalid_arg(format!(
+            "header '{REQUEST_TIMEOUT_MS}' must be a whole number of milliseconds, got '{v}'"
+        ))
+    })?;
+    Ok(Some(arrival + std::time::Duration::from_millis(ms)))
+}
+
+/// Header carrying an HTTP client's deadline in milliseconds.
+pub const REQUEST_TIMEOUT_MS: &str = "request-timeout-ms";
+
+fn infer_reply(body: Bytes, header_len: Option<usize>, encoding: Encoding) -> Response {
+    let (body, encoding) = match compress::compress(encoding, &body) {
+        Some(packed) => (Bytes::from(packed), encoding),
+        None => (body, Encoding::Identity),
+    };
+    let mut resp = Response::new(Body::from(body));
+    let h = resp.headers_mut();
+    match header_len {
+        Some(n) => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(
+                HeaderName::from_static(INFERENCE_HEADER_CONTENT_LENGTH),
+                HeaderValue::from(n),
+            );
+        }
+        None => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    if encoding != Encoding::Identity {
+        h.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(encoding.as_str()),
+        );
+    }
+    resp
+}

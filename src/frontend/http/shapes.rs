@@ -1,0 +1,220 @@
+//! The JSON shapes of the HTTP/REST routes other than infer: server and model metadata,
+//! statistics, the repository index, and the bodies of index/load/unload (http-protocol.md §4,
+//! §9).
+
+use base64::Engine;
+use serde_json::{Map, Value, json};
+
+use super::convert::{as_bool, as_object, parse_json};
+use super::tensor_json::kind;
+use crate::core::{ModelMetadata, ModelStatistics, ServerMetadata};
+use crate::error::{Error, Result};
+use crate::model::IoSpec;
+use crate::model::manager::{IndexEntry, LoadRequest};
+
+pub fn server_metadata(m: ServerMetadata) -> Value {
+    json!({ "name": m.name, "version": m.version, "extensions": m.extensions })
+}
+
+pub fn model_metadata(m: ModelMetadata) -> Value {
+    let batching = m.spec.batching();
+    let tensors = |ios: &[IoSpec]| -> Vec<Value> {
+        ios.iter()
+            .map(|io| {
+                let mut shape = io.dims.clone();
+                if batching {
+                    shape.insert(0, -1);
+                }
+                json!({ "name": io.name, "datatype": io.dtype.as_str(), "shape": shape })
+            })
+            .collect()
+    };
+    json!({
+        "name": m.name,
+        "versions": m.versions,
+        "platform": m.platform,
+        "inputs": tensors(&m.spec.inputs),
+        "outputs": tensors(&m.spec.outputs),
+    })
+}
+
+fn dur(d: crate::telemetry::stats::Dur) -> Value {
+    json!({ "count": d.count, "ns": d.ns })
+}
+
+/// Every member always present, every count/ns a JSON number: perf_analyzer reads them with
+/// unsigned accessors and fails on absent members (http-protocol.md §9.2).
+pub fn model_statistics(stats: Vec<ModelStatistics>) -> Value {
+    let zero = crate::telemetry::stats::Dur::default();
+    let models: Vec<Value> = stats
+        .into_iter()
+        .map(|m| {
+            let s = m.stats;
+            let batches: Vec<Value> = s
+                .batches
+                .iter()
+                .map(|(size, b)| {
+                    json!({
+                        "batch_size": size,
+                        "compute_input": dur(b.compute_input),
+                        "compute_infer": dur(b.compute_infer),
+                        "compute_output": dur(b.compute_output),
+                    })
+                })
+                .collect();
+            json!({
+                "name": m.name,
+                "version": m.version.to_string(),
+                "last_inference": s.last_inference_ms,
+                "inference_count": s.inference_count,
+                "execution_count": s.execution_count,
+                "inference_stats": {
+                    "success": dur(s.success),
+                    "fail": dur(s.fail),
+                    "queue": dur(s.queue),
+                    "compute_input": dur(s.compute_input),
+                    "compute_infer": dur(s.compute_infer),
+                    "compute_output": dur(s.compute_output),
+                    "cache_hit": dur(zero),
+                    "cache_miss": dur(zero),
+                },
+                "response_stats": {},
+                "batch_stats": batches,
+                "memory_usage": [],
+            })
+        })
+        .collect();
+    json!({ "model_stats": models })
+}
+
+/// A JSON array; `version`/`state` only when known, `reason` only when non-empty.
+pub fn repository_index(rows: Vec<IndexEntry>) -> Value {
+    Value::Array(
+        rows.into_iter()
+            .map(|r| {
+                let mut o = Map::new();
+                o.insert("name".into(), r.name.into());
+                if let Some(v) = r.version {
+                    o.insert("version".into(), v.to_string().into());
+                }
+                if let Some(s) = r.state {
+                    o.insert("state".into(), s.as_str().into());
+                }
+                if !r.reason.is_empty() {
+                    o.insert("reason".into(), r.reason.into());
+                }
+                Value::Object(o)
+            })
+            .collect(),
+    )
+}
+
+/// The optional body of the index route: `{"ready": bool}` (default false).
+pub fn index_request(body: &[u8]) -> Result<bool> {
+    if body.is_empty() {
+        return Ok(false);
+    }
+    let doc = parse_json(body)?;
+    match as_object(&doc, "ready")?.get("ready") {
+        Some(r) => as_bool(r, "ready"),
+        None => Ok(false),
+    }
+}
+
+fn body_parameters(doc: &Value) -> Result<Option<&Map<String, Value>>> {
+    match as_object(doc, "parameters")?.get("parameters") {
+        Some(p) => as_object(p, "parameters").map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The optional body of the load route: `config` (model-config JSON in a string) and
+/// `file:<path>` (base64 contents) parameters.
+pub fn load_request(body: &[u8]) -> Result<LoadRequest> {
+    let mut req = LoadRequest::default();
+    if body.is_empty() {
+        return Ok(req);
+    }
+    let doc = parse_json(body)?;
+    for (key, v) in body_parameters(&doc)?.into_iter().flatten() {
+        let text = v.as_str().ok_or_else(|| {
+            Error::invalid_arg(format!(
+                "invalid value type for load parameter '{key}', expected a JSON string, got a {}",
+                kind(v)
+            ))
+        })?;
+        if key == "config" {
+            req.config = Some(text.to_string());
+        } else if let Some(path) = key.strip_prefix("file:") {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| {
+                    Error::invalid_arg(format!(
+                        "failed to decode the base64 content of load parameter '{key}': {e}"
+                    ))
+                })?;
+            req.files.push((path.to_string(), bytes));
+        } else {
+            return Err(Error::invalid_arg(format!(
+                "unrecognized load parameter '{key}'."
+            )));
+        }
+    }
+    Ok(req)
+}
+
+/// The optional body of the unload route: `unload_dependents` (default false).
+pub fn unload_request(body: &[u8]) -> Result<bool> {
+    if body.is_empty() {
+        return Ok(false);
+    }
+    let doc = parse_json(body)?;
+    match body_parameters(&doc)?.and_then(|p| p.get("unload_dependents")) {
+        Some(v) => as_bool(v, "unload_dependents"),
+        None => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Code;
+
+    #[test]
+    fn repository_bodies() {
+        assert!(!index_request(b"").unwrap());
+        assert!(index_request(br#"{"ready":true}"#).unwrap());
+        assert!(
+            index_request(br#"{"ready":"yes"}"#)
+                .unwrap_err()
+                .message
+                .contains("Unable to parse 'ready'")
+        );
+        let req =
+            load_request(br#"{"parameters":{"config":"{}","file:1/model.onnx":"aGk="}}"#).unwrap();
+        assert_eq!(req.config.as_deref(), Some("{}"));
+        assert_eq!(
+            req.files,
+            vec![("1/model.onnx".to_string(), b"hi".to_vec())]
+        );
+        assert_eq!(load_request(b"{}").unwrap(), LoadRequest::default());
+        for (body, want) in [
+            (
+                &br#"{"parameters":{"config":{}}}"#[..],
+                "expected a JSON string",
+            ),
+            (br#"{"parameters":{"file:x":"!!"}}"#, "base64"),
+            (
+                br#"{"parameters":{"other":"x"}}"#,
+                "unrecognized load parameter 'other'.",
+            ),
+        ] {
+            let e = load_request(body).unwrap_err();
+            assert_eq!(e.code, Code::InvalidArg);
+            assert!(e.message.contains(want), "{}", e.message);
+        }
+        assert!(!unload_request(b"").unwrap());
+        assert!(unload_request(br#"{"parameters":{"unload_dependents":true}}"#).unwrap());
+        assert!(unload_request(br#"{"parameters":{"unload_dependents":1}}"#).is_err());
+    }
+}
