@@ -54,13 +54,7 @@ async fn run(config: nereid::cli::ServerConfig) -> anyhow::Result<()> {
     };
     // The first SIGINT/SIGTERM starts a graceful stop; a second one exits at once.
     let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = first_tx.send(());
-        shutdown_signal().await;
-        eprintln!("second signal: exiting now");
-        std::process::exit(130);
-    });
+    tokio::spawn(watch_signals(first_tx));
     let server = RunningServer::start(config, grpc, http, async {
         let _ = first_rx.await;
     })
@@ -70,25 +64,35 @@ async fn run(config: nereid::cli::ServerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("cannot listen for SIGTERM: {e}");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+/// Listens for SIGINT and SIGTERM for the life of the process: the first one is reported on
+/// `first` (graceful stop), a second one exits at once. The listeners are created once: a
+/// listener created after a signal arrived could see that same signal again.
+async fn watch_signals(first: tokio::sync::oneshot::Sender<()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("cannot listen for SIGINT/SIGTERM: {e}");
+            return;
+        }
+    };
+    let mut first = Some(first);
+    loop {
         tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        match first.take() {
+            Some(tx) => {
+                let _ = tx.send(());
+            }
+            None => {
+                eprintln!("second signal: exiting now");
+                std::process::exit(130);
+            }
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

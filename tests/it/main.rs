@@ -15,6 +15,7 @@ mod http_errors;
 mod infer;
 mod lifecycle;
 mod load_failures;
+mod overload;
 mod parity;
 mod repository;
 mod rest;
