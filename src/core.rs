@@ -1,19 +1,39 @@
 //! `Core`: the one façade both front-ends call. It speaks the server's own types
 //! (requests, specs, statistics snapshots, index rows); front-ends translate to the wire.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use tracing::Span;
 
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use crate::model::config::ModelConfig;
-use crate::model::manager::{IndexEntry, LoadRequest, ModelManager, parse_version};
+use crate::model::manager::{IndexEntry, LoadRequest, LoadedModel, ModelManager, parse_version};
 use crate::request::{InferRequest, InferResponse};
-use crate::telemetry::stats::StatsSnapshot;
+use crate::scheduler::Reply;
+use crate::telemetry::Telemetry;
+use crate::telemetry::logging::{LogSettings, LogUpdate};
+use crate::telemetry::metrics::{self, StateRow};
+use crate::telemetry::spans::{self, RemoteParent};
+use crate::telemetry::stats::{Rejection, StatsSnapshot};
+use crate::telemetry::trace::TraceUpdate;
 use crate::validate::validate;
 
 /// Extensions this server really implements, in Triton's order (grpc-protocol.md §6).
-pub const EXTENSIONS: &[&str] = &["classification", "model_configuration", "statistics"];
+pub const EXTENSIONS: &[&str] = &[
+    "classification",
+    "model_configuration",
+    "statistics",
+    "trace",
+    "logging",
+];
+
+/// Trace settings as `(key, values)`: `trace_level` is a list, every other key one value.
+pub type TraceSettings = Vec<(String, Vec<String>)>;
 
 pub struct Core {
     manager: Arc<ModelManager>,
@@ -23,6 +43,33 @@ pub struct Core {
     /// True once the startup loads have finished.
     started: AtomicBool,
     stopping: AtomicBool,
+    telemetry: Telemetry,
+}
+
+/// An accepted request waiting for its response. Dropping it cancels the request if it has not
+/// started executing. Holding it keeps the model version loaded.
+pub struct PendingInfer {
+    rx: Reply,
+    span: Span,
+    _model: Arc<LoadedModel>,
+}
+
+impl Future for PendingInfer {
+    type Output = Result<InferResponse>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(|r| {
+            let r = r.unwrap_or_else(|_| {
+                Err(Error::internal(
+                    "the model instance dropped the request without replying",
+                ))
+            });
+            if let Err(e) = &r {
+                spans::record_error(&self.span, &e.message);
+            }
+            r
+        })
+    }
 }
 
 pub struct ServerMetadata {
@@ -54,7 +101,18 @@ impl Core {
             live: AtomicBool::new(false),
             started: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            telemetry: Telemetry::default(),
         }
+    }
+
+    /// Replaces the default telemetry (trace settings off, detached log settings).
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
     }
 
     pub fn set_live(&self) {
@@ -124,15 +182,51 @@ impl Core {
     }
 
     /// Runs one request to completion. Dropping the future cancels it (the queued entry is skipped).
+    /// Sampled for tracing by the trace settings, without a client trace context; front-ends
+    /// that read one use `request_span` and `submit`.
     pub async fn infer(&self, req: InferRequest) -> Result<InferResponse> {
-        self.check_running()?;
-        let model = self.manager.get(&req.model_name, &req.model_version)?;
-        let arrival = req.arrival;
-        let valid = validate(req, &model.spec)?;
-        let reply = model.scheduler.enqueue(valid, arrival)?;
-        reply.await.map_err(|_| {
-            Error::internal("the model instance dropped the request without replying")
-        })?
+        let span = self.request_span("core", &req.model_name, &req.model_version, None);
+        self.submit(req, &span)?.await
+    }
+
+    /// The span of one request, or `Span::none()` when the trace settings do not sample it.
+    /// `protocol` names the front-end (`grpc`, `http`); `parent` is the client's W3C context
+    /// (`spans::parent_from_headers`).
+    pub fn request_span(
+        &self,
+        protocol: &'static str,
+        model: &str,
+        version: &str,
+        parent: Option<&RemoteParent>,
+    ) -> Span {
+        if self.telemetry.trace.sample(model, parent.is_some()) {
+            spans::request(protocol, model, version, parent)
+        } else {
+            Span::none()
+        }
+    }
+
+    /// Validates and queues one request at once; errors here mean it was never accepted (the
+    /// model did not run). The returned future resolves with the model's answer.
+    pub fn submit(&self, req: InferRequest, span: &Span) -> Result<PendingInfer> {
+        spans::record_id(span, &req.id);
+        let accepted = self.check_running().and_then(|()| {
+            let model = self.manager.get(&req.model_name, &req.model_version)?;
+            let arrival = req.arrival;
+            let valid = validate(req, &model.spec).inspect_err(|_| {
+                model.stats.rejected(Rejection::Invalid);
+            })?;
+            let rx = model.scheduler.enqueue(valid, arrival, span.clone())?;
+            Ok(PendingInfer {
+                rx,
+                span: span.clone(),
+                _model: model,
+            })
+        });
+        if let Err(e) = &accepted {
+            spans::record_error(span, &e.message);
+        }
+        accepted
     }
 
     /// Statistics of READY versions: all models (`name` empty), all versions (`version` empty) or one.
@@ -192,5 +286,73 @@ impl Core {
 
     pub fn manager(&self) -> &Arc<ModelManager> {
         &self.manager
+    }
+
+    /// The settings scope: None = global; a model must have a READY version.
+    fn trace_scope<'a>(&self, model: &'a str) -> Result<Option<&'a str>> {
+        if model.is_empty() {
+            return Ok(None);
+        }
+        match self.manager.get(model, "") {
+            Ok(_) => Ok(Some(model)),
+            Err(_) => Err(Error::invalid_arg(format!(
+                "Request for unknown model : {model}"
+            ))),
+        }
+    }
+
+    /// TraceSetting read: the global settings (`model` empty) or a model's effective ones.
+    pub fn trace_settings(&self, model: &str) -> Result<TraceSettings> {
+        let scope = self.trace_scope(model)?;
+        Ok(self.telemetry.trace.settings(scope))
+    }
+
+    /// TraceSetting update. `pairs` are `(key, values)`, `None` (or an empty list) clearing the
+    /// key; see `TraceUpdate::parse`. Returns the settings after the update.
+    pub fn update_trace_settings<'a, I, S>(&self, model: &str, pairs: I) -> Result<TraceSettings>
+    where
+        I: IntoIterator<Item = (&'a str, Option<Vec<S>>)>,
+        S: AsRef<str>,
+    {
+        let scope = self.trace_scope(model)?;
+        let update = TraceUpdate::parse(pairs)?;
+        self.telemetry.trace.update(scope, &update);
+        Ok(self.telemetry.trace.settings(scope))
+    }
+
+    pub fn log_settings(&self) -> LogSettings {
+        self.telemetry.log.settings()
+    }
+
+    /// LogSettings update, validated as a whole before anything changes.
+    pub fn update_log_settings(&self, update: &LogUpdate) -> Result<LogSettings> {
+        self.telemetry.log.update(update)
+    }
+
+    /// The Prometheus text exposition: every loaded version's series, model states, and the
+    /// server-wide families.
+    pub fn metrics_text(&self) -> String {
+        let opts = &self.telemetry.metrics;
+        let mut families = Vec::new();
+        for m in self.manager.ready_versions("") {
+            families.extend(m.stats.families(opts));
+        }
+        match self.manager.index(false) {
+            Ok(rows) => {
+                let states: Vec<StateRow<'_>> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        Some(StateRow {
+                            model: &r.name,
+                            version: r.version.map(|v| v.to_string()).unwrap_or_default(),
+                            state: r.state?.as_str(),
+                        })
+                    })
+                    .collect();
+                families.extend(metrics::state_families(&states));
+            }
+            Err(e) => tracing::warn!("metrics: cannot list model states: {e}"),
+        }
+        metrics::render(families, Some(&self.telemetry.system), opts)
     }
 }

@@ -18,11 +18,47 @@ use crate::frontend::grpc::{GrpcService, HealthService};
 use crate::model::manager::ModelManager;
 use crate::pb::health::health_server::HealthServer;
 use crate::pb::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use crate::telemetry::{Telemetry, metrics, trace::TraceControl};
 
 pub struct RunningServer {
     pub grpc_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
     pub core: Arc<Core>,
     grpc: Option<JoinHandle<Result<()>>>,
+    metrics: Option<JoinHandle<Result<()>>>,
+}
+
+/// The listeners a server serves on, bound by the caller; a missing one is a service turned off.
+/// `Some(grpc_listener).into()` gives a gRPC-only server.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub grpc: Option<TcpListener>,
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<Option<TcpListener>> for Listeners {
+    fn from(grpc: Option<TcpListener>) -> Self {
+        Listeners {
+            grpc,
+            metrics: None,
+        }
+    }
+}
+
+impl Listeners {
+    /// Binds every address `config` enables.
+    pub async fn bind(config: &ServerConfig) -> Result<Listeners> {
+        Ok(Listeners {
+            grpc: match config.grpc_addr {
+                Some(a) => Some(bind(a).await?),
+                None => None,
+            },
+            metrics: match config.metrics_addr {
+                Some(a) => Some(bind(a).await?),
+                None => None,
+            },
+        })
+    }
 }
 
 /// Binds `addr`, with Triton's message when the port is taken.
@@ -36,14 +72,18 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 impl RunningServer {
-    /// Starts serving on `grpc_listener` at once (ServerLive is true from here), loads the
+    /// Starts serving on the listeners at once (ServerLive is true from here), loads the
     /// repository, and returns when the startup loads are done. `shutdown` resolving stops the
     /// server: new requests are refused, in-flight ones get `exit_timeout` to finish.
     pub async fn start(
         config: ServerConfig,
-        grpc_listener: Option<TcpListener>,
+        listeners: impl Into<Listeners>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<RunningServer> {
+        let Listeners {
+            grpc: grpc_listener,
+            metrics: metrics_listener,
+        } = listeners.into();
         let backend: Arc<dyn Backend> = {
             let lib = config.onnxruntime_library.clone();
             let b = tokio::task::spawn_blocking(move || OrtBackend::init(lib.as_deref()))
@@ -58,7 +98,15 @@ impl RunningServer {
             .await
             .unwrap_or_default();
         let manager = Arc::new(ModelManager::new(backend, opts));
-        let core = Arc::new(Core::new(manager.clone(), config.server_id.clone()));
+        let telemetry = Telemetry {
+            trace: Arc::new(TraceControl::new(&config.trace)),
+            log: config.log.clone(),
+            system: Default::default(),
+            metrics: config.metrics,
+        };
+        let core = Arc::new(
+            Core::new(manager.clone(), config.server_id.clone()).with_telemetry(telemetry),
+        );
         for flag in &config.ignored {
             tracing::warn!("ignoring {flag}");
         }
@@ -87,6 +135,7 @@ impl RunningServer {
                 .max_encoding_message_size(limit);
             let health = HealthServer::new(HealthService::new(core.clone()));
             let mut stop = stop_rx.clone();
+            let grpc_stop = stop_rx.clone();
             let timeout = config.exit_timeout;
             // Small responses must not wait for Nagle's algorithm (40 ms stalls with delayed ACKs).
             let incoming =
@@ -98,7 +147,7 @@ impl RunningServer {
                     .serve_with_incoming_shutdown(incoming, async move {
                         let _ = stop.wait_for(|s| *s).await;
                     });
-                let mut stop = stop_rx;
+                let mut stop = grpc_stop;
                 tokio::pin!(serve);
                 tokio::select! {
                     r = &mut serve => r.map_err(|e| Error::internal(format!("gRPC server failed: {e}"))),
@@ -108,6 +157,21 @@ impl RunningServer {
                     }
                 }
             }));
+        }
+        let mut metrics_addr = None;
+        let mut metrics = None;
+        if let Some(listener) = metrics_listener {
+            metrics_addr = Some(
+                listener
+                    .local_addr()
+                    .map_err(|e| Error::internal(e.to_string()))?,
+            );
+            metrics = Some(serve_metrics(
+                listener,
+                core.clone(),
+                config.metrics_interval,
+                stop_rx.clone(),
+            ));
         }
         core.set_live();
 
@@ -132,10 +196,15 @@ impl RunningServer {
         if let Some(addr) = grpc_addr {
             tracing::info!("Started GRPCInferenceService at {addr}");
         }
+        if let Some(addr) = metrics_addr {
+            tracing::info!("Started Metrics Service at {addr}");
+        }
         Ok(RunningServer {
             grpc_addr,
+            metrics_addr,
             core,
             grpc,
+            metrics,
         })
     }
 
@@ -145,6 +214,43 @@ impl RunningServer {
             grpc.await
                 .map_err(|e| Error::internal(format!("gRPC server task failed: {e}")))??;
         }
+        if let Some(metrics) = self.metrics {
+            metrics
+                .await
+                .map_err(|e| Error::internal(format!("metrics server task failed: {e}")))??;
+        }
         Ok(())
     }
+}
+
+/// Serves `/metrics` until the stop signal, refreshing the machine-wide CPU and memory figures
+/// every `interval`.
+fn serve_metrics(
+    listener: TcpListener,
+    core: Arc<Core>,
+    interval: std::time::Duration,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<Result<()>> {
+    let system = core.telemetry().system.clone();
+    let mut refresh_stop = stop.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval.max(std::time::Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => system.refresh(),
+                _ = refresh_stop.wait_for(|s| *s) => break,
+            }
+        }
+    });
+    let router = metrics::router(move || core.metrics_text());
+    let mut stop = stop;
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .map_err(|e| Error::internal(format!("metrics server failed: {e}")))
+    })
 }

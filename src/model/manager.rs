@@ -227,6 +227,7 @@ impl ModelManager {
         version: i64,
         io: Option<crate::backend::ModelIo>,
     ) -> Result<LoadedModel> {
+        let started = std::time::Instant::now();
         let spec = Arc::new(config::to_spec(cfg, version, dir)?);
         let path = model_file(dir, version, cfg)?;
         let io = match io {
@@ -234,7 +235,11 @@ impl ModelManager {
             None => self.backend.inspect(&path)?,
         };
         autocomplete::check_against_model(cfg, &io)?;
-        let stats = Arc::new(ModelStats::default());
+        let levels = spec
+            .dynamic_batching
+            .as_ref()
+            .map_or(1, |d| d.priority_levels);
+        let stats = Arc::new(ModelStats::new(&spec.name, version, levels));
         let ctx = Arc::new(ExecContext {
             spec: spec.clone(),
             stats: stats.clone(),
@@ -249,6 +254,7 @@ impl ModelManager {
                 threads.push(InstanceThread::spawn(name, runner, rx.clone())?);
             }
         }
+        stats.record_load(started.elapsed(), threads.len());
         Ok(LoadedModel {
             config: cfg.clone(),
             spec,

@@ -19,6 +19,8 @@ use super::queue::Queues;
 use super::reply::{Replier, Sequencer};
 use crate::error::{Error, Result};
 use crate::model::{DynamicBatching, TimeoutAction};
+use crate::telemetry::spans;
+use crate::telemetry::stats::{FailureReason, ModelStats, Rejection};
 use crate::validate::ValidRequest;
 
 /// Queue-size bookkeeping shared by the enqueuing callers and the batcher task.
@@ -83,6 +85,7 @@ pub struct DynamicScheduler {
     /// Keeps ticket order equal to queue order when responses must be released in order.
     order_lock: Mutex<()>,
     policy: DynamicBatching,
+    stats: Arc<ModelStats>,
 }
 
 impl DynamicScheduler {
@@ -96,6 +99,7 @@ impl DynamicScheduler {
         jobs: JobSender<Batch>,
     ) -> Self {
         let admission = Arc::new(Admission::new(&db, capacity));
+        let stats = ctx.stats.clone();
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let cfg = PlanConfig {
             max_batch_size: ctx.spec.max_batch_size as usize,
@@ -120,6 +124,7 @@ impl DynamicScheduler {
             order,
             order_lock: Mutex::new(()),
             policy: db,
+            stats,
         }
     }
 
@@ -128,9 +133,11 @@ impl DynamicScheduler {
         req: ValidRequest,
         arrival: Instant,
         reply: tokio::sync::oneshot::Sender<Result<crate::request::InferResponse>>,
+        span: tracing::Span,
     ) -> Result<()> {
         let level = req.level;
         if !self.admission.try_admit(level) {
+            self.stats.rejected(Rejection::QueueFull);
             return Err(Error::unavailable("Exceeds maximum queue size").with_request_id(&req.id));
         }
         let enqueued = Instant::now();
@@ -155,11 +162,17 @@ impl DynamicScheduler {
             enqueued,
             deadline,
             delay_on_timeout: policy.timeout_action == TimeoutAction::Delay,
+            queue_span: spans::queue(&span),
+            span,
         };
+        // Counted before the send: once sent, the entry may run and leave the queue at once.
+        self.stats.enqueued(level);
         match self.tx.try_send(entry) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.admission.release(level);
+                self.stats.left_queue(level);
+                self.stats.rejected(Rejection::Stopping);
                 let entry = match e {
                     mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
                 };
@@ -195,7 +208,11 @@ impl BatcherTask {
         loop {
             let now = Instant::now();
             for e in self.queues.expire(now) {
-                self.fail(e, Error::unavailable("Request timeout expired"));
+                self.fail(
+                    e,
+                    Error::unavailable("Request timeout expired"),
+                    FailureReason::Rejected,
+                );
             }
             let mut wake = self.queues.next_deadline();
             let mut want_permit = false;
@@ -209,6 +226,7 @@ impl BatcherTask {
                             self.fail(
                                 e,
                                 Error::cancelled("request cancelled: the client went away"),
+                                FailureReason::Canceled,
                             );
                         }
                         // Once closed, nothing more will arrive: do not wait for batches to fill.
@@ -257,11 +275,9 @@ impl BatcherTask {
     }
 
     /// Answers an entry that will not run, counting it as a failure.
-    fn fail(&self, e: Entry, err: Error) {
+    fn fail(&self, e: Entry, err: Error, why: FailureReason) {
         self.admission.release(e.req.level);
-        self.ctx.stats.record_failure(Instant::now() - e.enqueued);
-        let id = e.req.id.clone();
-        e.reply.send(Err(err.with_request_id(&id)));
+        e.fail(&self.ctx.stats, err, why);
     }
 
     fn dispatch(&self, entries: Vec<Entry>, permit: OwnedSemaphorePermit) {

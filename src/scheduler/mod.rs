@@ -22,6 +22,8 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::request::InferResponse;
+use crate::telemetry::spans;
+use crate::telemetry::stats::Rejection;
 use crate::validate::ValidRequest;
 
 pub use batch::{Batch, Entry, ExecContext};
@@ -68,12 +70,19 @@ impl Scheduler {
     }
 
     /// Queues one request without waiting. The reply arrives on the returned receiver; dropping
-    /// it cancels the request if it has not started.
-    pub fn enqueue(&self, req: ValidRequest, arrival: Instant) -> Result<Reply> {
+    /// it cancels the request if it has not started. `span` is the request's span (or
+    /// `Span::none()`); it travels with the queued entry.
+    pub fn enqueue(
+        &self,
+        req: ValidRequest,
+        arrival: Instant,
+        span: tracing::Span,
+    ) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
         match self {
             Scheduler::Direct { tx: jobs, ctx } => {
                 let id = req.id.clone();
+                let level = req.level;
                 let entry = Entry {
                     req,
                     reply: Replier::Direct(tx),
@@ -81,22 +90,30 @@ impl Scheduler {
                     enqueued: Instant::now(),
                     deadline: None,
                     delay_on_timeout: false,
+                    queue_span: spans::queue(&span),
+                    span,
                 };
+                // Counted before the send: once sent, the entry may start at once.
+                ctx.stats.enqueued(level);
                 match jobs.try_send(Batch::new(ctx.clone(), vec![entry], None)) {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) => {
+                        ctx.stats.left_queue(level);
+                        ctx.stats.rejected(Rejection::QueueFull);
                         return Err(
                             Error::unavailable("Exceeds maximum queue size").with_request_id(&id)
                         );
                     }
                     Err(TrySendError::Disconnected(_)) => {
+                        ctx.stats.left_queue(level);
+                        ctx.stats.rejected(Rejection::Stopping);
                         return Err(Error::unavailable(
                             "Server is stopping, scheduler for model has stopped accepting new inference requests",
                         ));
                     }
                 }
             }
-            Scheduler::Dynamic(d) => d.enqueue(req, arrival, tx)?,
+            Scheduler::Dynamic(d) => d.enqueue(req, arrival, tx, span)?,
         }
         Ok(rx)
     }
