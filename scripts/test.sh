@@ -32,5 +32,8 @@ NEREID_BIN="$PWD/target/debug/nereid" .venv/bin/python -m pytest -q tests/python
 step "perf_analyzer against the server (debug build, short windows)"
 NEREID_BIN="$PWD/target/debug/nereid" BENCH_WINDOW_MS=500 scripts/bench.sh
 
+step "a real Prometheus scrapes the metrics listener (PromQL counts the requests)"
+NEREID_BIN="$PWD/target/debug/nereid" scripts/test_prometheus.sh
+
 echo
 echo "all tests passed"
