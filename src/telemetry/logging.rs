@@ -332,10 +332,11 @@ pub fn init(
     let mut exporter = None;
     if trace.mode() == TraceMode::OpenTelemetry {
         let e = otlp::Exporter::start(&trace.otel)?;
-        // Only the request spans go to the collector, whatever the console shows (P8).
+        // Only the request spans (all INFO) go to the collector, whatever the console shows
+        // (toolchain.md P8); INFO keeps tracing's global max level from rising to TRACE.
         layers.push(
             e.layer()
-                .with_filter(Targets::new().with_target(TARGET, Level::TRACE))
+                .with_filter(Targets::new().with_target(TARGET, Level::INFO))
                 .boxed(),
         );
         exporter = Some(e);

@@ -1,7 +1,8 @@
 //! The spans of one request, and the W3C `traceparent` a client may send with it.
 //!
-//! A traced request has a `request` span opened by its front-end (the receive side), a `queue`
-//! child from enqueue until its execution starts, a `send` child around writing the response;
+//! A traced request has a `request` span opened by its front-end, a `receive` child around
+//! decoding the wire message, a `queue` child from enqueue until its execution starts, a `send`
+//! child around writing the response;
 //! the execution is a `batch` span (child of the batch's first traced request, linked with
 //! `follows_from` to every other one) with a `compute` child around the model run. A request
 //! that is not sampled carries `Span::none()` and every helper here then returns `Span::none()`
@@ -122,6 +123,14 @@ fn child(parent: &Span, make: impl FnOnce() -> Span) -> Span {
     }
 }
 
+/// Around decoding the wire message into the server's request (the receive side).
+pub fn receive(request: &Span) -> Span {
+    child(
+        request,
+        || tracing::info_span!(target: TARGET, parent: request, "receive"),
+    )
+}
+
 /// From enqueue until the request's execution starts (or it is answered from the queue).
 pub fn queue(request: &Span) -> Span {
     child(
@@ -178,6 +187,7 @@ mod tests {
     #[test]
     fn untraced_requests_get_no_spans() {
         let none = Span::none();
+        assert!(receive(&none).is_disabled());
         assert!(queue(&none).is_disabled());
         assert!(send(&none).is_disabled());
         assert!(batch([&none, &none], 2).is_disabled());

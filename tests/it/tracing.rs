@@ -198,7 +198,7 @@ async fn request_spans_reach_the_collector_with_the_clients_trace_id() {
         assert!(r.unwrap().error_message.is_empty());
     }
 
-    let want = ["request", "queue", "batch", "compute", "send"];
+    let want = ["request", "receive", "queue", "batch", "compute", "send"];
     let deadline = Instant::now() + Duration::from_secs(20);
     let spans = loop {
         let spans = collector.spans.lock().unwrap().clone();
@@ -227,7 +227,7 @@ async fn request_spans_reach_the_collector_with_the_clients_trace_id() {
         request.parent, client_span,
         "the client's span is the parent"
     );
-    for child in ["queue", "batch", "send"] {
+    for child in ["receive", "queue", "batch", "send"] {
         assert_eq!(of(unary_trace, child).parent, request.span_id, "{child}");
     }
     assert_eq!(

@@ -112,7 +112,11 @@ impl GrpcInferenceService for GrpcService {
         let span =
             self.core
                 .request_span("grpc", &msg.model_name, &msg.model_version, parent.as_ref());
-        let pending = convert::infer_request(msg, arrival)
+        let decoded = {
+            let _receive = spans::receive(&span).entered();
+            convert::infer_request(msg, arrival)
+        };
+        let pending = decoded
             .inspect_err(|e| spans::record_error(&span, &e.message))
             .and_then(|r| self.core.submit(r, &span))?;
         let resp = pending.await?;

@@ -99,7 +99,11 @@ fn start(
     let arrival = Instant::now();
     let id = req.id.clone();
     let span = core.request_span("grpc", &req.model_name, &req.model_version, parent);
-    let submitted = convert::infer_request(req, arrival)
+    let decoded = {
+        let _receive = spans::receive(&span).entered();
+        convert::infer_request(req, arrival)
+    };
+    let submitted = decoded
         .inspect_err(|e| spans::record_error(&span, &e.message))
         .and_then(|r| core.submit(r, &span));
     match submitted {
