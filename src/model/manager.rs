@@ -160,6 +160,9 @@ impl ModelManager {
             let io = first_io.take();
             let slot = match self.load_version(&cfg, dir, v, io) {
                 Ok(m) => {
+                    // As the log line: from the start of the model's load (config included).
+                    m.stats
+                        .record_load(started.elapsed(), m.spec.instance_count());
                     tracing::info!(
                         model = name,
                         version = v,
@@ -227,7 +230,6 @@ impl ModelManager {
         version: i64,
         io: Option<crate::backend::ModelIo>,
     ) -> Result<LoadedModel> {
-        let started = std::time::Instant::now();
         let spec = Arc::new(config::to_spec(cfg, version, dir)?);
         let path = model_file(dir, version, cfg)?;
         let io = match io {
@@ -254,7 +256,6 @@ impl ModelManager {
                 threads.push(InstanceThread::spawn(name, runner, rx.clone())?);
             }
         }
-        stats.record_load(started.elapsed(), threads.len());
         Ok(LoadedModel {
             config: cfg.clone(),
             spec,
