@@ -212,6 +212,7 @@ impl Core {
         spans::record_id(span, &req.id);
         let accepted = self.check_running().and_then(|()| {
             let model = self.manager.get(&req.model_name, &req.model_version)?;
+            span.record("model_version", model.spec.version);
             let arrival = req.arrival;
             let valid = validate(req, &model.spec).inspect_err(|_| {
                 model.stats.rejected(Rejection::Invalid);
