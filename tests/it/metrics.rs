@@ -178,8 +178,8 @@ fn dynamic_repo(db: &str) -> tempfile::TempDir {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_gauges_timeouts_and_full_queues() {
     let repo = dynamic_repo(
-        "max_queue_delay_microseconds: 600000 priority_levels: 2 default_priority_level: 2 \
-         default_queue_policy { max_queue_size: 2 default_timeout_microseconds: 300000 }",
+        "max_queue_delay_microseconds: 5000000 priority_levels: 2 default_priority_level: 2 \
+         default_queue_policy { max_queue_size: 2 default_timeout_microseconds: 1000000 }",
     );
     let s = TestServer::start(repo.path()).await.owning(repo);
     let labels = r#"model="dyn",version="1""#;
