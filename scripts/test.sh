@@ -35,5 +35,8 @@ NEREID_BIN="$PWD/target/debug/nereid" RELOADS=6 CYCLES=200 scripts/lifecycle_ben
 step "perf_analyzer against the server, gRPC and HTTP (debug build, short windows)"
 NEREID_BIN="$PWD/target/debug/nereid" BENCH_WINDOW_MS=500 BENCH_HTTP_CONCURRENCY=1:4 scripts/bench.sh
 
+step "a real Prometheus scrapes the metrics listener (PromQL counts the requests)"
+NEREID_BIN="$PWD/target/debug/nereid" scripts/test_prometheus.sh
+
 echo
 echo "all tests passed"

@@ -9,6 +9,9 @@ use clap::{ArgAction, Parser};
 
 use crate::model::manager::{ControlMode, ManagerOptions};
 use crate::scheduler::{DEFAULT_QUEUE_CAPACITY, QueueLimits};
+use crate::telemetry::logging::{LogControl, LogFormat, LogSettings};
+use crate::telemetry::metrics::MetricsOptions;
+use crate::telemetry::trace::TraceConfig;
 
 /// Parses Triton's boolean spellings: true/false, on/off, 1/0 (any case).
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -137,11 +140,11 @@ pub struct Cli {
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub http_thread_count: usize,
 
-    /// Serve Prometheus metrics. Accepted for compatibility; not served by this release.
+    /// Serve Prometheus metrics (`/metrics`) on their own port.
     #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
     pub allow_metrics: bool,
 
-    /// Metrics port. Accepted for compatibility; not served by this release.
+    /// Metrics port (0 picks a free port; the log line "Started Metrics Service at ..." shows it).
     #[arg(long, default_value_t = 8002, value_name = "PORT")]
     pub metrics_port: u16,
 
@@ -171,6 +174,30 @@ pub struct Cli {
     #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
     pub max_inflight_bytes: usize,
 
+    /// Address the metrics server binds.
+    #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
+    pub metrics_address: IpAddr,
+
+    /// How often the machine-wide CPU and memory metrics are refreshed, in milliseconds.
+    #[arg(long, default_value_t = 2000.0, value_name = "MS")]
+    pub metrics_interval_ms: f64,
+
+    /// Metrics settings `<key>=<value>`: `counter_latencies=<bool>` (the nv_*_duration_us counters). Repeatable.
+    #[arg(long, value_name = "SETTING")]
+    pub metrics_config: Vec<String>,
+
+    /// Expose nv_cpu_utilization and nv_cpu_memory_{total,used}_bytes.
+    #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    pub allow_cpu_metrics: bool,
+
+    /// Accepted for compatibility; this release exports no GPU metrics.
+    #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
+    pub allow_gpu_metrics: bool,
+
+    /// Trace settings `[<mode>,]<key>=<value>`: `level=OFF|TIMESTAMPS|TENSORS`, `rate=N`, `count=N`, `mode=triton|opentelemetry`, `opentelemetry,url=http://HOST:4317` (OTLP/gRPC collector), `opentelemetry,resource=K=V`, `opentelemetry,bsp_max_queue_size=N`, `opentelemetry,bsp_schedule_delay=MS`, `opentelemetry,bsp_max_export_batch_size=N`, `triton,file=PATH`, `triton,log-frequency=N`. Repeatable.
+    #[arg(long, value_name = "SETTING")]
+    pub trace_config: Vec<String>,
+
     /// Backend settings: `onnxruntime,default-max-batch-size=N` (or the global `default-max-batch-size=N`). Repeatable.
     #[arg(long, value_name = "SETTING")]
     pub backend_config: Vec<String>,
@@ -194,6 +221,14 @@ pub struct Cli {
     /// Log errors.
     #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
     pub log_error: bool,
+
+    /// Log line format: `default` (= `text`), `ISO8601` or `json` (one JSON object per line).
+    #[arg(long, default_value = "default", value_name = "FORMAT")]
+    pub log_format: String,
+
+    /// Write the log to this file (appending) instead of standard error.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -215,6 +250,13 @@ pub struct ServerConfig {
     /// Server-wide admission caps (requests, request bytes in flight).
     pub inflight: crate::core::InflightLimits,
     pub onnxruntime_library: Option<PathBuf>,
+    /// None when metrics are turned off.
+    pub metrics_addr: Option<SocketAddr>,
+    pub metrics_interval: Duration,
+    pub metrics: MetricsOptions,
+    pub trace: TraceConfig,
+    /// The live log settings; `main` swaps in the handle of the installed subscriber.
+    pub log: LogControl,
     /// Flags accepted for compatibility but not acted on, to be logged at startup.
     pub ignored: Vec<String>,
 }
@@ -324,12 +366,34 @@ impl Cli {
         if self.http_max_input_size == 0 {
             return Err("--http-max-input-size must be at least 1".into());
         }
-        if self.allow_metrics {
-            ignored.push(format!(
-                "--metrics-port={} (metrics are not served by this release)",
-                self.metrics_port
+        let mut metrics = MetricsOptions {
+            counter_latencies: true,
+            cpu_metrics: self.allow_cpu_metrics,
+        };
+        for setting in &self.metrics_config {
+            match setting.split_once('=') {
+                Some(("counter_latencies", v)) => {
+                    metrics.counter_latencies =
+                        parse_bool(v).map_err(|e| format!("--metrics-config '{setting}': {e}"))?
+                }
+                Some(("histogram_latencies" | "summary_latencies" | "summary_quantiles", _)) => {
+                    ignored.push(format!("--metrics-config={setting}"))
+                }
+                _ => {
+                    return Err(format!(
+                        "--metrics-config '{setting}': expected counter_latencies=<bool>"
+                    ));
+                }
+            }
+        }
+        if !(self.metrics_interval_ms.is_finite() && self.metrics_interval_ms > 0.0) {
+            return Err(format!(
+                "--metrics-interval-ms must be a positive number, got {}",
+                self.metrics_interval_ms
             ));
         }
+        let trace = TraceConfig::parse(&self.trace_config)?;
+        let log = LogControl::detached(self.log_settings()?);
         Ok(ServerConfig {
             manager: ManagerOptions {
                 repositories: self.model_repository,
@@ -367,29 +431,41 @@ impl Cli {
                 bytes: self.max_inflight_bytes,
             },
             onnxruntime_library: self.onnxruntime_library,
+            metrics_addr: self
+                .allow_metrics
+                .then_some(SocketAddr::new(self.metrics_address, self.metrics_port)),
+            metrics_interval: Duration::from_secs_f64(self.metrics_interval_ms / 1000.0),
+            metrics,
+            trace,
+            log,
             ignored,
+        })
+    }
+
+    /// The log settings the logging flags ask for.
+    pub fn log_settings(&self) -> Result<LogSettings, String> {
+        Ok(LogSettings {
+            file: self
+                .log_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            info: self.log_info,
+            warning: self.log_warning,
+            error: self.log_error,
+            verbose_level: self.log_verbose,
+            format: LogFormat::parse(&self.log_format).ok_or_else(|| {
+                format!(
+                    "invalid --log-format '{}': expected default, ISO8601, text or json",
+                    self.log_format
+                )
+            })?,
         })
     }
 
     /// The tracing filter the logging flags ask for.
     pub fn log_filter(&self) -> String {
-        let level = if self.log_verbose > 0 {
-            "debug"
-        } else if self.log_info {
-            "info"
-        } else if self.log_warning {
-            "warn"
-        } else if self.log_error {
-            "error"
-        } else {
-            "off"
-        };
-        // ONNX Runtime logs dozens of lines per session at info; keep them at warn unless verbose.
-        if self.log_verbose > 1 {
-            level.to_string()
-        } else {
-            format!("{level},ort=warn")
-        }
+        self.log_settings().unwrap_or_default().directive()
     }
 }
 
@@ -496,6 +572,48 @@ mod tests {
         assert_eq!(c.http_max_input_size, 1024);
         assert!(parse(&["--allow-http=false"]).unwrap().http_addr.is_none());
         assert!(parse(&["--http-max-input-size=0"]).is_err());
+    }
+
+    #[test]
+    fn telemetry_flags() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.metrics_addr.unwrap().port(), 8002);
+        assert_eq!(c.metrics_interval, Duration::from_secs(2));
+        assert!(c.metrics.counter_latencies && c.metrics.cpu_metrics);
+        assert!(c.ignored.iter().all(|f| !f.contains("metrics")));
+        let c = parse(&[
+            "--metrics-port=9102",
+            "--metrics-address=127.0.0.1",
+            "--metrics-interval-ms=250",
+            "--metrics-config=counter_latencies=false",
+            "--trace-config=mode=opentelemetry",
+            "--trace-config=opentelemetry,url=http://collector:4317",
+            "--log-format=json",
+        ])
+        .unwrap();
+        assert_eq!(c.metrics_addr.unwrap().to_string(), "127.0.0.1:9102");
+        assert_eq!(c.metrics_interval, Duration::from_millis(250));
+        assert!(!c.metrics.counter_latencies);
+        assert_eq!(c.trace.otel.url, "http://collector:4317");
+        assert_eq!(c.log.settings().format, LogFormat::Json);
+        assert!(
+            parse(&["--allow-metrics=false"])
+                .unwrap()
+                .metrics_addr
+                .is_none()
+        );
+        assert!(
+            parse(&["--log-format=xml"])
+                .unwrap_err()
+                .contains("--log-format")
+        );
+        assert!(
+            parse(&["--trace-config=rate=x"])
+                .unwrap_err()
+                .contains("--trace-config")
+        );
+        assert!(parse(&["--metrics-config=bogus=1"]).is_err());
+        assert!(parse(&["--metrics-interval-ms=0"]).is_err());
     }
 
     #[test]

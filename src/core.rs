@@ -1,16 +1,27 @@
 //! `Core`: the one façade both front-ends call. It speaks the server's own types
 //! (requests, specs, statistics snapshots, index rows); front-ends translate to the wire.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tracing::Span;
 
 use crate::error::{Code, Error, Rejection, Result};
 use crate::model::ModelSpec;
 use crate::model::config::ModelConfig;
-use crate::model::manager::{IndexEntry, LoadRequest, ModelManager, parse_version};
+use crate::model::manager::{IndexEntry, LoadRequest, LoadedModel, ModelManager, parse_version};
 use crate::request::{InferRequest, InferResponse};
-use crate::telemetry::stats::StatsSnapshot;
+use crate::scheduler::Reply;
+use crate::telemetry::Telemetry;
+use crate::telemetry::logging::{LogSettings, LogUpdate};
+use crate::telemetry::metrics::{self, StateRow};
+use crate::telemetry::spans::{self, RemoteParent};
+use crate::telemetry::stats::{Rejection as RejectionMetric, StatsSnapshot};
+use crate::telemetry::trace::TraceUpdate;
 use crate::validate::validate;
 
 /// Extensions this server really implements, in Triton's order (grpc-protocol.md §6).
@@ -19,6 +30,8 @@ pub const EXTENSIONS: &[&str] = &[
     "model_configuration",
     "binary_tensor_data",
     "statistics",
+    "trace",
+    "logging",
 ];
 
 /// Server-wide admission caps: whatever each model's queue allows, the whole server holds at
@@ -35,6 +48,29 @@ const DRAINING_RETRY: Duration = Duration::from_secs(1);
 /// How long a client refused because the model is not ready should wait.
 const NOT_READY_RETRY: Duration = Duration::from_secs(1);
 
+/// Requests and request bytes in the server now.
+#[derive(Default)]
+struct Inflight {
+    requests: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// A request counted against the server-wide caps until it is answered (or dropped).
+struct InflightGuard {
+    counts: Arc<Inflight>,
+    bytes: usize,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.counts.requests.fetch_sub(1, Ordering::AcqRel);
+        self.counts.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Trace settings as `(key, values)`: `trace_level` is a list, every other key one value.
+pub type TraceSettings = Vec<(String, Vec<String>)>;
+
 pub struct Core {
     manager: Arc<ModelManager>,
     server_id: String,
@@ -46,23 +82,35 @@ pub struct Core {
     draining: AtomicBool,
     /// New requests are refused ("Server exiting"); in-flight ones finish.
     stopping: AtomicBool,
+    telemetry: Telemetry,
     limits: InflightLimits,
-    inflight_requests: AtomicUsize,
-    inflight_bytes: AtomicUsize,
+    inflight: Arc<Inflight>,
 }
 
-/// A request counted against the server-wide caps until it is answered (or dropped).
-struct InflightGuard<'a> {
-    core: &'a Core,
-    bytes: usize,
+/// An accepted request waiting for its response. Dropping it cancels the request if it has not
+/// started executing. Holding it keeps the model version loaded.
+pub struct PendingInfer {
+    rx: Reply,
+    span: Span,
+    _model: Arc<LoadedModel>,
+    _inflight: InflightGuard,
 }
 
-impl Drop for InflightGuard<'_> {
-    fn drop(&mut self) {
-        self.core.inflight_requests.fetch_sub(1, Ordering::AcqRel);
-        self.core
-            .inflight_bytes
-            .fetch_sub(self.bytes, Ordering::AcqRel);
+impl Future for PendingInfer {
+    type Output = Result<InferResponse>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(|r| {
+            let r = r.unwrap_or_else(|_| {
+                Err(Error::internal(
+                    "the model instance dropped the request without replying",
+                ))
+            });
+            if let Err(e) = &r {
+                spans::record_error(&self.span, &e.message);
+            }
+            r
+        })
     }
 }
 
@@ -98,9 +146,9 @@ impl Core {
             started: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            telemetry: Telemetry::default(),
             limits,
-            inflight_requests: AtomicUsize::new(0),
-            inflight_bytes: AtomicUsize::new(0),
+            inflight: Arc::default(),
         }
     }
 
@@ -112,13 +160,16 @@ impl Core {
 
     /// Requests (queued or running) in the server now.
     pub fn inflight(&self) -> usize {
-        self.inflight_requests.load(Ordering::Acquire)
+        self.inflight.requests.load(Ordering::Acquire)
     }
 
-    fn admit(&self, bytes: usize) -> Result<InflightGuard<'_>> {
-        let n = self.inflight_requests.fetch_add(1, Ordering::AcqRel) + 1;
-        let b = self.inflight_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        let guard = InflightGuard { core: self, bytes };
+    fn admit(&self, bytes: usize) -> Result<InflightGuard> {
+        let n = self.inflight.requests.fetch_add(1, Ordering::AcqRel) + 1;
+        let b = self.inflight.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        let guard = InflightGuard {
+            counts: self.inflight.clone(),
+            bytes,
+        };
         if n > self.limits.requests || b > self.limits.bytes {
             let msg = if n > self.limits.requests {
                 format!(
@@ -138,6 +189,16 @@ impl Core {
             ));
         }
         Ok(guard)
+    }
+
+    /// Replaces the default telemetry (trace settings off, detached log settings).
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
     }
 
     pub fn set_live(&self) {
@@ -215,31 +276,78 @@ impl Core {
     }
 
     /// Runs one request to completion. Dropping the future cancels it (the queued entry is skipped).
+    /// Sampled for tracing by the trace settings, without a client trace context; front-ends
+    /// that read one use `request_span` and `submit`.
     pub async fn infer(&self, req: InferRequest) -> Result<InferResponse> {
-        self.check_running()?;
-        let bytes = req.inputs.iter().map(|i| i.data.len()).sum();
-        let _inflight = self.admit(bytes)?;
-        let model = self
-            .manager
-            .get(&req.model_name, &req.model_version)
-            .map_err(|e| match e.code {
-                // Known but not serving (loading, unloading): worth retrying shortly.
-                Code::Unavailable | Code::NotFound
-                    if self.manager.is_loading(&req.model_name) || e.code == Code::Unavailable =>
-                {
-                    Error {
+        let span = self.request_span("core", &req.model_name, &req.model_version, None);
+        self.submit(req, &span)?.await
+    }
+
+    /// The span of one request, or `Span::none()` when the trace settings do not sample it.
+    /// `protocol` names the front-end (`grpc`, `http`); `parent` is the client's W3C context
+    /// (`spans::parent_from_headers`).
+    pub fn request_span(
+        &self,
+        protocol: &'static str,
+        model: &str,
+        version: &str,
+        parent: Option<&RemoteParent>,
+    ) -> Span {
+        if self.telemetry.trace.sample(model, parent.is_some()) {
+            spans::request(protocol, model, version, parent)
+        } else {
+            Span::none()
+        }
+    }
+
+    /// Validates and queues one request at once; errors here mean it was never accepted (the
+    /// model did not run). The returned future resolves with the model's answer.
+    pub fn submit(&self, req: InferRequest, span: &Span) -> Result<PendingInfer> {
+        spans::record_id(span, &req.id);
+        let accepted = self.check_running().and_then(|()| {
+            let bytes = req.inputs.iter().map(|i| i.data.len()).sum();
+            let inflight = self.admit(bytes);
+            let model = self
+                .manager
+                .get(&req.model_name, &req.model_version)
+                .map_err(|e| match e.code {
+                    // Known but not serving (loading, unloading): worth retrying shortly.
+                    Code::Unavailable => Error {
                         rejection: Some((Rejection::ModelNotReady, NOT_READY_RETRY)),
                         ..e
-                    }
+                    },
+                    Code::NotFound if self.manager.is_loading(&req.model_name) => Error {
+                        rejection: Some((Rejection::ModelNotReady, NOT_READY_RETRY)),
+                        ..e
+                    },
+                    _ => e,
+                });
+            let inflight = match (inflight, &model) {
+                (Ok(g), _) => g,
+                (Err(e), Ok(m)) => {
+                    m.stats.rejected(RejectionMetric::ServerBusy);
+                    return Err(e);
                 }
-                _ => e,
+                (Err(e), Err(_)) => return Err(e),
+            };
+            let model = model?;
+            span.record("model_version", model.spec.version);
+            let arrival = req.arrival;
+            let valid = validate(req, &model.spec).inspect_err(|_| {
+                model.stats.rejected(RejectionMetric::Invalid);
             })?;
-        let arrival = req.arrival;
-        let valid = validate(req, &model.spec)?;
-        let reply = model.scheduler.enqueue(valid, arrival)?;
-        reply.await.map_err(|_| {
-            Error::internal("the model instance dropped the request without replying")
-        })?
+            let rx = model.scheduler.enqueue(valid, arrival, span.clone())?;
+            Ok(PendingInfer {
+                rx,
+                span: span.clone(),
+                _model: model,
+                _inflight: inflight,
+            })
+        });
+        if let Err(e) = &accepted {
+            spans::record_error(span, &e.message);
+        }
+        accepted
     }
 
     /// Statistics of READY versions: all models (`name` empty), all versions (`version` empty) or one.
@@ -300,5 +408,73 @@ impl Core {
 
     pub fn manager(&self) -> &Arc<ModelManager> {
         &self.manager
+    }
+
+    /// The settings scope: None = global; a model must have a READY version.
+    fn trace_scope<'a>(&self, model: &'a str) -> Result<Option<&'a str>> {
+        if model.is_empty() {
+            return Ok(None);
+        }
+        match self.manager.get(model, "") {
+            Ok(_) => Ok(Some(model)),
+            Err(_) => Err(Error::invalid_arg(format!(
+                "Request for unknown model : {model}"
+            ))),
+        }
+    }
+
+    /// TraceSetting read: the global settings (`model` empty) or a model's effective ones.
+    pub fn trace_settings(&self, model: &str) -> Result<TraceSettings> {
+        let scope = self.trace_scope(model)?;
+        Ok(self.telemetry.trace.settings(scope))
+    }
+
+    /// TraceSetting update. `pairs` are `(key, values)`, `None` (or an empty list) clearing the
+    /// key; see `TraceUpdate::parse`. Returns the settings after the update.
+    pub fn update_trace_settings<'a, I, S>(&self, model: &str, pairs: I) -> Result<TraceSettings>
+    where
+        I: IntoIterator<Item = (&'a str, Option<Vec<S>>)>,
+        S: AsRef<str>,
+    {
+        let scope = self.trace_scope(model)?;
+        let update = TraceUpdate::parse(pairs)?;
+        self.telemetry.trace.update(scope, &update);
+        Ok(self.telemetry.trace.settings(scope))
+    }
+
+    pub fn log_settings(&self) -> LogSettings {
+        self.telemetry.log.settings()
+    }
+
+    /// LogSettings update, validated as a whole before anything changes.
+    pub fn update_log_settings(&self, update: &LogUpdate) -> Result<LogSettings> {
+        self.telemetry.log.update(update)
+    }
+
+    /// The Prometheus text exposition: every loaded version's series, model states, and the
+    /// server-wide families.
+    pub fn metrics_text(&self) -> String {
+        let opts = &self.telemetry.metrics;
+        let mut families = Vec::new();
+        for m in self.manager.ready_versions("") {
+            families.extend(m.stats.families(opts));
+        }
+        match self.manager.index(false) {
+            Ok(rows) => {
+                let states: Vec<StateRow<'_>> = rows
+                    .iter()
+                    .filter_map(|r| {
+                        Some(StateRow {
+                            model: &r.name,
+                            version: r.version.map(|v| v.to_string()).unwrap_or_default(),
+                            state: r.state?.as_str(),
+                        })
+                    })
+                    .collect();
+                families.extend(metrics::state_families(&states));
+            }
+            Err(e) => tracing::warn!("metrics: cannot list model states: {e}"),
+        }
+        metrics::render(families, Some(&self.telemetry.system), opts)
     }
 }

@@ -1,23 +1,17 @@
-//! `nereid`: parse the flags, start logging, bind, run the server until SIGINT/SIGTERM.
+//! `nereid`: parse the flags, start logging (and OTLP export), bind, run the server until
+//! SIGINT/SIGTERM.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use nereid::cli::Cli;
-use nereid::server::{RunningServer, bind};
+use nereid::server::{Listeners, RunningServer};
+use nereid::telemetry::logging;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log_filter());
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(filter))
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-    let config = match cli.into_config() {
+    let mut config = match cli.into_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -34,7 +28,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    // The OTLP exporter's channel lives on this runtime, so logging starts inside it.
+    let _rt = runtime.enter();
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let guard = match logging::init(&config.log.settings(), rust_log.as_deref(), &config.trace) {
+        Ok((control, guard)) => {
+            config.log = control;
+            guard
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(run(config));
+    // Export the spans still queued while the runtime (and so the exporter's channel) lives.
+    guard.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -44,18 +54,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: nereid::cli::ServerConfig) -> anyhow::Result<()> {
-    let grpc = match config.grpc_addr {
-        Some(addr) => Some(bind(addr).await?),
-        None => None,
-    };
-    let http = match config.http_addr {
-        Some(addr) => Some(bind(addr).await?),
-        None => None,
-    };
+    let listeners = Listeners::bind(&config).await?;
     // The first SIGINT/SIGTERM starts a graceful stop; a second one exits at once.
     let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(watch_signals(first_tx));
-    let server = RunningServer::start(config, grpc, http, async {
+    let server = RunningServer::start(config, listeners, async {
         let _ = first_rx.await;
     })
     .await?;

@@ -19,13 +19,41 @@ use crate::frontend::grpc::{GrpcService, HealthService};
 use crate::model::manager::{ControlMode, ModelManager};
 use crate::pb::health::health_server::HealthServer;
 use crate::pb::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
+use crate::telemetry::{Telemetry, metrics, trace::TraceControl};
 
 pub struct RunningServer {
     pub grpc_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
     pub core: Arc<Core>,
     grpc: Option<JoinHandle<Result<()>>>,
     http: Option<JoinHandle<Result<()>>>,
+    metrics: Option<JoinHandle<Result<()>>>,
+}
+
+/// The listeners a server serves on, bound by the caller; a missing one is a service turned off.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub grpc: Option<TcpListener>,
+    pub http: Option<TcpListener>,
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every address `config` enables.
+    pub async fn bind(config: &ServerConfig) -> Result<Listeners> {
+        async fn maybe(addr: Option<SocketAddr>) -> Result<Option<TcpListener>> {
+            match addr {
+                Some(a) => Ok(Some(bind(a).await?)),
+                None => Ok(None),
+            }
+        }
+        Ok(Listeners {
+            grpc: maybe(config.grpc_addr).await?,
+            http: maybe(config.http_addr).await?,
+            metrics: maybe(config.metrics_addr).await?,
+        })
+    }
 }
 
 /// Binds `addr`, with Triton's message when the port is taken.
@@ -92,10 +120,14 @@ impl RunningServer {
     /// to finish.
     pub async fn start(
         config: ServerConfig,
-        grpc_listener: Option<TcpListener>,
-        http_listener: Option<TcpListener>,
+        listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<RunningServer> {
+        let Listeners {
+            grpc: grpc_listener,
+            http: http_listener,
+            metrics: metrics_listener,
+        } = listeners;
         let backend: Arc<dyn Backend> = {
             let lib = config.onnxruntime_library.clone();
             let b = tokio::task::spawn_blocking(move || OrtBackend::init(lib.as_deref()))
@@ -110,11 +142,16 @@ impl RunningServer {
             .await
             .unwrap_or_default();
         let manager = ModelManager::new(backend, opts);
-        let core = Arc::new(Core::new(
-            manager.clone(),
-            config.server_id.clone(),
-            config.inflight,
-        ));
+        let telemetry = Telemetry {
+            trace: Arc::new(TraceControl::new(&config.trace)),
+            log: config.log.clone(),
+            system: Default::default(),
+            metrics: config.metrics,
+        };
+        let core = Arc::new(
+            Core::new(manager.clone(), config.server_id.clone(), config.inflight)
+                .with_telemetry(telemetry),
+        );
         for flag in &config.ignored {
             tracing::warn!("ignoring {flag}");
         }
@@ -176,6 +213,21 @@ impl RunningServer {
                 config.exit_timeout,
             ));
         }
+        let mut metrics_addr = None;
+        let mut metrics = None;
+        if let Some(listener) = metrics_listener {
+            metrics_addr = Some(
+                listener
+                    .local_addr()
+                    .map_err(|e| Error::internal(e.to_string()))?,
+            );
+            metrics = Some(serve_metrics(
+                listener,
+                core.clone(),
+                config.metrics_interval,
+                stop_rx.clone(),
+            ));
+        }
         core.set_live();
 
         let failures = manager.load_startup().await?;
@@ -205,12 +257,17 @@ impl RunningServer {
         if let Some(addr) = http_addr {
             tracing::info!("Started HTTPService at {addr}");
         }
+        if let Some(addr) = metrics_addr {
+            tracing::info!("Started Metrics Service at {addr}");
+        }
         Ok(RunningServer {
             grpc_addr,
             http_addr,
+            metrics_addr,
             core,
             grpc,
             http,
+            metrics,
         })
     }
 
@@ -221,6 +278,11 @@ impl RunningServer {
                 task.await
                     .map_err(|e| Error::internal(format!("{what} server task failed: {e}")))??;
             }
+        }
+        if let Some(metrics) = self.metrics {
+            metrics
+                .await
+                .map_err(|e| Error::internal(format!("metrics server task failed: {e}")))??;
         }
         // Front-ends are closed: free every model (sessions and instance threads).
         self.core.manager().shutdown().await;
@@ -250,5 +312,37 @@ fn supervise(
                 Ok(())
             }
         }
+    })
+}
+
+/// Serves `/metrics` until the stop signal, refreshing the machine-wide CPU and memory figures
+/// every `interval`.
+fn serve_metrics(
+    listener: TcpListener,
+    core: Arc<Core>,
+    interval: std::time::Duration,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<Result<()>> {
+    let system = core.telemetry().system.clone();
+    let mut refresh_stop = stop.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval.max(std::time::Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => system.refresh(),
+                _ = refresh_stop.wait_for(|s| *s) => break,
+            }
+        }
+    });
+    let router = metrics::router(move || core.metrics_text());
+    let mut stop = stop;
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .map_err(|e| Error::internal(format!("metrics server failed: {e}")))
     })
 }

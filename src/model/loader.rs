@@ -149,7 +149,11 @@ impl Loader {
         for (instance, runner, _, _) in &mut runners {
             warm(&spec, &samples, instance, runner.as_mut())?;
         }
-        let stats = Arc::new(ModelStats::default());
+        let levels = spec
+            .dynamic_batching
+            .as_ref()
+            .map_or(1, |d| d.priority_levels);
+        let stats = Arc::new(ModelStats::new(&spec.name, version, levels));
         let load = Arc::new(LoadTracker::new(total));
         let ctx = Arc::new(ExecContext {
             spec: spec.clone(),
@@ -198,6 +202,7 @@ impl Loader {
                 Some((id, free_before.saturating_sub(free_after)))
             })
             .collect();
+        stats.record_load(started.elapsed(), total);
         Ok(LoadedModel {
             config: cfg.clone(),
             spec,

@@ -6,13 +6,15 @@ use std::sync::Arc;
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tracing::Span;
 
 use crate::backend::instance::{Job, RunHealth};
 use crate::backend::{ComputeTimes, Runner};
 use crate::error::{Error, Result};
 use crate::model::{IoSpec, ModelSpec};
 use crate::request::InferResponse;
-use crate::telemetry::stats::ModelStats;
+use crate::telemetry::spans;
+use crate::telemetry::stats::{FailureReason, ModelStats};
 use crate::tensor::{DataType, Tensor, bytes_codec};
 use crate::validate::{OutputRequest, ValidRequest};
 
@@ -37,6 +39,20 @@ pub struct Entry {
     pub deadline: Option<Instant>,
     /// Under `timeout_action: DELAY` an expired entry waits behind the others instead of failing.
     pub delay_on_timeout: bool,
+    /// The request's span (`Span::none()` when not traced); the batch span links to it.
+    pub span: Span,
+    /// Open while the entry waits; dropping it (execution start or answer) ends the queue span.
+    pub queue_span: Span,
+}
+
+impl Entry {
+    /// Answers an entry that will not run: it leaves the queue and counts as a failure.
+    pub fn fail(self, stats: &ModelStats, err: Error, why: FailureReason) {
+        stats.left_queue(self.req.level);
+        stats.record_failure(Instant::now() - self.enqueued, why);
+        let id = self.req.id.clone();
+        self.reply.send(Err(err.with_request_id(&id)));
+    }
 }
 
 impl Pending for Entry {
@@ -92,12 +108,8 @@ impl Batch {
 
     /// Answers every request of a batch that will not run.
     pub fn fail(self, err: Error) {
-        let now = Instant::now();
         for entry in self.entries {
-            self.ctx.stats.record_failure(now - entry.enqueued);
-            entry
-                .reply
-                .send(Err(err.clone().with_request_id(&entry.req.id)));
+            entry.fail(&self.ctx.stats, err.clone(), FailureReason::Other);
         }
     }
 }
@@ -110,19 +122,26 @@ impl Job for Batch {
             _permit,
         } = self;
         let start = Instant::now();
+        let _busy = ctx.stats.busy();
         // Work whose client has gone is never run.
-        let (entries, gone): (Vec<Entry>, Vec<Entry>) =
+        let (mut entries, gone): (Vec<Entry>, Vec<Entry>) =
             entries.into_iter().partition(|e| !e.reply.is_closed());
         for e in gone {
-            ctx.stats.record_failure(start - e.enqueued);
-            e.reply.send(Err(Error::cancelled(
-                "request cancelled: the client went away",
-            )));
+            e.fail(
+                &ctx.stats,
+                Error::cancelled("request cancelled: the client went away"),
+                FailureReason::Canceled,
+            );
         }
         if entries.is_empty() {
             return RunHealth::Ok;
         }
+        for e in &mut entries {
+            ctx.stats.left_queue(e.req.level);
+            e.queue_span = Span::none();
+        }
         let rows: Vec<usize> = entries.iter().map(|e| e.req.batch_size).collect();
+        let batch_span = spans::batch(entries.iter().map(|e| &e.span), rows.iter().sum());
         // A failure to assemble is the requests' fault; a failed run counts against the instance.
         let mut health = RunHealth::Ok;
         let result = assemble(&ctx.spec, &entries).and_then(|(inputs, wanted)| {
@@ -130,17 +149,24 @@ impl Job for Batch {
                 .iter()
                 .map(|&i| ctx.spec.outputs[i].name.as_str())
                 .collect();
+            let _compute = spans::compute(&batch_span).entered();
             let out = runner
                 .run(inputs, &names)
                 .inspect_err(|_| health = RunHealth::Failed)?;
             Ok((wanted, out))
         });
+        drop(batch_span);
         let (wanted, out) = match result {
             Ok(r) => r,
             Err(e) => {
                 let now = Instant::now();
+                let why = if health == RunHealth::Failed {
+                    FailureReason::Backend
+                } else {
+                    FailureReason::Other
+                };
                 for entry in entries {
-                    ctx.stats.record_failure(now - entry.enqueued);
+                    ctx.stats.record_failure(now - entry.enqueued, why);
                     entry
                         .reply
                         .send(Err(e.clone().with_request_id(&entry.req.id)));
@@ -293,7 +319,8 @@ fn respond(
         Err(e) => {
             let now = Instant::now();
             for entry in entries {
-                ctx.stats.record_failure(now - entry.enqueued);
+                ctx.stats
+                    .record_failure(now - entry.enqueued, FailureReason::Backend);
                 entry
                     .reply
                     .send(Err(e.clone().with_request_id(&entry.req.id)));
@@ -333,7 +360,8 @@ fn respond(
                 entry.reply.send(Ok(resp));
             }
             Err(e) => {
-                ctx.stats.record_failure(now - entry.enqueued);
+                ctx.stats
+                    .record_failure(now - entry.enqueued, FailureReason::Other);
                 entry.reply.send(Err(e.with_request_id(&entry.req.id)));
             }
         }

@@ -20,6 +20,8 @@ use super::queue::Queues;
 use super::reply::{Replier, Sequencer};
 use crate::error::{Error, Rejection, Result};
 use crate::model::{DynamicBatching, TimeoutAction};
+use crate::telemetry::spans;
+use crate::telemetry::stats::{FailureReason, Rejection as RejectionMetric};
 use crate::validate::ValidRequest;
 
 /// Queue-size bookkeeping shared by the enqueuing callers and the batcher task.
@@ -166,9 +168,11 @@ impl DynamicScheduler {
         req: ValidRequest,
         arrival: Instant,
         reply: tokio::sync::oneshot::Sender<Result<crate::request::InferResponse>>,
+        span: tracing::Span,
     ) -> Result<()> {
         let level = req.level;
         if let Err(why) = self.admission.try_admit(level) {
+            self.ctx.stats.rejected(why.into());
             let retry = self.ctx.load.retry_hint(self.admission.queued());
             let msg = match why {
                 Rejection::ShedByPriority => format!(
@@ -186,6 +190,7 @@ impl DynamicScheduler {
             && wait > timeout
         {
             self.admission.release(level);
+            self.ctx.stats.rejected(RejectionMetric::Deadline);
             return Err(Error::rejected(
                 Rejection::DeadlineUnmeetable,
                 wait,
@@ -220,11 +225,17 @@ impl DynamicScheduler {
             enqueued,
             deadline,
             delay_on_timeout: policy.timeout_action == TimeoutAction::Delay,
+            queue_span: spans::queue(&span),
+            span,
         };
+        // Counted before the send: once sent, the entry may run and leave the queue at once.
+        self.ctx.stats.enqueued(level);
         match self.tx.try_send(entry) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.admission.release(level);
+                self.ctx.stats.left_queue(level);
+                self.ctx.stats.rejected(RejectionMetric::Stopping);
                 let entry = match e {
                     mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
                 };
@@ -264,7 +275,11 @@ impl BatcherTask {
         loop {
             let now = Instant::now();
             for e in self.queues.expire(now) {
-                self.fail(e, Error::unavailable("Request timeout expired"));
+                self.fail(
+                    e,
+                    Error::unavailable("Request timeout expired"),
+                    FailureReason::Rejected,
+                );
             }
             let mut wake = self.queues.next_deadline();
             let mut want_permit = false;
@@ -278,6 +293,7 @@ impl BatcherTask {
                             self.fail(
                                 e,
                                 Error::cancelled("request cancelled: the client went away"),
+                                FailureReason::Canceled,
                             );
                         }
                         // Once closed, nothing more will arrive: do not wait for batches to fill.
@@ -326,11 +342,9 @@ impl BatcherTask {
     }
 
     /// Answers an entry that will not run, counting it as a failure.
-    fn fail(&self, e: Entry, err: Error) {
+    fn fail(&self, e: Entry, err: Error, why: FailureReason) {
         self.admission.release(e.req.level);
-        self.ctx.stats.record_failure(Instant::now() - e.enqueued);
-        let id = e.req.id.clone();
-        e.reply.send(Err(err.with_request_id(&id)));
+        e.fail(&self.ctx.stats, err, why);
     }
 
     fn dispatch(&self, entries: Vec<Entry>, permit: OwnedSemaphorePermit) {

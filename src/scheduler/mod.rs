@@ -82,9 +82,14 @@ impl Scheduler {
 
     /// Queues one request without waiting. The reply arrives on the returned receiver; dropping
     /// it cancels the request if it has not started.
-    pub fn enqueue(&self, req: ValidRequest, arrival: Instant) -> Result<Reply> {
+    pub fn enqueue(
+        &self,
+        req: ValidRequest,
+        arrival: Instant,
+        span: tracing::Span,
+    ) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
-        self.0.enqueue(req, arrival, tx)?;
+        self.0.enqueue(req, arrival, tx, span)?;
         Ok(rx)
     }
 

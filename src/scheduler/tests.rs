@@ -173,7 +173,8 @@ impl Harness {
             arrival: Instant::now(),
         };
         let valid = validate(req, &self.spec)?;
-        self.scheduler.enqueue(valid, Instant::now())
+        self.scheduler
+            .enqueue(valid, Instant::now(), tracing::Span::none())
     }
 }
 

@@ -1,3 +1,23 @@
-//! Telemetry: per-version statistics (`stats`). Metrics and tracing export come with later issues.
+//! Telemetry: the per-version stats recorder (`stats`) that feeds both ModelStatistics and the
+//! Prometheus series (`metrics`, `system`); request spans and W3C context (`spans`), trace
+//! settings and sampling (`trace`), OTLP export (`otlp`); logging and its settings (`logging`).
 
+pub mod logging;
+pub mod metrics;
+pub mod otlp;
+pub mod spans;
 pub mod stats;
+pub mod system;
+pub mod trace;
+
+use std::sync::Arc;
+
+/// The server's telemetry state, held by `Core`: live trace and log settings, machine figures
+/// for the metrics endpoint, and what the metrics endpoint exposes.
+#[derive(Clone, Default)]
+pub struct Telemetry {
+    pub trace: Arc<trace::TraceControl>,
+    pub log: logging::LogControl,
+    pub system: Arc<system::SystemMetrics>,
+    pub metrics: metrics::MetricsOptions,
+}

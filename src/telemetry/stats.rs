@@ -1,11 +1,65 @@
-//! Per model-version statistics with Triton's counting rules (behaviour.md §6). One recorder,
-//! fed at fixed points by the executing batch; `ModelStatistics` reads snapshots.
+//! Per model-version statistics with Triton's counting rules (behaviour.md §6). One recorder
+//! per loaded version, fed at fixed points (admission, queue exit, execution, reply); it keeps
+//! the `ModelStatistics` snapshot and the version's Prometheus series (`metrics`) together, so
+//! the two can never disagree about what happened.
+//!
+//! The fixed points, and who calls them:
+//! - `rejected`: a request refused before it was queued (validation in `Core`, a full or closed
+//!   queue in the scheduler). Not part of Triton's statistics.
+//! - `enqueued` / `left_queue`: the scheduler, when a request is accepted and when it starts
+//!   executing or is answered without executing (`nv_inference_pending_request_count`, queue
+//!   depth per priority level).
+//! - `busy`: an instance thread for the span of one execution.
+//! - `record_execution`, `record_success`, `record_failure`: the executing batch (or the
+//!   batcher for requests that expire or are cancelled while queued).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus::proto::MetricFamily;
+
+use super::metrics::{MetricsOptions, ModelMetrics};
 use crate::backend::ComputeTimes;
+
+/// Why an accepted request failed: Triton's `reason` label of `nv_inference_request_failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The queue timeout expired.
+    Rejected,
+    /// The client went away before execution.
+    Canceled,
+    /// The model execution failed.
+    Backend,
+    Other,
+}
+
+/// Why a request was refused before it was queued (`reason` label of the rejection counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    QueueFull,
+    Invalid,
+    Stopping,
+    Deadline,
+    ShedPriority,
+    ModelNotReady,
+    ServerDraining,
+    ServerBusy,
+}
+
+impl From<crate::error::Rejection> for Rejection {
+    fn from(r: crate::error::Rejection) -> Self {
+        use crate::error::Rejection as R;
+        match r {
+            R::QueueFull => Rejection::QueueFull,
+            R::DeadlineUnmeetable => Rejection::Deadline,
+            R::ShedByPriority => Rejection::ShedPriority,
+            R::ModelNotReady => Rejection::ModelNotReady,
+            R::ServerDraining => Rejection::ServerDraining,
+            R::ServerBusy => Rejection::ServerBusy,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Dur {
@@ -43,24 +97,93 @@ pub struct StatsSnapshot {
     pub batches: BTreeMap<u64, BatchDur>,
 }
 
-#[derive(Debug, Default)]
 pub struct ModelStats {
     inner: Mutex<StatsSnapshot>,
+    metrics: ModelMetrics,
+}
+
+impl Default for ModelStats {
+    /// A recorder with empty labels, for tests.
+    fn default() -> Self {
+        ModelStats::new("", 0, 1)
+    }
+}
+
+/// Marks an instance busy until dropped.
+pub struct Busy<'a>(&'a ModelStats);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.instances_busy.dec();
+    }
+}
+
+fn us(d: Duration) -> u64 {
+    d.as_micros() as u64
 }
 
 impl ModelStats {
+    /// The recorder of `model` version `version`, whose scheduler has `priority_levels` levels.
+    pub fn new(model: &str, version: i64, priority_levels: usize) -> Self {
+        ModelStats {
+            inner: Mutex::new(StatsSnapshot::default()),
+            metrics: ModelMetrics::new(model, version, priority_levels),
+        }
+    }
+
+    /// The version finished loading: how long it took and how many instances it runs.
+    pub fn record_load(&self, took: Duration, instances: usize) {
+        self.metrics.load_secs.set(took.as_secs_f64());
+        self.metrics.instances.set(instances as i64);
+    }
+
+    /// A request was refused before being queued.
+    pub fn rejected(&self, why: Rejection) {
+        self.metrics.rejected[why as usize].inc();
+    }
+
+    /// A request was accepted into the queue at priority `level` (0-based).
+    pub fn enqueued(&self, level: usize) {
+        self.metrics.pending.inc();
+        self.depth(level).inc();
+    }
+
+    /// A queued request started executing, or was answered without executing.
+    pub fn left_queue(&self, level: usize) {
+        self.metrics.pending.dec();
+        self.depth(level).dec();
+    }
+
+    fn depth(&self, level: usize) -> &prometheus::IntGauge {
+        let d = &self.metrics.queue_depth;
+        &d[level.min(d.len() - 1)]
+    }
+
+    /// An instance runs a batch until the returned guard is dropped.
+    pub fn busy(&self) -> Busy<'_> {
+        self.metrics.instances_busy.inc();
+        Busy(self)
+    }
+
     /// One model execution of `batch_size` rows (the sum over its requests).
     pub fn record_execution(&self, batch_size: usize, times: ComputeTimes) {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let mut s = self.lock();
-        s.execution_count += 1;
-        s.last_inference_ms = now_ms;
-        let b = s.batches.entry(batch_size as u64).or_default();
-        b.compute_input.add(times.input);
-        b.compute_infer.add(times.infer);
-        b.compute_output.add(times.output);
+        {
+            let mut s = self.lock();
+            s.execution_count += 1;
+            s.last_inference_ms = now_ms;
+            let b = s.batches.entry(batch_size as u64).or_default();
+            b.compute_input.add(times.input);
+            b.compute_infer.add(times.infer);
+            b.compute_output.add(times.output);
+        }
+        let m = &self.metrics;
+        m.exec_count.inc();
+        m.batch_size.observe(batch_size as f64);
+        m.compute_seconds
+            .observe((times.input + times.infer + times.output).as_secs_f64());
     }
 
     /// One request completed successfully; each request is charged its execution's full compute times.
@@ -71,18 +194,37 @@ impl ModelStats {
         total: Duration,
         times: ComputeTimes,
     ) {
-        let mut s = self.lock();
-        s.inference_count += rows as u64;
-        s.success.add(total);
-        s.queue.add(queue);
-        s.compute_input.add(times.input);
-        s.compute_infer.add(times.infer);
-        s.compute_output.add(times.output);
+        {
+            let mut s = self.lock();
+            s.inference_count += rows as u64;
+            s.success.add(total);
+            s.queue.add(queue);
+            s.compute_input.add(times.input);
+            s.compute_infer.add(times.infer);
+            s.compute_output.add(times.output);
+        }
+        // Triton adds whole microseconds per request (ns / 1000).
+        let m = &self.metrics;
+        m.success.inc();
+        m.inference_count.inc_by(rows as u64);
+        m.request_us.inc_by(us(total));
+        m.queue_us.inc_by(us(queue));
+        m.compute_input_us.inc_by(us(times.input));
+        m.compute_infer_us.inc_by(us(times.infer));
+        m.compute_output_us.inc_by(us(times.output));
+        m.request_seconds.observe(total.as_secs_f64());
+        m.queue_seconds.observe(queue.as_secs_f64());
     }
 
     /// An accepted request ended in error (execution failure, cancellation, timeout).
-    pub fn record_failure(&self, total: Duration) {
+    pub fn record_failure(&self, total: Duration, why: FailureReason) {
         self.lock().fail.add(total);
+        self.metrics.failure[why as usize].inc();
+    }
+
+    /// This version's Prometheus families.
+    pub fn families(&self, opts: &MetricsOptions) -> Vec<MetricFamily> {
+        self.metrics.families(opts)
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -111,7 +253,7 @@ mod tests {
         s.record_execution(3, t);
         s.record_success(2, Duration::from_nanos(7), Duration::from_nanos(200), t);
         s.record_success(1, Duration::from_nanos(9), Duration::from_nanos(210), t);
-        s.record_failure(Duration::from_nanos(50));
+        s.record_failure(Duration::from_nanos(50), FailureReason::Canceled);
         let snap = s.snapshot();
         assert_eq!(snap.inference_count, 3);
         assert_eq!(snap.execution_count, 1);
@@ -121,5 +263,38 @@ mod tests {
         assert_eq!(snap.fail, Dur { count: 1, ns: 50 });
         assert_eq!(snap.batches[&3].compute_infer, Dur { count: 1, ns: 100 });
         assert!(snap.last_inference_ms > 0);
+    }
+
+    #[test]
+    fn metrics_follow_the_same_points() {
+        let s = ModelStats::new("m", 3, 2);
+        let t = ComputeTimes {
+            input: Duration::from_micros(10),
+            infer: Duration::from_micros(100),
+            output: Duration::from_micros(5),
+        };
+        s.enqueued(1);
+        s.enqueued(0);
+        s.left_queue(1);
+        let busy = s.busy();
+        s.record_execution(2, t);
+        s.record_success(2, Duration::from_micros(7), Duration::from_micros(200), t);
+        s.record_failure(Duration::from_micros(1), FailureReason::Backend);
+        s.rejected(Rejection::QueueFull);
+        let m = &s.metrics;
+        assert_eq!(m.instances_busy.get(), 1);
+        drop(busy);
+        assert_eq!(m.instances_busy.get(), 0);
+        assert_eq!(m.pending.get(), 1);
+        assert_eq!((m.queue_depth[0].get(), m.queue_depth[1].get()), (1, 0));
+        assert_eq!(m.success.get(), 1);
+        assert_eq!(m.inference_count.get(), 2);
+        assert_eq!(m.exec_count.get(), 1);
+        assert_eq!(m.request_us.get(), 200);
+        assert_eq!(m.compute_infer_us.get(), 100);
+        assert_eq!(m.failure[FailureReason::Backend as usize].get(), 1);
+        assert_eq!(m.rejected[Rejection::QueueFull as usize].get(), 1);
+        assert_eq!(m.request_seconds.get_sample_count(), 1);
+        assert_eq!(m.batch_size.get_sample_sum(), 2.0);
     }
 }

@@ -17,8 +17,9 @@ use nereid::pb::inference::{
     InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse,
     RepositoryIndexRequest, repository_index_response::ModelIndex,
 };
-use nereid::server::{RunningServer, bind};
+use nereid::server::{Listeners, RunningServer, bind};
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
@@ -50,6 +51,8 @@ fn init_logging() {
 pub struct TestServer {
     /// The gRPC address.
     pub addr: SocketAddr,
+    /// The metrics listener (`/metrics`), also on an ephemeral loopback port.
+    pub metrics_addr: SocketAddr,
     pub client: Client,
     pub http_addr: SocketAddr,
     /// An HTTP/1.1 client without compression or TLS; every call is bounded by `RPC_TIMEOUT`.
@@ -87,15 +90,19 @@ impl TestServer {
         init_logging();
         let mut config = ServerConfig::new(vec![repo.to_path_buf()]);
         edit(&mut config);
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await?;
-        let http_listener = bind("127.0.0.1:0".parse().unwrap()).await?;
+        let listeners = Listeners {
+            grpc: Some(bind("127.0.0.1:0".parse().unwrap()).await?),
+            http: Some(bind("127.0.0.1:0".parse().unwrap()).await?),
+            metrics: Some(bind("127.0.0.1:0".parse().unwrap()).await?),
+        };
         let (tx, rx) = oneshot::channel::<()>();
-        let server = RunningServer::start(config, Some(listener), Some(http_listener), async {
+        let server = RunningServer::start(config, listeners, async {
             let _ = rx.await;
         })
         .await?;
         let addr = server.grpc_addr.expect("gRPC is enabled by default");
         let http_addr = server.http_addr.expect("HTTP is bound");
+        let metrics_addr = server.metrics_addr.expect("metrics are enabled");
         let client = connect(addr).await;
         let http = reqwest::Client::builder()
             .timeout(RPC_TIMEOUT)
@@ -103,6 +110,7 @@ impl TestServer {
             .expect("HTTP client builds");
         Ok(TestServer {
             addr,
+            metrics_addr,
             client,
             http_addr,
             http,
@@ -175,6 +183,13 @@ impl TestServer {
             .expect("ServerReady answers")
             .into_inner()
             .ready
+    }
+
+    /// The metrics exposition (`GET /metrics`), asserting a 200.
+    pub async fn metrics(&self) -> String {
+        let (status, body) = http_get(self.metrics_addr, "GET", "/metrics").await;
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
     }
 
     /// Proves the server still serves: one `simple` inference with exact results.
@@ -476,4 +491,41 @@ pub fn assert_status<T: std::fmt::Debug>(
         );
     }
     status
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+
+/// One HTTP/1.1 request over a fresh connection: (status code, body).
+pub async fn http_get(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        conn.read_to_end(&mut raw).await.unwrap();
+        String::from_utf8(raw).expect("UTF-8 response")
+    };
+    let text = tokio::time::timeout(RPC_TIMEOUT, exchange)
+        .await
+        .expect("metrics listener answers");
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name{labels}` in an exposition; `labels` as rendered, e.g.
+/// `model="simple",version="1"`.
+pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().expect("numeric sample"))
 }

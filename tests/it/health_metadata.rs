@@ -127,7 +127,7 @@ async fn server_metadata_defaults() {
         .into_inner();
     assert_eq!(m.name, "triton");
     assert!(!m.version.is_empty());
-    for ext in ["statistics", "model_configuration"] {
+    for ext in ["statistics", "model_configuration", "trace", "logging"] {
         assert!(
             m.extensions.iter().any(|e| e == ext),
             "extensions {:?} lack {ext}",
@@ -141,8 +141,6 @@ async fn server_metadata_defaults() {
         "sequence",
         "system_shared_memory",
         "cuda_shared_memory",
-        "trace",
-        "logging",
     ] {
         assert!(
             !m.extensions.iter().any(|e| e == ext),

@@ -1,18 +1,20 @@
 //! The KServe v2 gRPC front-end (`inference.GRPCInferenceService`) and `grpc.health.v1.Health`.
 
 pub mod convert;
+pub mod settings;
 pub mod status;
+pub mod stream;
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::time::Instant;
-use tokio_stream::Stream;
+use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::Core;
 use crate::pb::health::{self, health_check_response::ServingStatus, health_server::Health};
 use crate::pb::inference::{self as pb, grpc_inference_service_server::GrpcInferenceService};
+use crate::telemetry::spans::{self, RemoteParent};
 
 /// Triton's fixed gRPC message limit (INT32_MAX bytes).
 pub const MAX_MESSAGE_BYTES: usize = i32::MAX as usize;
@@ -30,8 +32,12 @@ impl GrpcService {
 
 type Reply<T> = Result<Response<T>, Status>;
 
-fn unimplemented(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not implemented by this server yet"))
+/// The client's W3C trace context, from the call's ASCII metadata.
+fn remote_parent(md: &MetadataMap) -> Option<RemoteParent> {
+    spans::parent_from_headers(md.iter().filter_map(|kv| match kv {
+        KeyAndValueRef::Ascii(k, v) => Some((k.as_str(), v.to_str().ok()?)),
+        KeyAndValueRef::Binary(..) => None,
+    }))
 }
 
 fn no_repository_name(name: &str) -> Result<(), Status> {
@@ -107,20 +113,44 @@ impl GrpcInferenceService for GrpcService {
             .and_then(|v| v.to_str().ok())
             .and_then(convert::grpc_timeout)
             .map(|t| arrival + t);
-        let mut req = convert::infer_request(req.into_inner(), arrival)?;
-        req.params.deadline = deadline;
-        let resp = self.core.infer(req).await?;
+        let parent = remote_parent(req.metadata());
+        let msg = req.into_inner();
+        let span =
+            self.core
+                .request_span("grpc", &msg.model_name, &msg.model_version, parent.as_ref());
+        let decoded = {
+            let _receive = spans::receive(&span).entered();
+            convert::infer_request(msg, arrival)
+        };
+        let pending = decoded
+            .map(|mut r| {
+                r.params.deadline = deadline;
+                r
+            })
+            .inspect_err(|e| spans::record_error(&span, &e.message))
+            .and_then(|r| self.core.submit(r, &span))?;
+        let resp = pending.await?;
+        let _send = spans::send(&span).entered();
         Ok(Response::new(convert::infer_response(resp)))
     }
 
-    type ModelStreamInferStream =
-        Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+    type ModelStreamInferStream = stream::ResponseStream;
 
     async fn model_stream_infer(
         &self,
-        _: Request<Streaming<pb::ModelInferRequest>>,
+        req: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Reply<Self::ModelStreamInferStream> {
-        Err(unimplemented("ModelStreamInfer"))
+        let parent = remote_parent(req.metadata());
+        let hard_errors = req
+            .metadata()
+            .get("triton_grpc_error")
+            .is_some_and(|v| v.as_bytes() == b"true");
+        Ok(Response::new(stream::serve(
+            self.core.clone(),
+            req.into_inner(),
+            parent,
+            hard_errors,
+        )))
     }
 
     async fn model_config(
@@ -228,16 +258,30 @@ impl GrpcInferenceService for GrpcService {
 
     async fn trace_setting(
         &self,
-        _: Request<pb::TraceSettingRequest>,
+        req: Request<pb::TraceSettingRequest>,
     ) -> Reply<pb::TraceSettingResponse> {
-        Err(unimplemented("TraceSetting"))
+        let r = req.into_inner();
+        let current = if r.settings.is_empty() {
+            self.core.trace_settings(&r.model_name)?
+        } else {
+            self.core
+                .update_trace_settings(&r.model_name, settings::trace_pairs(&r.settings))?
+        };
+        Ok(Response::new(settings::trace_response(current)))
     }
 
     async fn log_settings(
         &self,
-        _: Request<pb::LogSettingsRequest>,
+        req: Request<pb::LogSettingsRequest>,
     ) -> Reply<pb::LogSettingsResponse> {
-        Err(unimplemented("LogSettings"))
+        let r = req.into_inner();
+        let current = if r.settings.is_empty() {
+            self.core.log_settings()
+        } else {
+            self.core
+                .update_log_settings(&settings::log_update(&r.settings)?)?
+        };
+        Ok(Response::new(settings::log_response(current)))
     }
 }
 

@@ -1,0 +1,173 @@
+//! `ModelStreamInfer` (grpc-protocol.md §7): every request read from the stream is an
+//! independent inference, run concurrently with the others, and answered on the same stream
+//! in arrival order with exactly one response.
+//!
+//! One task per stream owns both directions. It reads requests while fewer than
+//! `MAX_IN_FLIGHT` are unanswered, keeps their futures in arrival order, and writes the head
+//! as soon as it is done; responses go through a bounded channel, so a client that stops
+//! reading stops the reading of its requests too. An error is written in-band
+//! (`error_message`, `infer_response` holding only the id) and the stream goes on, unless the
+//! client opened it with the metadata `triton_grpc_error: true`, in which case the first error
+//! ends the stream with its status. After the client half-closes, the pending responses are
+//! written and the stream ends with OK. If the client goes away, the task ends and dropping
+//! the pending futures cancels requests that have not started.
+
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+use tracing::{Instrument, Span};
+
+use super::convert;
+use crate::core::Core;
+use crate::error::Result;
+use crate::pb::inference::{self as pb, infer_parameter::ParameterChoice};
+use crate::request::InferResponse;
+use crate::telemetry::spans::{self, RemoteParent};
+
+/// Requests read from one stream and not yet answered; reading waits beyond this.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+pub type ResponseStream = ReceiverStream<std::result::Result<pb::ModelStreamInferResponse, Status>>;
+
+/// The outcome of one request, ready to be written.
+struct Done {
+    id: String,
+    result: Result<InferResponse>,
+    /// The request reached the model: its response carries `triton_final_response`
+    /// (grpc-protocol.md §5.4), errors included.
+    executed: bool,
+    span: Span,
+}
+
+/// Starts the task serving one stream and returns the responses it writes.
+pub fn serve(
+    core: Arc<Core>,
+    inbound: Streaming<pb::ModelInferRequest>,
+    parent: Option<RemoteParent>,
+    hard_errors: bool,
+) -> ResponseStream {
+    let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+    tokio::spawn(run(core, inbound, tx, parent, hard_errors));
+    ReceiverStream::new(rx)
+}
+
+async fn run(
+    core: Arc<Core>,
+    mut inbound: Streaming<pb::ModelInferRequest>,
+    tx: mpsc::Sender<std::result::Result<pb::ModelStreamInferResponse, Status>>,
+    parent: Option<RemoteParent>,
+    hard_errors: bool,
+) {
+    let mut pending: FuturesOrdered<BoxFuture<'static, Done>> = FuturesOrdered::new();
+    let mut reading = true;
+    loop {
+        if !reading && pending.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            Some(done) = pending.next(), if !pending.is_empty() => {
+                if !write(&tx, done, hard_errors).await {
+                    return;
+                }
+            }
+            msg = inbound.message(), if reading && pending.len() < MAX_IN_FLIGHT => match msg {
+                Ok(Some(req)) => pending.push_back(start(&core, req, parent.as_ref())),
+                Ok(None) => reading = false,
+                Err(status) => {
+                    tracing::debug!("ModelStreamInfer: the client's stream failed: {status}");
+                    return;
+                }
+            },
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// Validates and queues one request; the returned future yields its outcome.
+fn start(
+    core: &Arc<Core>,
+    req: pb::ModelInferRequest,
+    parent: Option<&RemoteParent>,
+) -> BoxFuture<'static, Done> {
+    let arrival = Instant::now();
+    let id = req.id.clone();
+    let span = core.request_span("grpc", &req.model_name, &req.model_version, parent);
+    let decoded = {
+        let _receive = spans::receive(&span).entered();
+        convert::infer_request(req, arrival)
+    };
+    let submitted = decoded
+        .inspect_err(|e| spans::record_error(&span, &e.message))
+        .and_then(|r| core.submit(r, &span));
+    match submitted {
+        Ok(pending) => async move {
+            Done {
+                id,
+                result: pending.await,
+                executed: true,
+                span,
+            }
+        }
+        .boxed(),
+        Err(e) => futures_util::future::ready(Done {
+            id,
+            result: Err(e),
+            executed: false,
+            span,
+        })
+        .boxed(),
+    }
+}
+
+fn mark_final(resp: &mut pb::ModelInferResponse) {
+    resp.parameters.insert(
+        "triton_final_response".to_string(),
+        pb::InferParameter {
+            parameter_choice: Some(ParameterChoice::BoolParam(true)),
+        },
+    );
+}
+
+/// Writes one outcome; false when the stream must end (client gone, or a hard error).
+async fn write(
+    tx: &mpsc::Sender<std::result::Result<pb::ModelStreamInferResponse, Status>>,
+    done: Done,
+    hard_errors: bool,
+) -> bool {
+    let send_span = spans::send(&done.span);
+    let msg = match done.result {
+        Ok(resp) => {
+            let mut r = convert::infer_response(resp);
+            mark_final(&mut r);
+            pb::ModelStreamInferResponse {
+                error_message: String::new(),
+                infer_response: Some(r),
+            }
+        }
+        Err(e) if hard_errors => {
+            let _ = tx.send(Err(Status::from(e))).instrument(send_span).await;
+            return false;
+        }
+        Err(e) => {
+            let mut r = pb::ModelInferResponse {
+                id: done.id,
+                ..Default::default()
+            };
+            if done.executed {
+                mark_final(&mut r);
+            }
+            pb::ModelStreamInferResponse {
+                error_message: e.message,
+                infer_response: Some(r),
+            }
+        }
+    };
+    tx.send(Ok(msg)).instrument(send_span).await.is_ok()
+}
