@@ -57,6 +57,19 @@ fn queue_up(
         .collect()
 }
 
+/// The value of `nereid_inference_request_rejected_total` for `model` and `reason`.
+async fn rejected_metric(s: &TestServer, model: &str, reason: &str) -> u64 {
+    let text = s.metrics().await;
+    let series = format!(
+        "nereid_inference_request_rejected_total{{model=\"{model}\",reason=\"{reason}\",version=\"1\"}} "
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&series))
+        .unwrap_or_else(|| panic!("no series {series}"));
+    line[series.len()..].trim().parse().unwrap()
+}
+
 /// Asserts a gRPC overload rejection: UNAVAILABLE, the message, and a retry hint in both forms.
 fn assert_rejected(r: Result<impl std::fmt::Debug, tonic::Status>, parts: &[&str]) {
     let status = assert_status(r, Code::Unavailable, parts);
@@ -143,6 +156,8 @@ async fn lower_priority_is_shed_first_and_the_highest_keeps_its_share() {
     let high = queue_up(&s, 2, 1);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_rejected(s.infer(request(1)).await, &["Exceeds maximum queue size"]);
+    assert_eq!(rejected_metric(&s, "dyn", "shed_priority").await, 1);
+    assert_eq!(rejected_metric(&s, "dyn", "queue_full").await, 1);
     for q in low.into_iter().chain(high) {
         q.await.unwrap().expect("accepted requests complete");
     }
