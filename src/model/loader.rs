@@ -114,7 +114,7 @@ impl Loader {
     ) -> Result<LoadedModel> {
         let started = Instant::now();
         let cfg = &prepared.config;
-        let spec = Arc::new(config::to_spec(cfg, version, dir)?);
+        let spec = Arc::new(super::spec::to_spec(cfg, version, dir)?);
         let path = model_file(dir, version, cfg)?;
         let io = match prepared.io.take() {
             Some(io) => io,

@@ -12,6 +12,7 @@ pub mod manager;
 pub mod overrides;
 pub mod poll;
 pub mod repository;
+pub mod spec;
 pub mod state;
 pub mod warmup;
 
