@@ -131,6 +131,11 @@ impl Core {
         let model = self.manager.get(&req.model_name, &req.model_version)?;
         let arrival = req.arrival;
         let valid = validate(req, &model.spec)?;
+        // Step 4: a text model's texts become token inputs on the tokenizer threads.
+        let valid = match &model.tokenizer {
+            Some(pool) => pool.tokenize(valid).await?,
+            None => valid,
+        };
         let reply = model.scheduler.enqueue(valid, arrival)?;
         reply.await.map_err(|_| {
             Error::internal("the model instance dropped the request without replying")

@@ -15,6 +15,7 @@ use crate::backend::devices;
 use crate::backend::instance::InstanceThread;
 use crate::backend::{Backend, ModelIo, Runner};
 use crate::error::{Error, Result};
+use crate::preprocess::tokenizer::{self, TokenizerPool};
 use crate::scheduler::{ExecContext, Scheduler, batch::model_inputs};
 use crate::telemetry::stats::ModelStats;
 
@@ -29,6 +30,8 @@ pub struct LoadedModel {
     pub load_duration: Duration,
     /// GPU memory the load took, per device (free memory before minus after).
     pub gpu_memory: Vec<(i32, u64)>,
+    /// Text models: the tokenizer threads requests pass through before the scheduler.
+    pub tokenizer: Option<TokenizerPool>,
     threads: Vec<InstanceThread>,
 }
 
@@ -37,8 +40,14 @@ impl LoadedModel {
     /// Blocking: call it on a blocking thread, never inside an async worker.
     pub fn shutdown(self) {
         let LoadedModel {
-            scheduler, threads, ..
+            scheduler,
+            threads,
+            tokenizer,
+            ..
         } = self;
+        if let Some(pool) = tokenizer {
+            pool.shutdown();
+        }
         drop(scheduler);
         for t in threads {
             t.join();
@@ -110,13 +119,19 @@ impl Loader {
     ) -> Result<LoadedModel> {
         let started = Instant::now();
         let cfg = &prepared.config;
-        let spec = Arc::new(config::to_spec(cfg, version, dir)?);
+        let mut spec = config::to_spec(cfg, version, dir)?;
         let path = model_file(dir, version, cfg)?;
         let io = match prepared.io.take() {
             Some(io) => io,
             None => self.backend.inspect(&path)?,
         };
-        autocomplete::check_against_model(cfg, &io)?;
+        // A text model's config lists the text input and the post-processed output; the graph
+        // is checked against the token inputs and token output instead.
+        if spec.text.is_none() {
+            autocomplete::check_against_model(cfg, &io)?;
+        }
+        let encoder = tokenizer::prepare(&mut spec, &io)?;
+        let spec = Arc::new(spec);
         let total = spec.instance_count();
         let gpu_before = self.admit_gpu(&spec, &path)?;
         let mut runners: Vec<(String, Box<dyn Runner>)> = Vec::with_capacity(total);
@@ -132,14 +147,38 @@ impl Loader {
                 ));
             }
         }
-        let samples = warmup::samples(cfg, &spec, dir)?;
+        let mut samples = warmup::samples(cfg, &spec, dir)?;
+        if let Some(encoder) = &encoder {
+            // Text models warm up on token inputs: the samples' texts go through the tokenizer.
+            let mut tokenized = Vec::with_capacity(samples.len());
+            for mut s in samples {
+                match encoder.encode_inputs(&s.inputs) {
+                    Ok((inputs, _)) => {
+                        s.inputs = inputs;
+                        tokenized.push(s);
+                    }
+                    Err(e) if s.required => {
+                        return Err(Error::invalid_arg(format!(
+                            "warmup sample '{}': {}",
+                            s.name, e.message
+                        )));
+                    }
+                    Err(e) => {
+                        tracing::warn!(model = %spec.name, version, sample = %s.name, error = %e, "default warmup skipped")
+                    }
+                }
+            }
+            samples = tokenized;
+        }
         if !samples.is_empty() {
             progress(format!(
                 "warming up version {version} ({} samples × {total} instances)",
                 samples.len()
             ));
         }
-        let outputs: Vec<&str> = spec.outputs.iter().map(|o| o.name.as_str()).collect();
+        let outputs: Vec<&str> = (0..spec.outputs.len())
+            .map(|i| spec.graph_output(i))
+            .collect();
         for (instance, runner) in &mut runners {
             for sample in &samples {
                 for _ in 0..sample.count {
@@ -167,6 +206,9 @@ impl Loader {
         for (name, runner) in runners {
             threads.push(InstanceThread::spawn(name, runner, rx.clone())?);
         }
+        let tokenizer = encoder
+            .map(|e| TokenizerPool::start(&e, self.opts.queue_capacity))
+            .transpose()?;
         let gpu_memory = gpu_before
             .into_iter()
             .filter_map(|(id, free_before)| {
@@ -181,6 +223,7 @@ impl Loader {
             stats,
             load_duration: started.elapsed(),
             gpu_memory,
+            tokenizer,
             threads,
         })
     }

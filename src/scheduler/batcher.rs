@@ -101,6 +101,12 @@ impl DynamicScheduler {
             max_batch_size: ctx.spec.max_batch_size as usize,
             preferred_batch_sizes: db.preferred_batch_sizes.clone(),
             max_queue_delay: db.max_queue_delay,
+            max_batch_tokens: ctx
+                .spec
+                .text
+                .as_ref()
+                .map(|t| t.max_batch_tokens)
+                .filter(|&b| b > 0),
         };
         let task = BatcherTask {
             ctx,

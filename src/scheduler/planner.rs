@@ -4,6 +4,9 @@
 //! they can share a batch (same non-batch shapes) and fit in `max_batch_size`; run now when the
 //! batch is full, cannot grow (the next request cannot join), has reached a preferred size, or
 //! its oldest request has waited `max_queue_delay`; otherwise wait until that delay ends.
+//! Token inputs (text models) also respect `max_batch_tokens`: rows × the longest row's tokens,
+//! i.e. the padded tokens the batch will compute, so one long text cannot blow up a batch of
+//! short ones.
 
 use std::time::Duration;
 
@@ -17,6 +20,8 @@ pub struct PlanConfig {
     /// Ascending.
     pub preferred_batch_sizes: Vec<usize>,
     pub max_queue_delay: Duration,
+    /// Most padded tokens in a batch of token inputs; `None` = no limit.
+    pub max_batch_tokens: Option<usize>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -40,11 +45,18 @@ pub fn plan<E: Pending>(queues: &mut Queues<E>, now: Instant, cfg: &PlanConfig) 
     let mut count = 1;
     let mut oldest = head.enqueued();
     let mut can_grow = true;
+    let mut seq_len = head.seq_len();
     for e in iter {
-        if !head.batches_with(e) || rows + e.rows() > cfg.max_batch_size {
+        let longest = seq_len.max(e.seq_len());
+        let tokens_fit = match (cfg.max_batch_tokens, longest) {
+            (Some(budget), Some(len)) => (rows + e.rows()) * len <= budget,
+            _ => true,
+        };
+        if !head.batches_with(e) || rows + e.rows() > cfg.max_batch_size || !tokens_fit {
             can_grow = false;
             break;
         }
+        seq_len = longest;
         rows += e.rows();
         count += 1;
         oldest = oldest.min(e.enqueued());
@@ -70,6 +82,8 @@ mod tests {
         id: u32,
         rows: usize,
         shape: i64,
+        /// Token length (text requests batch whatever it is; `shape` is then ignored).
+        tokens: Option<usize>,
         at_us: u64,
         deadline_us: Option<u64>,
         level: usize,
@@ -90,7 +104,14 @@ mod tests {
             self.rows
         }
         fn batches_with(&self, other: &Self) -> bool {
-            self.shape == other.shape
+            match (self.tokens, other.tokens) {
+                (Some(_), Some(_)) => true,
+                (None, None) => self.shape == other.shape,
+                _ => false,
+            }
+        }
+        fn seq_len(&self) -> Option<usize> {
+            self.tokens
         }
         fn enqueued(&self) -> Instant {
             at(self.at_us)
@@ -111,6 +132,7 @@ mod tests {
             id,
             rows,
             shape: 16,
+            tokens: None,
             at_us,
             deadline_us: None,
             level: 0,
@@ -130,7 +152,73 @@ mod tests {
             max_batch_size: max,
             preferred_batch_sizes: preferred.to_vec(),
             max_queue_delay: Duration::from_micros(delay_us),
+            max_batch_tokens: None,
         }
+    }
+
+    fn text(id: u32, rows: usize, tokens: usize) -> Req {
+        Req {
+            tokens: Some(tokens),
+            ..req(id, rows, 0)
+        }
+    }
+
+    #[test]
+    fn token_budget_counts_padded_tokens() {
+        let budget = |b| PlanConfig {
+            max_batch_tokens: Some(b),
+            ..cfg(64, &[], 1000)
+        };
+        // (name, queued, budget, expected dispatch or None = wait for more)
+        type Case = (&'static str, Vec<Req>, usize, Option<Vec<u32>>);
+        let cases: Vec<Case> = vec![
+            (
+                "different lengths batch together",
+                vec![text(1, 1, 10), text(2, 2, 30), text(3, 1, 5)],
+                1000,
+                None,
+            ),
+            (
+                "a long text that would pad the batch past the budget waits for the next one",
+                vec![text(1, 2, 10), text(2, 1, 12), text(3, 1, 100)],
+                120,
+                Some(vec![1, 2]),
+            ),
+            (
+                "rows times the longest row, not the sum of lengths",
+                // 3 rows × 40 = 120 > 100 although 10 + 10 + 40 = 60 tokens are real.
+                vec![text(1, 1, 10), text(2, 1, 10), text(3, 1, 40)],
+                100,
+                Some(vec![1, 2]),
+            ),
+            (
+                "the head always runs, even past the budget",
+                vec![text(1, 4, 100), text(2, 1, 1)],
+                50,
+                Some(vec![1]),
+            ),
+            (
+                "text and non-text do not mix",
+                vec![text(1, 1, 10), req(2, 1, 0)],
+                1000,
+                Some(vec![1]),
+            ),
+        ];
+        for (name, reqs, b, want) in cases {
+            let mut q = Queues::new(1);
+            for r in reqs {
+                q.push(r);
+            }
+            let got = plan(&mut q, at(0), &budget(b));
+            assert_eq!(ids(&got), want, "{name}: {got:?}");
+        }
+        let mut q = Queues::new(1);
+        q.push(text(1, 1, 10));
+        q.push(text(2, 1, 50));
+        let mut unlimited = budget(0);
+        unlimited.max_batch_tokens = None;
+        unlimited.max_queue_delay = Duration::ZERO;
+        assert_eq!(ids(&plan(&mut q, at(0), &unlimited)), Some(vec![1, 2]));
     }
 
     #[test]

@@ -57,6 +57,7 @@ fn spec(db: Option<DynamicBatching>) -> ModelSpec {
         instances: vec![],
         ort: OrtOptions::default(),
         dynamic_batching: db,
+        text: None,
     }
 }
 
