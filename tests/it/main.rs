@@ -14,4 +14,5 @@ mod lifecycle;
 mod load_failures;
 mod repository;
 mod statistics;
+mod text;
 mod versions;
