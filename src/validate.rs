@@ -28,15 +28,23 @@ pub struct ValidRequest {
     /// Text models, once tokenized: the padded token length of this request's rows. Such
     /// requests batch with each other whatever their lengths (padded to the longest).
     pub seq_len: Option<usize>,
+    /// Text models, once tokenized: the real (unpadded) tokens of all rows.
+    pub real_tokens: usize,
     _sealed: Sealed,
 }
 
 impl ValidRequest {
     /// The second parsing step of a text model (`preprocess`): the text input becomes the
-    /// graph's token inputs, each `[batch_size, seq_len]`.
-    pub fn with_token_inputs(mut self, inputs: Vec<Tensor>, seq_len: usize) -> ValidRequest {
+    /// graph's token inputs, each `[batch_size, seq_len]`, holding `real_tokens` real tokens.
+    pub fn with_token_inputs(
+        mut self,
+        inputs: Vec<Tensor>,
+        seq_len: usize,
+        real_tokens: usize,
+    ) -> ValidRequest {
         self.inputs = inputs;
         self.seq_len = Some(seq_len);
+        self.real_tokens = real_tokens;
         self
     }
 }
@@ -211,6 +219,7 @@ fn validate_inner(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
         level,
         queue_timeout,
         seq_len: None,
+        real_tokens: 0,
         _sealed: Sealed,
     })
 }

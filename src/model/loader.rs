@@ -153,8 +153,8 @@ impl Loader {
             let mut tokenized = Vec::with_capacity(samples.len());
             for mut s in samples {
                 match encoder.encode_inputs(&s.inputs) {
-                    Ok((inputs, _)) => {
-                        s.inputs = inputs;
+                    Ok(encoded) => {
+                        s.inputs = encoded.inputs;
                         tokenized.push(s);
                     }
                     Err(e) if s.required => {

@@ -42,6 +42,7 @@ const KEYS: &[&str] = &[
     "pooling",
     "normalize",
     "max_batch_tokens",
+    "max_padding_ratio",
     "max_text_bytes",
     "tokenizer_threads",
     "model_output",
@@ -101,6 +102,8 @@ pub struct TextSpec {
     pub normalize: Normalize,
     /// Most padded tokens (rows × longest row) in one batch; 0 = only `max_batch_size` limits.
     pub max_batch_tokens: usize,
+    /// Most padded tokens per real token when requests join a batch (≥ 1); 0 = no limit.
+    pub max_padding_ratio: f64,
     pub max_text_bytes: usize,
     /// Tokenizer threads; 0 = a quarter of the cores, 1 to 4.
     pub threads: usize,
@@ -186,6 +189,16 @@ impl TextSpec {
             pooling,
             normalize,
             max_batch_tokens: number("max_batch_tokens", 0, 1)?,
+            max_padding_ratio: match param("max_padding_ratio") {
+                None => 0.0,
+                Some(v) => v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| *r == 0.0 || (*r >= 1.0 && r.is_finite()))
+                    .ok_or_else(|| {
+                        bad("max_padding_ratio", "0 (no limit) or a number >= 1.0", &v)
+                    })?,
+            },
             max_text_bytes: number("max_text_bytes", DEFAULT_MAX_TEXT_BYTES, 1)?,
             threads: number("tokenizer_threads", 0, 1)?,
             graph_output: param("model_output").unwrap_or_default(),
@@ -384,14 +397,15 @@ output [ { name: "EMB" data_type: TYPE_FP32 dims: [ 4 ] } ]
             )
         );
         let s = spec(&format!(
-            "{IO}{}{}{}{}{}{}{}",
+            "{IO}{}{}{}{}{}{}{}{}",
             param("tokenizer", "t.json"),
             param("pooling", "mean"),
             param("max_length", "64"),
             param("truncation", "reject"),
             param("padding", "MAX_LENGTH"),
             param("normalize", "l2"),
-            param("max_batch_tokens", "1024")
+            param("max_batch_tokens", "1024"),
+            param("max_padding_ratio", "1.5")
         ))
         .unwrap()
         .unwrap();
@@ -411,6 +425,7 @@ output [ { name: "EMB" data_type: TYPE_FP32 dims: [ 4 ] } ]
                 1024
             )
         );
+        assert_eq!(s.max_padding_ratio, 1.5);
     }
 
     #[test]
@@ -428,6 +443,10 @@ output [ { name: "EMB" data_type: TYPE_FP32 dims: [ 4 ] } ]
             (
                 format!("{IO}{tok}{}", param("max_length", "-3")),
                 "parameter 'max_length' of model 't' must be an integer >= 2, got '-3'",
+            ),
+            (
+                format!("{IO}{tok}{}", param("max_padding_ratio", "0.5")),
+                "parameter 'max_padding_ratio' of model 't' must be 0 (no limit) or a number >= 1.0, got '0.5'",
             ),
             (
                 format!(

@@ -87,15 +87,15 @@ impl Encoder {
     /// Replaces the text input of a request with the token inputs.
     pub fn encode_request(&self, req: ValidRequest) -> Result<ValidRequest> {
         match self.encode_inputs(&req.inputs) {
-            Ok((inputs, width)) => Ok(req.with_token_inputs(inputs, width)),
+            Ok(e) => Ok(req.with_token_inputs(e.inputs, e.seq_len, e.real_tokens)),
             Err(e) => Err(e.with_request_id(&req.id)),
         }
     }
 
     /// Tokenizes the `[rows, 1]` BYTES text input among `inputs` into INT64 `[rows, width]`
     /// `input_ids`, `attention_mask` (and `token_type_ids` when the graph takes it), padded to
-    /// the longest text (or to max_length). Returns them and `width`.
-    pub fn encode_inputs(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, usize)> {
+    /// the longest text (or to max_length).
+    pub fn encode_inputs(&self, inputs: &[Tensor]) -> Result<Encoded> {
         let spec = &*self.spec;
         let (model, name) = (&self.model, &spec.input);
         let text = inputs.iter().find(|t| &t.name == name).ok_or_else(|| {
@@ -169,12 +169,25 @@ impl Encoder {
         if spec.token_type_ids {
             out.push(tensor(TOKEN_TYPE_IDS, types));
         }
-        Ok((out, width))
+        Ok(Encoded {
+            inputs: out,
+            seq_len: width,
+            real_tokens: encodings.iter().map(|e| e.len()).sum(),
+        })
     }
 
     pub fn spec(&self) -> &TextSpec {
         &self.spec
     }
+}
+
+/// One request's texts as token inputs.
+pub struct Encoded {
+    /// INT64 `[rows, seq_len]` each.
+    pub inputs: Vec<Tensor>,
+    pub seq_len: usize,
+    /// Tokens that are not padding.
+    pub real_tokens: usize,
 }
 
 struct Job {

@@ -110,7 +110,9 @@ fn i64s(t: &Tensor) -> Vec<i64> {
 }
 
 fn encode(f: &Fixture, items: &[&[u8]]) -> Result<(Vec<Tensor>, usize)> {
-    f.encoder.encode_inputs(&[texts(items)])
+    f.encoder
+        .encode_inputs(&[texts(items)])
+        .map(|e| (e.inputs, e.seq_len))
 }
 
 #[test]
@@ -255,7 +257,7 @@ async fn the_pool_tokenizes_on_its_threads_and_names_the_request_on_error() {
         .tokenize(request(&f.spec, "r1", &[b"hello", b"world words"]))
         .await
         .unwrap();
-    assert_eq!(ok.seq_len, Some(5));
+    assert_eq!((ok.seq_len, ok.real_tokens), (Some(5), 3 + 5));
     assert_eq!(ok.batch_size, 2);
     assert_eq!(ok.inputs[0].shape, vec![2, 5]);
     let err = pool

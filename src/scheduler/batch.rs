@@ -63,6 +63,10 @@ impl Pending for Entry {
         self.req.seq_len
     }
 
+    fn real_tokens(&self) -> usize {
+        self.req.real_tokens
+    }
+
     fn enqueued(&self) -> Instant {
         self.enqueued
     }

@@ -107,6 +107,12 @@ impl DynamicScheduler {
                 .as_ref()
                 .map(|t| t.max_batch_tokens)
                 .filter(|&b| b > 0),
+            max_padding_ratio: ctx
+                .spec
+                .text
+                .as_ref()
+                .map(|t| t.max_padding_ratio)
+                .filter(|&r| r > 0.0),
         };
         let task = BatcherTask {
             ctx,

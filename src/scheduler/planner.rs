@@ -6,7 +6,8 @@
 //! its oldest request has waited `max_queue_delay`; otherwise wait until that delay ends.
 //! Token inputs (text models) also respect `max_batch_tokens`: rows × the longest row's tokens,
 //! i.e. the padded tokens the batch will compute, so one long text cannot blow up a batch of
-//! short ones.
+//! short ones; and `max_padding_ratio`: padded ÷ real tokens, so texts batch only with texts of
+//! similar length where padding costs more than batching gains (CPUs).
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use tokio::time::Instant;
 
 use super::queue::{Pending, Queues};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlanConfig {
     pub max_batch_size: usize,
     /// Ascending.
@@ -22,6 +23,8 @@ pub struct PlanConfig {
     pub max_queue_delay: Duration,
     /// Most padded tokens in a batch of token inputs; `None` = no limit.
     pub max_batch_tokens: Option<usize>,
+    /// Most padded tokens per real token in a batch of token inputs; `None` = no limit.
+    pub max_padding_ratio: Option<f64>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -46,17 +49,21 @@ pub fn plan<E: Pending>(queues: &mut Queues<E>, now: Instant, cfg: &PlanConfig) 
     let mut oldest = head.enqueued();
     let mut can_grow = true;
     let mut seq_len = head.seq_len();
+    let mut real = head.real_tokens();
     for e in iter {
         let longest = seq_len.max(e.seq_len());
-        let tokens_fit = match (cfg.max_batch_tokens, longest) {
-            (Some(budget), Some(len)) => (rows + e.rows()) * len <= budget,
-            _ => true,
-        };
+        let padded = (rows + e.rows()) * longest.unwrap_or(0);
+        let tokens_fit = longest.is_none()
+            || (cfg.max_batch_tokens.is_none_or(|budget| padded <= budget)
+                && cfg
+                    .max_padding_ratio
+                    .is_none_or(|r| padded as f64 <= r * (real + e.real_tokens()) as f64));
         if !head.batches_with(e) || rows + e.rows() > cfg.max_batch_size || !tokens_fit {
             can_grow = false;
             break;
         }
         seq_len = longest;
+        real += e.real_tokens();
         rows += e.rows();
         count += 1;
         oldest = oldest.min(e.enqueued());
@@ -84,6 +91,8 @@ mod tests {
         shape: i64,
         /// Token length (text requests batch whatever it is; `shape` is then ignored).
         tokens: Option<usize>,
+        /// Real tokens (without padding).
+        real: usize,
         at_us: u64,
         deadline_us: Option<u64>,
         level: usize,
@@ -113,6 +122,9 @@ mod tests {
         fn seq_len(&self) -> Option<usize> {
             self.tokens
         }
+        fn real_tokens(&self) -> usize {
+            self.real
+        }
         fn enqueued(&self) -> Instant {
             at(self.at_us)
         }
@@ -133,6 +145,7 @@ mod tests {
             rows,
             shape: 16,
             tokens: None,
+            real: 0,
             at_us,
             deadline_us: None,
             level: 0,
@@ -153,14 +166,47 @@ mod tests {
             preferred_batch_sizes: preferred.to_vec(),
             max_queue_delay: Duration::from_micros(delay_us),
             max_batch_tokens: None,
+            max_padding_ratio: None,
         }
     }
 
+    /// A text request of `rows` rows, each `tokens` long.
     fn text(id: u32, rows: usize, tokens: usize) -> Req {
         Req {
             tokens: Some(tokens),
+            real: rows * tokens,
             ..req(id, rows, 0)
         }
+    }
+
+    #[test]
+    fn padding_ratio_keeps_texts_of_very_different_lengths_apart() {
+        let ratio = |r| PlanConfig {
+            max_padding_ratio: Some(r),
+            ..cfg(64, &[], 1000)
+        };
+        let plan_ids = |reqs: Vec<Req>, r: f64| {
+            let mut q = Queues::new(1);
+            for x in reqs {
+                q.push(x);
+            }
+            ids(&plan(&mut q, at(0), &ratio(r)))
+        };
+        // 20 and 22 tokens: padded 44 / real 42 = 1.05 fits 1.25; then 60: 3 × 60 / 102 = 1.76.
+        assert_eq!(
+            plan_ids(vec![text(1, 1, 20), text(2, 1, 22), text(3, 1, 60)], 1.25),
+            Some(vec![1, 2])
+        );
+        assert_eq!(
+            plan_ids(vec![text(1, 1, 10), text(2, 1, 40)], 1.25),
+            Some(vec![1]),
+            "80 padded for 50 real"
+        );
+        assert_eq!(
+            plan_ids(vec![text(1, 1, 10), text(2, 1, 40)], 2.0),
+            None,
+            "a looser ratio lets them wait together"
+        );
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub trait Pending {
     fn seq_len(&self) -> Option<usize> {
         None
     }
+    /// Token inputs: the real (unpadded) tokens of this request.
+    fn real_tokens(&self) -> usize {
+        0
+    }
     fn enqueued(&self) -> Instant;
     /// When the request's queue timeout expires, if it has one.
     fn deadline(&self) -> Option<Instant>;

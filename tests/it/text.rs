@@ -191,7 +191,7 @@ fn scratch_with(edits: &[(&str, &str)], extra: &str) -> tempfile::TempDir {
 
 /// Holds requests long enough that concurrent ones meet in the queue, even on a busy machine.
 const LONGER_DELAY: (&str, &str) = (
-    "max_queue_delay_microseconds: 2000",
+    "max_queue_delay_microseconds: 1000",
     "max_queue_delay_microseconds: 300000",
 );
 
@@ -248,7 +248,7 @@ async fn one_request_of_all_sentences_matches_the_numpy_reference() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_texts_of_different_lengths_batch_together_and_match() {
-    let repo = scratch_with(&[LONGER_DELAY], "");
+    let repo = scratch_with(&[LONGER_DELAY], &param("max_padding_ratio", "0"));
     let s = TestServer::start(repo.path()).await.owning(repo);
     let n = reference().sentences.len();
     let mut tasks = Vec::new();
