@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Proves the committed model_repository/ fixtures are exactly what scripts/gen_models.py produces.
 # Only the model folders the generator owns are compared; other folders in the repository are not its business.
+# The text model (text_repository/minilm) is generated, not committed: scripts/gen_text_model.py checks it.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

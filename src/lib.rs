@@ -10,6 +10,7 @@ pub mod error;
 pub mod frontend;
 pub mod model;
 pub mod pb;
+pub mod preprocess;
 pub mod request;
 pub mod scheduler;
 pub mod server;

@@ -25,7 +25,28 @@ pub struct ValidRequest {
     pub level: usize,
     /// How long the request may wait in the queue; `None` = no limit.
     pub queue_timeout: Option<Duration>,
+    /// Text models, once tokenized: the padded token length of this request's rows. Such
+    /// requests batch with each other whatever their lengths (padded to the longest).
+    pub seq_len: Option<usize>,
+    /// Text models, once tokenized: the real (unpadded) tokens of all rows.
+    pub real_tokens: usize,
     _sealed: Sealed,
+}
+
+impl ValidRequest {
+    /// The second parsing step of a text model (`preprocess`): the text input becomes the
+    /// graph's token inputs, each `[batch_size, seq_len]`, holding `real_tokens` real tokens.
+    pub fn with_token_inputs(
+        mut self,
+        inputs: Vec<Tensor>,
+        seq_len: usize,
+        real_tokens: usize,
+    ) -> ValidRequest {
+        self.inputs = inputs;
+        self.seq_len = Some(seq_len);
+        self.real_tokens = real_tokens;
+        self
+    }
 }
 
 /// Only this module can build a `ValidRequest`.
@@ -197,6 +218,8 @@ fn validate_inner(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
         params: req.params,
         level,
         queue_timeout,
+        seq_len: None,
+        real_tokens: 0,
         _sealed: Sealed,
     })
 }
@@ -335,6 +358,7 @@ mod tests {
             instances: vec![],
             ort: OrtOptions::default(),
             dynamic_batching: None,
+            text: None,
         }
     }
 

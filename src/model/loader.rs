@@ -16,6 +16,7 @@ use crate::backend::devices;
 use crate::backend::instance::{InstanceThread, Recovery};
 use crate::backend::{Backend, ModelIo, Runner};
 use crate::error::{Error, Result};
+use crate::preprocess::tokenizer::{self, TokenizerPool};
 use crate::scheduler::load::LoadTracker;
 use crate::scheduler::{ExecContext, Scheduler, batch::model_inputs};
 use crate::telemetry::stats::ModelStats;
@@ -33,6 +34,8 @@ pub struct LoadedModel {
     pub load_duration: Duration,
     /// GPU memory the load took, per device (free memory before minus after).
     pub gpu_memory: Vec<(i32, u64)>,
+    /// Text models: the tokenizer threads requests pass through before the scheduler.
+    pub tokenizer: Option<TokenizerPool>,
     threads: Vec<InstanceThread>,
 }
 
@@ -41,8 +44,14 @@ impl LoadedModel {
     /// Blocking: call it on a blocking thread, never inside an async worker.
     pub fn shutdown(self) {
         let LoadedModel {
-            scheduler, threads, ..
+            scheduler,
+            threads,
+            tokenizer,
+            ..
         } = self;
+        if let Some(pool) = tokenizer {
+            pool.shutdown();
+        }
         drop(scheduler);
         for t in threads {
             t.join();
@@ -114,16 +123,45 @@ impl Loader {
     ) -> Result<LoadedModel> {
         let started = Instant::now();
         let cfg = &prepared.config;
-        let spec = Arc::new(super::spec::to_spec(cfg, version, dir)?);
+        let mut spec = super::spec::to_spec(cfg, version, dir)?;
         let path = model_file(dir, version, cfg)?;
         let io = match prepared.io.take() {
             Some(io) => io,
             None => self.backend.inspect(&path)?,
         };
-        autocomplete::check_against_model(cfg, &io)?;
+        // A text model's config lists the text input and the post-processed output; the graph
+        // is checked against the token inputs and token output instead.
+        if spec.text.is_none() {
+            autocomplete::check_against_model(cfg, &io)?;
+        }
+        let encoder = tokenizer::prepare(&mut spec, &io)?;
+        let spec = Arc::new(spec);
         let total = spec.instance_count();
         let gpu_before = self.admit_gpu(&spec, &path)?;
-        let samples = Arc::new(warmup::samples(cfg, &spec, dir)?);
+        let mut samples = warmup::samples(cfg, &spec, dir)?;
+        if let Some(encoder) = &encoder {
+            // Text models warm up on token inputs: the samples' texts go through the tokenizer.
+            let mut tokenized = Vec::with_capacity(samples.len());
+            for mut s in samples {
+                match encoder.encode_inputs(&s.inputs) {
+                    Ok(encoded) => {
+                        s.inputs = encoded.inputs;
+                        tokenized.push(s);
+                    }
+                    Err(e) if s.required => {
+                        return Err(Error::invalid_arg(format!(
+                            "warmup sample '{}': {}",
+                            s.name, e.message
+                        )));
+                    }
+                    Err(e) => {
+                        tracing::warn!(model = %spec.name, version, sample = %s.name, error = %e, "default warmup skipped")
+                    }
+                }
+            }
+            samples = tokenized;
+        }
+        let samples = Arc::new(samples);
         let mut runners: Vec<(String, Box<dyn Runner>, crate::model::InstanceSpec, u32)> =
             Vec::with_capacity(total);
         for group in &spec.instances {
@@ -195,6 +233,9 @@ impl Loader {
                 Some(recovery),
             )?);
         }
+        let tokenizer = encoder
+            .map(|e| TokenizerPool::start(&e, self.opts.queue_limits.capacity))
+            .transpose()?;
         let gpu_memory = gpu_before
             .into_iter()
             .filter_map(|(id, free_before)| {
@@ -211,6 +252,7 @@ impl Loader {
             load,
             load_duration: started.elapsed(),
             gpu_memory,
+            tokenizer,
             threads,
         })
     }
@@ -260,7 +302,9 @@ fn warm(
     instance: &str,
     runner: &mut dyn Runner,
 ) -> Result<()> {
-    let outputs: Vec<&str> = spec.outputs.iter().map(|o| o.name.as_str()).collect();
+    let outputs: Vec<&str> = (0..spec.outputs.len())
+        .map(|i| spec.graph_output(i))
+        .collect();
     for sample in samples {
         for _ in 0..sample.count {
             if let Err(e) = runner.run(model_inputs(spec, sample.inputs.clone()), &outputs) {

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::preprocess::TextSpec;
 use crate::tensor::DataType;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,11 +37,21 @@ pub struct ModelSpec {
     pub ort: OrtOptions,
     /// The dynamic batcher's settings; `None` = Triton's default scheduler (each request alone).
     pub dynamic_batching: Option<DynamicBatching>,
+    /// Server-side tokenization and post-processing (a config that names a `tokenizer`).
+    pub text: Option<TextSpec>,
 }
 
 impl ModelSpec {
     pub fn batching(&self) -> bool {
         self.max_batch_size > 0
+    }
+
+    /// The graph output behind config output `index` (a text model post-processes another one).
+    pub fn graph_output(&self, index: usize) -> &str {
+        match &self.text {
+            Some(t) => &t.graph_output,
+            None => &self.outputs[index].name,
+        }
     }
 
     pub fn instance_count(&self) -> usize {

@@ -12,6 +12,7 @@ use crate::backend::instance::{Job, RunHealth};
 use crate::backend::{ComputeTimes, Runner};
 use crate::error::{Error, Result};
 use crate::model::{IoSpec, ModelSpec};
+use crate::preprocess::{self, Pooling, TextSpec, post};
 use crate::request::InferResponse;
 use crate::telemetry::spans;
 use crate::telemetry::stats::{FailureReason, ModelStats};
@@ -60,13 +61,27 @@ impl Pending for Entry {
         self.req.batch_size
     }
 
-    /// Requests batch together when they carry the same inputs with the same non-batch dims.
+    /// Requests batch together when they carry the same inputs with the same non-batch dims;
+    /// tokenized text requests of one model batch whatever their token lengths.
     fn batches_with(&self, other: &Self) -> bool {
+        match (self.req.seq_len, other.req.seq_len) {
+            (Some(_), Some(_)) => return true,
+            (None, None) => {}
+            _ => return false,
+        }
         let (a, b) = (&self.req.inputs, &other.req.inputs);
         a.len() == b.len()
             && a.iter()
                 .zip(b)
                 .all(|(x, y)| x.name == y.name && x.shape.get(1..) == y.shape.get(1..))
+    }
+
+    fn seq_len(&self) -> Option<usize> {
+        self.req.seq_len
+    }
+
+    fn real_tokens(&self) -> usize {
+        self.req.real_tokens
     }
 
     fn enqueued(&self) -> Instant {
@@ -144,15 +159,30 @@ impl Job for Batch {
         let batch_span = spans::batch(entries.iter().map(|e| &e.span), rows.iter().sum());
         // A failure to assemble is the requests' fault; a failed run counts against the instance.
         let mut health = RunHealth::Ok;
-        let result = assemble(&ctx.spec, &entries).and_then(|(inputs, wanted)| {
-            let names: Vec<&str> = wanted
-                .iter()
-                .map(|&i| ctx.spec.outputs[i].name.as_str())
-                .collect();
+        let spec = &ctx.spec;
+        let result = assemble(spec, &entries).and_then(|(inputs, wanted)| {
+            let names: Vec<&str> = wanted.iter().map(|&i| spec.graph_output(i)).collect();
             let _compute = spans::compute(&batch_span).entered();
-            let out = runner
+            // Text: the graph's token output is pooled/normalised into the config output.
+            let lengths = spec.text.as_ref().and_then(|_| {
+                inputs
+                    .iter()
+                    .find(|t| t.name == preprocess::ATTENTION_MASK)
+                    .map(post::row_lengths)
+            });
+            let mut out = runner
                 .run(inputs, &names)
                 .inspect_err(|_| health = RunHealth::Failed)?;
+            if let Some(text) = &spec.text {
+                let lengths = lengths.unwrap_or_default();
+                let t0 = Instant::now();
+                out.tensors = out
+                    .tensors
+                    .into_iter()
+                    .map(|t| post::finish(t, &lengths, text.pooling, text.normalize, &text.output))
+                    .collect::<Result<_>>()?;
+                out.times.output += t0.elapsed();
+            }
             Ok((wanted, out))
         });
         drop(batch_span);
@@ -177,34 +207,60 @@ impl Job for Batch {
         let times = out.times;
         ctx.load
             .record(times.input + times.infer + times.output, entries.len());
-        let scattered = scatter(&ctx.spec, &wanted, out.tensors, &rows);
+        let mut scattered = scatter(&ctx.spec, &wanted, out.tensors, &rows);
+        if let (Some(text), Ok(per_output)) = (&ctx.spec.text, scattered.as_mut())
+            && text.pooling == Pooling::None
+        {
+            // Per-token outputs go back with each request's own length, not the batch's.
+            for pieces in per_output.iter_mut() {
+                for (piece, e) in pieces.iter_mut().zip(&entries) {
+                    let len = e.req.seq_len.unwrap_or(usize::MAX);
+                    *piece = post::trim_tokens(std::mem::replace(piece, empty()), len);
+                }
+            }
+        }
         ctx.stats.record_execution(rows.iter().sum(), times);
         respond(&ctx, entries, &wanted, scattered, start, times);
         RunHealth::Ok
     }
 }
 
+fn empty() -> Tensor {
+    Tensor {
+        name: String::new(),
+        dtype: DataType::Fp32,
+        shape: vec![],
+        data: Default::default(),
+    }
+}
+
 /// Builds the model's input tensors from the entries, and the sorted set of outputs any entry wants.
 fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tensor>, Vec<usize>)> {
-    let mut inputs = Vec::with_capacity(spec.inputs.len());
-    for io in &spec.inputs {
-        let parts: Vec<&Tensor> = entries
-            .iter()
-            .filter_map(|e| e.req.inputs.iter().find(|t| t.name == io.name))
-            .collect();
-        if parts.is_empty() {
-            continue; // an optional input nobody sent
+    let inputs = match &spec.text {
+        Some(text) => token_inputs(spec, text, entries)?,
+        None => {
+            let mut inputs = Vec::with_capacity(spec.inputs.len());
+            for io in &spec.inputs {
+                let parts: Vec<&Tensor> = entries
+                    .iter()
+                    .filter_map(|e| e.req.inputs.iter().find(|t| t.name == io.name))
+                    .collect();
+                if parts.is_empty() {
+                    continue; // an optional input nobody sent
+                }
+                let mut t = if spec.batching() {
+                    Tensor::concat_rows(&parts)
+                } else {
+                    parts[0].clone()
+                };
+                if let Some(reshape) = &io.reshape {
+                    t.shape = model_shape(&t.shape, io, reshape, spec.batching());
+                }
+                inputs.push(t);
+            }
+            inputs
         }
-        let mut t = if spec.batching() {
-            Tensor::concat_rows(&parts)
-        } else {
-            parts[0].clone()
-        };
-        if let Some(reshape) = &io.reshape {
-            t.shape = model_shape(&t.shape, io, reshape, spec.batching());
-        }
-        inputs.push(t);
-    }
+    };
     let mut wanted: Vec<usize> = entries
         .iter()
         .flat_map(|e| e.req.outputs.iter().map(|o| o.index))
@@ -212,6 +268,27 @@ fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tensor>, Vec<usi
     wanted.sort_unstable();
     wanted.dedup();
     Ok((inputs, wanted))
+}
+
+/// A text model's token inputs (the tokenizer replaced the text): every request's rows, padded
+/// to the longest row of the batch.
+fn token_inputs(spec: &ModelSpec, text: &TextSpec, entries: &[Entry]) -> Result<Vec<Tensor>> {
+    let mut inputs = Vec::with_capacity(3);
+    for t in &entries[0].req.inputs {
+        let parts: Vec<&Tensor> = entries
+            .iter()
+            .filter_map(|e| e.req.inputs.iter().find(|p| p.name == t.name))
+            .filter(|p| p.dtype == DataType::Int64 && p.shape.len() == 2)
+            .collect();
+        if parts.len() != entries.len() {
+            return Err(Error::internal(format!(
+                "text model '{}': input '{}' is not a tokenized input of every request in the batch",
+                spec.name, t.name
+            )));
+        }
+        inputs.push(post::pad_concat(&parts, text.pad_value(&t.name)));
+    }
+    Ok(inputs)
 }
 
 /// Applies each input's `reshape` (warmup samples use this to look like assembled batches).

@@ -140,6 +140,18 @@ impl DynamicScheduler {
             max_requests: if alone { 1 } else { usize::MAX },
             preferred_batch_sizes: db.preferred_batch_sizes.clone(),
             max_queue_delay: db.max_queue_delay,
+            max_batch_tokens: ctx
+                .spec
+                .text
+                .as_ref()
+                .map(|t| t.max_batch_tokens)
+                .filter(|&b| b > 0),
+            max_padding_ratio: ctx
+                .spec
+                .text
+                .as_ref()
+                .map(|t| t.max_padding_ratio)
+                .filter(|&r| r > 0.0),
         };
         let task = BatcherTask {
             ctx: ctx.clone(),

@@ -10,8 +10,17 @@ use tokio::time::Instant;
 pub trait Pending {
     /// Rows this request adds to a batch.
     fn rows(&self) -> usize;
-    /// Whether the two can run in one batch (same inputs and non-batch dims).
+    /// Whether the two can run in one batch (same inputs and non-batch dims; token inputs of
+    /// any length).
     fn batches_with(&self, other: &Self) -> bool;
+    /// Token inputs: the padded length of this request's rows (a batch pads to the longest).
+    fn seq_len(&self) -> Option<usize> {
+        None
+    }
+    /// Token inputs: the real (unpadded) tokens of this request.
+    fn real_tokens(&self) -> usize {
+        0
+    }
     fn enqueued(&self) -> Instant;
     /// When the request's queue timeout expires, if it has one.
     fn deadline(&self) -> Option<Instant>;

@@ -58,6 +58,7 @@ fn spec(db: Option<DynamicBatching>) -> ModelSpec {
         instances: vec![],
         ort: OrtOptions::default(),
         dynamic_batching: db,
+        text: None,
     }
 }
 

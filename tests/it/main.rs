@@ -23,5 +23,6 @@ mod rest;
 mod settings;
 mod statistics;
 mod streaming;
+mod text;
 mod tracing;
 mod versions;

@@ -1,0 +1,289 @@
+//! Tokenization: the `Encoder` (the only code that names `tokenizers::`) and the pool of OS
+//! threads that runs it off the async workers.
+//!
+//! Contracts: the pool's queue is bounded (`try_send`; full → Unavailable at once, like the
+//! scheduler's queue); every job taken is answered on its oneshot unless its caller has gone;
+//! a panic inside the tokenizer becomes an Internal error for that request, never a dead thread.
+//! Dropping the pool (or `shutdown`) closes the queue and the threads exit.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Sender, TrySendError};
+use tokenizers::{Tokenizer, TruncationParams};
+use tokio::sync::oneshot;
+
+use super::{
+    ATTENTION_MASK, DEFAULT_MAX_LENGTH, INPUT_IDS, Padding, TOKEN_TYPE_IDS, TextSpec, Truncation,
+};
+use crate::backend::ModelIo;
+use crate::error::{Error, Result};
+use crate::model::ModelSpec;
+use crate::tensor::{DataType, Tensor, bytes_codec};
+use crate::validate::ValidRequest;
+
+/// Loads the tokenizer of a text model, resolves the settings that depend on the tokenizer file
+/// and on the graph (`TextSpec`'s "at load" fields, written into `spec`), and returns the encoder.
+/// `None` for a model without text preprocessing. Errors are load errors naming the file.
+pub fn prepare(spec: &mut ModelSpec, io: &ModelIo) -> Result<Option<Encoder>> {
+    let model = spec.name.clone();
+    let output_dims = spec
+        .outputs
+        .first()
+        .map(|o| o.dims.clone())
+        .unwrap_or_default();
+    let Some(text) = spec.text.as_mut() else {
+        return Ok(None);
+    };
+    let mut tokenizer = Tokenizer::from_file(&text.tokenizer).map_err(|e| {
+        Error::invalid_arg(format!(
+            "model '{model}': cannot load tokenizer '{}': {e}",
+            text.tokenizer.display()
+        ))
+    })?;
+    if text.max_length == 0 {
+        text.max_length = tokenizer
+            .get_truncation()
+            .map_or(DEFAULT_MAX_LENGTH, |t| t.max_length);
+    }
+    // The file's own padding (e.g. Fixed(128)) would pad every text; the batch pads instead,
+    // with the file's padding values.
+    if let Some(p) = tokenizer.get_padding() {
+        (text.pad_id, text.pad_type_id) = (p.pad_id as i64, p.pad_type_id as i64);
+    } else if let Some(id) = tokenizer.token_to_id("[PAD]") {
+        text.pad_id = id as i64;
+    }
+    tokenizer.with_padding(None);
+    let truncation = (text.truncation == Truncation::Truncate).then(|| TruncationParams {
+        max_length: text.max_length,
+        ..Default::default()
+    });
+    tokenizer.with_truncation(truncation).map_err(|e| {
+        Error::invalid_arg(format!(
+            "model '{model}': max_length {} does not suit tokenizer '{}': {e}",
+            text.max_length,
+            text.tokenizer.display()
+        ))
+    })?;
+    text.bind_graph(&model, &output_dims, io)?;
+    Ok(Some(Encoder {
+        tokenizer,
+        spec: Arc::new(text.clone()),
+        model,
+    }))
+}
+
+/// Texts → token tensors for one model. Each pool thread owns a clone, so tokenizers with
+/// internal caches (BPE) never contend on them.
+#[derive(Clone)]
+pub struct Encoder {
+    tokenizer: Tokenizer,
+    spec: Arc<TextSpec>,
+    model: String,
+}
+
+impl Encoder {
+    /// Replaces the text input of a request with the token inputs.
+    pub fn encode_request(&self, req: ValidRequest) -> Result<ValidRequest> {
+        match self.encode_inputs(&req.inputs) {
+            Ok(e) => Ok(req.with_token_inputs(e.inputs, e.seq_len, e.real_tokens)),
+            Err(e) => Err(e.with_request_id(&req.id)),
+        }
+    }
+
+    /// Tokenizes the `[rows, 1]` BYTES text input among `inputs` into INT64 `[rows, width]`
+    /// `input_ids`, `attention_mask` (and `token_type_ids` when the graph takes it), padded to
+    /// the longest text (or to max_length).
+    pub fn encode_inputs(&self, inputs: &[Tensor]) -> Result<Encoded> {
+        let spec = &*self.spec;
+        let (model, name) = (&self.model, &spec.input);
+        let text = inputs.iter().find(|t| &t.name == name).ok_or_else(|| {
+            Error::internal(format!("text model '{model}' got no input '{name}'"))
+        })?;
+        let rows = text.shape.first().copied().unwrap_or(0).max(0) as usize;
+        let elements = bytes_codec::decode(&text.data, text.element_count())
+            .map_err(|e| Error::invalid_arg(format!("input '{name}' of model '{model}': {e}")))?;
+        let mut encodings = Vec::with_capacity(rows);
+        for (i, bytes) in elements.iter().enumerate() {
+            let what = || format!("input '{name}' of model '{model}': text {i}");
+            if bytes.len() > spec.max_text_bytes {
+                return Err(Error::invalid_arg(format!(
+                    "{} is {} bytes, more than the model's max_text_bytes {}",
+                    what(),
+                    bytes.len(),
+                    spec.max_text_bytes
+                )));
+            }
+            let s = std::str::from_utf8(bytes)
+                .map_err(|e| Error::invalid_arg(format!("{} is not valid UTF-8: {e}", what())))?;
+            let encoding = self
+                .tokenizer
+                .encode_fast(s, true)
+                .map_err(|e| Error::invalid_arg(format!("{} cannot be tokenized: {e}", what())))?;
+            if encoding.len() > spec.max_length {
+                return Err(Error::invalid_arg(format!(
+                    "{} has {} tokens, more than max_length {} (the model's truncation is 'reject')",
+                    what(),
+                    encoding.len(),
+                    spec.max_length
+                )));
+            }
+            encodings.push(encoding);
+        }
+        let longest = encodings.iter().map(|e| e.len()).max().unwrap_or(0);
+        let width = match spec.padding {
+            Padding::Longest => longest.max(1),
+            Padding::MaxLength => spec.max_length,
+        };
+        if spec.max_batch_tokens > 0 && rows * width > spec.max_batch_tokens {
+            return Err(Error::invalid_arg(format!(
+                "request to model '{model}' needs {rows} texts × {width} tokens = {} padded tokens, more than the model's max_batch_tokens {}; send fewer or shorter texts per request",
+                rows * width,
+                spec.max_batch_tokens
+            )));
+        }
+        let mut ids = Vec::with_capacity(rows * width * 8);
+        let mut mask = Vec::with_capacity(rows * width * 8);
+        let mut types = Vec::with_capacity(rows * width * 8);
+        let push = |out: &mut Vec<u8>, v: i64| out.extend_from_slice(&v.to_le_bytes());
+        for e in &encodings {
+            for (&id, &ty) in e.get_ids().iter().zip(e.get_type_ids()) {
+                push(&mut ids, id as i64);
+                push(&mut mask, 1);
+                push(&mut types, ty as i64);
+            }
+            for _ in e.len()..width {
+                push(&mut ids, spec.pad_id);
+                push(&mut mask, 0);
+                push(&mut types, spec.pad_type_id);
+            }
+        }
+        let tensor = |name: &str, data: Vec<u8>| Tensor {
+            name: name.to_string(),
+            dtype: DataType::Int64,
+            shape: vec![rows as i64, width as i64],
+            data: data.into(),
+        };
+        let mut out = vec![tensor(INPUT_IDS, ids), tensor(ATTENTION_MASK, mask)];
+        if spec.token_type_ids {
+            out.push(tensor(TOKEN_TYPE_IDS, types));
+        }
+        Ok(Encoded {
+            inputs: out,
+            seq_len: width,
+            real_tokens: encodings.iter().map(|e| e.len()).sum(),
+        })
+    }
+
+    pub fn spec(&self) -> &TextSpec {
+        &self.spec
+    }
+}
+
+/// One request's texts as token inputs.
+pub struct Encoded {
+    /// INT64 `[rows, seq_len]` each.
+    pub inputs: Vec<Tensor>,
+    pub seq_len: usize,
+    /// Tokens that are not padding.
+    pub real_tokens: usize,
+}
+
+struct Job {
+    req: ValidRequest,
+    reply: oneshot::Sender<Result<ValidRequest>>,
+}
+
+/// The tokenizer threads of one model version. Requests reach them over a bounded channel.
+pub struct TokenizerPool {
+    tx: Sender<Job>,
+    threads: Vec<JoinHandle<()>>,
+    model: String,
+}
+
+impl TokenizerPool {
+    /// Starts the threads (`TextSpec::threads`, or a quarter of the cores, 1 to 4), each with its
+    /// own handle on the encoder; at most `capacity` requests wait for them.
+    pub fn start(encoder: &Encoder, capacity: usize) -> Result<TokenizerPool> {
+        let n = match encoder.spec.threads {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |c| c.get() / 4)
+                .clamp(1, 4),
+            n => n,
+        };
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity.max(1));
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let enc = encoder.clone();
+            let rx = rx.clone();
+            let name = format!("tok{i}:{}", encoder.model);
+            let handle = std::thread::Builder::new()
+                .name(name.chars().take(15).collect())
+                .spawn(move || {
+                    while let Ok(Job { req, reply }) = rx.recv() {
+                        if reply.is_closed() {
+                            continue; // the caller went away while the request waited
+                        }
+                        let id = req.id.clone();
+                        let result =
+                            std::panic::catch_unwind(AssertUnwindSafe(|| enc.encode_request(req)))
+                                .unwrap_or_else(|_| {
+                                    Err(Error::internal(format!(
+                                        "the tokenizer of model '{}' panicked on this request",
+                                        enc.model
+                                    ))
+                                    .with_request_id(&id))
+                                });
+                        let _ = reply.send(result);
+                    }
+                })
+                .map_err(|e| {
+                    Error::internal(format!("failed to start tokenizer thread '{name}': {e}"))
+                })?;
+            threads.push(handle);
+        }
+        Ok(TokenizerPool {
+            tx,
+            threads,
+            model: encoder.model.clone(),
+        })
+    }
+
+    /// Tokenizes one request on a pool thread. Dropping the future abandons it.
+    pub async fn tokenize(&self, req: ValidRequest) -> Result<ValidRequest> {
+        let id = req.id.clone();
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Job { req, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(Error::unavailable(format!(
+                    "Exceeds maximum queue size: the tokenizer queue of model '{}' is full",
+                    self.model
+                ))
+                .with_request_id(&id));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(Error::unavailable(format!(
+                    "the tokenizer of model '{}' has stopped",
+                    self.model
+                )));
+            }
+        }
+        rx.await.map_err(|_| {
+            Error::internal("the tokenizer thread dropped the request without replying")
+                .with_request_id(&id)
+        })?
+    }
+
+    /// Closes the queue and waits for the threads. Blocking: call it off the async workers.
+    pub fn shutdown(self) {
+        let TokenizerPool { tx, threads, .. } = self;
+        drop(tx);
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("tokenizer thread panicked");
+            }
+        }
+    }
+}
