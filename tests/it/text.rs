@@ -3,9 +3,9 @@
 //! implementation of the network. Every test here needs the generated model and fails (does not
 //! skip) without it.
 //!
-//! For the HTTP front-end's test (not in this branch): `http_infer_body` builds the KServe v2 JSON
-//! request for some reference sentences, `embeddings_from_http_json` reads the JSON response, and
-//! `assert_matches_reference` checks the vectors, so the HTTP test only adds the transport.
+//! Over HTTP, `http_infer_body` builds the KServe v2 JSON request for some reference sentences,
+//! `embeddings_from_http_json` reads the JSON response, and `assert_matches_reference` checks
+//! the vectors.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -244,6 +244,38 @@ async fn one_request_of_all_sentences_matches_the_numpy_reference() {
     ));
     let resp = s.infer(req).await.unwrap();
     assert_matches_reference(&[1, 5], &embeddings(&resp));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_over_http_match_the_numpy_reference() {
+    let s = TestServer::start(&text_repo()).await;
+    let idx = all();
+    let resp = s
+        .http
+        .post(s.url(&format!("/v2/models/{MODEL}/infer")))
+        .json(&http_infer_body(&idx))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["outputs"][0]["shape"],
+        serde_json::json!([idx.len(), DIM])
+    );
+    assert_matches_reference(&idx, &embeddings_from_http_json(&body));
+    // Invalid UTF-8 cannot be sent as JSON text; an over-long text is refused with a clear 400.
+    let long = "word ".repeat(300_000);
+    let body = serde_json::json!({"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1, 1], "data": [long]}]});
+    let resp = s
+        .http
+        .post(s.url(&format!("/v2/models/{MODEL}/infer")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp.text().await.unwrap().contains("TEXT"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
