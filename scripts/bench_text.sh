@@ -46,7 +46,7 @@ fi
 out="$root/.bench/text"
 mkdir -p "$out"
 pidfile="$out/server.pid"
-rm -f "$pidfile" "$out"/perf_c*.csv
+rm -f "$pidfile" "$out"/perf_c*.csv "$out"/ceiling*.txt
 
 # Deterministic English-like sentences of realistic, varied lengths.
 "$py" - "$out" <<'PY'
@@ -74,10 +74,14 @@ json.dump({"data": [{"TEXT": [s]} for s in sentences]}, open(f"{out}/perf_input.
 print(f"bench_text: 512 sentences, {np.mean([len(s.split()) for s in sentences]):.1f} words on average")
 PY
 
-echo "bench_text: in-process ceiling (cargo bench --bench text_ceiling, release) ..."
-cargo bench --quiet --bench text_ceiling -- text_repository minilm "$out/sentences.json" "$ceiling_s" \
-  > "$out/ceiling.txt" 2> "$out/ceiling.log" || { cat "$out/ceiling.log" >&2; exit 1; }
-read -r _ best_batch ceiling < <(grep '^best ' "$out/ceiling.txt")
+# The ceiling is measured before and after the server runs; the ratio uses the higher one, so a
+# machine that got busier (or quieter) during the run does not flatter the server.
+ceiling() {
+  echo "bench_text: in-process ceiling (cargo bench --bench text_ceiling, release), $1 ..."
+  cargo bench --quiet --bench text_ceiling -- text_repository minilm "$out/sentences.json" "$ceiling_s" \
+    > "$out/ceiling_$1.txt" 2> "$out/ceiling_$1.log" || { cat "$out/ceiling_$1.log" >&2; exit 1; }
+}
+ceiling before
 
 stop_server() {
   if [ -f "$pidfile" ]; then
@@ -128,15 +132,21 @@ for c in $concurrency; do
   fi
 done
 
-"$py" - "$out" "$best_batch" "$ceiling" "$concurrency" <<'PY'
+stop_server
+ceiling after
+
+"$py" - "$out" "$concurrency" <<'PY'
 import csv, sys
-out, best_batch, ceiling, conc = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4].split()
+out, conc = sys.argv[1], sys.argv[2].split()
+runs = {}
+for when in ("before", "after"):
+    runs[when] = {int(b): float(r) for kind, b, r in (l.split() for l in open(f"{out}/ceiling_{when}.txt")) if kind == "batch"}
 print()
-print("in-process ceiling (tokenizer + ONNX Runtime + pooling, no server):")
-for line in open(f"{out}/ceiling.txt"):
-    kind, b, rate = line.split()
-    if kind == "batch":
-        print(f"  batch {int(b):>3}: {float(rate):>8.1f} sentences/s")
+print("in-process ceiling (tokenizer + ONNX Runtime + pooling, no server), sentences/s:")
+print(f"  {'batch':>5}  {'before':>8}  {'after':>8}")
+for b in runs["before"]:
+    print(f"  {b:>5}  {runs['before'][b]:>8.1f}  {runs['after'].get(b, 0):>8.1f}")
+best_batch, ceiling = max(((b, r) for run in runs.values() for b, r in run.items()), key=lambda x: x[1])
 print()
 print(f"{'concurrency':>11}  {'sentences/s':>11}  {'p50 ms':>8}  {'p99 ms':>8}  {'of ceiling':>10}")
 best = 0.0
@@ -150,4 +160,7 @@ for c in conc:
 print(f"{'ceiling':>11}  {ceiling:>11.1f}  {'':>8}  {'':>8}  {'(batch ' + str(best_batch) + ')':>10}")
 ratio = best / ceiling
 print(f"\nbest concurrency reaches {ratio:.2f} of the in-process ceiling (target >= 0.85): {'met' if ratio >= 0.85 else 'NOT met'}")
+b, a = runs["before"][best_batch], runs["after"].get(best_batch, 0)
+if abs(b - a) > 0.15 * max(a, b):
+    print(f"warning: the ceiling at batch {best_batch} moved from {b:.1f} to {a:.1f} during the run: the machine's load changed, rerun on a quiet machine")
 PY

@@ -397,6 +397,18 @@ def build_if_needed(src: Source, model_dir: str, wheel: str, force: bool) -> str
     return onnx_path
 
 
+def dump_reference(data: dict) -> str:
+    """JSON with one sentence, token-id row or embedding per line, so diffs stay readable."""
+    parts = []
+    for key, value in data.items():
+        if isinstance(value, list):
+            rows = ",\n".join("  " + json.dumps(r, ensure_ascii=False) for r in value)
+            parts.append(f" {json.dumps(key)}: [\n{rows}\n ]")
+        else:
+            parts.append(f" {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
 def check_reference(path: str, reference: dict):
     with open(path, encoding="utf-8") as f:
         committed = json.load(f)
@@ -429,7 +441,7 @@ def main(argv=None) -> int:
     worst = int(np.argmin(cosines))
     print(
         f"gen_text_model: ONNX (onnxruntime, padded batch of {len(ids)}) vs NumPy float64 on {len(ids)} sentences "
-        f"({sum(map(len, ids))} tokens, longest {max(map(len, ids))}): min cosine {cosines.min():.8f}, "
+        f"({sum(map(len, ids))} tokens, longest {max(map(len, ids))}): min cosine {cosines.min():.10f}, "
         f"max |difference| {np.abs(reference - got).max():.2e}"
     )
     if cosines[worst] < MIN_COSINE:
@@ -450,8 +462,7 @@ def main(argv=None) -> int:
     else:
         os.makedirs(os.path.dirname(args.reference), exist_ok=True)
         with open(args.reference, "w", encoding="utf-8", newline="\n") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1)
-            f.write("\n")
+            f.write(dump_reference(data))
         print(f"gen_text_model: wrote {os.path.relpath(args.reference, ROOT)}")
     return 0
 

@@ -102,6 +102,11 @@ impl Encoder {
             Error::internal(format!("text model '{model}' got no input '{name}'"))
         })?;
         let rows = text.shape.first().copied().unwrap_or(0).max(0) as usize;
+        if rows == 0 {
+            return Err(Error::invalid_arg(format!(
+                "input '{name}' of model '{model}' holds no texts"
+            )));
+        }
         let elements = bytes_codec::decode(&text.data, text.element_count())
             .map_err(|e| Error::invalid_arg(format!("input '{name}' of model '{model}': {e}")))?;
         let mut encodings = Vec::with_capacity(rows);

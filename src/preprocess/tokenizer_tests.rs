@@ -184,6 +184,8 @@ fn bad_texts_and_budgets_are_clear_errors() {
         "{}",
         err.message
     );
+    let err = encode(&f, &[]).unwrap_err();
+    assert_eq!(err.message, "input 'TEXT' of model 't' holds no texts");
     let err = encode(&f, &[b"hello", b"hello", b"hello"]).unwrap_err();
     assert!(
         err.message.contains(

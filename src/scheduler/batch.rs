@@ -207,30 +207,25 @@ impl Job for Batch {
         let times = out.times;
         ctx.load
             .record(times.input + times.infer + times.output, entries.len());
-        let mut scattered = scatter(&ctx.spec, &wanted, out.tensors, &rows);
-        if let (Some(text), Ok(per_output)) = (&ctx.spec.text, scattered.as_mut())
-            && text.pooling == Pooling::None
-        {
-            // Per-token outputs go back with each request's own length, not the batch's.
-            for pieces in per_output.iter_mut() {
-                for (piece, e) in pieces.iter_mut().zip(&entries) {
-                    let len = e.req.seq_len.unwrap_or(usize::MAX);
-                    *piece = post::trim_tokens(std::mem::replace(piece, empty()), len);
-                }
+        let scattered = scatter(&ctx.spec, &wanted, out.tensors, &rows).map(|per_output| {
+            match &ctx.spec.text {
+                // Per-token outputs go back with each request's own length, not the batch's.
+                Some(text) if text.pooling == Pooling::None => per_output
+                    .into_iter()
+                    .map(|pieces| {
+                        pieces
+                            .into_iter()
+                            .zip(&entries)
+                            .map(|(p, e)| post::trim_tokens(p, e.req.seq_len.unwrap_or(usize::MAX)))
+                            .collect()
+                    })
+                    .collect(),
+                _ => per_output,
             }
-        }
+        });
         ctx.stats.record_execution(rows.iter().sum(), times);
         respond(&ctx, entries, &wanted, scattered, start, times);
         RunHealth::Ok
-    }
-}
-
-fn empty() -> Tensor {
-    Tensor {
-        name: String::new(),
-        dtype: DataType::Fp32,
-        shape: vec![],
-        data: Default::default(),
     }
 }
 
