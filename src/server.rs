@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::backend::Backend;
-use crate::backend::ort::OrtBackend;
+use crate::backend::OrtBackend;
 use crate::cli::ServerConfig;
 use crate::core::Core;
 use crate::error::{Error, Result};

@@ -4,6 +4,8 @@
 pub mod devices;
 pub mod instance;
 pub mod ort;
+
+pub use ort::OrtBackend;
 pub mod testing;
 
 use std::path::Path;
