@@ -3,11 +3,11 @@
 #
 #   simple    on model_repository/: startup time to first readiness, idle RSS, and perf_analyzer
 #             throughput/latency on `simple` over gRPC at concurrency 1..8, then over HTTP.
-#   batching  on a compute-heavy real architecture (ResNet-50 from the onnx wheel's light model zoo,
+#   batching  on a real architecture from the onnx wheel's light model zoo (AlexNet by default,
 #             made batchable by scripts/gen_bench_models.py into .bench/model_repository): raw ONNX
 #             Runtime in-process throughput at batch 1, 2, 4, 8 (scripts/bench_ort.py, the ceiling);
-#             perf_analyzer with batch-1 requests at concurrency 1, 4, 8, 16 on `resnet50` (no
-#             batching) and `resnet50_dynamic` (dynamic batching); the ratio of the best dynamic
+#             perf_analyzer with batch-1 requests at concurrency 1, 4, 8, 16 on `<net>` (no
+#             batching) and `<net>_dynamic` (dynamic batching); the ratio of the best dynamic
 #             throughput to the best raw ORT throughput; the server's statistics (average batch).
 #             Takes about 5 minutes on 2 cores (the first run also generates and verifies the model).
 #
@@ -16,6 +16,8 @@
 #   BENCH_CONCURRENCY   simple: perf_analyzer --concurrency-range (default 1:8)
 #   BENCH_HTTP_CONCURRENCY  simple: the same for the HTTP run (default: BENCH_CONCURRENCY)
 #   BENCH_WINDOW_MS     simple: perf_analyzer measurement window -p (default 2000; CI uses a shorter one)
+#   BENCH_NET                batching: network, alexnet (default) or resnet50 (compute-bound on a
+#                            CPU at every batch size: batching has next to nothing to win there)
 #   BENCH_BATCH_CONCURRENCY  batching: concurrencies, space-separated (default "1 4 8 16")
 #   BENCH_BATCH_WINDOW_MS    batching: perf_analyzer -p (default 4000)
 #   BENCH_LAYOUT             batching: instance_group count x intra_op threads of both bench
@@ -41,6 +43,7 @@ batch_concurrency="${BENCH_BATCH_CONCURRENCY:-1 4 8 16}"
 batch_window_ms="${BENCH_BATCH_WINDOW_MS:-4000}"
 ort_seconds="${BENCH_ORT_SECONDS:-5}"
 layout="${BENCH_LAYOUT:-2x1}"
+net="${BENCH_NET:-alexnet}"
 ort_layouts="${BENCH_ORT_LAYOUTS:-1x2 2x1}"
 
 want_part() { [[ ",$parts," == *",$1,"* ]]; }
@@ -258,14 +261,14 @@ part_batching() {
   mkdir -p "$dir"
   rm -f "$dir"/perf-*.csv "$dir"/perf-*.txt "$dir"/ort-*.txt "$dir"/ort-*.json "$dir"/load-*.txt "$dir/stats.json"
 
-  echo "== batching: ResNet-50 (onnx light model zoo, symbolic batch), dynamic batching vs none"
-  "$py" scripts/gen_bench_models.py --out "$repo" --instances "${layout%x*}" --threads "${layout#*x}" | sed 's/^/  /'
+  echo "== batching: $net (onnx light model zoo, symbolic batch), dynamic batching vs none"
+  "$py" scripts/gen_bench_models.py --net "$net" --out "$repo" --instances "${layout%x*}" --threads "${layout#*x}" | sed 's/^/  /'
 
   for l in $ort_layouts; do
     echo
     echo "-- ceiling: raw ONNX Runtime in-process, ${l%x*} session(s) x ${l#*x} thread(s) (scripts/bench_ort.py, ${ort_seconds} s per batch size)"
     load_begin
-    "$py" scripts/bench_ort.py --model "$repo/resnet50/1/model.onnx" --sessions "${l%x*}" --threads "${l#*x}" \
+    "$py" scripts/bench_ort.py --model "$repo/$net/1/model.onnx" --sessions "${l%x*}" --threads "${l#*x}" \
       --batches 1,2,4,8 --seconds "$ort_seconds" --json > "$dir/ort-$l.txt"
     load_end > "$dir/load-ort-$l.txt"  # a redirect, not $(...): `times` must see this shell's children
     sed '$d' "$dir/ort-$l.txt"
@@ -276,18 +279,19 @@ part_batching() {
   echo
   start_server "$repo" "$out/server-batching.log"
   echo "server:      $bin (pid $server_pid) on $repo, ready after ${ready_ms} ms, idle RSS $(rss_mb "$server_pid")"
-  for m in resnet50 resnet50_dynamic; do
+  for m in "$net" "${net}_dynamic"; do
     local cfg="$repo/$m/config.pbtxt" batching="no dynamic batching"
     if grep -q dynamic_batching "$cfg"; then
-      batching="dynamic_batching preferred [$(grep -oP 'preferred_batch_size: \[\K[^]]*' "$cfg")],"
-      batching+=" max_queue_delay $(grep -oP 'max_queue_delay_microseconds: \K\d+' "$cfg") us"
+      # Both fields are optional (no preferred sizes; delay 0).
+      batching="dynamic_batching preferred [$(grep -oP 'preferred_batch_size: \[\K[^]]*' "$cfg" || echo " none ")],"
+      batching+=" max_queue_delay $(grep -oP 'max_queue_delay_microseconds: \K\d+' "$cfg" || echo 0) us"
     fi
     printf '  %-17s max_batch_size %s, %s instance(s) x intra_op %s thread(s), %s\n' "$m:" \
       "$(grep -oP 'max_batch_size: \K\d+' "$cfg")" "$(grep -oP 'count: \K\d+' "$cfg")" \
       "$(grep -oP 'intra_op_thread_count" value: \{ string_value: "\K\d+' "$cfg")" "$batching"
   done
-  echo "perf:        perf_analyzer -m {resnet50,resnet50_dynamic} -i grpc -b 1 --concurrency-range C:C -s 30 -p $batch_window_ms, C in: $batch_concurrency"
-  for m in resnet50 resnet50_dynamic; do
+  echo "perf:        perf_analyzer -m {$net,${net}_dynamic} -i grpc -b 1 --concurrency-range C:C -s 30 -p $batch_window_ms, C in: $batch_concurrency"
+  for m in "$net" "${net}_dynamic"; do
     for c in $batch_concurrency; do
       load_begin
       BENCH_ALLOW_UNSTABLE=1 run_perf "$dir/perf-$m-c$c.txt" "$dir/perf-$m-c$c.csv" \
@@ -297,14 +301,14 @@ part_batching() {
     done
   done
 
-  "$py" - "$grpc_port" "$dir/stats.json" <<'PY'
+  "$py" - "$grpc_port" "$dir/stats.json" "$net" <<'PY'
 import json, sys
 import tritonclient.grpc as grpcclient
 
-port, path = sys.argv[1:]
+port, path, net = sys.argv[1:]
 c = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
 stats = {}
-for m in ("resnet50", "resnet50_dynamic"):
+for m in (net, f"{net}_dynamic"):
     s = c.get_inference_statistics(m, as_json=True)["model_stats"][0]
     stats[m] = s
 c.close()
@@ -314,10 +318,11 @@ PY
   echo "server RSS after the run: $(rss_mb "$server_pid")"
   stop_server
 
-  "$py" - "$dir" "$batch_concurrency" <<'PY'
+  "$py" - "$dir" "$batch_concurrency" "$net" <<'PY'
 import csv, json, os, sys
 
-d, concs = sys.argv[1], [int(c) for c in sys.argv[2].split()]
+d, concs, net = sys.argv[1], [int(c) for c in sys.argv[2].split()], sys.argv[3]
+dnet = f"{net}_dynamic"
 
 def row(model, c):
     path = os.path.join(d, f"perf-{model}-c{c}.csv")
@@ -337,17 +342,17 @@ def load(name):
     with open(os.path.join(d, f"load-{name}.txt")) as f:
         return int(f.read())
 
-none = {c: row("resnet50", c) for c in concs}
-dyn = {c: row("resnet50_dynamic", c) for c in concs}
+none = {c: row(net, c) for c in concs}
+dyn = {c: row(dnet, c) for c in concs}
 print()
 print("-- Nereid over gRPC, batch-1 requests (perf_analyzer)")
-print(f"{'':>11}  {'no batching (resnet50)':^30}  {'dynamic batching (resnet50_dynamic)':^36}")
+print(f"{'':>11}  {f'no batching ({net})':^30}  {f'dynamic batching ({dnet})':^36}")
 print(f"{'concurrency':>11}  {'infer/s':>9} {'p50 ms':>9} {'p99 ms':>9}     {'infer/s':>9} {'p50 ms':>9} {'p99 ms':>9}"
       f"  {'dyn/none':>8}  {'other CPU % (none/dyn)':>22}")
 for c in concs:
     n, y = none[c], dyn[c]
     print(f"{c:>11}  {cells(n)}     {cells(y)}"
-          f"  {speedup(y, n)}  {load(f'resnet50-c{c}'):>13} / {load(f'resnet50_dynamic-c{c}'):<6}")
+          f"  {speedup(y, n)}  {load(f'{net}-c{c}'):>13} / {load(f'{dnet}-c{c}'):<6}")
 
 stats = json.load(open(os.path.join(d, "stats.json")))
 print()
