@@ -116,6 +116,9 @@ pub struct DynamicScheduler {
     order_lock: Mutex<()>,
     policy: DynamicBatching,
     ctx: Arc<ExecContext>,
+    /// The instance slots the task hands out; none free = every instance is busy (or one is
+    /// held for a batch that is about to leave).
+    permits: Arc<Semaphore>,
 }
 
 impl DynamicScheduler {
@@ -130,6 +133,7 @@ impl DynamicScheduler {
         jobs: JobSender<Batch>,
     ) -> Self {
         let admission = Arc::new(Admission::new(&db, limits));
+        let permits = Arc::new(Semaphore::new(instances.max(1)));
         let (tx, rx) = mpsc::channel(limits.capacity.max(1));
         let cfg = PlanConfig {
             max_batch_size: if alone {
@@ -157,7 +161,7 @@ impl DynamicScheduler {
             ctx: ctx.clone(),
             rx,
             queues: Queues::new(db.priority_levels),
-            permits: Arc::new(Semaphore::new(instances.max(1))),
+            permits: permits.clone(),
             permit: None,
             jobs,
             admission: admission.clone(),
@@ -172,6 +176,7 @@ impl DynamicScheduler {
             order_lock: Mutex::new(()),
             policy: db,
             ctx,
+            permits,
         }
     }
 
@@ -198,7 +203,10 @@ impl DynamicScheduler {
         }
         // A deadline that the queue ahead cannot drain in time is refused now, not at expiry.
         if let Some(timeout) = req.queue_timeout
-            && let Some(wait) = self.ctx.load.estimate_wait(self.admission.ahead(level) - 1)
+            && let Some(wait) = self.ctx.load.estimate_wait(
+                self.admission.ahead(level) - 1,
+                self.permits.available_permits() == 0,
+            )
             && wait > timeout
         {
             self.admission.release(level);

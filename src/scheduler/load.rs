@@ -45,8 +45,10 @@ impl LoadTracker {
     }
 
     /// Expected wait before a request with `ahead` requests in front of it starts;
-    /// `None` while there is no execution to go by.
-    pub fn estimate_wait(&self, ahead: usize) -> Option<Duration> {
+    /// `None` while there is no execution to go by. With `all_busy`, no instance is free now:
+    /// the request also waits for a running execution to end, counted as a whole one (the
+    /// worst case), so that what admission lets in rarely expires in the queue after all.
+    pub fn estimate_wait(&self, ahead: usize, all_busy: bool) -> Option<Duration> {
         let service = self.service_ns.load(Ordering::Relaxed);
         if service == 0 {
             return None;
@@ -56,13 +58,18 @@ impl LoadTracker {
             .healthy
             .load(Ordering::Relaxed)
             .clamp(1, self.instances);
-        let rounds = (ahead as f64 / per_exec / healthy as f64).ceil();
+        let per_round = per_exec * healthy as f64;
+        let rounds = if all_busy {
+            (ahead as f64 / per_round).floor() + 1.0
+        } else {
+            (ahead as f64 / per_round).ceil()
+        };
         Some(Duration::from_nanos((rounds * service as f64) as u64))
     }
 
     /// When a refused request may succeed: the time to drain `queued` requests.
     pub fn retry_hint(&self, queued: usize) -> Duration {
-        self.estimate_wait(queued)
+        self.estimate_wait(queued, false)
             .unwrap_or(MIN_HINT)
             .clamp(MIN_HINT, MAX_HINT)
     }
@@ -75,14 +82,19 @@ mod tests {
     #[test]
     fn estimates_follow_the_drain_rate() {
         let t = LoadTracker::new(2);
-        assert_eq!(t.estimate_wait(10), None);
+        assert_eq!(t.estimate_wait(10, false), None);
         assert_eq!(t.retry_hint(10), MIN_HINT);
         t.record(Duration::from_millis(10), 4);
         // 16 ahead, 4 per execution, 2 instances: 2 rounds of 10 ms.
-        assert_eq!(t.estimate_wait(16), Some(Duration::from_millis(20)));
-        assert_eq!(t.estimate_wait(0), Some(Duration::ZERO));
+        assert_eq!(t.estimate_wait(16, false), Some(Duration::from_millis(20)));
+        assert_eq!(t.estimate_wait(0, false), Some(Duration::ZERO));
+        // Every instance busy: first a running execution ends (a whole round, the worst case),
+        // then the rounds of the requests ahead.
+        assert_eq!(t.estimate_wait(0, true), Some(Duration::from_millis(10)));
+        assert_eq!(t.estimate_wait(7, true), Some(Duration::from_millis(10)));
+        assert_eq!(t.estimate_wait(8, true), Some(Duration::from_millis(20)));
         t.healthy.store(1, Ordering::Relaxed);
-        assert_eq!(t.estimate_wait(16), Some(Duration::from_millis(40)));
+        assert_eq!(t.estimate_wait(16, false), Some(Duration::from_millis(40)));
         assert_eq!(t.retry_hint(1_000_000), MAX_HINT);
     }
 }
