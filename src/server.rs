@@ -21,6 +21,13 @@ use crate::pb::health::health_server::HealthServer;
 use crate::pb::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::telemetry::{Telemetry, metrics, trace::TraceControl};
 
+/// HTTP/2 receive window per gRPC stream (bytes).
+const GRPC_STREAM_WINDOW: u32 = 4 << 20;
+/// HTTP/2 receive window per gRPC connection (bytes).
+const GRPC_CONNECTION_WINDOW: u32 = 32 << 20;
+/// Requests one gRPC connection may have open at once.
+const GRPC_MAX_STREAMS: u32 = 1024;
+
 pub struct RunningServer {
     pub grpc_addr: Option<SocketAddr>,
     pub http_addr: Option<SocketAddr>,
@@ -182,6 +189,14 @@ impl RunningServer {
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let serve = tonic::transport::Server::builder()
+                // HTTP/2 flow control: with the 64 KiB default windows a 600 KB image takes ten
+                // window round trips to arrive, each a scheduling delay on a busy machine, before
+                // the request can even be refused. The windows bound what one stream and one
+                // connection may have buffered and unread; streams bound the requests a single
+                // connection keeps open at once (more wait in the client, not in server memory).
+                .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
+                .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
+                .max_concurrent_streams(Some(GRPC_MAX_STREAMS))
                 .add_service(svc)
                 .add_service(health)
                 .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
