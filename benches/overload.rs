@@ -1,0 +1,481 @@
+//! Open-loop overload generator for `scripts/overload.sh`: measures a model's capacity (closed
+//! loop), then offers multiples of it open loop with two priority classes, and reports per step
+//! what a client sees. It replaces perf_analyzer for this one job because perf_analyzer stops at
+//! the first failed request ("Thread [0] had error: ... Exceeds maximum queue size"), and
+//! rejections are what this benchmark measures.
+//!
+//! cargo bench --bench overload -- <grpc url> <model> <server pid> [options]
+//!   --capacity-concurrency N  closed-loop clients for the capacity run (default 8)
+//!   --capacity-seconds S      length of the capacity run (default 10)
+//!   --steps 1,2,4             offered load, multiples of the capacity (default 1,2,4)
+//!   --seconds S               length of each step (default 30)
+//!   --high-share F            share of requests sent at priority 1, the rest at 2 (default 0.1)
+//!   --connections K           HTTP/2 connections the requests are spread over (default 4)
+//!   --json PATH               also write every step's figures as one JSON object per line
+//!
+//! Requests are sent at evenly spaced times (like perf_analyzer's constant distribution) whether or
+//! not earlier ones were answered. Latency runs from the moment a request is handed to the gRPC
+//! client to its answer. An answer is accepted (success), rejected (UNAVAILABLE, split into refused
+//! at admission and expired in the queue by its message) or an error: anything else, which counts
+//! as a lost request. The server's resident memory is sampled every 20 ms from /proc.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nereid::pb::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use nereid::pb::inference::infer_parameter::ParameterChoice;
+use nereid::pb::inference::model_infer_request::InferInputTensor;
+use nereid::pb::inference::{InferParameter, ModelInferRequest, ModelMetadataRequest};
+use tonic::transport::Channel;
+
+type Client = GrpcInferenceServiceClient<Channel>;
+
+struct Options {
+    url: String,
+    model: String,
+    pid: u32,
+    capacity_concurrency: usize,
+    capacity_seconds: f64,
+    steps: Vec<f64>,
+    seconds: f64,
+    high_share: f64,
+    connections: usize,
+    json: Option<String>,
+}
+
+fn parse_args() -> Result<Options, String> {
+    // `cargo bench` appends `--bench`.
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let mut positional = Vec::new();
+    let mut o = Options {
+        url: String::new(),
+        model: String::new(),
+        pid: 0,
+        capacity_concurrency: 8,
+        capacity_seconds: 10.0,
+        steps: vec![1.0, 2.0, 4.0],
+        seconds: 30.0,
+        high_share: 0.1,
+        connections: 4,
+        json: None,
+    };
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        let num = |v: String, name: &str| v.parse::<f64>().map_err(|e| format!("{name}: {e}"));
+        match a.as_str() {
+            "--capacity-concurrency" => {
+                o.capacity_concurrency = num(value(&a)?, &a)?.max(1.0) as usize
+            }
+            "--capacity-seconds" => o.capacity_seconds = num(value(&a)?, &a)?,
+            "--steps" => {
+                o.steps = value(&a)?
+                    .split(',')
+                    .map(|s| s.parse::<f64>().map_err(|e| format!("--steps: {e}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--seconds" => o.seconds = num(value(&a)?, &a)?,
+            "--high-share" => o.high_share = num(value(&a)?, &a)?,
+            "--connections" => o.connections = num(value(&a)?, &a)?.max(1.0) as usize,
+            "--json" => o.json = Some(value(&a)?),
+            s if s.starts_with("--") => return Err(format!("unknown option {s}")),
+            _ => positional.push(a),
+        }
+    }
+    let [url, model, pid] = <[String; 3]>::try_from(positional)
+        .map_err(|_| "usage: overload <grpc url> <model> <server pid> [options]".to_string())?;
+    o.url = url;
+    o.model = model;
+    o.pid = pid.parse().map_err(|e| format!("server pid: {e}"))?;
+    Ok(o)
+}
+
+/// A batch-1 request for `model` built from its metadata, at `priority`.
+async fn request_for(
+    client: &mut Client,
+    model: &str,
+    priority: i64,
+) -> Result<ModelInferRequest, String> {
+    let meta = client
+        .model_metadata(ModelMetadataRequest {
+            name: model.into(),
+            version: String::new(),
+        })
+        .await
+        .map_err(|s| format!("model metadata: {}", s.message()))?
+        .into_inner();
+    let mut req = ModelInferRequest {
+        model_name: model.into(),
+        ..Default::default()
+    };
+    let mut seed = 0x2545_f491_u32;
+    for input in meta.inputs {
+        let shape: Vec<i64> = input
+            .shape
+            .iter()
+            .map(|&d| if d < 0 { 1 } else { d })
+            .collect();
+        let n = shape.iter().product::<i64>().max(0) as usize;
+        let mut raw = Vec::new();
+        for _ in 0..n {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            match input.datatype.as_str() {
+                "FP32" => raw.extend_from_slice(&((seed % 1000) as f32 / 1000.0).to_le_bytes()),
+                "INT32" => raw.extend_from_slice(&((seed % 100) as i32).to_le_bytes()),
+                "INT64" => raw.extend_from_slice(&((seed % 100) as i64).to_le_bytes()),
+                t => {
+                    return Err(format!(
+                        "input {} has datatype {t}, which this generator does not fill",
+                        input.name
+                    ));
+                }
+            }
+        }
+        req.raw_input_contents.push(raw.into());
+        req.inputs.push(InferInputTensor {
+            name: input.name,
+            datatype: input.datatype,
+            shape,
+            ..Default::default()
+        });
+    }
+    req.parameters.insert(
+        "priority".into(),
+        InferParameter {
+            parameter_choice: Some(ParameterChoice::Int64Param(priority)),
+        },
+    );
+    Ok(req)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Outcome {
+    Accepted,
+    /// UNAVAILABLE before the request queued: queue full, shed, deadline, not ready, draining.
+    Refused,
+    /// UNAVAILABLE "Request timeout expired": queued, then dropped at its deadline.
+    Expired,
+    Error,
+}
+
+#[derive(Default)]
+struct Record {
+    /// (high priority, outcome, latency)
+    answers: Vec<(bool, Outcome, Duration)>,
+    errors: Vec<String>,
+}
+
+async fn send(mut client: Client, req: ModelInferRequest, high: bool, rec: Arc<Mutex<Record>>) {
+    let t = Instant::now();
+    let r = client.model_infer(req).await;
+    let took = t.elapsed();
+    let outcome = match &r {
+        Ok(_) => Outcome::Accepted,
+        Err(s) if s.code() == tonic::Code::Unavailable => {
+            if s.message().contains("Request timeout expired") {
+                Outcome::Expired
+            } else {
+                Outcome::Refused
+            }
+        }
+        Err(_) => Outcome::Error,
+    };
+    let mut rec = rec.lock().unwrap();
+    rec.answers.push((high, outcome, took));
+    if let Err(s) = r
+        && outcome == Outcome::Error
+        && rec.errors.len() < 5
+    {
+        rec.errors.push(format!("{:?}: {}", s.code(), s.message()));
+    }
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Closed loop: `concurrency` clients, each sending its next request when the last is answered.
+async fn capacity(
+    clients: &[Client],
+    reqs: &[ModelInferRequest; 2],
+    o: &Options,
+) -> Result<f64, String> {
+    let stop = Instant::now() + Duration::from_secs_f64(o.capacity_seconds);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..o.capacity_concurrency {
+        let mut client = clients[i % clients.len()].clone();
+        // Priority 1: no queue timeout, so the closed loop measures the drain rate only.
+        let req = reqs[0].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            while Instant::now() < stop {
+                client
+                    .model_infer(req.clone())
+                    .await
+                    .map_err(|s| format!("capacity run: {:?}: {}", s.code(), s.message()))?;
+                done += 1;
+            }
+            Ok::<u64, String>(done)
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        done += t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(done as f64 / t0.elapsed().as_secs_f64())
+}
+
+struct Step {
+    mult: f64,
+    offered: f64,
+    sent_per_s: f64,
+    accepted_per_s: f64,
+    p50: f64,
+    p99: f64,
+    high_p99: f64,
+    low_p99: f64,
+    refused: usize,
+    expired: usize,
+    reject_p99: f64,
+    refused_p50: f64,
+    refused_p99: f64,
+    errors: Vec<String>,
+    error_count: usize,
+    peak_mb: f64,
+}
+
+fn pct_ms(mut xs: Vec<Duration>, q: f64) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort();
+    let i = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len()) - 1;
+    xs[i].as_secs_f64() * 1e3
+}
+
+async fn step(
+    clients: &[Client],
+    reqs: &[ModelInferRequest; 2],
+    o: &Options,
+    mult: f64,
+    rate: f64,
+) -> Step {
+    let rec = Arc::new(Mutex::new(Record::default()));
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss_kb(o.pid)));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling, pid) = (peak.clone(), sampling.clone(), o.pid);
+        tokio::spawn(async move {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss_kb(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let interval = 1.0 / rate;
+    let total = (rate * o.seconds).round() as u64;
+    // Which requests are high priority: every k-th, spread evenly.
+    let every = if o.high_share > 0.0 {
+        (1.0 / o.high_share).round() as u64
+    } else {
+        u64::MAX
+    };
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    let mut sent = 0u64;
+    while sent < total {
+        let due = ((t0.elapsed().as_secs_f64() / interval) as u64 + 1).min(total);
+        while sent < due {
+            let high = sent.is_multiple_of(every);
+            let client = clients[(sent as usize) % clients.len()].clone();
+            let req = reqs[usize::from(!high)].clone();
+            tasks.push(tokio::spawn(send(client, req, high, rec.clone())));
+            sent += 1;
+        }
+        if sent < total {
+            let next = t0 + Duration::from_secs_f64(sent as f64 * interval);
+            tokio::time::sleep_until(next.into()).await;
+        }
+    }
+    let send_time = t0.elapsed().as_secs_f64();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.await;
+    let rec = std::mem::take(&mut *rec.lock().unwrap());
+    let pick = |f: &dyn Fn(bool, Outcome) -> bool| -> Vec<Duration> {
+        rec.answers
+            .iter()
+            .filter(|(h, oc, _)| f(*h, *oc))
+            .map(|a| a.2)
+            .collect()
+    };
+    let accepted = pick(&|_, oc| oc == Outcome::Accepted);
+    let rejected = pick(&|_, oc| matches!(oc, Outcome::Refused | Outcome::Expired));
+    Step {
+        mult,
+        offered: rate,
+        sent_per_s: sent as f64 / send_time,
+        accepted_per_s: accepted.len() as f64 / elapsed,
+        p50: pct_ms(accepted.clone(), 0.50),
+        p99: pct_ms(accepted, 0.99),
+        high_p99: pct_ms(pick(&|h, oc| h && oc == Outcome::Accepted), 0.99),
+        low_p99: pct_ms(pick(&|h, oc| !h && oc == Outcome::Accepted), 0.99),
+        refused: rec
+            .answers
+            .iter()
+            .filter(|a| a.1 == Outcome::Refused)
+            .count(),
+        expired: rec
+            .answers
+            .iter()
+            .filter(|a| a.1 == Outcome::Expired)
+            .count(),
+        reject_p99: pct_ms(rejected, 0.99),
+        refused_p50: pct_ms(pick(&|_, oc| oc == Outcome::Refused), 0.50),
+        refused_p99: pct_ms(pick(&|_, oc| oc == Outcome::Refused), 0.99),
+        error_count: rec.answers.iter().filter(|a| a.1 == Outcome::Error).count()
+            + (sent as usize).saturating_sub(rec.answers.len()),
+        errors: rec.errors,
+        peak_mb: peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
+    }
+}
+
+async fn run(o: Options) -> Result<bool, String> {
+    let mut clients = Vec::new();
+    for _ in 0..o.connections {
+        let ch = Channel::from_shared(o.url.clone())
+            .map_err(|e| e.to_string())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| format!("connect {}: {e}", o.url))?;
+        clients.push(Client::new(ch).max_decoding_message_size(usize::MAX));
+    }
+    let reqs = [
+        request_for(&mut clients[0], &o.model, 1).await?,
+        request_for(&mut clients[0], &o.model, 2).await?,
+    ];
+    let cap = capacity(&clients, &reqs, &o).await?;
+    println!(
+        "model {}: capacity {cap:.1} infer/s (closed loop, {} clients, priority 1, {} s)",
+        o.model, o.capacity_concurrency, o.capacity_seconds
+    );
+    println!(
+        "{:>5} {:>9} {:>8} {:>10} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7} {:>10} {:>11} {:>11} {:>8} {:>6}",
+        "load",
+        "offered/s",
+        "sent/s",
+        "accepted/s",
+        "p50 ms",
+        "p99 ms",
+        "high p99",
+        "low p99",
+        "refused",
+        "expired",
+        "rej p99 ms",
+        "refused p50",
+        "refused p99",
+        "peak MB",
+        "lost"
+    );
+    let mut json = String::new();
+    let mut lost = 0;
+    for &mult in &o.steps {
+        tokio::time::sleep(Duration::from_secs(2)).await; // let the queues drain between steps
+        let s = step(&clients, &reqs, &o, mult, cap * mult).await;
+        lost += s.error_count;
+        println!(
+            "{:>4}x {:>9.1} {:>8.1} {:>10.1} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>8} {:>7} {:>10.2} {:>11.2} {:>11.2} {:>8.1} {:>6}",
+            s.mult,
+            s.offered,
+            s.sent_per_s,
+            s.accepted_per_s,
+            s.p50,
+            s.p99,
+            s.high_p99,
+            s.low_p99,
+            s.refused,
+            s.expired,
+            s.reject_p99,
+            s.refused_p50,
+            s.refused_p99,
+            s.peak_mb,
+            s.error_count
+        );
+        for e in &s.errors {
+            println!("      error: {e}");
+        }
+        let _ = writeln!(
+            json,
+            "{{\"model\":\"{}\",\"capacity\":{cap:.3},\"mult\":{},\"offered\":{:.3},\"sent\":{:.3},\"accepted\":{:.3},\"p50_ms\":{},\"p99_ms\":{},\"high_p99_ms\":{},\"low_p99_ms\":{},\"refused\":{},\"expired\":{},\"reject_p99_ms\":{},\"refused_p99_ms\":{},\"peak_mb\":{:.1},\"lost\":{}}}",
+            o.model,
+            s.mult,
+            s.offered,
+            s.sent_per_s,
+            s.accepted_per_s,
+            num(s.p50),
+            num(s.p99),
+            num(s.high_p99),
+            num(s.low_p99),
+            s.refused,
+            s.expired,
+            num(s.reject_p99),
+            num(s.refused_p99),
+            s.peak_mb,
+            s.error_count
+        );
+    }
+    if let Some(path) = &o.json {
+        std::fs::write(path, json).map_err(|e| format!("{path}: {e}"))?;
+    }
+    Ok(lost == 0)
+}
+
+/// JSON has no NaN: a percentile of nothing is null.
+fn num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.3}")
+    } else {
+        "null".into()
+    }
+}
+
+fn main() -> ExitCode {
+    let o = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("overload: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(o)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("overload: some requests were lost (answered with an error, or not at all)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("overload: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
