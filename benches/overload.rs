@@ -91,12 +91,9 @@ fn parse_args() -> Result<Options, String> {
     Ok(o)
 }
 
-/// A batch-1 request for `model` built from its metadata, at `priority`.
-async fn request_for(
-    client: &mut Client,
-    model: &str,
-    priority: i64,
-) -> Result<ModelInferRequest, String> {
+/// A batch-1 request for `model` built from its metadata, once at priority 1 and once at 2
+/// (the same tensors; `raw_input_contents` are shared `Bytes`).
+async fn requests_for(client: &mut Client, model: &str) -> Result<[ModelInferRequest; 2], String> {
     let meta = client
         .model_metadata(ModelMetadataRequest {
             name: model.into(),
@@ -142,13 +139,16 @@ async fn request_for(
             ..Default::default()
         });
     }
-    req.parameters.insert(
-        "priority".into(),
-        InferParameter {
-            parameter_choice: Some(ParameterChoice::Int64Param(priority)),
-        },
-    );
-    Ok(req)
+    Ok([1, 2].map(|priority| {
+        let mut r = req.clone();
+        r.parameters.insert(
+            "priority".into(),
+            InferParameter {
+                parameter_choice: Some(ParameterChoice::Int64Param(priority)),
+            },
+        );
+        r
+    }))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -366,10 +366,7 @@ async fn run(o: Options) -> Result<bool, String> {
             .map_err(|e| format!("connect {}: {e}", o.url))?;
         clients.push(Client::new(ch).max_decoding_message_size(usize::MAX));
     }
-    let reqs = [
-        request_for(&mut clients[0], &o.model, 1).await?,
-        request_for(&mut clients[0], &o.model, 2).await?,
-    ];
+    let reqs = requests_for(&mut clients[0], &o.model).await?;
     let cap = capacity(&clients, &reqs, &o).await?;
     println!(
         "model {}: capacity {cap:.1} infer/s (closed loop, {} clients, priority 1, {} s)",

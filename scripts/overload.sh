@@ -37,7 +37,7 @@ if [ -z "${NEREID_BIN:-}" ]; then
   cargo build --release --quiet
   NEREID_BIN=target/release/nereid
 fi
-cargo bench --no-run --quiet --bench overload 2>/dev/null
+cargo bench --no-run --quiet --bench overload
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$root/.ort/libonnxruntime.so.1.31.1}"
 
 rm -rf "$out" && mkdir -p "$out"
