@@ -192,7 +192,7 @@ impl Loader {
             .as_ref()
             .map_or(1, |d| d.priority_levels);
         let stats = Arc::new(ModelStats::new(&spec.name, version, levels));
-        let load = Arc::new(LoadTracker::new(total));
+        let load = Arc::new(LoadTracker::new(total, levels));
         let ctx = Arc::new(ExecContext {
             spec: spec.clone(),
             stats: stats.clone(),

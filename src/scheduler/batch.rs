@@ -205,8 +205,10 @@ impl Job for Batch {
             }
         };
         let times = out.times;
-        ctx.load
-            .record(times.input + times.infer + times.output, entries.len());
+        ctx.load.record(
+            times.input + times.infer + times.output,
+            entries.iter().map(|e| e.req.level),
+        );
         let scattered = scatter(&ctx.spec, &wanted, out.tensors, &rows).map(|per_output| {
             match &ctx.spec.text {
                 // Per-token outputs go back with each request's own length, not the batch's.

@@ -190,7 +190,7 @@ impl DynamicScheduler {
         let level = req.level;
         if let Err(why) = self.admission.try_admit(level) {
             self.ctx.stats.rejected(why.into());
-            let retry = self.ctx.load.retry_hint(self.admission.queued());
+            let retry = self.ctx.load.retry_hint(level, self.admission.ahead(level));
             let msg = match why {
                 Rejection::ShedByPriority => format!(
                     "Exceeds maximum queue size: the queue of model '{}' is past the high-water mark for priority level {}",
@@ -204,6 +204,7 @@ impl DynamicScheduler {
         // A deadline that the queue ahead cannot drain in time is refused now, not at expiry.
         if let Some(timeout) = req.queue_timeout
             && let Some(wait) = self.ctx.load.estimate_wait(
+                level,
                 self.admission.ahead(level) - 1,
                 self.permits.available_permits() == 0,
             )

@@ -93,10 +93,11 @@ fn start_with(
     limits: QueueLimits,
     failing: &[usize],
 ) -> Harness {
+    let levels = db.as_ref().map_or(1, |d| d.priority_levels);
     let spec = Arc::new(spec(db));
     let stats = Arc::new(ModelStats::default());
     let log = Arc::new(FakeLog::default());
-    let load = Arc::new(LoadTracker::new(instances));
+    let load = Arc::new(LoadTracker::new(instances, levels));
     let ctx = Arc::new(ExecContext {
         spec: spec.clone(),
         stats: stats.clone(),
