@@ -18,7 +18,7 @@ use crate::backend::{Backend, ModelIo, Runner};
 use crate::error::{Error, Result};
 use crate::preprocess::tokenizer::{self, TokenizerPool};
 use crate::scheduler::load::LoadTracker;
-use crate::scheduler::{ExecContext, Scheduler, batch::model_inputs};
+use crate::scheduler::{BatcherThreads, ExecContext, Scheduler, batch::model_inputs};
 use crate::telemetry::stats::ModelStats;
 
 /// One loaded model version: its effective config, spec, queue, statistics and instance threads.
@@ -69,6 +69,8 @@ pub struct Prepared {
 pub struct Loader {
     pub backend: Arc<dyn Backend>,
     pub opts: ManagerOptions,
+    /// Where the loaded versions' batchers run.
+    pub batchers: BatcherThreads,
 }
 
 impl Loader {
@@ -198,7 +200,12 @@ impl Loader {
             stats: stats.clone(),
             load: load.clone(),
         });
-        let (scheduler, rx) = Scheduler::start(ctx.clone(), total, self.opts.queue_limits);
+        let (scheduler, rx) = Scheduler::start(
+            ctx.clone(),
+            total,
+            self.opts.queue_limits,
+            self.batchers.get()?,
+        );
         let threshold = breaker_threshold(cfg)?;
         let alive: Arc<dyn Send + Sync> = ctx;
         let mut threads = Vec::with_capacity(total);

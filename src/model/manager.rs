@@ -110,7 +110,11 @@ impl ModelManager {
     pub fn new(backend: Arc<dyn Backend>, opts: ManagerOptions) -> Arc<Self> {
         let permits = opts.load_threads.max(1);
         Arc::new_cyclic(|me| ModelManager {
-            loader: Arc::new(Loader { backend, opts }),
+            loader: Arc::new(Loader {
+                backend,
+                opts,
+                batchers: Default::default(),
+            }),
             models: RwLock::new(BTreeMap::new()),
             locks: Mutex::new(HashMap::new()),
             load_permits: Semaphore::new(permits),

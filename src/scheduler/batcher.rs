@@ -18,6 +18,7 @@ use super::batch::{Batch, Entry, ExecContext};
 use super::planner::{Action, PlanConfig, plan};
 use super::queue::Queues;
 use super::reply::{Replier, Sequencer};
+use super::thread::BatcherThread;
 use crate::error::{Error, Rejection, Result};
 use crate::model::{DynamicBatching, TimeoutAction};
 use crate::telemetry::spans;
@@ -131,6 +132,7 @@ impl DynamicScheduler {
         instances: usize,
         limits: QueueLimits,
         jobs: JobSender<Batch>,
+        thread: Arc<BatcherThread>,
     ) -> Self {
         let admission = Arc::new(Admission::new(&db, limits));
         let permits = Arc::new(Semaphore::new(instances.max(1)));
@@ -166,8 +168,9 @@ impl DynamicScheduler {
             jobs,
             admission: admission.clone(),
             cfg,
+            _thread: thread.clone(),
         };
-        tokio::spawn(task.run());
+        thread.spawn(task.run());
         let order = db.preserve_ordering.then(|| Arc::new(Sequencer::default()));
         DynamicScheduler {
             tx,
@@ -288,6 +291,8 @@ struct BatcherTask {
     jobs: JobSender<Batch>,
     admission: Arc<Admission>,
     cfg: PlanConfig,
+    /// Keeps the thread this task runs on running until the task ends.
+    _thread: Arc<BatcherThread>,
 }
 
 impl BatcherTask {

@@ -14,6 +14,7 @@ pub mod queue;
 pub mod reply;
 #[cfg(test)]
 mod tests;
+pub mod thread;
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ use crate::validate::ValidRequest;
 
 pub use batch::{Batch, Entry, ExecContext};
 use batcher::DynamicScheduler;
+pub use thread::{BatcherThread, BatcherThreads};
 
 /// Requests queued per model version (all priority levels together) before new ones are refused.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -58,13 +60,14 @@ pub struct Scheduler(DynamicScheduler);
 
 impl Scheduler {
     /// Creates the scheduler for `ctx.spec` with `instances` instance threads to feed; returns
-    /// the receiver those threads share. Must run inside a tokio runtime (the batcher is a task).
+    /// the receiver those threads share. The batcher is a task on `thread`.
     /// Without `dynamic_batching` the same task runs every request alone (Triton's default
     /// scheduler), which still gives it bounded queues, deadlines and cancellation.
     pub fn start(
         ctx: Arc<ExecContext>,
         instances: usize,
         limits: QueueLimits,
+        thread: Arc<BatcherThread>,
     ) -> (Scheduler, Receiver<Batch>) {
         // Permits bound the batches in flight to `instances`, so this never fills.
         let (jobs, rx) = crossbeam_channel::bounded(instances.max(1));
@@ -74,7 +77,7 @@ impl Scheduler {
         };
         (
             Scheduler(DynamicScheduler::start(
-                ctx, db, alone, instances, limits, jobs,
+                ctx, db, alone, instances, limits, jobs, thread,
             )),
             rx,
         )

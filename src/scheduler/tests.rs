@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::load::LoadTracker;
-use super::{ExecContext, QueueLimits, Reply, Scheduler};
+use super::{BatcherThread, ExecContext, QueueLimits, Reply, Scheduler};
 use crate::backend::instance::{InstanceThread, Recovery};
 use crate::backend::testing::{FakeLog, FakeRunner};
 use crate::error::{Code, Rejection, Result};
@@ -103,7 +103,12 @@ fn start_with(
         stats: stats.clone(),
         load: load.clone(),
     });
-    let (scheduler, rx) = Scheduler::start(ctx.clone(), instances, limits);
+    // Paused-time tests run on a current-thread runtime, whose clock only its own tasks see.
+    let thread = match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => BatcherThread::on_current_runtime(),
+        _ => BatcherThread::start().unwrap(),
+    };
+    let (scheduler, rx) = Scheduler::start(ctx.clone(), instances, limits, thread);
     let alive: Arc<dyn Send + Sync> = ctx;
     let threads = (0..instances)
         .map(|i| {
