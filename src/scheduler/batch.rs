@@ -106,6 +106,8 @@ pub struct Batch {
     entries: Vec<Entry>,
     /// The instance slot this batch occupies (dynamic batcher); released when execution ends.
     _permit: Option<OwnedSemaphorePermit>,
+    /// When the batch took its slot.
+    formed: Instant,
 }
 
 impl Batch {
@@ -118,6 +120,7 @@ impl Batch {
             ctx,
             entries,
             _permit: permit,
+            formed: Instant::now(),
         }
     }
 
@@ -135,6 +138,7 @@ impl Job for Batch {
             ctx,
             entries,
             _permit,
+            formed,
         } = self;
         let start = Instant::now();
         let _busy = ctx.stats.busy();
@@ -204,11 +208,12 @@ impl Job for Batch {
                 return health;
             }
         };
+        // How long the batch held its instance slot so far: the run, and also the wait for the
+        // instance thread to take it, which grows when the CPU is short (the queue drains at
+        // that pace, not at the pace of the runs alone).
+        ctx.load
+            .record(formed.elapsed(), entries.iter().map(|e| e.req.level));
         let times = out.times;
-        ctx.load.record(
-            times.input + times.infer + times.output,
-            entries.iter().map(|e| e.req.level),
-        );
         let scattered = scatter(&ctx.spec, &wanted, out.tensors, &rows).map(|per_output| {
             match &ctx.spec.text {
                 // Per-token outputs go back with each request's own length, not the batch's.
