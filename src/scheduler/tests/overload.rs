@@ -1,0 +1,203 @@
+//! Overload behaviour of the scheduler: rejections with their reasons and retry hints,
+//! deadline admission, and faulty instances taken out and restored.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_name_their_reason_and_carry_a_retry_hint() {
+    // Capacity 10, 2 levels, 50% reserved for level 1: level 2 may fill only 5.
+    let limits = QueueLimits {
+        capacity: 10,
+        priority_reserve: 0.5,
+    };
+    let h = start_with(
+        Some(batching(0, 2, policy(0, 0, TimeoutAction::Reject))),
+        1,
+        100,
+        limits,
+        &[],
+    );
+    let busy = h
+        .send(
+            100,
+            8,
+            RequestParams {
+                priority: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    busy.await.unwrap().unwrap(); // one execution: the drain rate is known (~100 ms)
+    let blocker = h
+        .send(
+            100,
+            8,
+            RequestParams {
+                priority: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut low = Vec::new();
+    for i in 0..5 {
+        low.push(
+            h.send(
+                i,
+                8,
+                RequestParams {
+                    priority: 2,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+    }
+    let err = h
+        .send(
+            9,
+            8,
+            RequestParams {
+                priority: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    let (why, retry) = err.rejection.expect("a rejection");
+    assert_eq!(
+        (err.code, why),
+        (Code::Unavailable, Rejection::ShedByPriority),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message.contains("Exceeds maximum queue size"),
+        "{}",
+        err.message
+    );
+    assert!(
+        retry >= Duration::from_millis(100),
+        "retry hint {retry:?} reflects ~5 queued × 100 ms"
+    );
+    // The highest level still gets in, up to the full capacity.
+    let mut high = Vec::new();
+    for i in 0..5 {
+        high.push(
+            h.send(
+                10 + i,
+                8,
+                RequestParams {
+                    priority: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+    }
+    let err = h
+        .send(
+            20,
+            8,
+            RequestParams {
+                priority: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.rejection.unwrap().0, Rejection::QueueFull);
+    blocker.await.unwrap().unwrap();
+    for r in high.into_iter().chain(low) {
+        r.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_cannot_be_met_is_refused_at_admission() {
+    let h = start(
+        Some(batching(0, 1, policy(0, 0, TimeoutAction::Reject))),
+        1,
+        100,
+    );
+    h.send(1, 8, Default::default())
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap(); // learn the drain rate
+    let queued: Vec<Reply> = (0..3)
+        .map(|i| h.send(i, 8, Default::default()).unwrap())
+        .collect();
+    let t = std::time::Instant::now();
+    let err = h
+        .send(
+            7,
+            8,
+            RequestParams {
+                deadline: Some(Instant::now() + Duration::from_millis(50)),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(t.elapsed() < Duration::from_millis(10), "refused at once");
+    assert_eq!(
+        err.rejection.unwrap().0,
+        Rejection::DeadlineUnmeetable,
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message.contains("deadline cannot be met"),
+        "{}",
+        err.message
+    );
+    // A deadline that can be met is accepted and answered.
+    let ok = h
+        .send(
+            8,
+            8,
+            RequestParams {
+                deadline: Some(Instant::now() + Duration::from_secs(5)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    for r in queued {
+        r.await.unwrap().unwrap();
+    }
+    ok.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulty_instance_is_taken_out_and_restored_while_the_model_serves() {
+    // Instance 0 fails every run until rebuilt; instance 1 is fine. Without dynamic batching.
+    let h = start_with(
+        None,
+        2,
+        5,
+        QueueLimits {
+            capacity: 64,
+            priority_reserve: 0.2,
+        },
+        &[0],
+    );
+    let (mut ok, mut failed) = (0, 0);
+    for i in 0..40 {
+        match h.send(i + 1, 2, Default::default()).unwrap().await.unwrap() {
+            Ok(r) => {
+                assert_eq!(first_value(&r), i + 1);
+                ok += 1;
+            }
+            Err(e) => {
+                assert!(e.message.contains("broken instance"), "{}", e.message);
+                failed += 1;
+            }
+        }
+    }
+    // The breaker opens after 3 failures in a row, so at most 3 requests fail.
+    assert!((1..=3).contains(&failed), "{failed} failed");
+    assert_eq!(ok + failed, 40);
+    assert_eq!(
+        h.load.healthy.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the rebuilt instance is back"
+    );
+}
