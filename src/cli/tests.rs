@@ -1,0 +1,171 @@
+//! Flag parsing and the configuration it builds.
+
+use super::*;
+
+fn parse(args: &[&str]) -> Result<ServerConfig, String> {
+    let dir = std::env::temp_dir();
+    let repo = format!("--model-repository={}", dir.display());
+    let argv = ["nereid", repo.as_str()]
+        .into_iter()
+        .chain(args.iter().copied());
+    Cli::try_parse_from(argv)
+        .map_err(|e| e.to_string())?
+        .into_config()
+}
+
+#[test]
+fn defaults_match_tritonserver() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.server_id, "triton");
+    assert_eq!(c.grpc_addr.unwrap().port(), 8001);
+    assert_eq!(c.http_addr.unwrap().to_string(), "0.0.0.0:8000");
+    assert_eq!(c.http_max_input_size, 64 << 20);
+    assert!(
+        c.ignored.iter().all(|f| !f.contains("http")),
+        "{:?}",
+        c.ignored
+    );
+    assert!(c.manager.auto_complete && c.manager.strict_readiness && c.exit_on_error);
+    assert_eq!(c.manager.default_max_batch_size, 4);
+    assert_eq!(c.manager.load_threads, 4);
+    assert_eq!(c.exit_timeout, Duration::from_secs(30));
+    assert_eq!(c.manager.control_mode, ControlMode::None);
+    assert_eq!(c.manager.poll_interval, Duration::from_secs(15));
+}
+
+#[test]
+fn control_mode_flags() {
+    let c = parse(&[
+        "--model-control-mode=EXPLICIT",
+        "--load-model=a",
+        "--load-model=b",
+    ])
+    .unwrap();
+    assert_eq!(
+        (c.manager.control_mode, c.manager.startup_models.clone()),
+        (
+            ControlMode::Explicit,
+            vec!["a".to_string(), "b".to_string()]
+        )
+    );
+    let c = parse(&["--model-control-mode=poll", "--repository-poll-secs=2"]).unwrap();
+    assert_eq!(
+        (c.manager.control_mode, c.manager.poll_interval),
+        (ControlMode::Poll, Duration::from_secs(2))
+    );
+    assert!(
+        parse(&["--load-model=simple"])
+            .unwrap_err()
+            .contains("requires --model-control-mode=explicit")
+    );
+    assert!(
+        parse(&[
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            "--load-model=a"
+        ])
+        .unwrap_err()
+        .contains("must be the only")
+    );
+}
+
+#[test]
+fn flag_spellings() {
+    let c = parse(&[
+        "--strict-model-config=true",
+        "--exit-on-error=off",
+        "--id=nereid",
+        "--grpc-port=9001",
+    ])
+    .unwrap();
+    assert!(!c.manager.auto_complete && !c.exit_on_error);
+    assert_eq!(c.server_id, "nereid");
+    assert_eq!(c.grpc_addr.unwrap().port(), 9001);
+    assert!(
+        !parse(&["--disable-auto-complete-config"])
+            .unwrap()
+            .manager
+            .auto_complete
+    );
+    let c = parse(&["--backend-config=onnxruntime,default-max-batch-size=16"]).unwrap();
+    assert_eq!(c.manager.default_max_batch_size, 16);
+    assert!(parse(&["--allow-grpc=false"]).unwrap().grpc_addr.is_none());
+    let c = parse(&[
+        "--http-port=9000",
+        "--http-address=127.0.0.1",
+        "--http-max-input-size=1024",
+        "--http-thread-count=2",
+    ])
+    .unwrap();
+    assert_eq!(c.http_addr.unwrap().to_string(), "127.0.0.1:9000");
+    assert_eq!(c.http_max_input_size, 1024);
+    assert!(parse(&["--allow-http=false"]).unwrap().http_addr.is_none());
+    assert!(parse(&["--http-max-input-size=0"]).is_err());
+}
+
+#[test]
+fn telemetry_flags() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.metrics_addr.unwrap().port(), 8002);
+    assert_eq!(c.metrics_interval, Duration::from_secs(2));
+    assert!(c.metrics.counter_latencies && c.metrics.cpu_metrics);
+    assert!(c.ignored.iter().all(|f| !f.contains("metrics")));
+    let c = parse(&[
+        "--metrics-port=9102",
+        "--metrics-address=127.0.0.1",
+        "--metrics-interval-ms=250",
+        "--metrics-config=counter_latencies=false",
+        "--trace-config=mode=opentelemetry",
+        "--trace-config=opentelemetry,url=http://collector:4317",
+        "--log-format=json",
+    ])
+    .unwrap();
+    assert_eq!(c.metrics_addr.unwrap().to_string(), "127.0.0.1:9102");
+    assert_eq!(c.metrics_interval, Duration::from_millis(250));
+    assert!(!c.metrics.counter_latencies);
+    assert_eq!(c.trace.otel.url, "http://collector:4317");
+    assert_eq!(c.log.settings().format, LogFormat::Json);
+    assert!(
+        parse(&["--allow-metrics=false"])
+            .unwrap()
+            .metrics_addr
+            .is_none()
+    );
+    assert!(
+        parse(&["--log-format=xml"])
+            .unwrap_err()
+            .contains("--log-format")
+    );
+    assert!(
+        parse(&["--trace-config=rate=x"])
+            .unwrap_err()
+            .contains("--trace-config")
+    );
+    assert!(parse(&["--metrics-config=bogus=1"]).is_err());
+    assert!(parse(&["--metrics-interval-ms=0"]).is_err());
+}
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    assert!(
+        parse(&["--exit-on-error=maybe"])
+            .unwrap_err()
+            .contains("expected true/false")
+    );
+    assert!(
+        parse(&["--no-such-flag"])
+            .unwrap_err()
+            .contains("--no-such-flag")
+    );
+    assert!(
+        parse(&["--model-control-mode=sometimes"])
+            .unwrap_err()
+            .contains("invalid --model-control-mode")
+    );
+    let err = Cli::try_parse_from(["nereid", "--model-repository=/definitely/not/here"])
+        .unwrap()
+        .into_config()
+        .unwrap_err();
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(Cli::try_parse_from(["nereid"]).is_err());
+}
