@@ -20,7 +20,7 @@ const MIN_SHARE: f64 = 0.1;
 const DEVIATIONS: f64 = 2.0;
 
 /// Moving averages over recent executions.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Recent {
     /// Seconds per execution.
     service: f64,
@@ -52,27 +52,22 @@ impl LoadTracker {
 
     /// One execution took `took` and ran requests of these priority levels.
     pub fn record(&self, took: Duration, levels: impl IntoIterator<Item = usize>) {
-        let mut counts = vec![0.0; self.levels];
-        for l in levels {
-            counts[l.min(self.levels - 1)] += 1.0;
-        }
         let took = took.as_secs_f64();
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        match recent.as_mut() {
-            None => {
-                *recent = Some(Recent {
-                    service: took,
-                    deviation: 0.0,
-                    per_level: counts,
-                })
-            }
-            Some(r) => {
-                r.deviation += WEIGHT * ((took - r.service).abs() - r.deviation);
-                r.service += WEIGHT * (took - r.service);
-                for (avg, n) in r.per_level.iter_mut().zip(counts) {
-                    *avg += WEIGHT * (n - *avg);
-                }
-            }
+        // The first execution is the whole average; later ones weigh `WEIGHT`.
+        let w = if recent.is_none() { 1.0 } else { WEIGHT };
+        let r = recent.get_or_insert_with(|| Recent {
+            service: took,
+            deviation: 0.0,
+            per_level: vec![0.0; self.levels],
+        });
+        r.deviation += w * ((took - r.service).abs() - r.deviation);
+        r.service += w * (took - r.service);
+        for avg in &mut r.per_level {
+            *avg *= 1.0 - w;
+        }
+        for l in levels {
+            r.per_level[l.min(self.levels - 1)] += w;
         }
     }
 
@@ -86,11 +81,8 @@ impl LoadTracker {
     /// to end, counted as a whole one (the worst case). Each round is taken a little slower than
     /// average (`DEVIATIONS`), so that what admission lets in rarely expires in the queue.
     pub fn estimate_wait(&self, level: usize, ahead: usize, all_busy: bool) -> Option<Duration> {
-        let recent = self
-            .recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
+        let guard = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let recent = guard.as_ref()?;
         let total: f64 = recent.per_level.iter().sum();
         let above: f64 = recent.per_level[..level.min(self.levels - 1)].iter().sum();
         let share = if total > 0.0 {
