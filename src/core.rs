@@ -14,7 +14,7 @@ use crate::error::{Code, Error, Rejection, Result};
 use crate::model::ModelSpec;
 use crate::model::config::ModelConfig;
 use crate::model::manager::{IndexEntry, LoadRequest, LoadedModel, ModelManager, parse_version};
-use crate::request::{InferRequest, InferResponse};
+use crate::request::{InferRequest, InferResponse, RequestHead};
 use crate::scheduler::Reply;
 use crate::telemetry::Telemetry;
 use crate::telemetry::logging::{LogSettings, LogUpdate};
@@ -320,37 +320,80 @@ impl Core {
         }
     }
 
+    /// The checks that need no tensors, in `submit`'s order: the server is not draining, the
+    /// model resolves to a serving version (a known one that is loading is an overload-style
+    /// "not ready" with a retry hint), and the server-wide in-flight caps hold `bytes` more.
+    fn admit_head(
+        &self,
+        model_name: &str,
+        model_version: &str,
+        bytes: usize,
+    ) -> Result<(Arc<LoadedModel>, InflightGuard)> {
+        self.check_running()?;
+        let inflight = self.admit(bytes);
+        let model = self
+            .manager
+            .get(model_name, model_version)
+            .map_err(|e| match e.code {
+                // Known but not serving (loading, unloading): worth retrying shortly.
+                Code::Unavailable => Error {
+                    rejection: Some((Rejection::ModelNotReady, NOT_READY_RETRY)),
+                    ..e
+                },
+                Code::NotFound if self.manager.is_loading(model_name) => Error {
+                    rejection: Some((Rejection::ModelNotReady, NOT_READY_RETRY)),
+                    ..e
+                },
+                _ => e,
+            });
+        match (inflight, model) {
+            (Ok(g), Ok(m)) => Ok((m, g)),
+            (Err(e), Ok(m)) => {
+                m.stats.rejected(RejectionMetric::ServerBusy);
+                Err(e)
+            }
+            (Err(e), Err(_)) | (Ok(_), Err(e)) => Err(e),
+        }
+    }
+
+    /// Refuses a request from its head alone (model, version, id, parameters, the client's
+    /// deadline), while its tensors are still arriving: when it would be refused for overload
+    /// (draining, model not ready, server busy, queue full, shed by priority, deadline that
+    /// cannot be met) the refusal comes now, counted as `submit` counts it. Anything else,
+    /// including a head `submit` would reject as invalid, is Ok: `submit` decides with the
+    /// whole request. The in-flight byte cap is left to `submit` (the tensors' size is not
+    /// known yet).
+    pub fn refuse_early(&self, head: &RequestHead<'_>) -> Result<()> {
+        let overload = |e: Error| {
+            if e.rejection.is_some() {
+                Err(e)
+            } else {
+                Ok(())
+            }
+        };
+        let model = match self.admit_head(head.model_name, head.model_version, 0) {
+            Ok((m, _inflight)) => m,
+            Err(e) => return overload(e),
+        };
+        let Ok((level, timeout)) = crate::validate::schedule_params(&model.spec, &head.params)
+        else {
+            return Ok(());
+        };
+        model
+            .scheduler
+            .precheck(level, timeout, head.id)
+            .or_else(overload)
+    }
+
     /// Validates and queues one request at once; errors here mean it was never accepted (the
     /// model did not run). The returned future resolves with the model's answer.
     pub fn submit(&self, req: InferRequest, span: &Span) -> Result<PendingInfer> {
         spans::record_id(span, &req.id);
-        let accepted = self.check_running().and_then(|()| {
+        let accepted = {
             let bytes = req.inputs.iter().map(|i| i.data.len()).sum();
-            let inflight = self.admit(bytes);
-            let model = self
-                .manager
-                .get(&req.model_name, &req.model_version)
-                .map_err(|e| match e.code {
-                    // Known but not serving (loading, unloading): worth retrying shortly.
-                    Code::Unavailable => Error {
-                        rejection: Some((Rejection::ModelNotReady, NOT_READY_RETRY)),
-                        ..e
-                    },
-                    Code::NotFound if self.manager.is_loading(&req.model_name) => Error {
-                        rejection: Some((Rejection::ModelNotReady, NOT_READY_RETRY)),
-                        ..e
-                    },
-                    _ => e,
-                });
-            let inflight = match (inflight, &model) {
-                (Ok(g), _) => g,
-                (Err(e), Ok(m)) => {
-                    m.stats.rejected(RejectionMetric::ServerBusy);
-                    return Err(e);
-                }
-                (Err(e), Err(_)) => return Err(e),
-            };
-            let model = model?;
+            self.admit_head(&req.model_name, &req.model_version, bytes)
+        }
+        .and_then(|(model, inflight)| {
             span.record("model_version", model.spec.version);
             let arrival = req.arrival;
             let valid = validate(req, &model.spec).inspect_err(|_| {

@@ -50,6 +50,16 @@ pub struct RequestParams {
     pub deadline: Option<Instant>,
 }
 
+/// What a request says about itself ahead of its tensors: enough to refuse it for overload
+/// while the tensors are still arriving (`Core::refuse_early`).
+#[derive(Debug, Clone)]
+pub struct RequestHead<'a> {
+    pub model_name: &'a str,
+    pub model_version: &'a str,
+    pub id: &'a str,
+    pub params: RequestParams,
+}
+
 #[derive(Debug, Clone)]
 pub struct InferResponse {
     pub model_name: String,

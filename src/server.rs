@@ -15,6 +15,7 @@ use crate::backend::OrtBackend;
 use crate::cli::ServerConfig;
 use crate::core::Core;
 use crate::error::{Error, Result};
+use crate::frontend::grpc::early::EarlyRefusal;
 use crate::frontend::grpc::{GrpcService, HealthService};
 use crate::model::manager::{ControlMode, ModelManager};
 use crate::pb::health::health_server::HealthServer;
@@ -184,16 +185,19 @@ impl RunningServer {
             let svc = GrpcInferenceServiceServer::new(GrpcService::new(core.clone()))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
+            // Overload refusals from the request's head, before its tensors arrive.
+            let svc = EarlyRefusal::new(svc, core.clone());
             let health = HealthServer::new(HealthService::new(core.clone()));
             // Small responses must not wait for Nagle's algorithm (40 ms stalls with delayed ACKs).
             let incoming =
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let serve = tonic::transport::Server::builder()
                 // HTTP/2 flow control: with the 64 KiB default windows a 600 KB image takes ten
-                // window round trips to arrive, each a scheduling delay on a busy machine, before
-                // the request can even be refused. The windows bound what one stream and one
-                // connection may have buffered and unread; streams bound the requests a single
-                // connection keeps open at once (more wait in the client, not in server memory).
+                // window round trips to arrive, each a scheduling delay on a busy machine. (An
+                // overload refusal does not wait for the body: see early.rs.) The windows bound
+                // what one stream and one connection may have buffered and unread; streams bound
+                // the requests a single connection keeps open at once (more wait in the client,
+                // not in server memory).
                 .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
                 .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
                 .max_concurrent_streams(Some(GRPC_MAX_STREAMS))

@@ -227,7 +227,10 @@ fn validate_inner(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
 /// The priority level and queue timeout of a request to a dynamically batched model.
 /// Priority 0 means the model's default level; a level the model does not have, or a timeout
 /// override the model does not allow, is refused rather than silently ignored.
-fn schedule_params(spec: &ModelSpec, params: &RequestParams) -> Result<(usize, Option<Duration>)> {
+pub fn schedule_params(
+    spec: &ModelSpec,
+    params: &RequestParams,
+) -> Result<(usize, Option<Duration>)> {
     let (level, timeout) = queue_policy_params(spec, params)?;
     let Some(deadline) = params.deadline else {
         return Ok((level, timeout));

@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crossbeam_channel::Sender as JobSender;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -183,14 +184,10 @@ impl DynamicScheduler {
         }
     }
 
-    pub fn enqueue(
-        &self,
-        req: ValidRequest,
-        arrival: Instant,
-        reply: tokio::sync::oneshot::Sender<Result<crate::request::InferResponse>>,
-        span: tracing::Span,
-    ) -> Result<()> {
-        let level = req.level;
+    /// Takes a place in the queue at `level`, or refuses the request (counted in the model's
+    /// rejection metrics) when the queue is full, its level is shed, or the queue ahead cannot
+    /// drain within `queue_timeout`. On success the place is held until `release`.
+    fn reserve(&self, level: usize, queue_timeout: Option<Duration>, id: &str) -> Result<()> {
         if let Err(why) = self.admission.try_admit(level) {
             self.ctx.stats.rejected(why.into());
             let retry = self.ctx.load.retry_hint(level, self.admission.ahead(level));
@@ -202,10 +199,10 @@ impl DynamicScheduler {
                 ),
                 _ => "Exceeds maximum queue size".to_string(),
             };
-            return Err(Error::rejected(why, retry, msg).with_request_id(&req.id));
+            return Err(Error::rejected(why, retry, msg).with_request_id(id));
         }
         // A deadline that the queue ahead cannot drain in time is refused now, not at expiry.
-        if let Some(timeout) = req.queue_timeout
+        if let Some(timeout) = queue_timeout
             && let Some(wait) = self.ctx.load.estimate_wait(
                 level,
                 self.admission.ahead(level) - 1,
@@ -225,8 +222,29 @@ impl DynamicScheduler {
                     wait.as_millis()
                 ),
             )
-            .with_request_id(&req.id));
+            .with_request_id(id));
         }
+        Ok(())
+    }
+
+    /// The admission decision for a request known only by its head (level and queue timeout),
+    /// before its tensors have arrived: the refusal `enqueue` would give now, counted the same
+    /// way, or Ok without holding a place (`enqueue` decides again with the whole request).
+    pub fn precheck(&self, level: usize, queue_timeout: Option<Duration>, id: &str) -> Result<()> {
+        self.reserve(level, queue_timeout, id)?;
+        self.admission.release(level);
+        Ok(())
+    }
+
+    pub fn enqueue(
+        &self,
+        req: ValidRequest,
+        arrival: Instant,
+        reply: tokio::sync::oneshot::Sender<Result<crate::request::InferResponse>>,
+        span: tracing::Span,
+    ) -> Result<()> {
+        let level = req.level;
+        self.reserve(level, req.queue_timeout, &req.id)?;
         let enqueued = Instant::now();
         let policy = &self.policy.queue_policies[level];
         let deadline = req.queue_timeout.map(|t| enqueued + t);

@@ -96,6 +96,17 @@ impl Scheduler {
         Ok(rx)
     }
 
+    /// Refuses now what `enqueue` would refuse for a request at `level` with `queue_timeout`
+    /// (queue full, shed by priority, deadline unmeetable); holds no place when it admits.
+    pub fn precheck(
+        &self,
+        level: usize,
+        queue_timeout: Option<std::time::Duration>,
+        id: &str,
+    ) -> Result<()> {
+        self.0.precheck(level, queue_timeout, id)
+    }
+
     /// Requests waiting for an instance.
     pub fn queued(&self) -> usize {
         self.0.queued()

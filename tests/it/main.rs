@@ -8,6 +8,7 @@ mod common;
 mod concurrency;
 mod control;
 mod datatypes;
+mod early_refusal;
 mod errors;
 mod health_metadata;
 mod http;

@@ -16,7 +16,7 @@ use tonic_types::StatusExt;
 use crate::common::*;
 
 /// `simple` copied as `dyn`, one instance, `dynamic_batching { <db> }`.
-fn repo(db: &str) -> tempfile::TempDir {
+pub(crate) fn repo(db: &str) -> tempfile::TempDir {
     let repo = repo_with(&[("simple", "simple"), ("dyn", "simple")]);
     let text = read_config(repo.path(), "dyn");
     write_config(
@@ -29,7 +29,7 @@ fn repo(db: &str) -> tempfile::TempDir {
     repo
 }
 
-fn request(priority: u64) -> nereid::pb::inference::ModelInferRequest {
+pub(crate) fn request(priority: u64) -> nereid::pb::inference::ModelInferRequest {
     let (a, b) = simple_operands(1, 1);
     let mut r = simple_request("dyn", 1, &a, &b);
     if priority > 0 {
@@ -44,7 +44,7 @@ fn request(priority: u64) -> nereid::pb::inference::ModelInferRequest {
 }
 
 /// Sends `n` requests that will sit in the queue (the model's delay holds them) and returns their tasks.
-fn queue_up(
+pub(crate) fn queue_up(
     s: &TestServer,
     n: usize,
     priority: u64,
@@ -58,7 +58,7 @@ fn queue_up(
 }
 
 /// The value of `nereid_inference_request_rejected_total` for `model` and `reason`.
-async fn rejected_metric(s: &TestServer, model: &str, reason: &str) -> u64 {
+pub(crate) async fn rejected_metric(s: &TestServer, model: &str, reason: &str) -> u64 {
     let text = s.metrics().await;
     let series = format!(
         "nereid_inference_request_rejected_total{{model=\"{model}\",reason=\"{reason}\",version=\"1\"}} "

@@ -127,7 +127,7 @@ fn no_data(input: &str, model: &str) -> Error {
     ))
 }
 
-fn request_params(
+pub fn request_params(
     map: &std::collections::HashMap<String, pb::InferParameter>,
 ) -> Result<RequestParams> {
     let mut p = RequestParams::default();

@@ -1,6 +1,7 @@
 //! The KServe v2 gRPC front-end (`inference.GRPCInferenceService`) and `grpc.health.v1.Health`.
 
 pub mod convert;
+pub mod early;
 pub mod settings;
 pub mod status;
 pub mod stream;

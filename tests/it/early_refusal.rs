@@ -1,0 +1,203 @@
+//! Overload refusals from a `ModelInfer` call's head: over a raw HTTP/2 connection, a call
+//! sends its head and part of its tensors, then stalls. A request the server refuses for
+//! overload is answered while its body is still open (the refusal needs only model, id and
+//! parameters); one it admits waits for the rest of its body and is answered in full.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use nereid::pb::inference::ModelInferResponse;
+use nereid::scheduler::QueueLimits;
+use prost::Message;
+
+use crate::common::*;
+use crate::overload::{queue_up, rejected_metric, repo, request};
+
+/// A gRPC call on its own HTTP/2 connection whose body is sent in parts.
+struct RawCall {
+    response: h2::client::ResponseFuture,
+    body: h2::SendStream<Bytes>,
+    /// The whole gRPC-framed message.
+    framed: Vec<u8>,
+}
+
+impl RawCall {
+    /// Opens `ModelInfer` with `req` and sends only its first `first` framed bytes.
+    async fn start(
+        s: &TestServer,
+        req: &nereid::pb::inference::ModelInferRequest,
+        first: usize,
+    ) -> RawCall {
+        let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let head = http::Request::post(format!(
+            "http://{}/inference.GRPCInferenceService/ModelInfer",
+            s.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+        let (response, mut body) = client.send_request(head, false).unwrap();
+        let msg = req.encode_to_vec();
+        let mut framed = vec![0];
+        framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&msg);
+        assert!(first < framed.len(), "the call must stall before its end");
+        // The head split over several small DATA frames, as a slow link would deliver it.
+        for part in framed[..first].chunks(7) {
+            body.send_data(Bytes::copy_from_slice(part), false).unwrap();
+        }
+        RawCall {
+            response,
+            body,
+            framed,
+        }
+    }
+}
+
+/// Bytes of `req`'s head (fields 1-4) in its gRPC framing, prefix included.
+fn head_len(req: &nereid::pb::inference::ModelInferRequest) -> usize {
+    let mut head = req.clone();
+    head.inputs.clear();
+    head.outputs.clear();
+    head.raw_input_contents.clear();
+    5 + head.encoded_len()
+}
+
+/// `grpc-message` decoded (spaces and a few other characters travel percent-encoded).
+fn grpc_message(h: &http::HeaderMap) -> String {
+    let raw = text(h, "grpc-message").as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' && i + 2 < raw.len() {
+            let hex = std::str::from_utf8(&raw[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(hex, 16).unwrap());
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// The header (or trailer) `name` as text.
+fn text<'a>(h: &'a http::HeaderMap, name: &str) -> &'a str {
+    h.get(name)
+        .unwrap_or_else(|| panic!("no {name} in {h:?}"))
+        .to_str()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overload_refusal_comes_before_the_request_body_has_arrived() {
+    let repo =
+        repo("max_queue_delay_microseconds: 500000 default_queue_policy { max_queue_size: 2 }");
+    let s = TestServer::start(repo.path()).await.owning(repo);
+    let queued = queue_up(&s, 2, 0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut req = request(0);
+    req.id = "stalled-1".into();
+    // The head (model, id) and a few bytes of the first tensor; the rest never comes.
+    let call = RawCall::start(&s, &req, head_len(&req) + 4).await;
+    let resp = tokio::time::timeout(Duration::from_secs(5), call.response)
+        .await
+        .expect("refused while the body is still open")
+        .unwrap();
+    // A trailers-only gRPC answer: the status is in the headers.
+    let h = resp.headers();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(text(h, "grpc-status"), "14", "UNAVAILABLE");
+    let msg = grpc_message(h);
+    assert_eq!(msg, "[request id: stalled-1] Exceeds maximum queue size");
+    let pushback: u64 = text(h, "grpc-retry-pushback-ms").parse().unwrap();
+    assert!(pushback > 0);
+    assert!(
+        h.contains_key("grpc-status-details-bin"),
+        "RetryInfo detail"
+    );
+    // Counted once, as a refusal after the whole body would be.
+    assert_eq!(rejected_metric(&s, "dyn", "queue_full").await, 1);
+    for q in queued {
+        q.await.unwrap().expect("accepted requests complete");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_decides_by_priority_and_an_admitted_call_waits_for_its_body() {
+    let repo =
+        repo("max_queue_delay_microseconds: 500000 priority_levels: 2 default_priority_level: 2");
+    let s = TestServer::start_with(repo.path(), |c| {
+        c.manager.queue_limits = QueueLimits {
+            capacity: 4,
+            priority_reserve: 0.5,
+        }
+    })
+    .await
+    .owning(repo);
+    let low = queue_up(&s, 2, 2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Priority 2 is past its high-water mark: refused from the head, priority read from the
+    // parameters that precede the tensors.
+    let req = request(2);
+    let low_call = RawCall::start(&s, &req, head_len(&req) + 1).await;
+    let resp = tokio::time::timeout(Duration::from_secs(5), low_call.response)
+        .await
+        .expect("refused while the body is still open")
+        .unwrap();
+    assert_eq!(text(resp.headers(), "grpc-status"), "14");
+    let msg = grpc_message(resp.headers());
+    assert!(
+        msg.contains("high-water mark for priority level 2"),
+        "{msg}"
+    );
+    assert_eq!(rejected_metric(&s, "dyn", "shed_priority").await, 1);
+
+    // Priority 1 has room: no answer while its body is incomplete, then the full answer.
+    let (a, b) = simple_operands(1, 1);
+    let req = request(1);
+    let sent = head_len(&req) + 10;
+    let RawCall {
+        mut response,
+        mut body,
+        framed,
+    } = RawCall::start(&s, &req, sent).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut response)
+            .await
+            .is_err(),
+        "an admitted call is not answered before its body is complete"
+    );
+    body.send_data(Bytes::copy_from_slice(&framed[sent..]), true)
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    assert_eq!(text(&trailers, "grpc-status"), "0");
+    let out = ModelInferResponse::decode(&data[5..]).unwrap();
+    let sum: Vec<i32> = out.raw_output_contents[0]
+        .chunks(4)
+        .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let want: Vec<i32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    assert_eq!(sum, want);
+    for q in low {
+        q.await.unwrap().expect("accepted requests complete");
+    }
+}
