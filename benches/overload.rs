@@ -12,6 +12,8 @@
 //!   --high-share F            share of requests sent at priority 1, the rest at 2 (default 0.1)
 //!   --connections K           HTTP/2 connections the requests are spread over (default 4)
 //!   --json PATH               also write every step's figures as one JSON object per line
+//!   --metrics URL             the server's /metrics: per step, the server-side time to a refusal
+//!                             (bucket bounds of nereid_inference_rejection_duration_seconds)
 //!
 //! Requests are sent at evenly spaced times (like perf_analyzer's constant distribution) whether or
 //! not earlier ones were answered. Latency runs from the moment a request is handed to the gRPC
@@ -43,6 +45,7 @@ struct Options {
     high_share: f64,
     connections: usize,
     json: Option<String>,
+    metrics: Option<String>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -60,6 +63,7 @@ fn parse_args() -> Result<Options, String> {
         high_share: 0.1,
         connections: 4,
         json: None,
+        metrics: None,
     };
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
@@ -79,6 +83,7 @@ fn parse_args() -> Result<Options, String> {
             "--high-share" => o.high_share = num(value(&a)?, &a)?,
             "--connections" => o.connections = num(value(&a)?, &a)?.max(1.0) as usize,
             "--json" => o.json = Some(value(&a)?),
+            "--metrics" => o.metrics = Some(value(&a)?),
             s if s.starts_with("--") => return Err(format!("unknown option {s}")),
             _ => positional.push(a),
         }
@@ -254,6 +259,12 @@ struct Step {
     errors: Vec<String>,
     error_count: usize,
     peak_mb: f64,
+    /// Server-side time to a refusal, p50 and p99 (upper bucket bounds; NaN without --metrics).
+    server_refused_p50: f64,
+    server_refused_p99: f64,
+    /// How late a 1 ms sleep wakes on this machine during the step (p99): the scheduling delay
+    /// every hop of a request (client, server, client) can meet.
+    wake_p99: f64,
 }
 
 fn pct_ms(mut xs: Vec<Duration>, q: f64) -> f64 {
@@ -275,6 +286,14 @@ async fn step(
     let rec = Arc::new(Mutex::new(Record::default()));
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss_kb(o.pid)));
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let buckets_before = match &o.metrics {
+        Some(url) => refusal_buckets(url, &o.model).await,
+        None => Vec::new(),
+    };
+    let prober = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || wakeups(&sampling))
+    };
     let sampler = {
         let (peak, sampling, pid) = (peak.clone(), sampling.clone(), o.pid);
         tokio::spawn(async move {
@@ -316,6 +335,14 @@ async fn step(
     let elapsed = t0.elapsed().as_secs_f64();
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = sampler.await;
+    let wake = prober.join().unwrap_or_default();
+    let server_refused = match &o.metrics {
+        Some(url) => {
+            let after = refusal_buckets(url, &o.model).await;
+            bucket_delta(&buckets_before, &after)
+        }
+        None => Vec::new(),
+    };
     let rec = std::mem::take(&mut *rec.lock().unwrap());
     let pick = |f: &dyn Fn(bool, Outcome) -> bool| -> Vec<Duration> {
         rec.answers
@@ -352,7 +379,70 @@ async fn step(
             + (sent as usize).saturating_sub(rec.answers.len()),
         errors: rec.errors,
         peak_mb: peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
+        server_refused_p50: bucket_quantile_ms(&server_refused, 0.50),
+        server_refused_p99: bucket_quantile_ms(&server_refused, 0.99),
+        wake_p99: pct_ms(wake, 0.99),
     }
+}
+
+/// Until `running` turns false: how late each 1 ms sleep wakes.
+fn wakeups(running: &std::sync::atomic::AtomicBool) -> Vec<Duration> {
+    let nap = Duration::from_millis(1);
+    let mut late = Vec::new();
+    while running.load(std::sync::atomic::Ordering::Relaxed) {
+        let t = Instant::now();
+        std::thread::sleep(nap);
+        late.push(t.elapsed().saturating_sub(nap));
+    }
+    late
+}
+
+/// The cumulative buckets (upper bound in seconds, count) of `model`'s
+/// `nereid_inference_rejection_duration_seconds`, from the server's /metrics; empty if unreadable.
+async fn refusal_buckets(url: &str, model: &str) -> Vec<(f64, u64)> {
+    let Ok(text) = async { reqwest::get(url).await?.text().await }.await else {
+        return Vec::new();
+    };
+    let family = "nereid_inference_rejection_duration_seconds_bucket{";
+    let label = format!("model=\"{model}\"");
+    text.lines()
+        .filter(|l| l.starts_with(family) && l.contains(&label))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// What was added to each bucket between two scrapes.
+fn bucket_delta(before: &[(f64, u64)], after: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    after
+        .iter()
+        .map(|&(le, n)| {
+            let was = before.iter().find(|b| b.0 == le).map_or(0, |b| b.1);
+            (le, n.saturating_sub(was))
+        })
+        .collect()
+}
+
+/// The upper bound (ms) of the bucket holding quantile `q`; NaN when nothing was counted.
+fn bucket_quantile_ms(buckets: &[(f64, u64)], q: f64) -> f64 {
+    let total = buckets.iter().map(|b| b.1).max().unwrap_or(0);
+    if total == 0 {
+        return f64::NAN;
+    }
+    let want = (q * total as f64).ceil() as u64;
+    let mut sorted = buckets.to_vec();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    sorted
+        .iter()
+        .find(|b| b.1 >= want)
+        .map_or(f64::NAN, |b| b.0 * 1e3)
 }
 
 async fn run(o: Options) -> Result<bool, String> {
@@ -373,7 +463,7 @@ async fn run(o: Options) -> Result<bool, String> {
         o.model, o.capacity_concurrency, o.capacity_seconds
     );
     println!(
-        "{:>5} {:>9} {:>8} {:>10} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7} {:>10} {:>11} {:>11} {:>8} {:>6}",
+        "{:>5} {:>9} {:>8} {:>10} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7} {:>10} {:>11} {:>11} {:>12} {:>9} {:>8} {:>6}",
         "load",
         "offered/s",
         "sent/s",
@@ -387,6 +477,8 @@ async fn run(o: Options) -> Result<bool, String> {
         "rej p99 ms",
         "refused p50",
         "refused p99",
+        "srv p50/p99≤",
+        "wake p99",
         "peak MB",
         "lost"
     );
@@ -397,7 +489,7 @@ async fn run(o: Options) -> Result<bool, String> {
         let s = step(&clients, &reqs, &o, mult, cap * mult).await;
         lost += s.error_count;
         println!(
-            "{:>4}x {:>9.1} {:>8.1} {:>10.1} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>8} {:>7} {:>10.2} {:>11.2} {:>11.2} {:>8.1} {:>6}",
+            "{:>4}x {:>9.1} {:>8.1} {:>10.1} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>8} {:>7} {:>10.2} {:>11.2} {:>11.2} {:>12} {:>9.2} {:>8.1} {:>6}",
             s.mult,
             s.offered,
             s.sent_per_s,
@@ -411,6 +503,8 @@ async fn run(o: Options) -> Result<bool, String> {
             s.reject_p99,
             s.refused_p50,
             s.refused_p99,
+            format!("{}/{}", s.server_refused_p50, s.server_refused_p99),
+            s.wake_p99,
             s.peak_mb,
             s.error_count
         );
@@ -419,7 +513,7 @@ async fn run(o: Options) -> Result<bool, String> {
         }
         let _ = writeln!(
             json,
-            "{{\"model\":\"{}\",\"capacity\":{cap:.3},\"mult\":{},\"offered\":{:.3},\"sent\":{:.3},\"accepted\":{:.3},\"p50_ms\":{},\"p99_ms\":{},\"high_p99_ms\":{},\"low_p99_ms\":{},\"refused\":{},\"expired\":{},\"reject_p99_ms\":{},\"refused_p99_ms\":{},\"peak_mb\":{:.1},\"lost\":{}}}",
+            "{{\"model\":\"{}\",\"capacity\":{cap:.3},\"mult\":{},\"offered\":{:.3},\"sent\":{:.3},\"accepted\":{:.3},\"p50_ms\":{},\"p99_ms\":{},\"high_p99_ms\":{},\"low_p99_ms\":{},\"refused\":{},\"expired\":{},\"reject_p99_ms\":{},\"refused_p99_ms\":{},\"server_refused_p99_ms\":{},\"wake_p99_ms\":{},\"peak_mb\":{:.1},\"lost\":{}}}",
             o.model,
             s.mult,
             s.offered,
@@ -433,6 +527,8 @@ async fn run(o: Options) -> Result<bool, String> {
             s.expired,
             num(s.reject_p99),
             num(s.refused_p99),
+            num(s.server_refused_p99),
+            num(s.wake_p99),
             s.peak_mb,
             s.error_count
         );

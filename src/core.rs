@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::Span;
 
 use crate::error::{Code, Error, Rejection, Result};
@@ -323,11 +324,13 @@ impl Core {
     /// The checks that need no tensors, in `submit`'s order: the server is not draining, the
     /// model resolves to a serving version (a known one that is loading is an overload-style
     /// "not ready" with a retry hint), and the server-wide in-flight caps hold `bytes` more.
+    /// A refusal for server load is timed from `arrival` in the model's rejection histogram.
     fn admit_head(
         &self,
         model_name: &str,
         model_version: &str,
         bytes: usize,
+        arrival: Instant,
     ) -> Result<(Arc<LoadedModel>, InflightGuard)> {
         self.check_running()?;
         let inflight = self.admit(bytes);
@@ -350,6 +353,7 @@ impl Core {
             (Ok(g), Ok(m)) => Ok((m, g)),
             (Err(e), Ok(m)) => {
                 m.stats.rejected(RejectionMetric::ServerBusy);
+                m.stats.refusal_took(arrival.elapsed());
                 Err(e)
             }
             (Err(e), Err(_)) | (Ok(_), Err(e)) => Err(e),
@@ -371,7 +375,7 @@ impl Core {
                 Ok(())
             }
         };
-        let model = match self.admit_head(head.model_name, head.model_version, 0) {
+        let model = match self.admit_head(head.model_name, head.model_version, 0, head.arrival) {
             Ok((m, _inflight)) => m,
             Err(e) => return overload(e),
         };
@@ -382,6 +386,8 @@ impl Core {
         model
             .scheduler
             .precheck(level, timeout, head.id)
+            // Every precheck error is an overload refusal.
+            .inspect_err(|_| model.stats.refusal_took(head.arrival.elapsed()))
             .or_else(overload)
     }
 
@@ -391,7 +397,7 @@ impl Core {
         spans::record_id(span, &req.id);
         let accepted = {
             let bytes = req.inputs.iter().map(|i| i.data.len()).sum();
-            self.admit_head(&req.model_name, &req.model_version, bytes)
+            self.admit_head(&req.model_name, &req.model_version, bytes, req.arrival)
         }
         .and_then(|(model, inflight)| {
             span.record("model_version", model.spec.version);
@@ -409,7 +415,13 @@ impl Core {
                     m.scheduler.enqueue(valid, arrival, span2)
                 }))
             } else {
-                Stage::Queued(model.scheduler.enqueue(valid, arrival, span.clone())?)
+                let queued = model.scheduler.enqueue(valid, arrival, span.clone());
+                let queued = queued.inspect_err(|e| {
+                    if e.rejection.is_some() {
+                        model.stats.refusal_took(arrival.elapsed())
+                    }
+                });
+                Stage::Queued(queued?)
             };
             Ok(PendingInfer {
                 stage,

@@ -58,6 +58,8 @@ pub struct RequestHead<'a> {
     pub model_version: &'a str,
     pub id: &'a str,
     pub params: RequestParams,
+    /// When the head arrived.
+    pub arrival: Instant,
 }
 
 #[derive(Debug, Clone)]

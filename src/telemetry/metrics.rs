@@ -42,6 +42,7 @@ pub const COMPUTE_SECONDS: &str = "nereid_inference_compute_duration_seconds";
 pub const BATCH_SIZE: &str = "nereid_inference_batch_size";
 pub const QUEUE_DEPTH: &str = "nereid_inference_queue_depth";
 pub const REJECTED: &str = "nereid_inference_request_rejected_total";
+pub const REJECTION_SECONDS: &str = "nereid_inference_rejection_duration_seconds";
 pub const INSTANCES: &str = "nereid_model_instances";
 pub const INSTANCES_BUSY: &str = "nereid_model_instances_busy";
 pub const MODEL_STATE: &str = "nereid_model_state";
@@ -70,6 +71,11 @@ pub const REJECTION_REASONS: [&str; 8] = [
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
+];
+/// Time-to-refusal buckets in seconds: 25 µs .. 1 s (refusals are meant to take well under 2 ms).
+const REJECTION_BUCKETS: [f64; 15] = [
+    0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.005, 0.01, 0.025,
+    0.1, 0.25, 1.0,
 ];
 const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
@@ -112,6 +118,7 @@ pub struct ModelMetrics {
     pub queue_depth: Vec<IntGauge>,
     /// Indexed like `REJECTION_REASONS`.
     pub rejected: [IntCounter; 8],
+    pub rejection_seconds: Histogram,
     pub instances: IntGauge,
     pub instances_busy: IntGauge,
 }
@@ -246,6 +253,13 @@ impl ModelMetrics {
                 })
                 .collect(),
             rejected,
+            rejection_seconds: histogram(
+                REJECTION_SECONDS,
+                "Time from a request's arrival to its overload refusal (its head, for gRPC calls refused before their tensors arrived)",
+                model,
+                &v,
+                &REJECTION_BUCKETS,
+            ),
             instances: gauge(o(INSTANCES, "Model instances (execution threads) loaded")),
             instances_busy: gauge(o(INSTANCES_BUSY, "Model instances executing a batch now")),
         }
@@ -274,6 +288,7 @@ impl ModelMetrics {
         add(&self.batch_size);
         self.queue_depth.iter().for_each(|g| add(g));
         self.rejected.iter().for_each(|c| add(c));
+        add(&self.rejection_seconds);
         add(&self.instances);
         add(&self.instances_busy);
         out

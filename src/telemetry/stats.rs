@@ -5,7 +5,8 @@
 //!
 //! The fixed points, and who calls them:
 //! - `rejected`: a request refused before it was queued (validation in `Core`, a full or closed
-//!   queue in the scheduler). Not part of Triton's statistics.
+//!   queue in the scheduler). Not part of Triton's statistics. `refusal_took`: `Core`, for the
+//!   overload refusals among them, with the time from arrival to the refusal.
 //! - `enqueued` / `left_queue`: the scheduler, when a request is accepted and when it starts
 //!   executing or is answered without executing (`nv_inference_pending_request_count`, queue
 //!   depth per priority level).
@@ -143,6 +144,11 @@ impl ModelStats {
     }
 
     /// A request was accepted into the queue at priority `level` (0-based).
+    /// How long an overload refusal took from the request's arrival (or its head's).
+    pub fn refusal_took(&self, took: Duration) {
+        self.metrics.rejection_seconds.observe(took.as_secs_f64());
+    }
+
     pub fn enqueued(&self, level: usize) {
         self.metrics.pending.inc();
         self.depth(level).inc();

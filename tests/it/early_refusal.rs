@@ -121,8 +121,12 @@ async fn an_overload_refusal_comes_before_the_request_body_has_arrived() {
         h.contains_key("grpc-status-details-bin"),
         "RetryInfo detail"
     );
-    // Counted once, as a refusal after the whole body would be.
+    // Counted once, as a refusal after the whole body would be, and timed.
     assert_eq!(rejected_metric(&s, "dyn", "queue_full").await, 1);
+    let timed = s.metrics().await;
+    let count = "nereid_inference_rejection_duration_seconds_count{model=\"dyn\",version=\"1\"} ";
+    let line = timed.lines().find(|l| l.starts_with(count)).expect(count);
+    assert_eq!(line[count.len()..].trim(), "1");
     for q in queued {
         q.await.unwrap().expect("accepted requests complete");
     }

@@ -147,10 +147,11 @@ where
         }
         let core = self.core.clone();
         Box::pin(async move {
+            let arrival = tokio::time::Instant::now();
             let (parts, mut body) = req.into_parts();
             let read = read_head(&mut body).await;
             if let Some(head) = &read.head
-                && let Err(e) = decide(&core, &parts.headers, head)
+                && let Err(e) = decide(&core, &parts.headers, head, arrival)
             {
                 return Ok(Status::from(e).into_http());
             }
@@ -213,8 +214,12 @@ async fn read_head(body: &mut Body) -> HeadRead {
 /// Decodes the head and asks the core whether to refuse now. Errors other than an overload
 /// refusal never come from here: a head that does not decode is left for the handler to report
 /// with the whole request.
-fn decide(core: &Core, headers: &http::HeaderMap, head: &[u8]) -> Result<(), Error> {
-    let arrival = tokio::time::Instant::now();
+fn decide(
+    core: &Core,
+    headers: &http::HeaderMap,
+    head: &[u8],
+    arrival: tokio::time::Instant,
+) -> Result<(), Error> {
     let Ok(req) = pb::ModelInferRequest::decode(head) else {
         return Ok(());
     };
@@ -231,6 +236,7 @@ fn decide(core: &Core, headers: &http::HeaderMap, head: &[u8]) -> Result<(), Err
         model_version: &req.model_version,
         id: &req.id,
         params,
+        arrival,
     })
 }
 
