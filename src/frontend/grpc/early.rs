@@ -32,6 +32,7 @@ use crate::core::Core;
 use crate::error::Error;
 use crate::pb::inference as pb;
 use crate::request::RequestHead;
+use crate::telemetry::spans;
 
 /// The unary inference method's path.
 const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -237,6 +238,18 @@ fn decide(
         id: &req.id,
         params,
         arrival,
+    })
+    .inspect_err(|e| {
+        // A refused call is traced as the handler would trace it (sampled once: a call that
+        // goes on is sampled by the handler instead).
+        let parent = spans::parent_from_headers(
+            headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+        );
+        let span = core.request_span("grpc", &req.model_name, &req.model_version, parent.as_ref());
+        spans::record_id(&span, &req.id);
+        spans::record_error(&span, &e.message);
     })
 }
 
