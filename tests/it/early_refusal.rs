@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use nereid::pb::inference::ModelInferResponse;
-use nereid::scheduler::QueueLimits;
 use prost::Message;
 
 use crate::common::*;
-use crate::overload::{queue_up, rejected_metric, repo, request};
+use crate::overload::{queue_up, rejected_metric, repo, request, shed_server};
 
 /// A gRPC call on its own HTTP/2 connection whose body is sent in parts.
 struct RawCall {
@@ -123,10 +122,12 @@ async fn an_overload_refusal_comes_before_the_request_body_has_arrived() {
     );
     // Counted once, as a refusal after the whole body would be, and timed.
     assert_eq!(rejected_metric(&s, "dyn", "queue_full").await, 1);
-    let timed = s.metrics().await;
-    let count = "nereid_inference_rejection_duration_seconds_count{model=\"dyn\",version=\"1\"} ";
-    let line = timed.lines().find(|l| l.starts_with(count)).expect(count);
-    assert_eq!(line[count.len()..].trim(), "1");
+    let timed = sample(
+        &s.metrics().await,
+        "nereid_inference_rejection_duration_seconds_count",
+        r#"model="dyn",version="1""#,
+    );
+    assert_eq!(timed, Some(1.0));
     for q in queued {
         q.await.unwrap().expect("accepted requests complete");
     }
@@ -134,16 +135,7 @@ async fn an_overload_refusal_comes_before_the_request_body_has_arrived() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_head_decides_by_priority_and_an_admitted_call_waits_for_its_body() {
-    let repo =
-        repo("max_queue_delay_microseconds: 500000 priority_levels: 2 default_priority_level: 2");
-    let s = TestServer::start_with(repo.path(), |c| {
-        c.manager.queue_limits = QueueLimits {
-            capacity: 4,
-            priority_reserve: 0.5,
-        }
-    })
-    .await
-    .owning(repo);
+    let s = shed_server().await;
     let low = queue_up(&s, 2, 2);
     tokio::time::sleep(Duration::from_millis(100)).await;
 

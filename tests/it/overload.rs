@@ -132,18 +132,24 @@ async fn queue_full_is_refused_at_once_with_a_retry_hint_over_grpc_and_http() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lower_priority_is_shed_first_and_the_highest_keeps_its_share() {
+/// `dyn` with two priority levels (2 the default), batches held 500 ms, and queues of 4 of which
+/// half is kept for priority 1: priority 2 is shed once 2 requests wait.
+pub(crate) async fn shed_server() -> TestServer {
     let repo =
         repo("max_queue_delay_microseconds: 500000 priority_levels: 2 default_priority_level: 2");
-    let s = TestServer::start_with(repo.path(), |c| {
+    TestServer::start_with(repo.path(), |c| {
         c.manager.queue_limits = QueueLimits {
             capacity: 4,
             priority_reserve: 0.5,
         }
     })
     .await
-    .owning(repo);
+    .owning(repo)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lower_priority_is_shed_first_and_the_highest_keeps_its_share() {
+    let s = shed_server().await;
     let low = queue_up(&s, 2, 2);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_rejected(

@@ -10,7 +10,6 @@ test_tritonclient.py.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from test_tritonclient import ROOT, STARTUP_TIMEOUT_S, Server, make_input
+from test_tritonclient import launch, make_input
 
 MODEL = "identity_fp32"
 # identity_fp32 with a one-request queue whose batch waits 1.5 s to fill.
@@ -37,23 +36,13 @@ CONFIG = {
 
 @pytest.fixture(scope="module")
 def client():
-    binary = os.environ.get("NEREID_BIN", os.path.join(ROOT, "target", "debug", "nereid"))
-    binary = os.path.join(ROOT, binary) if not os.path.isabs(binary) else binary
-    env = dict(os.environ)
-    ort_lib = os.path.join(ROOT, ".ort", "libonnxruntime.so.1.31.1")
-    if "ORT_DYLIB_PATH" not in env and os.path.exists(ort_lib):
-        env["ORT_DYLIB_PATH"] = ort_lib
-    argv = [
-        binary,
-        "--model-repository", os.path.join(ROOT, "model_repository"),
+    srv = launch(
         "--model-control-mode", "explicit",
         "--grpc-port", "0",
         "--allow-http", "false",
         "--allow-metrics", "false",
-    ]
-    srv = Server(argv, env)
+    )
     try:
-        srv.wait_started(STARTUP_TIMEOUT_S)
         c = grpcclient.InferenceServerClient(url=srv.address)
         c.load_model(MODEL, config=json.dumps(CONFIG))
         yield c

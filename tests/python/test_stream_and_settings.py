@@ -4,43 +4,25 @@
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import time
 import urllib.request
-from functools import partial
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from test_tritonclient import ROOT, STARTUP_TIMEOUT_S, Server, int32_rows, make_input
+from test_tritonclient import int32_rows, launch, make_input
 
 METRICS = re.compile(r"Started Metrics Service at (\S+):(\d+)")
 
 
 @pytest.fixture(scope="module")
 def server():
-    binary = os.environ.get("NEREID_BIN", os.path.join(ROOT, "target", "debug", "nereid"))
-    binary = os.path.join(ROOT, binary) if not os.path.isabs(binary) else binary
-    if not os.access(binary, os.X_OK):
-        pytest.fail(f"server binary '{binary}' not found; build it (cargo build) or set NEREID_BIN", pytrace=False)
-    env = dict(os.environ)
-    ort_lib = os.path.join(ROOT, ".ort", "libonnxruntime.so.1.31.1")
-    if "ORT_DYLIB_PATH" not in env and os.path.exists(ort_lib):
-        env["ORT_DYLIB_PATH"] = ort_lib
-    argv = [
-        binary,
-        "--model-repository", os.path.join(ROOT, "model_repository"),
-        "--grpc-port", "0",
-        "--metrics-port", "0",
-        "--metrics-address", "127.0.0.1",
-    ]
-    srv = Server(argv, env)
+    srv = launch("--grpc-port", "0", "--metrics-port", "0", "--metrics-address", "127.0.0.1")
     try:
-        srv.wait_started(STARTUP_TIMEOUT_S)
         yield srv
     finally:
         srv.stop()

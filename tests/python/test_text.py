@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from test_tritonclient import ROOT, STARTUP_TIMEOUT_S, Server
+from test_tritonclient import ROOT, launch
 
 MIN_COSINE = 0.99999
 MAX_ABS_DIFF = 1e-4
@@ -30,15 +30,9 @@ def text_client():
     for f in ("minilm/1/model.onnx", "minilm/tokenizer.json"):
         if not os.path.isfile(os.path.join(repo, f)):
             pytest.fail(f"text_repository/{f} is missing: build it with .venv/bin/python scripts/gen_text_model.py", pytrace=False)
-    binary = os.environ.get("NEREID_BIN", os.path.join(ROOT, "target", "debug", "nereid"))
-    binary = os.path.join(ROOT, binary) if not os.path.isabs(binary) else binary
-    env = dict(os.environ)
-    ort_lib = os.path.join(ROOT, ".ort", "libonnxruntime.so.1.31.1")
-    if "ORT_DYLIB_PATH" not in env and os.path.exists(ort_lib):
-        env["ORT_DYLIB_PATH"] = ort_lib
-    srv = Server([binary, "--model-repository", repo, "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"], env)
+    srv = launch("--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", repository=repo)
     try:
-        client = grpcclient.InferenceServerClient(url=srv.wait_started(STARTUP_TIMEOUT_S))
+        client = grpcclient.InferenceServerClient(url=srv.address)
         yield client
         client.close()
     finally:

@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 
 import ml_dtypes
 import numpy as np
@@ -44,7 +43,8 @@ IDENTITY_DTYPES = {
 class Server:
     """The server process plus everything it printed; a reader thread drains the pipe so it never blocks."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]):
+    def __init__(self, argv: list[str], env: dict[str, str], started: re.Pattern = STARTED):
+        self._started_line = started
         self.lines: list[str] = []
         self.address: str | None = None
         self._started = threading.Event()
@@ -64,7 +64,7 @@ class Server:
     def _drain(self):
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
-            match = STARTED.search(line)
+            match = self._started_line.search(line)
             if match and self.address is None:
                 host, port = match.groups()
                 # A wildcard listen address is reached through loopback.
@@ -84,7 +84,8 @@ class Server:
                 why = f"server did not print within {timeout:.0f} s"
             self.stop()
             log = "\n".join(self.lines[-200:]) or "(no output)"
-            pytest.fail(f"{why} 'Started GRPCInferenceService at HOST:PORT'; its log:\n{log}", pytrace=False)
+            expected = self._started_line.pattern.split(" at ")[0] + " at HOST:PORT"
+            pytest.fail(f"{why} '{expected}'; its log:\n{log}", pytrace=False)
         return self.address
 
     def stop(self):
@@ -97,29 +98,28 @@ class Server:
                 self.proc.wait()
 
 
-@pytest.fixture(scope="session")
-def server():
+def launch(*args: str, repository: str | None = None, started: re.Pattern = STARTED) -> Server:
+    """Starts $NEREID_BIN (default target/debug/nereid) on `repository` (default model_repository/)
+    with `args`, and returns it once it printed the `started` line (the gRPC one by default)."""
     binary = os.environ.get("NEREID_BIN", os.path.join(ROOT, "target", "debug", "nereid"))
     binary = os.path.join(ROOT, binary) if not os.path.isabs(binary) else binary
     if not os.access(binary, os.X_OK):
         pytest.fail(f"server binary '{binary}' not found; build it (cargo build) or set NEREID_BIN", pytrace=False)
-
     env = dict(os.environ)
     # Outside cargo, .cargo/config.toml's ORT_DYLIB_PATH does not apply; point at the same library.
     ort_lib = os.path.join(ROOT, ".ort", "libonnxruntime.so.1.31.1")
     if "ORT_DYLIB_PATH" not in env and os.path.exists(ort_lib):
         env["ORT_DYLIB_PATH"] = ort_lib
+    repository = repository or os.path.join(ROOT, "model_repository")
+    srv = Server([binary, "--model-repository", repository, *args], env, started)
+    srv.wait_started(STARTUP_TIMEOUT_S)
+    return srv
 
-    argv = [
-        binary,
-        "--model-repository", os.path.join(ROOT, "model_repository"),
-        "--grpc-port", "0",
-        "--http-port", "0",
-        "--metrics-port", "0",
-    ]
-    srv = Server(argv, env)
+
+@pytest.fixture(scope="session")
+def server():
+    srv = launch("--grpc-port", "0", "--http-port", "0", "--metrics-port", "0")
     try:
-        srv.wait_started(STARTUP_TIMEOUT_S)
         yield srv
     finally:
         srv.stop()

@@ -7,11 +7,7 @@ model_repository/ with ephemeral ports; the HTTP port is read from its startup l
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import threading
 
 import ml_dtypes
 import numpy as np
@@ -19,101 +15,15 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STARTUP_TIMEOUT_S = 60
+from test_tritonclient import IDENTITY_DTYPES, launch
+
 STARTED = re.compile(r"Started HTTPService at (\S+):(\d+)")
-
-IDENTITY_DTYPES = {
-    "bool": np.bool_,
-    "uint8": np.uint8,
-    "uint16": np.uint16,
-    "uint32": np.uint32,
-    "uint64": np.uint64,
-    "int8": np.int8,
-    "int16": np.int16,
-    "int32": np.int32,
-    "int64": np.int64,
-    "fp16": np.float16,
-    "fp32": np.float32,
-    "fp64": np.float64,
-}
-
-
-class Server:
-    """The server process plus everything it printed; a reader thread drains the pipe so it never blocks."""
-
-    def __init__(self, argv: list[str], env: dict[str, str]):
-        self.lines: list[str] = []
-        self.address: str | None = None
-        self._started = threading.Event()
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            bufsize=1,
-        )
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self):
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            match = STARTED.search(line)
-            if match and self.address is None:
-                host, port = match.groups()
-                if host in ("0.0.0.0", "[::]", "::", ""):
-                    host = "127.0.0.1"
-                self.address = f"{host}:{port}"
-                self._started.set()
-        self._started.set()
-
-    def wait_started(self, timeout: float) -> str:
-        self._started.wait(timeout)
-        if self.address is None:
-            try:
-                code = self.proc.wait(timeout=1)
-                why = f"server exited with code {code} before printing"
-            except subprocess.TimeoutExpired:
-                why = f"server did not print within {timeout:.0f} s"
-            self.stop()
-            log = "\n".join(self.lines[-200:]) or "(no output)"
-            pytest.fail(f"{why} 'Started HTTPService at HOST:PORT'; its log:\n{log}", pytrace=False)
-        return self.address
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="module")
 def server():
-    binary = os.environ.get("NEREID_BIN", os.path.join(ROOT, "target", "debug", "nereid"))
-    binary = os.path.join(ROOT, binary) if not os.path.isabs(binary) else binary
-    if not os.access(binary, os.X_OK):
-        pytest.fail(f"server binary '{binary}' not found; build it (cargo build) or set NEREID_BIN", pytrace=False)
-    env = dict(os.environ)
-    ort_lib = os.path.join(ROOT, ".ort", "libonnxruntime.so.1.31.1")
-    if "ORT_DYLIB_PATH" not in env and os.path.exists(ort_lib):
-        env["ORT_DYLIB_PATH"] = ort_lib
-    argv = [
-        binary,
-        "--model-repository", os.path.join(ROOT, "model_repository"),
-        "--grpc-port", "0",
-        "--http-port", "0",
-        "--metrics-port", "0",
-    ]
-    srv = Server(argv, env)
+    srv = launch("--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", started=STARTED)
     try:
-        srv.wait_started(STARTUP_TIMEOUT_S)
         yield srv
     finally:
         srv.stop()

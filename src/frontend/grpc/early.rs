@@ -57,11 +57,7 @@ enum Head {
 /// Finds the head fields in `buf`, the start of a gRPC-framed `ModelInferRequest`.
 fn find_head(buf: &[u8]) -> Head {
     if buf.len() < PREFIX {
-        return if buf.len() >= HEAD_LIMIT {
-            Head::Skip
-        } else {
-            Head::NeedMore
-        };
+        return Head::NeedMore;
     }
     if buf[0] != 0 {
         return Head::Skip;
