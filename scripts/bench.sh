@@ -199,7 +199,7 @@ run_perf() {
     "$perf_analyzer" -i grpc -u "localhost:$grpc_port" "$@" -f "$csv" > "$txt" 2>&1 || status=$?
     if [ "${BENCH_ALLOW_UNSTABLE:-0}" = 1 ] && [ "$status" -ne 0 ] &&
       grep -q 'Failed to obtain stable measurement' "$txt" &&
-      ! grep -vE 'Failed to obtain stable measurement' "$txt" | grep -qiE '(^|[^a-z])(error|failed)'; then
+      ! grep -vE 'Failed to obtain stable measurement' "$txt" | grep -iE '(^|[^a-z])(error|failed)' >/dev/null; then
       [ "$try" = 2 ] && return 3
       continue
     fi

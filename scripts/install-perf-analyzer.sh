@@ -19,11 +19,13 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-if ! ldconfig -p | grep -q 'libb64\.so\.0d'; then
-  # apt-cache has no candidate until the package lists have been fetched once.
-  if ! apt-cache show libb64-0d >/dev/null 2>&1; then
-    as_root apt-get update -qq
-  fi
+# Captured first, then matched: `ldconfig -p | grep -q` under pipefail fails when grep exits at the
+# first match and ldconfig dies of SIGPIPE.
+ld_cache="$(ldconfig -p)"
+if ! grep 'libb64\.so\.0d' <<<"$ld_cache" >/dev/null; then
+  # Fresh lists every time we install: on a new machine there are none yet, and stale ones can
+  # name package versions the mirror no longer has.
+  as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null
 fi
 
@@ -78,7 +80,7 @@ fi
 usage="$("$bin/perf_analyzer" --help 2>&1 || true)"
 if [[ "$usage" == *"error while loading shared libraries"* ]] || [[ "$usage" != *"--concurrency-range"* ]]; then
   echo "install-perf-analyzer: '$bin/perf_analyzer --help' did not print its usage:" >&2
-  echo "$usage" | head -20 >&2
+  sed -n 1,20p <<<"$usage" >&2
   exit 1
 fi
 echo "install-perf-analyzer: $bin/perf_analyzer ($want)"

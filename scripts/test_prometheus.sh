@@ -16,10 +16,12 @@ export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$PWD/.ort/libonnxruntime.so.1.31.1}"
 
 if ! command -v prometheus >/dev/null 2>&1; then
     echo "prometheus is not installed; installing Debian's package:"
-    apt-cache policy prometheus | head -3
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
+    # sed reads all of its input: a reader that stops early (head) would kill apt-cache with
+    # SIGPIPE, and pipefail would end the script.
+    apt-cache policy prometheus | sed -n 1,3p
     # --no-install-recommends: the node exporter is not needed. Services are not started here.
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus
 fi
