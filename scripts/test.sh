@@ -36,8 +36,10 @@ NEREID_BIN="$PWD/target/debug/nereid" .venv/bin/python -m pytest -q tests/python
 step "lifecycle: reload under load from 8 clients, 200 load/unload cycles (RSS within 5%)"
 NEREID_BIN="$PWD/target/debug/nereid" RELOADS=6 CYCLES=200 scripts/lifecycle_bench.sh
 
+# A compatibility check, not a measurement: a window that is not stable on a busy machine is
+# retried once and then accepted, as long as every request succeeded.
 step "perf_analyzer against the server, gRPC and HTTP (debug build, short windows)"
-NEREID_BIN="$PWD/target/debug/nereid" BENCH_PARTS=simple BENCH_WINDOW_MS=500 BENCH_HTTP_CONCURRENCY=1:4 scripts/bench.sh
+NEREID_BIN="$PWD/target/debug/nereid" BENCH_ALLOW_UNSTABLE=1 BENCH_PARTS=simple BENCH_WINDOW_MS=500 BENCH_HTTP_CONCURRENCY=1:4 scripts/bench.sh
 
 step "a real Prometheus scrapes the metrics listener (PromQL counts the requests)"
 NEREID_BIN="$PWD/target/debug/nereid" scripts/test_prometheus.sh
