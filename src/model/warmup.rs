@@ -3,15 +3,15 @@
 //! dynamically batched models, unless the `default_warmup` parameter is false) every preferred
 //! batch size and the max batch size with zero data.
 
+use std::io::Read;
 use std::path::Path;
-
-use bytes::Bytes;
 
 use super::ModelSpec;
 use super::config::ModelConfig;
+use super::limits::ConfigLimits;
 use crate::error::{Error, Result};
 use crate::pb::inference::model_warmup::input::InputDataType;
-use crate::tensor::{DataType, Tensor, bytes_codec, element_count};
+use crate::tensor::{DataType, Tensor, bytes_codec, checked_byte_len, element_count};
 
 #[derive(Debug, Clone)]
 pub struct WarmupSample {
@@ -24,7 +24,12 @@ pub struct WarmupSample {
     pub required: bool,
 }
 
-pub fn samples(cfg: &ModelConfig, spec: &ModelSpec, model_dir: &Path) -> Result<Vec<WarmupSample>> {
+pub fn samples(
+    cfg: &ModelConfig,
+    spec: &ModelSpec,
+    model_dir: &Path,
+    limits: &ConfigLimits,
+) -> Result<Vec<WarmupSample>> {
     let mut out = Vec::new();
     for w in &cfg.model_warmup {
         let batch = w.batch_size.max(1) as i64;
@@ -34,6 +39,15 @@ pub fn samples(cfg: &ModelConfig, spec: &ModelSpec, model_dir: &Path) -> Result<
                 w.name, spec.name
             )));
         }
+        let name = if w.name.is_empty() {
+            "warmup".to_string()
+        } else {
+            w.name.clone()
+        };
+        let rows = if spec.batching() { batch as usize } else { 1 };
+        // Input bytes of the sample so far: every size below comes from the config, so it is
+        // computed with checked arithmetic and held to --max-warmup-bytes before any allocation.
+        let mut total = Some(0usize);
         let mut inputs = Vec::with_capacity(spec.inputs.len());
         for io in &spec.inputs {
             let Some(input) = w.inputs.get(&io.name) else {
@@ -45,49 +59,85 @@ pub fn samples(cfg: &ModelConfig, spec: &ModelSpec, model_dir: &Path) -> Result<
                     w.name, spec.name, io.name
                 )));
             };
-            let mut shape = if input.dims.is_empty() {
+            let mut shape: Vec<i64> = if input.dims.is_empty() {
                 io.dims.iter().map(|&d| d.max(1)).collect()
             } else {
                 input.dims.clone()
             };
-            if spec.batching() {
-                shape.insert(0, batch);
+            if shape.iter().any(|&d| d < 0) {
+                return Err(Error::invalid_arg(format!(
+                    "warmup setting expects all variable-size dimensions are specified for input '{}'",
+                    io.name
+                )));
             }
-            let per_item = element_count(if spec.batching() { &shape[1..] } else { &shape });
+            let per_item = element_count(&shape);
+            let mut add = |bytes_per_item: Option<usize>| -> Result<()> {
+                total = bytes_per_item
+                    .and_then(|n| n.checked_mul(rows))
+                    .zip(total)
+                    .and_then(|(n, t)| t.checked_add(n));
+                limits.check_warmup(&spec.name, &name, total)
+            };
             let data = match &input.input_data_type {
                 Some(InputDataType::InputDataFile(file)) => {
                     let path = model_dir.join("warmup").join(file);
-                    let one = std::fs::read(&path).map_err(|e| {
+                    let cannot_read = |e: std::io::Error| {
                         Error::invalid_arg(format!(
                             "warmup sample '{}' of model '{}': cannot read '{}': {e}",
                             w.name,
                             spec.name,
                             path.display()
                         ))
-                    })?;
+                    };
+                    let one = match io.dtype.byte_size() {
+                        Some(size) => {
+                            // As Triton: the file must hold at least one item's bytes; only
+                            // those are used (a longer file is fine).
+                            let expected = per_item.and_then(|n| checked_byte_len(n, size));
+                            add(expected)?;
+                            let expected = expected.unwrap_or(0);
+                            let one = read_prefix(&path, expected).map_err(cannot_read)?;
+                            if one.len() < expected {
+                                return Err(Error::invalid_arg(format!(
+                                    "warmup setting expects {expected} bytes, but the data provided from {file}only has {} bytes",
+                                    one.len()
+                                )));
+                            }
+                            one
+                        }
+                        None => {
+                            // BYTES: the whole file is the serialized item (its framing is
+                            // checked when the tensor is made); read one byte past the limit
+                            // so an oversized file fails without being read whole.
+                            let one = read_prefix(&path, limits.warmup_bytes.saturating_add(1))
+                                .map_err(cannot_read)?;
+                            add(Some(one.len()))?;
+                            one
+                        }
+                    };
                     // The file holds one batch item; replicate it to the batch size.
-                    one.repeat(if spec.batching() { batch as usize } else { 1 })
+                    one.repeat(rows)
                 }
                 Some(InputDataType::RandomData(_)) if io.dtype != DataType::Bytes => {
-                    random_data(io.dtype, per_item * batch as usize)
+                    add(data_bytes(io.dtype, per_item))?;
+                    random_data(io.dtype, per_item.unwrap_or(0) * rows)
                 }
-                _ => zero_data(
-                    io.dtype,
-                    per_item * if spec.batching() { batch as usize } else { 1 },
-                ),
+                _ => {
+                    add(data_bytes(io.dtype, per_item))?;
+                    zero_data(io.dtype, per_item.unwrap_or(0) * rows)
+                }
             };
-            inputs.push(Tensor {
-                name: io.name.clone(),
-                dtype: io.dtype,
-                shape,
-                data: Bytes::from(data),
-            });
+            if spec.batching() {
+                shape.insert(0, batch);
+            }
+            let tensor = Tensor::new(io.name.clone(), io.dtype, shape, data).map_err(|e| {
+                Error::invalid_arg(format!(
+                    "warmup sample '{}' of model '{}': {}",
+                    w.name, spec.name, e.message
+                ))
+            })?;
+            inputs.push(tensor);
         }
-        let name = if w.name.is_empty() {
-            "warmup".to_string()
-        } else {
-            w.name.clone()
-        };
         out.push(WarmupSample {
             name,
             count: w.count.max(1),
@@ -107,30 +157,58 @@ pub fn samples(cfg: &ModelConfig, spec: &ModelSpec, model_dir: &Path) -> Result<
         sizes.sort_unstable();
         sizes.dedup();
         for size in sizes {
-            let inputs = spec
-                .inputs
-                .iter()
-                .filter(|io| !io.optional)
-                .map(|io| {
-                    let mut shape: Vec<i64> = io.dims.iter().map(|&d| d.max(1)).collect();
-                    shape.insert(0, size as i64);
-                    let data = zero_data(io.dtype, element_count(&shape));
-                    Tensor {
-                        name: io.name.clone(),
-                        dtype: io.dtype,
-                        shape,
-                        data: Bytes::from(data),
-                    }
-                })
-                .collect();
-            out.push(WarmupSample {
-                name: format!("default batch {size}"),
-                count: 1,
-                inputs,
-                required: false,
-            });
+            let name = format!("default batch {size}");
+            match default_sample(spec, size, limits, &name) {
+                Ok(inputs) => out.push(WarmupSample {
+                    name,
+                    count: 1,
+                    inputs,
+                    required: false,
+                }),
+                // Not asked for by the config: a sample past the limits is left out, not fatal.
+                Err(e) => {
+                    tracing::warn!(model = %spec.name, sample = %name, error = %e, "default warmup sample skipped")
+                }
+            }
         }
     }
+    Ok(out)
+}
+
+/// Zero data for every required input at batch size `size`, within --max-warmup-bytes.
+fn default_sample(
+    spec: &ModelSpec,
+    size: usize,
+    limits: &ConfigLimits,
+    name: &str,
+) -> Result<Vec<Tensor>> {
+    let mut total = Some(0usize);
+    let mut inputs = Vec::new();
+    for io in spec.inputs.iter().filter(|io| !io.optional) {
+        let mut shape: Vec<i64> = io.dims.iter().map(|&d| d.max(1)).collect();
+        shape.insert(0, size as i64);
+        let elements = element_count(&shape);
+        total = total
+            .zip(data_bytes(io.dtype, elements))
+            .and_then(|(t, n)| t.checked_add(n));
+        limits.check_warmup(&spec.name, name, total)?;
+        let data = zero_data(io.dtype, elements.unwrap_or(0));
+        inputs.push(Tensor::new(io.name.clone(), io.dtype, shape, data)?);
+    }
+    Ok(inputs)
+}
+
+/// Bytes `zero_data` / `random_data` make for `elements` values (BYTES: "0" strings, 5 bytes).
+fn data_bytes(dtype: DataType, elements: Option<usize>) -> Option<usize> {
+    checked_byte_len(elements?, dtype.byte_size().unwrap_or(5))
+}
+
+/// At most `max` bytes from the start of the file: a larger file is never read whole.
+fn read_prefix(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    std::fs::File::open(path)?
+        .take(max as u64)
+        .read_to_end(&mut out)?;
     Ok(out)
 }
 

@@ -188,7 +188,7 @@ impl Harness {
 }
 
 fn first_value(r: &InferResponse) -> i32 {
-    i32::from_le_bytes(r.outputs[0].data[..4].try_into().unwrap())
+    i32::from_le_bytes(r.outputs[0].data()[..4].try_into().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +208,7 @@ async fn concurrent_requests_within_the_delay_share_executions() {
             i as i32,
             "each request gets its own rows back"
         );
-        assert_eq!(resp.outputs[0].shape, vec![1, 2]);
+        assert_eq!(resp.outputs[0].shape(), vec![1, 2]);
     }
     let batches = h.log.batches();
     assert!(batches.len() < 6, "6 requests ran as {batches:?}");
