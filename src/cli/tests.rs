@@ -215,7 +215,9 @@ fn config_limit_flags() {
         ("--max-warmup-bytes", "268435456"),
         ("--max-text-length", "8192"),
     ] {
-        let at = help.find(flag).unwrap_or_else(|| panic!("{flag} in --help"));
+        let at = help
+            .find(flag)
+            .unwrap_or_else(|| panic!("{flag} in --help"));
         let rest = &help[at..];
         let next = rest[2..].find("\n  --").map_or(rest.len(), |i| i + 2);
         assert!(

@@ -264,4 +264,109 @@ mod tests {
         );
         assert!(random_data(DataType::Bool, 50).iter().all(|&b| b <= 1));
     }
+
+    /// `samples` for a batching model with one input `x` of `dtype` dims [4], whose warmup
+    /// sample is `sample` (the text inside `model_warmup [ { ... } ]`), and `file` written to
+    /// `warmup/in` when given.
+    fn warm(
+        dtype: &str,
+        sample: &str,
+        file: Option<&[u8]>,
+        limits: &ConfigLimits,
+    ) -> Result<Vec<WarmupSample>> {
+        use crate::model::config::{fill_server_defaults, normalize, parse_pbtxt};
+        let text = format!(
+            "name: \"m\" backend: \"onnxruntime\" max_batch_size: 8 input [ {{ name: \"x\" data_type: {dtype} dims: [ 4 ] }} ] output [ {{ name: \"y\" data_type: {dtype} dims: [ 4 ] }} ] parameters {{ key: \"default_warmup\" value: {{ string_value: \"false\" }} }} model_warmup [ {{ name: \"w\" {sample} }} ]"
+        );
+        let mut cfg = parse_pbtxt(Path::new("c"), &text).unwrap();
+        fill_server_defaults(&mut cfg, "m", None).unwrap();
+        normalize(&mut cfg, &[]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("warmup")).unwrap();
+        if let Some(data) = file {
+            std::fs::write(dir.path().join("warmup/in"), data).unwrap();
+        }
+        let spec = crate::model::spec::to_spec(&cfg, 1, dir.path()).unwrap();
+        samples(&cfg, &spec, dir.path(), limits)
+    }
+
+    const FILE: &str = "inputs { key: \"x\" value: { data_type: TYPE_INT32 dims: [ 4 ] input_data_file: \"in\" } }";
+
+    #[test]
+    fn a_short_file_fails_and_a_long_one_gives_only_the_sample_bytes() {
+        let limits = ConfigLimits::default();
+        let short = warm("TYPE_INT32", FILE, Some(&[1; 15]), &limits).unwrap_err();
+        assert_eq!(short.code(), crate::error::Code::InvalidArg);
+        assert_eq!(
+            short.message,
+            "warmup setting expects 16 bytes, but the data provided from inonly has 15 bytes"
+        );
+        let long: Vec<u8> = (0..100).collect();
+        let ok = warm(
+            "TYPE_INT32",
+            &format!("batch_size: 2 {FILE}"),
+            Some(&long),
+            &limits,
+        )
+        .unwrap();
+        let t = &ok[0].inputs[0];
+        assert_eq!(t.shape(), [2, 4]);
+        let first: Vec<u8> = (0..16).collect();
+        assert_eq!(t.data().as_ref(), [first.clone(), first].concat());
+    }
+
+    #[test]
+    fn sizes_are_checked_before_anything_is_read_or_allocated() {
+        let limits = ConfigLimits {
+            warmup_bytes: 1000,
+            ..ConfigLimits::default()
+        };
+        // No file at all: the size check comes first.
+        let huge = "inputs { key: \"x\" value: { data_type: TYPE_INT32 dims: [ 1099511627776 ] input_data_file: \"in\" } }";
+        assert_eq!(
+            warm("TYPE_INT32", huge, None, &limits).unwrap_err().message,
+            "model 'm': model_warmup 'w' needs 4398046511104 bytes of input data, more than --max-warmup-bytes 1000"
+        );
+        let overflow = "inputs { key: \"x\" value: { data_type: TYPE_INT32 dims: [ 4611686018427387904, 4 ] zero_data: true } }";
+        assert!(
+            warm("TYPE_INT32", overflow, None, &limits)
+                .unwrap_err()
+                .message
+                .contains("more than 18446744073709551615 bytes")
+        );
+        let batch = "batch_size: 8 inputs { key: \"x\" value: { data_type: TYPE_INT32 dims: [ 32 ] random_data: true } }";
+        assert!(
+            warm("TYPE_INT32", batch, None, &limits).is_err(),
+            "8 × 128 bytes"
+        );
+        let variable =
+            "inputs { key: \"x\" value: { data_type: TYPE_INT32 dims: [ -1 ] zero_data: true } }";
+        assert_eq!(
+            warm("TYPE_INT32", variable, None, &limits)
+                .unwrap_err()
+                .message,
+            "warmup setting expects all variable-size dimensions are specified for input 'x'"
+        );
+    }
+
+    #[test]
+    fn a_bytes_file_must_hold_the_sample_strings() {
+        let limits = ConfigLimits {
+            warmup_bytes: 64,
+            ..ConfigLimits::default()
+        };
+        let file = "inputs { key: \"x\" value: { data_type: TYPE_STRING dims: [ 4 ] input_data_file: \"in\" } }";
+        let four = bytes_codec::encode([b"a".as_slice(), b"b", b"", b"cd"]);
+        let ok = warm("TYPE_STRING", file, Some(&four), &limits).unwrap();
+        assert_eq!(ok[0].inputs[0].data().as_ref(), four.as_slice());
+        let three = bytes_codec::encode([b"a".as_slice(), b"b", b""]);
+        let err = warm("TYPE_STRING", file, Some(&three), &limits).unwrap_err();
+        assert!(
+            err.message.contains("expected 4 string elements, got 3"),
+            "{err:?}"
+        );
+        let big = bytes_codec::encode([[b'x'; 60].as_slice(), b"", b"", b""]);
+        let err = warm("TYPE_STRING", file, Some(&big), &limits).unwrap_err();
+        assert!(err.message.contains("--max-warmup-bytes 64"), "{err:?}");
+    }
 }
