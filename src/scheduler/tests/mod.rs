@@ -466,3 +466,22 @@ async fn the_delay_is_honoured_in_paused_time() {
     assert_eq!(h.log.batches(), vec![2]);
     assert!(Instant::now() - t0 >= Duration::from_millis(100));
 }
+
+#[test]
+fn a_reshape_that_does_not_fit_the_data_is_an_error_not_a_tensor() {
+    // Load refuses such a config; this is the second line of defence on the run path.
+    let mut s = spec(None);
+    s.inputs[0].dims = vec![-1, 4];
+    s.inputs[0].reshape = Some(vec![-1]);
+    let t =
+        crate::tensor::Tensor::new("IN", DataType::Int32, vec![1, 3, 4], vec![0u8; 48]).unwrap();
+    let err = super::batch::model_inputs(&s, vec![t.clone()]).unwrap_err();
+    assert!(
+        err.message
+            .contains("cannot view shape [1,3,4] as [1,3]: the element counts differ"),
+        "{err:?}"
+    );
+    s.inputs[0].reshape = Some(vec![-1, 2, 2]);
+    let ok = super::batch::model_inputs(&s, vec![t]).unwrap();
+    assert_eq!(ok[0].shape(), [1, 3, 2, 2]);
+}
