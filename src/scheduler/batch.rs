@@ -385,19 +385,20 @@ fn config_shape(shape: &[i64], io: &IoSpec, batching: bool) -> Vec<i64> {
     } else {
         (&shape[..0], shape)
     };
-    let fixed: i64 = io.dims.iter().filter(|&&d| d > 0).product();
-    let elements: i64 = item.iter().product();
+    // Checked products: an overflow leaves the dim at -1, which `Tensor::reshaped` refuses.
+    let fixed = io
+        .dims
+        .iter()
+        .filter(|&&d| d > 0)
+        .try_fold(1i64, |n, &d| n.checked_mul(d));
+    let elements = item.iter().try_fold(1i64, |n, &d| n.checked_mul(d));
     let vars = io.dims.iter().filter(|&&d| d == -1).count();
     let mut out = head.to_vec();
     for &d in &io.dims {
-        out.push(if d == -1 {
-            if vars == 1 && fixed > 0 {
-                elements / fixed
-            } else {
-                -1
-            }
-        } else {
-            d
+        out.push(match (d, fixed, elements) {
+            (-1, Some(f), Some(e)) if vars == 1 && f > 0 => e / f,
+            (-1, ..) => -1,
+            _ => d,
         });
     }
     out

@@ -227,3 +227,28 @@ async fn tokenizer_threads_past_the_limit_are_refused() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consistent_reshape_still_round_trips() {
+    // The contrast to the refused reshape: dims [2, 2] seen by the graph as [4], both ways.
+    let repo = repo_with(&[("simple", "simple"), ("reshaped", "identity_int32")]);
+    write_config(
+        repo.path(),
+        "reshaped",
+        "name: \"reshaped\"\nplatform: \"onnxruntime_onnx\"\nmax_batch_size: 8\n\
+         input [ { name: \"INPUT0\" data_type: TYPE_INT32 dims: [ 2, 2 ] reshape: { shape: [ 4 ] } } ]\n\
+         output [ { name: \"OUTPUT0\" data_type: TYPE_INT32 dims: [ 2, 2 ] reshape: { shape: [ 4 ] } } ]\n",
+    );
+    let s = explicit(repo.path()).await;
+    load(&s, "reshaped")
+        .await
+        .expect("a consistent reshape loads");
+    let values: Vec<i32> = (0..12).collect();
+    let req = raw_request(
+        "reshaped",
+        vec![(input("INPUT0", "INT32", &[3, 2, 2]), i32_bytes(&values))],
+    );
+    let resp = s.infer(req).await.unwrap();
+    assert_eq!(resp.outputs[0].shape, vec![3, 2, 2]);
+    assert_eq!(output_i32(&resp, "OUTPUT0"), values);
+}
