@@ -250,11 +250,15 @@ fn to_ort(t: &Tensor) -> Result<DynValue> {
         t.shape().to_vec(),
     )
     .map_err(ort_err)?;
-    // The copy below trusts nothing but what ONNX Runtime reports for the tensor it just made:
-    // its size in bytes (from the shape and element type) must equal the data's length, and it
-    // must live in CPU memory.
+    // The copy below relies on no caller: the data's length must equal both the byte length of
+    // the shape and element type (checked arithmetic) and the size ONNX Runtime reports for the
+    // tensor it just allocated, and that tensor must live in CPU memory.
     let capacity = value.size();
-    if capacity != Some(t.data().len()) || !value.memory_info().is_cpu_accessible() {
+    let expected = crate::tensor::fixed_byte_len(t.dtype(), t.shape());
+    if expected != Some(t.data().len())
+        || capacity != Some(t.data().len())
+        || !value.memory_info().is_cpu_accessible()
+    {
         return Err(Error::internal(format!(
             "input '{}': {} bytes do not fit the ONNX Runtime tensor of shape {} ({} bytes)",
             t.name(),
@@ -273,8 +277,8 @@ fn to_ort(t: &Tensor) -> Result<DynValue> {
             )));
         }
         // SAFETY: `dst` is the non-null CPU buffer of `value`, which ONNX Runtime just reported
-        // to hold exactly `t.data().len()` bytes (checked above); `value` is a fresh allocation,
-        // so it cannot overlap `t.data()`.
+        // to hold exactly `t.data().len()` bytes, the shape's byte length (both checked above);
+        // `value` is a fresh allocation, so it cannot overlap `t.data()`.
         unsafe { std::ptr::copy_nonoverlapping(t.data().as_ptr(), dst, t.data().len()) };
     }
     Ok(value.into_dyn())
