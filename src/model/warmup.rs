@@ -369,4 +369,23 @@ mod tests {
         let err = warm("TYPE_STRING", file, Some(&big), &limits).unwrap_err();
         assert!(err.message.contains("--max-warmup-bytes 64"), "{err:?}");
     }
+
+    #[test]
+    fn default_samples_past_the_limit_are_left_out() {
+        use crate::model::config::{fill_server_defaults, normalize, parse_pbtxt};
+        let text = "name: \"m\" backend: \"onnxruntime\" max_batch_size: 64 input [ { name: \"x\" data_type: TYPE_FP32 dims: [ 1024 ] } ] output [ { name: \"y\" data_type: TYPE_FP32 dims: [ 1024 ] } ] dynamic_batching { preferred_batch_size: [ 4 ] }";
+        let mut cfg = parse_pbtxt(Path::new("c"), text).unwrap();
+        fill_server_defaults(&mut cfg, "m", None).unwrap();
+        normalize(&mut cfg, &[]).unwrap();
+        let spec = crate::model::spec::to_spec(&cfg, 1, Path::new("m")).unwrap();
+        // 4 × 4 KiB fits in 64 KiB, 64 × 4 KiB does not.
+        let limits = ConfigLimits {
+            warmup_bytes: 64 << 10,
+            ..ConfigLimits::default()
+        };
+        let got = samples(&cfg, &spec, Path::new("m"), &limits).unwrap();
+        let names: Vec<&str> = got.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["default batch 4"]);
+        assert!(!got[0].required);
+    }
 }
