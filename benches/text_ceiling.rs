@@ -114,19 +114,20 @@ fn measure(
         let batch: Vec<&[u8]> = (start..start + b)
             .map(|i| sentences[i % sentences.len()].as_bytes())
             .collect();
-        let texts = Tensor {
-            name: text.input.clone(),
-            dtype: DataType::Bytes,
-            shape: vec![b as i64, 1],
-            data: bytes_codec::encode(batch).into(),
-        };
+        let texts = Tensor::new(
+            text.input.clone(),
+            DataType::Bytes,
+            vec![b as i64, 1],
+            bytes_codec::encode(batch),
+        )
+        .map_err(|e| e.message)?;
         let inputs = encoder
             .encode_inputs(&[texts])
             .map_err(|e| e.message)?
             .inputs;
         let mask = inputs
             .iter()
-            .find(|t| t.name == ATTENTION_MASK)
+            .find(|t| t.name() == ATTENTION_MASK)
             .expect("mask");
         let lengths = post::row_lengths(mask);
         let out = runner

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 
+use crate::model::limits::{self, ConfigLimits};
 use crate::model::manager::{ControlMode, ManagerOptions};
 use crate::scheduler::{DEFAULT_QUEUE_CAPACITY, QueueLimits};
 use crate::telemetry::logging::{LogControl, LogFormat, LogSettings};
@@ -174,6 +175,30 @@ pub struct Cli {
     #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
     pub max_inflight_bytes: usize,
 
+    /// Most instances one model version may ask for (instance_group counts, all groups and
+    /// GPUs together); a config asking for more fails to load.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_INSTANCES_PER_MODEL, value_name = "N")]
+    pub max_instances_per_model: usize,
+
+    /// Most ONNX Runtime threads one model version may ask for: instances × (intra_op_thread_count
+    /// + inter_op_thread_count); a config asking for more fails to load.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_MODEL_THREADS, value_name = "N")]
+    pub max_model_threads: usize,
+
+    /// Largest `tokenizer_threads` a text model may ask for; a config asking for more fails to load.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_TOKENIZER_THREADS, value_name = "N")]
+    pub max_tokenizer_threads: usize,
+
+    /// Most input bytes of one model_warmup sample (all inputs, whole batch); a config asking for
+    /// more fails to load.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_WARMUP_BYTES, value_name = "BYTES")]
+    pub max_warmup_bytes: usize,
+
+    /// Largest `max_length` (tokens) of a text model, from its config or tokenizer file; a model
+    /// asking for more fails to load.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_TEXT_LENGTH, value_name = "TOKENS")]
+    pub max_text_length: usize,
+
     /// Address the metrics server binds.
     #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
     pub metrics_address: IpAddr,
@@ -331,6 +356,13 @@ impl Cli {
         {
             return Err("--max-queue-size-per-model, --max-inflight-requests and --max-inflight-bytes must be at least 1".into());
         }
+        if self.max_instances_per_model == 0
+            || self.max_model_threads == 0
+            || self.max_tokenizer_threads == 0
+            || self.max_text_length < 2
+        {
+            return Err("--max-instances-per-model, --max-model-threads and --max-tokenizer-threads must be at least 1, --max-text-length at least 2".into());
+        }
         if !(0.0..=90.0).contains(&self.priority_reserve_percent) {
             return Err("--priority-reserve-percent must be between 0 and 90".into());
         }
@@ -412,6 +444,13 @@ impl Cli {
                 gpus: Vec::new(),
                 gpu_limits,
                 gpu_safety_factor: self.model_load_gpu_safety_factor,
+                limits: ConfigLimits {
+                    instances_per_model: self.max_instances_per_model,
+                    model_threads: self.max_model_threads,
+                    tokenizer_threads: self.max_tokenizer_threads,
+                    warmup_bytes: self.max_warmup_bytes,
+                    text_length: self.max_text_length,
+                },
             },
             server_id: self.id,
             grpc_addr: self

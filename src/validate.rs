@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::model::{IoSpec, ModelSpec};
 use crate::request::{InferRequest, RequestParams};
-use crate::tensor::{DataType, Tensor, bytes_codec, element_count, shape_string};
+use crate::tensor::{DataType, Tensor, bytes_codec, checked_byte_len, element_count, shape_string};
 
 /// A request checked against one model version.
 #[derive(Debug)]
@@ -160,12 +160,9 @@ fn validate_inner(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
         };
         check_dims(io, item_shape, &input.shape, spec)?;
         check_data(io, dtype, &input.shape, &input.data, model)?;
-        inputs.push(Tensor {
-            name: input.name,
-            dtype,
-            shape: input.shape,
-            data: input.data,
-        });
+        // check_dims and check_data above hold the request to the constructor's invariant;
+        // `new` checks it again rather than trusting that.
+        inputs.push(Tensor::new(input.name, dtype, input.shape, input.data)?);
     }
 
     let batch_size = if spec.batching() {
@@ -311,10 +308,10 @@ fn check_data(io: &IoSpec, dtype: DataType, shape: &[i64], data: &[u8], model: &
     let elements = element_count(shape);
     match dtype.byte_size() {
         Some(size) => {
-            let expected = elements.checked_mul(size).filter(|&n| n < usize::MAX);
+            let expected = elements.and_then(|n| checked_byte_len(n, size));
             if expected != Some(data.len()) {
                 let expected =
-                    expected.map_or_else(|| format!("more than {}", usize::MAX), |n| n.to_string());
+                    expected.map_or_else(|| format!("more than {}", isize::MAX), |n| n.to_string());
                 return Err(Error::invalid_arg(format!(
                     "input byte size mismatch for input '{}' for model '{model}'. Expected {expected}, got {}",
                     io.name,
@@ -323,7 +320,14 @@ fn check_data(io: &IoSpec, dtype: DataType, shape: &[i64], data: &[u8], model: &
             }
         }
         None => {
-            bytes_codec::decode(data, elements).map_err(|e| {
+            let elements = elements.ok_or_else(|| {
+                Error::invalid_arg(format!(
+                    "input '{}' for model '{model}' has too many elements: {}",
+                    io.name,
+                    shape_string(shape)
+                ))
+            })?;
+            bytes_codec::check(data, elements).map_err(|e| {
                 Error::invalid_arg(format!(
                     "{e} for inference input '{}' for model '{model}'",
                     io.name
@@ -394,7 +398,7 @@ mod tests {
         ]);
         let v = validate(req, &spec(8)).unwrap();
         assert_eq!(v.batch_size, 3);
-        assert_eq!(v.inputs[0].name, "INPUT0");
+        assert_eq!(v.inputs[0].name(), "INPUT0");
         assert_eq!(v.outputs.len(), 2);
     }
 

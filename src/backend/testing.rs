@@ -44,7 +44,7 @@ impl Runner for FakeRunner {
         self.log.max_concurrent.fetch_max(now, Ordering::SeqCst);
         let first = inputs
             .first()
-            .and_then(|t| t.data.get(..4))
+            .and_then(|t| t.data().get(..4))
             .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")));
         let slow = self.slow_value.is_some() && first == self.slow_value;
         std::thread::sleep(if slow { self.work * 5 } else { self.work });
@@ -54,7 +54,7 @@ impl Runner for FakeRunner {
         }
         let rows = inputs
             .first()
-            .and_then(|t| t.shape.first())
+            .and_then(|t| t.shape().first())
             .copied()
             .unwrap_or(1) as usize;
         self.log
@@ -65,10 +65,7 @@ impl Runner for FakeRunner {
         let tensors = outputs
             .iter()
             .zip(inputs)
-            .map(|(name, t)| Tensor {
-                name: name.to_string(),
-                ..t
-            })
+            .map(|(name, t)| t.renamed(*name))
             .collect();
         Ok(RunOutput {
             tensors,

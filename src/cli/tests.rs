@@ -169,3 +169,61 @@ fn bad_flags_are_clear_errors() {
     assert!(err.contains("does not exist"), "{err}");
     assert!(Cli::try_parse_from(["nereid"]).is_err());
 }
+
+#[test]
+fn config_limit_flags() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.manager.limits, ConfigLimits::default());
+    assert_eq!(
+        (
+            c.manager.limits.instances_per_model,
+            c.manager.limits.model_threads,
+            c.manager.limits.tokenizer_threads,
+            c.manager.limits.warmup_bytes,
+            c.manager.limits.text_length,
+        ),
+        (64, 256, 16, 256 << 20, 8192)
+    );
+    let c = parse(&[
+        "--max-instances-per-model=2",
+        "--max-model-threads=3",
+        "--max-tokenizer-threads=4",
+        "--max-warmup-bytes=5",
+        "--max-text-length=6",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.manager.limits,
+        ConfigLimits {
+            instances_per_model: 2,
+            model_threads: 3,
+            tokenizer_threads: 4,
+            warmup_bytes: 5,
+            text_length: 6,
+        }
+    );
+    assert!(parse(&["--max-instances-per-model=0"]).is_err());
+    assert!(parse(&["--max-text-length=1"]).is_err());
+    // Every limit shows its default in --help.
+    let help = <Cli as clap::CommandFactory>::command()
+        .render_long_help()
+        .to_string();
+    for (flag, default) in [
+        ("--max-instances-per-model", "64"),
+        ("--max-model-threads", "256"),
+        ("--max-tokenizer-threads", "16"),
+        ("--max-warmup-bytes", "268435456"),
+        ("--max-text-length", "8192"),
+    ] {
+        let at = help
+            .find(flag)
+            .unwrap_or_else(|| panic!("{flag} in --help"));
+        let rest = &help[at..];
+        let next = rest[2..].find("\n  --").map_or(rest.len(), |i| i + 2);
+        assert!(
+            rest[..next].contains(&format!("[default: {default}]")),
+            "{flag}: {}",
+            &rest[..next]
+        );
+    }
+}

@@ -126,6 +126,11 @@ impl Loader {
         let started = Instant::now();
         let cfg = &prepared.config;
         let mut spec = super::spec::to_spec(cfg, version, dir)?;
+        let limits = &self.opts.limits;
+        limits.check_instances(&spec)?;
+        if let Some(text) = &spec.text {
+            limits.check_text(&spec.name, text.max_length, text.threads)?;
+        }
         let path = model_file(dir, version, cfg)?;
         let io = match prepared.io.take() {
             Some(io) => io,
@@ -137,10 +142,14 @@ impl Loader {
             autocomplete::check_against_model(cfg, &io)?;
         }
         let encoder = tokenizer::prepare(&mut spec, &io)?;
+        if let Some(text) = &spec.text {
+            // Again with `max_length` resolved (it may come from the tokenizer file).
+            limits.check_text(&spec.name, text.max_length, text.threads)?;
+        }
         let spec = Arc::new(spec);
         let total = spec.instance_count();
         let gpu_before = self.admit_gpu(&spec, &path)?;
-        let mut samples = warmup::samples(cfg, &spec, dir)?;
+        let mut samples = warmup::samples(cfg, &spec, dir, limits)?;
         if let Some(encoder) = &encoder {
             // Text models warm up on token inputs: the samples' texts go through the tokenizer.
             let mut tokenized = Vec::with_capacity(samples.len());
@@ -314,7 +323,9 @@ fn warm(
         .collect();
     for sample in samples {
         for _ in 0..sample.count {
-            if let Err(e) = runner.run(model_inputs(spec, sample.inputs.clone()), &outputs) {
+            let run = model_inputs(spec, sample.inputs.clone())
+                .and_then(|inputs| runner.run(inputs, &outputs));
+            if let Err(e) = run {
                 if sample.required {
                     return Err(Error::invalid_arg(format!(
                         "warmup sample '{}' failed on instance {instance} of model '{}': {}",

@@ -51,6 +51,8 @@ pub struct ManagerOptions {
     pub gpu_limits: Vec<(i32, f64)>,
     /// Estimated GPU memory of an instance = model file size × this factor.
     pub gpu_safety_factor: f64,
+    /// Ceilings on what one config may ask for (instances, threads, warmup bytes, text length).
+    pub limits: super::limits::ConfigLimits,
 }
 
 /// What a RepositoryModelLoad asked for besides the model's name.

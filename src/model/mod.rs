@@ -7,6 +7,7 @@
 pub mod autocomplete;
 pub mod config;
 pub mod config_json;
+pub mod limits;
 pub mod loader;
 pub mod manager;
 pub mod overrides;

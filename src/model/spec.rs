@@ -53,15 +53,40 @@ fn check_dims(
                 "model '{model}' {what} '{name}' has an empty reshape but the model does not batch"
             )));
         }
-        let vars = |d: &[i64]| d.iter().filter(|&&x| x == -1).count();
-        let fixed = |d: &[i64]| d.iter().filter(|&&x| x > 0).product::<i64>();
-        if vars(dims) != vars(&r.shape) || (vars(dims) == 0 && fixed(dims) != fixed(&r.shape)) {
-            return Err(Error::invalid_arg(format!(
+        // As Triton: the fixed dims between (and around) the -1s must hold the same number of
+        // elements in dims and reshape, so that a request's data fills the reshaped tensor
+        // exactly ([2, 4, -1, 6] → [8, -1, 1, 6] is fine, [-1, 4] → [-1, 2] is not).
+        let (d, r) = (segments(dims), segments(&r.shape));
+        let different = || {
+            Error::invalid_arg(format!(
                 "model '{model}' {what} '{name}' has different size for dims and reshape"
-            )));
+            ))
+        };
+        if d.len() != r.len() {
+            return Err(if d.len() == 1 || r.len() == 1 {
+                different()
+            } else {
+                Error::invalid_arg(format!(
+                    "model '{model}' {what} '{name}' has different number of variable-size dimensions for dims and reshape"
+                ))
+            });
+        }
+        if d.iter().zip(&r).any(|(a, b)| a.is_none() || a != b) {
+            return Err(different());
         }
     }
     Ok(())
+}
+
+/// Element counts of the runs of fixed dims separated by -1 (one more than the -1s); `None` for
+/// a run whose product overflows.
+fn segments(dims: &[i64]) -> Vec<Option<u64>> {
+    dims.split(|&d| d == -1)
+        .map(|run| {
+            run.iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(u64::try_from(d).ok()?))
+        })
+        .collect()
 }
 
 fn data_type(model: &str, what: &str, name: &str, v: i32) -> Result<DataType> {
@@ -361,6 +386,36 @@ mod tests {
         assert!(
             none.dynamic_batching.is_none(),
             "max_batch_size 0 runs requests alone"
+        );
+    }
+
+    #[test]
+    fn dims_and_reshape_hold_the_same_elements_between_variable_dims() {
+        let reshape = |dims: &[i64], shape: &[i64]| {
+            let r = pb::ModelTensorReshape {
+                shape: shape.to_vec(),
+            };
+            check_dims("m", "input", "x", dims, Some(&r), true).map_err(|e| e.message)
+        };
+        assert_eq!(reshape(&[4], &[2, 2]), Ok(()));
+        assert_eq!(reshape(&[-1, 4], &[-1, 2, 2]), Ok(()));
+        assert_eq!(reshape(&[2, 4, -1, 6], &[8, -1, 1, 6]), Ok(()));
+        assert_eq!(reshape(&[1], &[]), Ok(()));
+        let different = "model 'm' input 'x' has different size for dims and reshape";
+        // The attack: fixed counts 4 and 2 around one variable dim each.
+        assert_eq!(reshape(&[-1, 4], &[-1, 2]), Err(different.into()));
+        assert_eq!(reshape(&[2, -1], &[-1, 2]), Err(different.into()));
+        assert_eq!(reshape(&[4], &[2, 3]), Err(different.into()));
+        assert_eq!(reshape(&[-1, 4], &[4]), Err(different.into()));
+        assert_eq!(reshape(&[2], &[]), Err(different.into()));
+        assert_eq!(
+            reshape(&[-1, -1], &[-1]),
+            Err("model 'm' input 'x' has different number of variable-size dimensions for dims and reshape".into())
+        );
+        assert_eq!(
+            reshape(&[i64::MAX, i64::MAX, -1], &[i64::MAX, i64::MAX, -1]),
+            Err(different.into()),
+            "a product that overflows is never a match"
         );
     }
 }

@@ -8,14 +8,14 @@ use crate::error::{Error, Result};
 use crate::tensor::{DataType, Tensor};
 
 fn i64s(t: &Tensor) -> Vec<i64> {
-    t.data
+    t.data()
         .chunks_exact(8)
         .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect()
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
-    t.data
+    t.data()
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
         .collect()
@@ -31,35 +31,47 @@ fn f32_bytes(v: &[f32]) -> Bytes {
 
 /// Concatenates INT64 `[n_i, L_i]` token tensors (one per request) into `[Σ n_i, max L_i]`,
 /// filling each row's tail with `pad`.
-pub fn pad_concat(parts: &[&Tensor], pad: i64) -> Tensor {
-    let first = parts[0];
-    let width = parts.iter().map(|t| t.shape[1]).max().unwrap_or(0) as usize;
-    if parts.iter().all(|t| t.shape[1] as usize == width) {
+pub fn pad_concat(parts: &[&Tensor], pad: i64) -> Result<Tensor> {
+    let first = parts
+        .first()
+        .ok_or_else(|| Error::internal("no token tensors to pad"))?;
+    let width = parts.iter().map(|t| t.shape()[1]).max().unwrap_or(0) as usize;
+    if parts.iter().all(|t| t.shape()[1] as usize == width) {
         return Tensor::concat_rows(parts);
     }
-    let rows: i64 = parts.iter().map(|t| t.shape[0]).sum();
+    if parts
+        .iter()
+        .any(|t| t.dtype() != DataType::Int64 || t.shape().len() != 2)
+    {
+        return Err(Error::internal(format!(
+            "token input '{}': every part must be INT64 [rows, tokens]",
+            first.name()
+        )));
+    }
+    let rows: i64 = parts.iter().map(|t| t.shape()[0]).sum();
     let mut data = Vec::with_capacity(rows as usize * width * 8);
     let pad = pad.to_le_bytes();
     for t in parts {
-        let len = t.shape[1] as usize;
-        for row in t.data.chunks_exact(len * 8) {
+        let len = t.shape()[1] as usize;
+        for row in t.data().chunks_exact((len * 8).max(1)) {
             data.extend_from_slice(row);
             for _ in len..width {
                 data.extend_from_slice(&pad);
             }
         }
     }
-    Tensor {
-        name: first.name.clone(),
-        dtype: DataType::Int64,
-        shape: vec![rows, width as i64],
-        data: data.into(),
-    }
+    Tensor::new(
+        first.name(),
+        DataType::Int64,
+        vec![rows, width as i64],
+        data,
+    )
+    .map_err(|e| Error::internal(e.message))
 }
 
 /// Tokens each row attends to: the ones of an INT64 `[B, L]` attention mask.
 pub fn row_lengths(mask: &Tensor) -> Vec<usize> {
-    let width = mask.shape.get(1).copied().unwrap_or(0).max(1) as usize;
+    let width = mask.shape().get(1).copied().unwrap_or(0).max(1) as usize;
     i64s(mask)
         .chunks(width)
         .map(|row| row.iter().filter(|&&m| m != 0).count())
@@ -76,33 +88,30 @@ pub fn finish(
     normalize: Normalize,
     name: &str,
 ) -> Result<Tensor> {
-    let [b, l, h] = match hidden.shape.as_slice() {
-        [b, l, h] if hidden.dtype == DataType::Fp32 => [*b as usize, *l as usize, *h as usize],
+    let [b, l, h] = match hidden.shape() {
+        [b, l, h] if hidden.dtype() == DataType::Fp32 => [*b as usize, *l as usize, *h as usize],
         _ => {
             return Err(Error::internal(format!(
                 "text model output '{}' is {} {}; pooling needs FP32 [batch, sequence, hidden]",
-                hidden.name,
-                hidden.dtype.as_str(),
-                crate::tensor::shape_string(&hidden.shape)
+                hidden.name(),
+                hidden.dtype().as_str(),
+                crate::tensor::shape_string(hidden.shape())
             )));
         }
     };
     if lengths.len() != b {
         return Err(Error::internal(format!(
             "text model output '{}' has {b} rows, the batch has {}",
-            hidden.name,
+            hidden.name(),
             lengths.len()
         )));
     }
     if pooling == Pooling::None && normalize == Normalize::None {
-        return Ok(Tensor {
-            name: name.to_string(),
-            ..hidden
-        });
+        return Ok(hidden.renamed(name));
     }
     let values = f32s(&hidden);
     let (mut out, shape) = match pooling {
-        Pooling::None => (values, hidden.shape.clone()),
+        Pooling::None => (values, hidden.shape().to_vec()),
         Pooling::Mean => (mean_pool(&values, l, h, lengths), vec![b as i64, h as i64]),
         Pooling::Cls => (
             (0..b)
@@ -114,12 +123,8 @@ pub fn finish(
     if normalize == Normalize::L2 {
         l2_normalize(&mut out, h);
     }
-    Ok(Tensor {
-        name: name.to_string(),
-        dtype: DataType::Fp32,
-        shape,
-        data: f32_bytes(&out),
-    })
+    Tensor::new(name, DataType::Fp32, shape, f32_bytes(&out))
+        .map_err(|e| Error::internal(e.message))
 }
 
 /// Mean of each row's first `lengths[r]` token vectors (`values` is `[B, l, h]`); a row with no
@@ -153,25 +158,30 @@ pub fn l2_normalize(values: &mut [f32], h: usize) {
 
 /// Keeps the first `len` tokens of a `[rows, L, H]` tensor (a request's rows after the batch was
 /// padded past the request's own longest text).
-pub fn trim_tokens(t: Tensor, len: usize) -> Tensor {
-    let (rows, l) = (t.shape[0] as usize, t.shape[1] as usize);
+pub fn trim_tokens(t: Tensor, len: usize) -> Result<Tensor> {
+    let (rows, l) = match t.shape() {
+        [rows, l, ..] => (*rows as usize, *l as usize),
+        _ => {
+            return Err(Error::internal(format!(
+                "text model output '{}' has shape {}; expected [rows, tokens, ...]",
+                t.name(),
+                crate::tensor::shape_string(t.shape())
+            )));
+        }
+    };
     if len >= l {
-        return t;
+        return Ok(t);
     }
-    let item = t.dtype.byte_size().unwrap_or(1);
-    let per_token: usize = t.shape[2..].iter().product::<i64>() as usize * item;
+    let item = t.dtype().byte_size().unwrap_or(1);
+    let per_token: usize = t.shape()[2..].iter().product::<i64>() as usize * item;
     let mut data = Vec::with_capacity(rows * len * per_token);
     for r in 0..rows {
         let start = r * l * per_token;
-        data.extend_from_slice(&t.data[start..start + len * per_token]);
+        data.extend_from_slice(&t.data()[start..start + len * per_token]);
     }
-    let mut shape = t.shape.clone();
+    let mut shape = t.shape().to_vec();
     shape[1] = len as i64;
-    Tensor {
-        data: data.into(),
-        shape,
-        ..t
-    }
+    Tensor::new(t.name(), t.dtype(), shape, data).map_err(|e| Error::internal(e.message))
 }
 
 #[cfg(test)]
@@ -179,38 +189,25 @@ mod tests {
     use super::*;
 
     fn ints(name: &str, shape: [i64; 2], v: &[i64]) -> Tensor {
-        Tensor {
-            name: name.into(),
-            dtype: DataType::Int64,
-            shape: shape.to_vec(),
-            data: v
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect::<Vec<_>>()
-                .into(),
-        }
+        let data: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        Tensor::new(name, DataType::Int64, shape.to_vec(), data).unwrap()
     }
 
     fn floats(shape: &[i64], v: &[f32]) -> Tensor {
-        Tensor {
-            name: "h".into(),
-            dtype: DataType::Fp32,
-            shape: shape.to_vec(),
-            data: f32_bytes(v),
-        }
+        Tensor::new("h", DataType::Fp32, shape.to_vec(), f32_bytes(v)).unwrap()
     }
 
     #[test]
     fn pads_requests_of_different_lengths_to_the_longest() {
         let a = ints("input_ids", [1, 2], &[101, 102]);
         let b = ints("input_ids", [2, 4], &[101, 7, 8, 102, 101, 9, 102, 0]);
-        let t = pad_concat(&[&a, &b], 0);
-        assert_eq!(t.shape, vec![3, 4]);
+        let t = pad_concat(&[&a, &b], 0).unwrap();
+        assert_eq!(t.shape(), [3, 4]);
         assert_eq!(
             i64s(&t),
             vec![101, 102, 0, 0, 101, 7, 8, 102, 101, 9, 102, 0]
         );
-        let same = pad_concat(&[&a, &a], 5);
+        let same = pad_concat(&[&a, &a], 5).unwrap();
         assert_eq!(i64s(&same), vec![101, 102, 101, 102]);
         let mask = ints(
             "attention_mask",
@@ -228,7 +225,7 @@ mod tests {
             &[1., 2., 3., 4., 100., 100., 1., 0., 2., 0., 3., 0.],
         );
         let mean = finish(h.clone(), &[2, 3], Pooling::Mean, Normalize::None, "E").unwrap();
-        assert_eq!((mean.name.as_str(), mean.shape.clone()), ("E", vec![2, 2]));
+        assert_eq!((mean.name(), mean.shape()), ("E", [2, 2].as_slice()));
         assert_eq!(f32s(&mean), vec![2., 3., 2., 0.]);
         let unit = finish(h.clone(), &[2, 3], Pooling::Mean, Normalize::L2, "E").unwrap();
         let v = f32s(&unit);
@@ -237,7 +234,7 @@ mod tests {
         let cls = finish(h.clone(), &[2, 3], Pooling::Cls, Normalize::None, "E").unwrap();
         assert_eq!(f32s(&cls), vec![1., 2., 1., 0.]);
         let tokens = finish(h.clone(), &[2, 3], Pooling::None, Normalize::None, "E").unwrap();
-        assert_eq!(tokens.shape, vec![2, 3, 2]);
+        assert_eq!(tokens.shape(), vec![2, 3, 2]);
         let err = finish(h, &[2], Pooling::Mean, Normalize::None, "E").unwrap_err();
         assert!(
             err.message.contains("has 2 rows, the batch has 1"),
@@ -252,9 +249,10 @@ mod tests {
     #[test]
     fn trims_a_request_back_to_its_own_length() {
         let t = floats(&[2, 3, 1], &[1., 2., 3., 4., 5., 6.]);
-        let trimmed = trim_tokens(t.clone(), 2);
-        assert_eq!(trimmed.shape, vec![2, 2, 1]);
+        let trimmed = trim_tokens(t.clone(), 2).unwrap();
+        assert_eq!(trimmed.shape(), [2, 2, 1]);
         assert_eq!(f32s(&trimmed), vec![1., 2., 4., 5.]);
-        assert_eq!(trim_tokens(t.clone(), 3), t);
+        assert_eq!(trim_tokens(t.clone(), 3).unwrap(), t);
+        assert!(trim_tokens(floats(&[6], &[0.; 6]), 2).is_err());
     }
 }

@@ -98,16 +98,16 @@ impl Encoder {
     pub fn encode_inputs(&self, inputs: &[Tensor]) -> Result<Encoded> {
         let spec = &*self.spec;
         let (model, name) = (&self.model, &spec.input);
-        let text = inputs.iter().find(|t| &t.name == name).ok_or_else(|| {
+        let text = inputs.iter().find(|t| t.name() == name).ok_or_else(|| {
             Error::internal(format!("text model '{model}' got no input '{name}'"))
         })?;
-        let rows = text.shape.first().copied().unwrap_or(0).max(0) as usize;
+        let rows = text.shape().first().copied().unwrap_or(0).max(0) as usize;
         if rows == 0 {
             return Err(Error::invalid_arg(format!(
                 "input '{name}' of model '{model}' holds no texts"
             )));
         }
-        let elements = bytes_codec::decode(&text.data, text.element_count())
+        let elements = bytes_codec::decode(text.data(), text.element_count())
             .map_err(|e| Error::invalid_arg(format!("input '{name}' of model '{model}': {e}")))?;
         let mut encodings = Vec::with_capacity(rows);
         for (i, bytes) in elements.iter().enumerate() {
@@ -141,16 +141,33 @@ impl Encoder {
             Padding::Longest => longest.max(1),
             Padding::MaxLength => spec.max_length,
         };
-        if spec.max_batch_tokens > 0 && rows * width > spec.max_batch_tokens {
+        // `width` is at most --max-text-length (checked at load) and `rows` at most the texts the
+        // request holds; the sizes are still checked, and reserved so that they fail as errors.
+        let tokens = rows.checked_mul(width);
+        if spec.max_batch_tokens > 0 && tokens.is_none_or(|n| n > spec.max_batch_tokens) {
             return Err(Error::invalid_arg(format!(
                 "request to model '{model}' needs {rows} texts × {width} tokens = {} padded tokens, more than the model's max_batch_tokens {}; send fewer or shorter texts per request",
-                rows * width,
+                tokens.map_or_else(|| "too many".to_string(), |n| n.to_string()),
                 spec.max_batch_tokens
             )));
         }
-        let mut ids = Vec::with_capacity(rows * width * 8);
-        let mut mask = Vec::with_capacity(rows * width * 8);
-        let mut types = Vec::with_capacity(rows * width * 8);
+        let bytes = tokens
+            .and_then(|n| crate::tensor::checked_byte_len(n, 8))
+            .ok_or_else(|| {
+                Error::invalid_arg(format!(
+                    "request to model '{model}' needs {rows} texts × {width} tokens, too many to hold"
+                ))
+            })?;
+        let reserve = || -> Result<Vec<u8>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(bytes).map_err(|_| {
+                Error::unavailable(format!(
+                    "request to model '{model}': cannot allocate {bytes} bytes of token ids"
+                ))
+            })?;
+            Ok(v)
+        };
+        let (mut ids, mut mask, mut types) = (reserve()?, reserve()?, reserve()?);
         let push = |out: &mut Vec<u8>, v: i64| out.extend_from_slice(&v.to_le_bytes());
         for e in &encodings {
             for (&id, &ty) in e.get_ids().iter().zip(e.get_type_ids()) {
@@ -164,15 +181,13 @@ impl Encoder {
                 push(&mut types, spec.pad_type_id);
             }
         }
-        let tensor = |name: &str, data: Vec<u8>| Tensor {
-            name: name.to_string(),
-            dtype: DataType::Int64,
-            shape: vec![rows as i64, width as i64],
-            data: data.into(),
+        let tensor = |name: &str, data: Vec<u8>| {
+            Tensor::new(name, DataType::Int64, vec![rows as i64, width as i64], data)
+                .map_err(|e| Error::internal(e.message))
         };
-        let mut out = vec![tensor(INPUT_IDS, ids), tensor(ATTENTION_MASK, mask)];
+        let mut out = vec![tensor(INPUT_IDS, ids)?, tensor(ATTENTION_MASK, mask)?];
         if spec.token_type_ids {
-            out.push(tensor(TOKEN_TYPE_IDS, types));
+            out.push(tensor(TOKEN_TYPE_IDS, types)?);
         }
         Ok(Encoded {
             inputs: out,

@@ -95,16 +95,12 @@ fn fixture(params: &[(&str, &str)], with_type_ids: bool) -> Result<Fixture> {
 }
 
 fn texts(items: &[&[u8]]) -> Tensor {
-    Tensor {
-        name: "TEXT".into(),
-        dtype: DataType::Bytes,
-        shape: vec![items.len() as i64, 1],
-        data: bytes_codec::encode(items.iter().copied()).into(),
-    }
+    let data = bytes_codec::encode(items.iter().copied());
+    Tensor::new("TEXT", DataType::Bytes, vec![items.len() as i64, 1], data).unwrap()
 }
 
 fn i64s(t: &Tensor) -> Vec<i64> {
-    t.data
+    t.data()
         .chunks_exact(8)
         .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
         .collect()
@@ -123,11 +119,11 @@ fn encodes_a_batch_padded_to_its_longest_text() {
     assert_eq!(text.max_length, 16, "taken from the tokenizer file");
     let (t, width) = encode(&f, &[b"Hello, world!", b"", b"words"]).unwrap();
     assert_eq!(width, 6);
-    let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
+    let names: Vec<&str> = t.iter().map(|t| t.name()).collect();
     assert_eq!(names, vec![INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS]);
     assert!(
         t.iter()
-            .all(|t| t.shape == vec![3, 6] && t.dtype == DataType::Int64)
+            .all(|t| t.shape() == [3, 6] && t.dtype() == DataType::Int64)
     );
     assert_eq!(
         i64s(&t[0]),
@@ -240,10 +236,10 @@ fn request(spec: &ModelSpec, id: &str, items: &[&[u8]]) -> crate::validate::Vali
         model_version: String::new(),
         id: id.into(),
         inputs: vec![InputTensor {
-            name: t.name,
+            name: t.name().to_string(),
             datatype: "BYTES".into(),
-            shape: t.shape,
-            data: Bytes::from(t.data.to_vec()),
+            shape: t.shape().to_vec(),
+            data: Bytes::from(t.data().to_vec()),
         }],
         outputs: vec![],
         params: RequestParams::default(),
@@ -262,7 +258,7 @@ async fn the_pool_tokenizes_on_its_threads_and_names_the_request_on_error() {
         .unwrap();
     assert_eq!((ok.seq_len, ok.real_tokens), (Some(5), 3 + 5));
     assert_eq!(ok.batch_size, 2);
-    assert_eq!(ok.inputs[0].shape, vec![2, 5]);
+    assert_eq!(ok.inputs[0].shape(), [2, 5]);
     let err = pool
         .tokenize(request(&f.spec, "r2", &[b"\xc3"]))
         .await

@@ -73,7 +73,7 @@ impl Pending for Entry {
         a.len() == b.len()
             && a.iter()
                 .zip(b)
-                .all(|(x, y)| x.name == y.name && x.shape.get(1..) == y.shape.get(1..))
+                .all(|(x, y)| x.name() == y.name() && x.shape().get(1..) == y.shape().get(1..))
     }
 
     fn seq_len(&self) -> Option<usize> {
@@ -171,7 +171,7 @@ impl Job for Batch {
             let lengths = spec.text.as_ref().and_then(|_| {
                 inputs
                     .iter()
-                    .find(|t| t.name == preprocess::ATTENTION_MASK)
+                    .find(|t| t.name() == preprocess::ATTENTION_MASK)
                     .map(post::row_lengths)
             });
             let mut out = runner
@@ -214,7 +214,7 @@ impl Job for Batch {
         ctx.load
             .record(formed.elapsed(), entries.iter().map(|e| e.req.level));
         let times = out.times;
-        let scattered = scatter(&ctx.spec, &wanted, out.tensors, &rows).map(|per_output| {
+        let scattered = scatter(&ctx.spec, &wanted, out.tensors, &rows).and_then(|per_output| {
             match &ctx.spec.text {
                 // Per-token outputs go back with each request's own length, not the batch's.
                 Some(text) if text.pooling == Pooling::None => per_output
@@ -224,10 +224,10 @@ impl Job for Batch {
                             .into_iter()
                             .zip(&entries)
                             .map(|(p, e)| post::trim_tokens(p, e.req.seq_len.unwrap_or(usize::MAX)))
-                            .collect()
+                            .collect::<Result<Vec<Tensor>>>()
                     })
                     .collect(),
-                _ => per_output,
+                _ => Ok(per_output),
             }
         });
         ctx.stats.record_execution(rows.iter().sum(), times);
@@ -245,18 +245,21 @@ fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tensor>, Vec<usi
             for io in &spec.inputs {
                 let parts: Vec<&Tensor> = entries
                     .iter()
-                    .filter_map(|e| e.req.inputs.iter().find(|t| t.name == io.name))
+                    .filter_map(|e| e.req.inputs.iter().find(|t| t.name() == io.name))
                     .collect();
                 if parts.is_empty() {
                     continue; // an optional input nobody sent
                 }
                 let mut t = if spec.batching() {
-                    Tensor::concat_rows(&parts)
+                    Tensor::concat_rows(&parts)?
                 } else {
                     parts[0].clone()
                 };
                 if let Some(reshape) = &io.reshape {
-                    t.shape = model_shape(&t.shape, io, reshape, spec.batching());
+                    // `reshaped` refuses a shape of another element count: a reshape that does
+                    // not fit the data fails the batch instead of reaching ONNX Runtime.
+                    let shape = model_shape(t.shape(), io, reshape, spec.batching());
+                    t = t.reshaped(shape).map_err(|e| Error::internal(e.message))?;
                 }
                 inputs.push(t);
             }
@@ -279,30 +282,40 @@ fn token_inputs(spec: &ModelSpec, text: &TextSpec, entries: &[Entry]) -> Result<
     for t in &entries[0].req.inputs {
         let parts: Vec<&Tensor> = entries
             .iter()
-            .filter_map(|e| e.req.inputs.iter().find(|p| p.name == t.name))
-            .filter(|p| p.dtype == DataType::Int64 && p.shape.len() == 2)
+            .filter_map(|e| e.req.inputs.iter().find(|p| p.name() == t.name()))
+            .filter(|p| p.dtype() == DataType::Int64 && p.shape().len() == 2)
             .collect();
         if parts.len() != entries.len() {
             return Err(Error::internal(format!(
                 "text model '{}': input '{}' is not a tokenized input of every request in the batch",
-                spec.name, t.name
+                spec.name,
+                t.name()
             )));
         }
-        inputs.push(post::pad_concat(&parts, text.pad_value(&t.name)));
+        inputs.push(post::pad_concat(&parts, text.pad_value(t.name()))?);
     }
     Ok(inputs)
 }
 
 /// Applies each input's `reshape` (warmup samples use this to look like assembled batches).
-pub(crate) fn model_inputs(spec: &ModelSpec, mut inputs: Vec<Tensor>) -> Vec<Tensor> {
-    for t in &mut inputs {
-        if let Some(io) = spec.inputs.iter().find(|io| io.name == t.name)
-            && let Some(reshape) = &io.reshape
-        {
-            t.shape = model_shape(&t.shape, io, reshape, spec.batching());
-        }
-    }
+pub(crate) fn model_inputs(spec: &ModelSpec, inputs: Vec<Tensor>) -> Result<Vec<Tensor>> {
     inputs
+        .into_iter()
+        .map(|t| {
+            match spec
+                .inputs
+                .iter()
+                .find(|io| io.name == t.name())
+                .and_then(|io| Some((io, io.reshape.as_ref()?)))
+            {
+                Some((io, reshape)) => {
+                    let shape = model_shape(t.shape(), io, reshape, spec.batching());
+                    t.reshaped(shape)
+                }
+                None => Ok(t),
+            }
+        })
+        .collect()
 }
 
 /// The shape the model sees for an input with `reshape`: the request's variable dims fill the
@@ -339,12 +352,18 @@ fn scatter(
     for (&index, mut t) in wanted.iter().zip(tensors) {
         let io = &spec.outputs[index];
         if io.reshape.is_some() {
-            t.shape = config_shape(&t.shape, io, spec.batching());
+            let shape = config_shape(t.shape(), io, spec.batching());
+            t = t.reshaped(shape).map_err(|e| {
+                Error::internal(format!(
+                    "output '{}' does not fit its dims: {}",
+                    io.name, e.message
+                ))
+            })?;
         }
-        if t.dtype != io.dtype {
+        if t.dtype() != io.dtype {
             return Err(Error::internal(format!(
                 "model produced {} for output '{}', its configuration says {}",
-                t.dtype.as_str(),
+                t.dtype().as_str(),
                 io.name,
                 io.dtype.as_str()
             )));
@@ -366,19 +385,20 @@ fn config_shape(shape: &[i64], io: &IoSpec, batching: bool) -> Vec<i64> {
     } else {
         (&shape[..0], shape)
     };
-    let fixed: i64 = io.dims.iter().filter(|&&d| d > 0).product();
-    let elements: i64 = item.iter().product();
+    // Checked products: an overflow leaves the dim at -1, which `Tensor::reshaped` refuses.
+    let fixed = io
+        .dims
+        .iter()
+        .filter(|&&d| d > 0)
+        .try_fold(1i64, |n, &d| n.checked_mul(d));
+    let elements = item.iter().try_fold(1i64, |n, &d| n.checked_mul(d));
     let vars = io.dims.iter().filter(|&&d| d == -1).count();
     let mut out = head.to_vec();
     for &d in &io.dims {
-        out.push(if d == -1 {
-            if vars == 1 && fixed > 0 {
-                elements / fixed
-            } else {
-                -1
-            }
-        } else {
-            d
+        out.push(match (d, fixed, elements) {
+            (-1, Some(f), Some(e)) if vars == 1 && f > 0 => e / f,
+            (-1, ..) => -1,
+            _ => d,
         });
     }
     out
@@ -458,7 +478,7 @@ fn finish_output(spec: &ModelSpec, o: &OutputRequest, t: Tensor) -> Result<Tenso
 fn classify(spec: &ModelSpec, io: &IoSpec, t: Tensor, k: usize) -> Result<Tensor> {
     let values = numeric_values(&t)?;
     let rows = if spec.batching() {
-        t.shape.first().copied().unwrap_or(1).max(0) as usize
+        t.shape().first().copied().unwrap_or(1).max(0) as usize
     } else {
         1
     };
@@ -488,19 +508,15 @@ fn classify(spec: &ModelSpec, io: &IoSpec, t: Tensor, k: usize) -> Result<Tensor
     } else {
         vec![k as i64]
     };
-    Ok(Tensor {
-        name: t.name,
-        dtype: DataType::Bytes,
-        shape,
-        data: bytes_codec::encode(strings.iter().map(|s| s.as_bytes())).into(),
-    })
+    let data = bytes_codec::encode(strings.iter().map(|s| s.as_bytes()));
+    Tensor::new(t.name(), DataType::Bytes, shape, data).map_err(|e| Error::internal(e.message))
 }
 
 /// Elements as (ordering key, text as Triton prints it).
 fn numeric_values(t: &Tensor) -> Result<Vec<(f64, String)>> {
     macro_rules! ints {
         ($ty:ty) => {
-            t.data
+            t.data()
                 .chunks_exact(size_of::<$ty>())
                 .map(|c| {
                     let v = <$ty>::from_le_bytes(c.try_into().expect("chunk size"));
@@ -511,7 +527,7 @@ fn numeric_values(t: &Tensor) -> Result<Vec<(f64, String)>> {
     }
     macro_rules! floats {
         ($conv:expr, $n:expr) => {
-            t.data
+            t.data()
                 .chunks_exact($n)
                 .map(|c| {
                     let v: f64 = $conv(c);
@@ -520,7 +536,7 @@ fn numeric_values(t: &Tensor) -> Result<Vec<(f64, String)>> {
                 .collect()
         };
     }
-    Ok(match t.dtype {
+    Ok(match t.dtype() {
         DataType::Bool | DataType::Uint8 => ints!(u8),
         DataType::Int8 => ints!(i8),
         DataType::Uint16 => ints!(u16),
@@ -545,7 +561,7 @@ fn numeric_values(t: &Tensor) -> Result<Vec<(f64, String)>> {
         DataType::Bytes => {
             return Err(Error::invalid_arg(format!(
                 "classification is not supported for BYTES output '{}'",
-                t.name
+                t.name()
             )));
         }
     })

@@ -38,18 +38,16 @@ impl fmt::Display for FramingError {
     }
 }
 
-/// Splits `data` into exactly `expected` elements.
-pub fn decode(data: &[u8], expected: usize) -> Result<Vec<&[u8]>, FramingError> {
-    // `expected` comes from a client's shape: never reserve more than the data can hold
-    // (every element takes at least its 4-byte length).
-    let mut out = Vec::with_capacity(expected.min(data.len() / 4));
+/// Walks the framing, calling `each` with every element's payload; returns how many there were.
+/// Every step is checked against the bytes left, so it cannot read past `data` or wrap.
+fn walk<'a>(data: &'a [u8], mut each: impl FnMut(&'a [u8])) -> Result<usize, FramingError> {
     let mut pos = 0;
+    let mut element = 0;
     while pos < data.len() {
-        let element = out.len();
-        if data.len() - pos < 4 {
+        let Some(prefix) = data.get(pos..pos + 4) else {
             return Err(FramingError::IncompleteLength { element });
-        }
-        let length = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+        };
+        let length = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
         pos += 4;
         let remaining = data.len() - pos;
         if length > remaining {
@@ -59,16 +57,32 @@ pub fn decode(data: &[u8], expected: usize) -> Result<Vec<&[u8]>, FramingError> 
                 remaining,
             });
         }
-        out.push(&data[pos..pos + length]);
+        each(&data[pos..pos + length]);
         pos += length;
+        element += 1;
     }
-    if out.len() != expected {
-        return Err(FramingError::Count {
-            expected,
-            got: out.len(),
-        });
+    Ok(element)
+}
+
+/// Splits `data` into exactly `expected` elements.
+pub fn decode(data: &[u8], expected: usize) -> Result<Vec<&[u8]>, FramingError> {
+    // `expected` comes from a client's shape: never reserve more than the data can hold
+    // (every element takes at least its 4-byte length).
+    let mut out = Vec::with_capacity(expected.min(data.len() / 4));
+    let got = walk(data, |e| out.push(e))?;
+    if got != expected {
+        return Err(FramingError::Count { expected, got });
     }
     Ok(out)
+}
+
+/// Checks that `data` is the serialization of exactly `expected` elements, without copying.
+pub fn check(data: &[u8], expected: usize) -> Result<(), FramingError> {
+    let got = walk(data, |_| {})?;
+    if got != expected {
+        return Err(FramingError::Count { expected, got });
+    }
+    Ok(())
 }
 
 /// Serializes elements into the length-prefixed form.
@@ -87,7 +101,10 @@ pub fn row_byte_lengths(
     rows: &[usize],
     per_row: usize,
 ) -> Result<Vec<usize>, FramingError> {
-    let total: usize = rows.iter().sum::<usize>() * per_row;
+    let total = rows
+        .iter()
+        .fold(0usize, |a, &r| a.saturating_add(r))
+        .saturating_mul(per_row);
     let elements = decode(data, total)?;
     let mut lengths = Vec::with_capacity(rows.len());
     let mut idx = 0;
@@ -106,6 +123,14 @@ mod tests {
     #[test]
     fn round_trip() {
         let data = encode([b"hello".as_slice(), b"", b"\xff\x00"]);
+        assert_eq!(check(&data, 3), Ok(()));
+        assert_eq!(
+            check(&data, 2),
+            Err(FramingError::Count {
+                expected: 2,
+                got: 3
+            })
+        );
         assert_eq!(
             decode(&data, 3).unwrap(),
             vec![b"hello".as_slice(), b"", b"\xff\x00"]

@@ -196,7 +196,7 @@ impl Runner for OrtRunner {
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
         for t in inputs {
             let value = to_ort(&t)?;
-            values.push((t.name, value));
+            values.push((t.into_parts().0, value));
         }
         let t1 = Instant::now();
         let results = self
@@ -224,9 +224,9 @@ impl Runner for OrtRunner {
 }
 
 fn to_ort(t: &Tensor) -> Result<DynValue> {
-    if t.dtype == DataType::Bytes {
-        let elements = bytes_codec::decode(&t.data, t.element_count())
-            .map_err(|e| Error::invalid_arg(format!("input '{}': {e}", t.name)))?;
+    if t.dtype() == DataType::Bytes {
+        let elements = bytes_codec::decode(t.data(), t.element_count())
+            .map_err(|e| Error::invalid_arg(format!("input '{}': {e}", t.name())))?;
         let strings = elements
             .into_iter()
             .map(|e| {
@@ -234,27 +234,52 @@ fn to_ort(t: &Tensor) -> Result<DynValue> {
                 text.map(str::to_owned).ok_or_else(|| {
                     Error::invalid_arg(format!(
                         "input '{}': ONNX Runtime string tensors need UTF-8 text without NUL bytes",
-                        t.name
+                        t.name()
                     ))
                 })
             })
             .collect::<Result<Vec<String>>>()?;
-        let shape: Vec<i64> = t.shape.clone();
+        let shape: Vec<i64> = t.shape().to_vec();
         return Ok(OrtTensor::from_string_array((shape, strings.as_slice()))
             .map_err(ort_err)?
             .into_dyn());
     }
     let mut value = DynTensor::new(
         &Allocator::default(),
-        element_type(t.dtype),
-        t.shape.clone(),
+        element_type(t.dtype()),
+        t.shape().to_vec(),
     )
     .map_err(ort_err)?;
-    if !t.data.is_empty() {
+    // The copy below relies on no caller: the data's length must equal both the byte length of
+    // the shape and element type (checked arithmetic) and the size ONNX Runtime reports for the
+    // tensor it just allocated, and that tensor must live in CPU memory.
+    let capacity = value.size();
+    let expected = crate::tensor::fixed_byte_len(t.dtype(), t.shape());
+    if expected != Some(t.data().len())
+        || capacity != Some(t.data().len())
+        || !value.memory_info().is_cpu_accessible()
+    {
+        return Err(Error::internal(format!(
+            "input '{}': {} bytes do not fit the ONNX Runtime tensor of shape {} ({} bytes)",
+            t.name(),
+            t.data().len(),
+            crate::tensor::shape_string(t.shape()),
+            capacity.map_or_else(|| "unknown".to_string(), |n| n.to_string())
+        )));
+    }
+    if !t.data().is_empty() {
         let dst = value.data_ptr_mut().cast::<u8>();
-        // SAFETY: the tensor was just allocated on the CPU with `shape` × element size bytes, which
-        // `validate` checked equals `t.data.len()`; the regions cannot overlap.
-        unsafe { std::ptr::copy_nonoverlapping(t.data.as_ptr(), dst, t.data.len()) };
+        if dst.is_null() {
+            return Err(Error::internal(format!(
+                "input '{}': ONNX Runtime gave no buffer for {} bytes",
+                t.name(),
+                t.data().len()
+            )));
+        }
+        // SAFETY: `dst` is the non-null CPU buffer of `value`, which ONNX Runtime just reported
+        // to hold exactly `t.data().len()` bytes, the shape's byte length (both checked above);
+        // `value` is a fresh allocation, so it cannot overlap `t.data()`.
+        unsafe { std::ptr::copy_nonoverlapping(t.data().as_ptr(), dst, t.data().len()) };
     }
     Ok(value.into_dyn())
 }
@@ -271,27 +296,42 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor> {
         let (_, strings) = value.try_extract_strings().map_err(ort_err)?;
         bytes_codec::encode(strings.iter().map(|s| s.as_bytes()))
     } else {
-        let len =
-            crate::tensor::element_count(&shape) * dtype.byte_size().expect("fixed-size type");
         let tensor = value
             .view()
             .downcast::<DynTensorValueType>()
             .map_err(ort_err)?;
+        // The length read below is what both the shape (checked arithmetic) and ONNX Runtime's
+        // own size of the buffer say; any disagreement is an error, not a read past the end.
+        let len = crate::tensor::fixed_byte_len(dtype, &shape);
+        let size = tensor.size();
+        let Some(len) = len.filter(|&n| Some(n) == size) else {
+            return Err(Error::internal(format!(
+                "output '{name}': shape {} of {} does not match the {} bytes ONNX Runtime holds",
+                crate::tensor::shape_string(&shape),
+                dtype.as_str(),
+                size.map_or_else(|| "unknown".to_string(), |n| n.to_string())
+            )));
+        };
+        if !tensor.memory_info().is_cpu_accessible() {
+            return Err(Error::internal(format!(
+                "output '{name}' is not in CPU memory"
+            )));
+        }
         let src = tensor.data_ptr().cast::<u8>();
         if len == 0 || src.is_null() {
             Vec::new()
         } else {
-            // SAFETY: a CPU tensor of `shape` and this element type holds exactly `len` bytes at `src`,
-            // alive while `value` is borrowed.
-            unsafe { std::slice::from_raw_parts(src, len) }.to_vec()
+            let mut out = Vec::new();
+            out.try_reserve_exact(len).map_err(|_| {
+                Error::unavailable(format!("output '{name}': cannot allocate {len} bytes"))
+            })?;
+            // SAFETY: `src` is the non-null CPU buffer of `value`, which ONNX Runtime reports
+            // holds `len` bytes (checked above); it stays alive while `value` is borrowed here.
+            out.extend_from_slice(unsafe { std::slice::from_raw_parts(src, len) });
+            out
         }
     };
-    Ok(Tensor {
-        name: name.to_string(),
-        dtype,
-        shape,
-        data: data.into(),
-    })
+    Tensor::new(name, dtype, shape, data).map_err(|e| Error::internal(e.message))
 }
 
 fn element_type(d: DataType) -> TensorElementType {

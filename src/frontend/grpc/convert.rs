@@ -281,13 +281,14 @@ pub fn infer_response(resp: InferResponse) -> pb::ModelInferResponse {
     let mut outputs = Vec::with_capacity(resp.outputs.len());
     let mut raw = Vec::with_capacity(resp.outputs.len());
     for t in resp.outputs {
+        let (name, dtype, shape, data) = t.into_parts();
         outputs.push(InferOutputTensor {
-            name: t.name,
-            datatype: t.dtype.as_str().to_string(),
-            shape: t.shape,
+            name,
+            datatype: dtype.as_str().to_string(),
+            shape,
             ..Default::default()
         });
-        raw.push(t.data);
+        raw.push(data);
     }
     pb::ModelInferResponse {
         model_name: resp.model_name,

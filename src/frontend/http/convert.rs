@@ -401,16 +401,16 @@ pub fn infer_response(
     let mut sections = Vec::new();
     for t in &resp.outputs {
         let mut o = Map::new();
-        o.insert("name".into(), t.name.clone().into());
-        o.insert("datatype".into(), t.dtype.as_str().into());
-        o.insert("shape".into(), t.shape.clone().into());
-        if format.is_binary(&t.name) {
+        o.insert("name".into(), t.name().into());
+        o.insert("datatype".into(), t.dtype().as_str().into());
+        o.insert("shape".into(), t.shape().to_vec().into());
+        if format.is_binary(t.name()) {
             o.insert(
                 "parameters".into(),
-                json!({ "binary_data_size": t.data.len() }),
+                json!({ "binary_data_size": t.data().len() }),
             );
-            if !t.data.is_empty() {
-                sections.push(t.data.clone());
+            if !t.data().is_empty() {
+                sections.push(t.data().clone());
             }
         } else {
             o.insert("data".into(), tensor_json::encode_output(t)?);

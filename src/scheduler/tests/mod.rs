@@ -188,7 +188,7 @@ impl Harness {
 }
 
 fn first_value(r: &InferResponse) -> i32 {
-    i32::from_le_bytes(r.outputs[0].data[..4].try_into().unwrap())
+    i32::from_le_bytes(r.outputs[0].data()[..4].try_into().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +208,7 @@ async fn concurrent_requests_within_the_delay_share_executions() {
             i as i32,
             "each request gets its own rows back"
         );
-        assert_eq!(resp.outputs[0].shape, vec![1, 2]);
+        assert_eq!(resp.outputs[0].shape(), vec![1, 2]);
     }
     let batches = h.log.batches();
     assert!(batches.len() < 6, "6 requests ran as {batches:?}");
@@ -465,4 +465,23 @@ async fn the_delay_is_honoured_in_paused_time() {
     // Both joined one batch released when the first had waited the 100 ms delay.
     assert_eq!(h.log.batches(), vec![2]);
     assert!(Instant::now() - t0 >= Duration::from_millis(100));
+}
+
+#[test]
+fn a_reshape_that_does_not_fit_the_data_is_an_error_not_a_tensor() {
+    // Load refuses such a config; this is the second line of defence on the run path.
+    let mut s = spec(None);
+    s.inputs[0].dims = vec![-1, 4];
+    s.inputs[0].reshape = Some(vec![-1]);
+    let t =
+        crate::tensor::Tensor::new("IN", DataType::Int32, vec![1, 3, 4], vec![0u8; 48]).unwrap();
+    let err = super::batch::model_inputs(&s, vec![t.clone()]).unwrap_err();
+    assert!(
+        err.message
+            .contains("cannot view shape [1,3,4] as [1,3]: the element counts differ"),
+        "{err:?}"
+    );
+    s.inputs[0].reshape = Some(vec![-1, 2, 2]);
+    let ok = super::batch::model_inputs(&s, vec![t]).unwrap();
+    assert_eq!(ok[0].shape(), [1, 3, 2, 2]);
 }

@@ -237,24 +237,15 @@ fn responses_mix_json_and_binary() {
         model_version: 3,
         id: String::new(),
         outputs: vec![
-            Tensor {
-                name: "a".into(),
-                dtype: DataType::Int32,
-                shape: vec![2],
-                data: Bytes::from(vec![1, 0, 0, 0, 2, 0, 0, 0]),
-            },
-            Tensor {
-                name: "b".into(),
-                dtype: DataType::Uint8,
-                shape: vec![3],
-                data: Bytes::from(vec![4, 5, 6]),
-            },
-            Tensor {
-                name: "c".into(),
-                dtype: DataType::Uint8,
-                shape: vec![0],
-                data: Bytes::new(),
-            },
+            Tensor::new(
+                "a",
+                DataType::Int32,
+                vec![2],
+                Bytes::from(vec![1, 0, 0, 0, 2, 0, 0, 0]),
+            )
+            .unwrap(),
+            Tensor::new("b", DataType::Uint8, vec![3], Bytes::from(vec![4, 5, 6])).unwrap(),
+            Tensor::new("c", DataType::Uint8, vec![0], Bytes::new()).unwrap(),
         ],
     };
     let fmt = OutputFormat {
