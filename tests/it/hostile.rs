@@ -183,3 +183,64 @@ async fn a_request_that_can_never_fit_is_invalid_not_busy() {
     assert_eq!(rejected_metric(&s, "simple", "too_large").await, 2);
     assert_eq!(rejected_metric(&s, "simple", "server_busy").await, 0);
 }
+
+/// A model whose name holds a newline and a forged log line, loaded on request, reaches the
+/// log (in its load error) as one escaped line: nothing in the log starts with the forged text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_name_with_a_newline_cannot_forge_a_log_line() {
+    use std::process::{Command, Stdio};
+    let forged = "E1205 12:00:00.000000 1 server.cc:1] forged";
+    let repo = tempfile::tempdir().unwrap();
+    // A folder whose name holds the forged line, with a config that does not parse.
+    let model = repo.path().join(format!("evil\n{forged}"));
+    std::fs::create_dir_all(model.join("1")).unwrap();
+    std::fs::write(model.join("config.pbtxt"), "max_batch_size: [").unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("server.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nereid"))
+        .args(["--model-repository", repo.path().to_str().unwrap()])
+        .args(["--model-control-mode", "explicit", "--log-file"])
+        .arg(&log)
+        .args(["--grpc-port", "0", "--http-port", "0", "--allow-metrics", "false"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the nereid binary starts");
+    // The log is written by a background thread: read it until `done` holds.
+    let read_until = |done: &dyn Fn(&str) -> bool| {
+        let start = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if done(&text) {
+                return text;
+            }
+            assert!(start.elapsed() < RPC_TIMEOUT, "log so far:\n{text}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let text = read_until(&|t| t.contains("Started HTTPService at "));
+    let addr = text
+        .split("Started HTTPService at ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .replace("0.0.0.0", "127.0.0.1");
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "http://{addr}/v2/repository/models/evil%0A{}/load",
+            forged.replace(' ', "%20").replace(']', "%5D")
+        ))
+        .timeout(RPC_TIMEOUT)
+        .send()
+        .await
+        .unwrap();
+    assert!(!resp.status().is_success());
+    let text = read_until(&|t| t.contains("forged"));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !text.lines().any(|l| l.starts_with("E1205")),
+        "a forged line:\n{text}"
+    );
+    assert!(text.contains("evil\\nE1205"), "escaped:\n{text}");
+}
