@@ -423,7 +423,13 @@ impl Core {
                 let (m, span2) = (model.clone(), span.clone());
                 Stage::Tokenizing(Box::pin(async move {
                     let pool = m.tokenizer.as_ref().expect("checked above");
-                    let valid = pool.tokenize(valid).await?;
+                    let valid = pool.tokenize(valid).await.inspect_err(|e| {
+                        // The tokenizer's own admission (a deadline it cannot meet).
+                        if let Some((why, _)) = e.rejection {
+                            m.stats.rejected(why.into());
+                            m.stats.refusal_took(arrival.elapsed());
+                        }
+                    })?;
                     m.scheduler.enqueue(valid, arrival, span2)
                 }))
             } else {

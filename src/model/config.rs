@@ -479,7 +479,10 @@ version_policy: { specific: { versions: [1, 3] } }
             let brackets = text.matches('[').count();
             prop_assert!(fixed.len() <= text.len() + 2 * brackets);
             prop_assert_eq!(fixed.matches('\n').count(), text.matches('\n').count());
-            prop_assert_eq!(fixed.replace(": [", "[").replace(':', ""), text.replace(": [", "[").replace(':', ""));
+            prop_assert_eq!(
+                fixed.replace(": [", "[").replace(':', ""),
+                text.replace(": [", "[").replace(':', "")
+            );
             // Parsing returns a config or an error naming the file, never a panic.
             if let Err(e) = parse_pbtxt(Path::new("config.pbtxt"), text) {
                 prop_assert!(e.message.contains("config.pbtxt"), "{}", e.message);

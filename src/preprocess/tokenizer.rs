@@ -11,14 +11,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, TrySendError};
+use std::time::Duration;
 use tokenizers::{Tokenizer, TruncationParams};
 use tokio::sync::oneshot;
 
+use super::admission::{self, Charge, TokenizerLoad};
 use super::{
     ATTENTION_MASK, DEFAULT_MAX_LENGTH, INPUT_IDS, Padding, TOKEN_TYPE_IDS, TextSpec, Truncation,
 };
 use crate::backend::ModelIo;
-use crate::error::{Error, Result};
+use crate::error::{Error, Rejection, Result};
 use crate::model::ModelSpec;
 use crate::tensor::{DataType, Tensor, bytes_codec};
 use crate::validate::ValidRequest;
@@ -260,6 +262,18 @@ struct TextEncoding {
     prefix: usize,
 }
 
+/// Time spent waiting for and in the tokenizer comes out of what the client's deadline leaves
+/// for the model's queue (a queue policy's own timeout starts at the queue, as in Triton).
+fn charge_deadline(mut req: ValidRequest) -> ValidRequest {
+    if let Some(deadline) = req.params.deadline {
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_micros(1));
+        req.queue_timeout = Some(req.queue_timeout.map_or(left, |t| t.min(left)));
+    }
+    req
+}
+
 /// One request's texts as token inputs.
 pub struct Encoded {
     /// INT64 `[rows, seq_len]` each.
@@ -272,13 +286,21 @@ pub struct Encoded {
 struct Job {
     req: ValidRequest,
     reply: oneshot::Sender<Result<ValidRequest>>,
+    /// Bytes expected to be tokenized (`admission::cost_bytes`).
+    bytes: u64,
+    /// The job's share of the pool's backlog, released when the job is done or dropped.
+    _charge: Charge,
 }
 
-/// The tokenizer threads of one model version. Requests reach them over a bounded channel.
+/// The tokenizer threads of one model version. Requests reach them over two bounded channels,
+/// small requests first (`admission`).
 pub struct TokenizerPool {
-    tx: Sender<Job>,
+    small: Sender<Job>,
+    large: Sender<Job>,
+    load: Arc<TokenizerLoad>,
     threads: Vec<JoinHandle<()>>,
     model: String,
+    max_length: usize,
 }
 
 impl TokenizerPool {
@@ -291,20 +313,26 @@ impl TokenizerPool {
                 .clamp(1, 4),
             n => n,
         };
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity.max(1));
+        let (small, small_rx) = crossbeam_channel::bounded::<Job>(capacity.max(1));
+        let (large, large_rx) = crossbeam_channel::bounded::<Job>(capacity.max(1));
+        let load = Arc::new(TokenizerLoad::new(n));
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
             let enc = encoder.clone();
-            let rx = rx.clone();
+            let (small_rx, large_rx, load) = (small_rx.clone(), large_rx.clone(), load.clone());
             let name = format!("tok{i}:{}", encoder.model);
             let handle = std::thread::Builder::new()
                 .name(name.chars().take(15).collect())
                 .spawn(move || {
-                    while let Ok(Job { req, reply }) = rx.recv() {
+                    while let Some(Job {
+                        req, reply, bytes, ..
+                    }) = admission::next_job(&small_rx, &large_rx)
+                    {
                         if reply.is_closed() {
                             continue; // the caller went away while the request waited
                         }
                         let id = req.id.clone();
+                        let started = std::time::Instant::now();
                         let result =
                             std::panic::catch_unwind(AssertUnwindSafe(|| enc.encode_request(req)))
                                 .unwrap_or_else(|_| {
@@ -314,7 +342,8 @@ impl TokenizerPool {
                                     ))
                                     .with_request_id(&id))
                                 });
-                        let _ = reply.send(result);
+                        load.record(bytes, started.elapsed());
+                        let _ = reply.send(result.map(charge_deadline));
                     }
                 })
                 .map_err(|e| {
@@ -323,17 +352,57 @@ impl TokenizerPool {
             threads.push(handle);
         }
         Ok(TokenizerPool {
-            tx,
+            small,
+            large,
+            load,
             threads,
             model: encoder.model.clone(),
+            max_length: encoder.spec.max_length,
         })
     }
 
-    /// Tokenizes one request on a pool thread. Dropping the future abandons it.
+    /// Tokenizes one request on a pool thread. Dropping the future abandons it. A request
+    /// whose client deadline falls before the tokenizer could be done with it is refused now
+    /// (`DeadlineUnmeetable`, as the scheduler refuses one its queue cannot drain in time).
     pub async fn tokenize(&self, req: ValidRequest) -> Result<ValidRequest> {
         let id = req.id.clone();
+        let lens = req
+            .inputs
+            .iter()
+            .filter(|t| t.dtype == DataType::Bytes)
+            .filter_map(|t| bytes_codec::decode(&t.data, t.element_count()).ok())
+            .flat_map(|elements| elements.into_iter().map(<[u8]>::len));
+        let bytes = admission::cost_bytes(lens, self.max_length);
+        let wait = self.load.estimate(bytes);
+        if let Some(deadline) = req.params.deadline {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if wait > left {
+                return Err(Error::rejected(
+                    Rejection::DeadlineUnmeetable,
+                    wait,
+                    format!(
+                        "Request deadline cannot be met: {} ms left, the tokenizer of model '{}' needs about {} ms to reach it",
+                        left.as_millis(),
+                        self.model,
+                        wait.as_millis()
+                    ),
+                )
+                .with_request_id(&id));
+            }
+        }
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { req, reply }) {
+        let job = Job {
+            req,
+            reply,
+            bytes,
+            _charge: self.load.charge(self.load.cost(bytes)),
+        };
+        let lane = if admission::is_small(bytes, self.max_length) {
+            &self.small
+        } else {
+            &self.large
+        };
+        match lane.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(Error::unavailable(format!(
@@ -357,8 +426,13 @@ impl TokenizerPool {
 
     /// Closes the queue and waits for the threads. Blocking: call it off the async workers.
     pub fn shutdown(self) {
-        let TokenizerPool { tx, threads, .. } = self;
-        drop(tx);
+        let TokenizerPool {
+            small,
+            large,
+            threads,
+            ..
+        } = self;
+        drop((small, large));
         for t in threads {
             if t.join().is_err() {
                 tracing::error!("tokenizer thread panicked");

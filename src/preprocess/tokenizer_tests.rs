@@ -207,9 +207,17 @@ fn prefixes_end_at_char_boundaries_after_whitespace() {
     assert_eq!(prefix_end("hello", 10), 5);
     assert_eq!(prefix_end("hello world", 8), 6, "after the space");
     assert_eq!(prefix_end("helloworld", 4), 4, "no space: at the cut");
-    assert_eq!(prefix_end("a bcdefghij", 8), 8, "space in the first half: at the cut");
+    assert_eq!(
+        prefix_end("a bcdefghij", 8),
+        8,
+        "space in the first half: at the cut"
+    );
     assert_eq!(prefix_end("ééé", 3), 2, "inside a character: before it");
-    assert_eq!(prefix_end("ééé", 1), 2, "inside the first: that character whole");
+    assert_eq!(
+        prefix_end("ééé", 1),
+        2,
+        "inside the first: that character whole"
+    );
     assert_eq!(prefix_end("", 8), 0);
 }
 
@@ -327,6 +335,55 @@ async fn the_pool_tokenizes_on_its_threads_and_names_the_request_on_error() {
     .unwrap()
     .unwrap();
     assert_eq!(again.seq_len, Some(3));
+    tokio::task::spawn_blocking(move || pool.shutdown())
+        .await
+        .unwrap();
+}
+
+/// Tokenizer time is charged like compute: once the pool has measured its speed, a request
+/// whose deadline has no room for its tokenization is refused before it queues, and one that
+/// is tokenized leaves the tokenizer with what its deadline has left, not its full timeout.
+#[tokio::test]
+async fn the_pool_charges_its_time_to_the_clients_deadline() {
+    let f = fixture(&[("tokenizer_threads", "1")], true).unwrap();
+    let pool = TokenizerPool::start(&f.encoder, 4).unwrap();
+    let long = "hello world ".repeat(1000);
+    pool.tokenize(request(&f.spec, "warm", &[long.as_bytes()]))
+        .await
+        .unwrap();
+    let with_deadline = |id: &str, deadline: Instant| {
+        let mut r = request(&f.spec, id, &[long.as_bytes()]);
+        r.params.deadline = Some(deadline);
+        r
+    };
+    let err = pool
+        .tokenize(with_deadline("late", Instant::now()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, crate::error::Code::Unavailable);
+    assert!(
+        matches!(
+            err.rejection,
+            Some((crate::error::Rejection::DeadlineUnmeetable, _))
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.message.contains("Request deadline cannot be met")
+            && err.message.contains("the tokenizer of model 't'"),
+        "{}",
+        err.message
+    );
+    let start = Instant::now();
+    let mut r = with_deadline("ok", start + Duration::from_secs(60));
+    r.queue_timeout = Some(Duration::from_secs(60));
+    let done = pool.tokenize(r).await.unwrap();
+    let left = done.queue_timeout.unwrap();
+    // Without the charge it would still be the whole 60 s.
+    assert!(
+        left < Duration::from_secs(60) && left >= Duration::from_secs(60) - start.elapsed(),
+        "{left:?} left"
+    );
     tokio::task::spawn_blocking(move || pool.shutdown())
         .await
         .unwrap();

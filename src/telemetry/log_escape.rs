@@ -102,15 +102,15 @@ mod tests {
     #[test]
     fn a_record_stays_one_line() {
         assert_eq!(esc("loaded 'm'\n", false), "loaded 'm'\n");
-        assert!(matches!(
-            escape_record(b"plain\n", false),
-            Cow::Borrowed(_)
-        ));
+        assert!(matches!(escape_record(b"plain\n", false), Cow::Borrowed(_)));
         assert_eq!(
             esc("failed to load 'x\nE1205 forged'\n", false),
             "failed to load 'x\\nE1205 forged'\n"
         );
-        assert_eq!(esc("a\rb\tc\u{0}d\u{85}e", false), "a\\rb\\tc\\u{0}d\\u{85}e");
+        assert_eq!(
+            esc("a\rb\tc\u{0}d\u{85}e", false),
+            "a\\rb\\tc\\u{0}d\\u{85}e"
+        );
         assert_eq!(esc("\x1b[1mbold\x1b[0m\n", true), "\x1b[1mbold\x1b[0m\n");
         assert_eq!(esc("\x1b[1m\n", false), "\\u{1b}[1m\n");
         // Only the last newline ends the record.

@@ -320,7 +320,11 @@ mod tests {
     fn check_scan(buf: &[u8]) -> Result<(), TestCaseError> {
         match find_head(buf) {
             Head::Ready(r) => {
-                prop_assert!(r.start <= r.end && r.end <= buf.len(), "{r:?} of {}", buf.len())
+                prop_assert!(
+                    r.start <= r.end && r.end <= buf.len(),
+                    "{r:?} of {}",
+                    buf.len()
+                )
             }
             Head::NeedMore => prop_assert!(buf.len() < HEAD_LIMIT),
             Head::Skip => {}
