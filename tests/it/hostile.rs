@@ -10,11 +10,7 @@ use crate::overload::rejected_metric;
 
 /// Opens a gRPC call to `method` on its own HTTP/2 connection, sends `body` and ends the
 /// request stream; returns the response once its headers arrive.
-async fn raw_grpc(
-    s: &TestServer,
-    method: &str,
-    body: Vec<u8>,
-) -> h2::client::ResponseFuture {
+async fn raw_grpc(s: &TestServer, method: &str, body: Vec<u8>) -> h2::client::ResponseFuture {
     let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);
@@ -67,7 +63,9 @@ async fn a_head_whose_length_wraps_is_answered_and_the_server_goes_on() {
     prost::encoding::encode_varint(u64::MAX - 10, &mut body);
     assert_eq!(body.len(), 16);
     // Several at once: each would have held a runtime worker forever.
-    let calls: Vec<_> = futures_util::future::join_all((0..4).map(|_| raw_grpc(&s, "ModelInfer", body.clone()))).await;
+    let calls: Vec<_> =
+        futures_util::future::join_all((0..4).map(|_| raw_grpc(&s, "ModelInfer", body.clone())))
+            .await;
     for call in calls {
         let resp = tokio::time::timeout(RPC_TIMEOUT, call)
             .await
@@ -179,7 +177,10 @@ async fn a_request_that_can_never_fit_is_invalid_not_busy() {
     assert_eq!(resp.status().as_u16(), 400);
     assert!(resp.headers().get("retry-after").is_none());
     let text = resp.text().await.unwrap();
-    assert!(text.contains("128 bytes") && text.contains("100 bytes"), "{text}");
+    assert!(
+        text.contains("128 bytes") && text.contains("100 bytes"),
+        "{text}"
+    );
     assert_eq!(rejected_metric(&s, "simple", "too_large").await, 2);
     assert_eq!(rejected_metric(&s, "simple", "server_busy").await, 0);
 }
@@ -201,7 +202,14 @@ async fn a_model_name_with_a_newline_cannot_forge_a_log_line() {
         .args(["--model-repository", repo.path().to_str().unwrap()])
         .args(["--model-control-mode", "explicit", "--log-file"])
         .arg(&log)
-        .args(["--grpc-port", "0", "--http-port", "0", "--allow-metrics", "false"])
+        .args([
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+            "--allow-metrics",
+            "false",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

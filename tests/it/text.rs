@@ -496,7 +496,11 @@ async fn megabyte_texts_cost_a_prefix_and_do_not_hold_up_a_small_request() {
         .into_inner();
     // 256 tokens of the text are those of its first 8 KiB (well over 256 tokens).
     let head = unit.repeat((8 << 10) / unit.len());
-    let want = embeddings(&s.infer(text_request(MODEL, &[head.as_bytes()])).await.unwrap());
+    let want = embeddings(
+        &s.infer(text_request(MODEL, &[head.as_bytes()]))
+            .await
+            .unwrap(),
+    );
     for got in embeddings(&resp) {
         let dot: f64 = got.iter().zip(&want[0]).map(|(a, b)| (a * b) as f64).sum();
         assert!(dot >= MIN_COSINE, "cosine {dot}");
