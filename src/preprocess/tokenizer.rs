@@ -289,7 +289,7 @@ struct Job {
     /// Bytes expected to be tokenized (`admission::cost_bytes`).
     bytes: u64,
     /// The job's share of the pool's backlog, released when the job is done or dropped.
-    _charge: Charge,
+    charge: Charge,
 }
 
 /// The tokenizer threads of one model version. Requests reach them over two bounded channels,
@@ -325,7 +325,10 @@ impl TokenizerPool {
                 .name(name.chars().take(15).collect())
                 .spawn(move || {
                     while let Some(Job {
-                        req, reply, bytes, ..
+                        req,
+                        reply,
+                        bytes,
+                        charge,
                     }) = admission::next_job(&small_rx, &large_rx)
                     {
                         if reply.is_closed() {
@@ -343,6 +346,7 @@ impl TokenizerPool {
                                     .with_request_id(&id))
                                 });
                         load.record(bytes, started.elapsed());
+                        drop(charge); // done: out of the backlog before the next estimate
                         let _ = reply.send(result.map(charge_deadline));
                     }
                 })
@@ -379,7 +383,7 @@ impl TokenizerPool {
             if wait > left {
                 return Err(Error::rejected(
                     Rejection::DeadlineUnmeetable,
-                    wait,
+                    wait.clamp(Duration::from_millis(1), Duration::from_secs(30)),
                     format!(
                         "Request deadline cannot be met: {} ms left, the tokenizer of model '{}' needs about {} ms to reach it",
                         left.as_millis(),
@@ -395,7 +399,7 @@ impl TokenizerPool {
             req,
             reply,
             bytes,
-            _charge: self.load.charge(self.load.cost(bytes)),
+            charge: self.load.charge(self.load.cost(bytes)),
         };
         let lane = if admission::is_small(bytes, self.max_length) {
             &self.small
