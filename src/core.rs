@@ -185,6 +185,14 @@ impl Core {
     }
 
     fn admit(&self, bytes: usize) -> Result<InflightGuard> {
+        // A request larger than the whole byte cap would be "busy" forever: retrying cannot
+        // help, so it is refused as invalid, without a retry hint.
+        if bytes > self.limits.bytes {
+            return Err(Error::invalid_arg(format!(
+                "request of {bytes} bytes is larger than the server accepts in flight ({} bytes, --max-inflight-bytes)",
+                self.limits.bytes
+            )));
+        }
         let n = self.inflight.requests.fetch_add(1, Ordering::AcqRel) + 1;
         let b = self.inflight.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
         let guard = InflightGuard {
@@ -352,7 +360,11 @@ impl Core {
         match (inflight, model) {
             (Ok(g), Ok(m)) => Ok((m, g)),
             (Err(e), Ok(m)) => {
-                m.stats.rejected(RejectionMetric::ServerBusy);
+                m.stats.rejected(if e.rejection.is_some() {
+                    RejectionMetric::ServerBusy
+                } else {
+                    RejectionMetric::TooLarge
+                });
                 m.stats.refusal_took(arrival.elapsed());
                 Err(e)
             }
@@ -411,7 +423,13 @@ impl Core {
                 let (m, span2) = (model.clone(), span.clone());
                 Stage::Tokenizing(Box::pin(async move {
                     let pool = m.tokenizer.as_ref().expect("checked above");
-                    let valid = pool.tokenize(valid).await?;
+                    let valid = pool.tokenize(valid).await.inspect_err(|e| {
+                        // The tokenizer's own admission (a deadline it cannot meet).
+                        if let Some((why, _)) = e.rejection {
+                            m.stats.rejected(why.into());
+                            m.stats.refusal_took(arrival.elapsed());
+                        }
+                    })?;
                     m.scheduler.enqueue(valid, arrival, span2)
                 }))
             } else {

@@ -33,13 +33,12 @@ pub fn parse_pbtxt(path: &Path, text: &str) -> Result<ModelConfig> {
         .expect("ModelConfig in descriptor");
     let fixed = add_list_colons(text);
     let msg = DynamicMessage::parse_text_format(desc, &fixed).map_err(|e| {
+        // Counted in bytes: an offset that is not a char boundary cannot panic here.
         let line = miette::Diagnostic::labels(&e)
             .and_then(|mut l| l.next())
             .map(|span| {
-                fixed[..span.offset().min(fixed.len())]
-                    .matches('\n')
-                    .count()
-                    + 1
+                let before = &fixed.as_bytes()[..span.offset().min(fixed.len())];
+                before.iter().filter(|&&b| b == b'\n').count() + 1
             });
         let at = line.map(|l| format!(" at line {l}")).unwrap_or_default();
         Error::invalid_arg(format!(
@@ -54,7 +53,10 @@ pub fn parse_pbtxt(path: &Path, text: &str) -> Result<ModelConfig> {
 /// Triton's configs write lists of messages without a colon (`input [ { … } ]`), which the
 /// text-format grammar allows but prost-reflect does not accept; insert the colon.
 /// Line structure is preserved, so error line numbers still point into the original file.
-fn add_list_colons(src: &str) -> String {
+/// Any text may come here (a config is the operator's, or a client's through a load request's
+/// `config`): the output is the input with `:` inserted before some `[`, no more than
+/// `src.len() + 2 × (number of '[')` bytes, with the same lines.
+pub fn add_list_colons(src: &str) -> String {
     let mut out = String::with_capacity(src.len() + 16);
     // The last two significant tokens: an identifier is 'i', other punctuation is itself.
     let (mut last, mut before_last) = (' ', ' ');
@@ -444,5 +446,60 @@ version_policy: { specific: { versions: [1, 3] } }
                 .message
                 .contains("KIND_CPU but specifies")
         );
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Text made of the config grammar's pieces, so the fix-up's states are all reached.
+        fn pbtxt_like() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("input".to_string()),
+                Just("dims".to_string()),
+                Just(" [ ".to_string()),
+                Just("] ".to_string()),
+                Just("{ ".to_string()),
+                Just("} ".to_string()),
+                Just(": ".to_string()),
+                Just("\"".to_string()),
+                Just("'".to_string()),
+                Just("\\".to_string()),
+                Just("# c [\n".to_string()),
+                Just("\n".to_string()),
+                Just("-1, 4".to_string()),
+                Just("é".to_string()),
+                any::<char>().prop_map(String::from),
+            ];
+            proptest::collection::vec(piece, 0..40).prop_map(|p| p.concat())
+        }
+
+        fn check(text: &str) -> Result<(), TestCaseError> {
+            let fixed = add_list_colons(text);
+            let brackets = text.matches('[').count();
+            prop_assert!(fixed.len() <= text.len() + 2 * brackets);
+            prop_assert_eq!(fixed.matches('\n').count(), text.matches('\n').count());
+            prop_assert_eq!(
+                fixed.replace(": [", "[").replace(':', ""),
+                text.replace(": [", "[").replace(':', "")
+            );
+            // Parsing returns a config or an error naming the file, never a panic.
+            if let Err(e) = parse_pbtxt(Path::new("config.pbtxt"), text) {
+                prop_assert!(e.message.contains("config.pbtxt"), "{}", e.message);
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn any_text_is_fixed_up_within_bounds(text in any::<String>()) {
+                check(&text)?;
+            }
+
+            #[test]
+            fn config_like_text_is_fixed_up_within_bounds(text in pbtxt_like()) {
+                check(&text)?;
+            }
+        }
     }
 }

@@ -12,6 +12,7 @@
 //! it with token tensors (`ValidRequest::with_token_inputs`), the scheduler batches requests of
 //! different token lengths together padded to the longest, and the batch applies `post`.
 
+pub mod admission;
 pub mod post;
 pub mod tokenizer;
 #[cfg(test)]

@@ -11,14 +11,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, TrySendError};
+use std::time::Duration;
 use tokenizers::{Tokenizer, TruncationParams};
 use tokio::sync::oneshot;
 
+use super::admission::{self, Charge, TokenizerLoad};
 use super::{
     ATTENTION_MASK, DEFAULT_MAX_LENGTH, INPUT_IDS, Padding, TOKEN_TYPE_IDS, TextSpec, Truncation,
 };
 use crate::backend::ModelIo;
-use crate::error::{Error, Result};
+use crate::error::{Error, Rejection, Result};
 use crate::model::ModelSpec;
 use crate::tensor::{DataType, Tensor, bytes_codec};
 use crate::validate::ValidRequest;
@@ -123,17 +125,26 @@ impl Encoder {
             let s = std::str::from_utf8(bytes)
                 .map_err(|e| Error::invalid_arg(format!("{} is not valid UTF-8: {e}", what())))?;
             let encoding = self
-                .tokenizer
-                .encode_fast(s, true)
+                .encode_text(s)
                 .map_err(|e| Error::invalid_arg(format!("{} cannot be tokenized: {e}", what())))?;
-            if encoding.len() > spec.max_length {
+            if spec.truncation == Truncation::Reject && encoding.tokens > spec.max_length {
+                let counted = if encoding.prefix < s.len() {
+                    format!(
+                        "at least {} tokens in its first {} of {} bytes",
+                        encoding.tokens,
+                        encoding.prefix,
+                        s.len()
+                    )
+                } else {
+                    format!("{} tokens", encoding.tokens)
+                };
                 return Err(Error::invalid_arg(format!(
-                    "{} has {} tokens, more than max_length {} (the model's truncation is 'reject')",
+                    "{} has {counted}, more than max_length {} (the model's truncation is 'reject')",
                     what(),
-                    encoding.len(),
                     spec.max_length
                 )));
             }
+            let encoding = encoding.encoding;
             encodings.push(encoding);
         }
         let longest = encodings.iter().map(|e| e.len()).max().unwrap_or(0);
@@ -196,9 +207,86 @@ impl Encoder {
         })
     }
 
+    /// Encodes the first `max_length` tokens' worth of `text` without tokenizing all of it:
+    /// prefixes of 8 × `max_length` bytes, then twice as many each time, until one holds more
+    /// than `max_length` tokens or the prefix is the whole text. The work is then a small
+    /// multiple of the bytes that make `max_length` tokens, not of the text's length (a 1 MiB
+    /// text cut to 256 tokens used to cost seconds of tokenizer time).
+    ///
+    /// A prefix ends after a whitespace character when there is one in its second half (else
+    /// at a char boundary): tokenizers split words at whitespace, so the tokens of such a
+    /// prefix are the first tokens of the whole text, and a prefix that overflows yields the
+    /// same `max_length` tokens the whole text would. With truncation on, the tokenizer keeps
+    /// `max_length` tokens (special ones included) and reports the rest as overflow.
+    fn encode_text(&self, text: &str) -> tokenizers::Result<TextEncoding> {
+        let max = self.spec.max_length;
+        let mut take = max.saturating_mul(8).max(1);
+        loop {
+            let end = prefix_end(text, take);
+            let encoding = self.tokenizer.encode_fast(&text[..end], true)?;
+            let overflow: usize = encoding.get_overflowing().iter().map(|o| o.len()).sum();
+            let tokens = encoding.len().saturating_add(overflow);
+            if tokens > max || end == text.len() {
+                return Ok(TextEncoding {
+                    encoding,
+                    tokens,
+                    prefix: end,
+                });
+            }
+            take = take.saturating_mul(2);
+        }
+    }
+
     pub fn spec(&self) -> &TextSpec {
         &self.spec
     }
+}
+
+/// Where a prefix of about `take` bytes of `text` ends: the whole text if it is no longer,
+/// else after the last whitespace in the prefix's second half, else at the char boundary at or
+/// before `take`. Never empty for a non-empty text, always a char boundary.
+pub fn prefix_end(text: &str, take: usize) -> usize {
+    if take >= text.len() {
+        return text.len();
+    }
+    let mut end = take.max(1);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end == 0 {
+        // `take` fell inside the first character: take that character whole.
+        end = text.chars().next().map_or(0, char::len_utf8);
+    }
+    match text[..end].rfind(char::is_whitespace) {
+        Some(ws) if ws >= end / 2 => {
+            let after = ws + text[ws..].chars().next().map_or(1, char::len_utf8);
+            after.min(end)
+        }
+        _ => end,
+    }
+}
+
+/// A text's encoding and what it was counted from.
+struct TextEncoding {
+    /// The first tokens (all of them, or `max_length` when truncating).
+    encoding: tokenizers::Encoding,
+    /// Tokens counted in the prefix, truncated ones included: more than `max_length` means the
+    /// text has more.
+    tokens: usize,
+    /// Bytes of the text encoded.
+    prefix: usize,
+}
+
+/// Time spent waiting for and in the tokenizer comes out of what the client's deadline leaves
+/// for the model's queue (a queue policy's own timeout starts at the queue, as in Triton).
+fn charge_deadline(mut req: ValidRequest) -> ValidRequest {
+    if let Some(deadline) = req.params.deadline {
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_micros(1));
+        req.queue_timeout = Some(req.queue_timeout.map_or(left, |t| t.min(left)));
+    }
+    req
 }
 
 /// One request's texts as token inputs.
@@ -213,13 +301,21 @@ pub struct Encoded {
 struct Job {
     req: ValidRequest,
     reply: oneshot::Sender<Result<ValidRequest>>,
+    /// Bytes expected to be tokenized (`admission::cost_bytes`).
+    bytes: u64,
+    /// The job's share of the pool's backlog, released when the job is done or dropped.
+    charge: Charge,
 }
 
-/// The tokenizer threads of one model version. Requests reach them over a bounded channel.
+/// The tokenizer threads of one model version. Requests reach them over two bounded channels,
+/// small requests first (`admission`).
 pub struct TokenizerPool {
-    tx: Sender<Job>,
+    small: Sender<Job>,
+    large: Sender<Job>,
+    load: Arc<TokenizerLoad>,
     threads: Vec<JoinHandle<()>>,
     model: String,
+    max_length: usize,
 }
 
 impl TokenizerPool {
@@ -232,20 +328,29 @@ impl TokenizerPool {
                 .clamp(1, 4),
             n => n,
         };
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(capacity.max(1));
+        let (small, small_rx) = crossbeam_channel::bounded::<Job>(capacity.max(1));
+        let (large, large_rx) = crossbeam_channel::bounded::<Job>(capacity.max(1));
+        let load = Arc::new(TokenizerLoad::new(n));
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
             let enc = encoder.clone();
-            let rx = rx.clone();
+            let (small_rx, large_rx, load) = (small_rx.clone(), large_rx.clone(), load.clone());
             let name = format!("tok{i}:{}", encoder.model);
             let handle = std::thread::Builder::new()
                 .name(name.chars().take(15).collect())
                 .spawn(move || {
-                    while let Ok(Job { req, reply }) = rx.recv() {
+                    while let Some(Job {
+                        req,
+                        reply,
+                        bytes,
+                        charge,
+                    }) = admission::next_job(&small_rx, &large_rx)
+                    {
                         if reply.is_closed() {
                             continue; // the caller went away while the request waited
                         }
                         let id = req.id.clone();
+                        let started = std::time::Instant::now();
                         let result =
                             std::panic::catch_unwind(AssertUnwindSafe(|| enc.encode_request(req)))
                                 .unwrap_or_else(|_| {
@@ -255,7 +360,9 @@ impl TokenizerPool {
                                     ))
                                     .with_request_id(&id))
                                 });
-                        let _ = reply.send(result);
+                        load.record(bytes, started.elapsed());
+                        drop(charge); // done: out of the backlog before the next estimate
+                        let _ = reply.send(result.map(charge_deadline));
                     }
                 })
                 .map_err(|e| {
@@ -264,17 +371,57 @@ impl TokenizerPool {
             threads.push(handle);
         }
         Ok(TokenizerPool {
-            tx,
+            small,
+            large,
+            load,
             threads,
             model: encoder.model.clone(),
+            max_length: encoder.spec.max_length,
         })
     }
 
-    /// Tokenizes one request on a pool thread. Dropping the future abandons it.
+    /// Tokenizes one request on a pool thread. Dropping the future abandons it. A request
+    /// whose client deadline falls before the tokenizer could be done with it is refused now
+    /// (`DeadlineUnmeetable`, as the scheduler refuses one its queue cannot drain in time).
     pub async fn tokenize(&self, req: ValidRequest) -> Result<ValidRequest> {
         let id = req.id.clone();
+        let lens = req
+            .inputs
+            .iter()
+            .filter(|t| t.dtype() == DataType::Bytes)
+            .filter_map(|t| bytes_codec::decode(t.data(), t.element_count()).ok())
+            .flat_map(|elements| elements.into_iter().map(<[u8]>::len));
+        let bytes = admission::cost_bytes(lens, self.max_length);
+        let wait = self.load.estimate(bytes);
+        if let Some(deadline) = req.params.deadline {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if wait > left {
+                return Err(Error::rejected(
+                    Rejection::DeadlineUnmeetable,
+                    wait.clamp(Duration::from_millis(1), Duration::from_secs(30)),
+                    format!(
+                        "Request deadline cannot be met: {} ms left, the tokenizer of model '{}' needs about {} ms to reach it",
+                        left.as_millis(),
+                        self.model,
+                        wait.as_millis()
+                    ),
+                )
+                .with_request_id(&id));
+            }
+        }
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { req, reply }) {
+        let job = Job {
+            req,
+            reply,
+            bytes,
+            charge: self.load.charge(self.load.cost(bytes)),
+        };
+        let lane = if admission::is_small(bytes, self.max_length) {
+            &self.small
+        } else {
+            &self.large
+        };
+        match lane.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(Error::unavailable(format!(
@@ -298,8 +445,13 @@ impl TokenizerPool {
 
     /// Closes the queue and waits for the threads. Blocking: call it off the async workers.
     pub fn shutdown(self) {
-        let TokenizerPool { tx, threads, .. } = self;
-        drop(tx);
+        let TokenizerPool {
+            small,
+            large,
+            threads,
+            ..
+        } = self;
+        drop((small, large));
         for t in threads {
             if t.join().is_err() {
                 tracing::error!("tokenizer thread panicked");

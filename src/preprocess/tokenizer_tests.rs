@@ -156,13 +156,65 @@ fn long_texts_are_truncated_or_rejected_as_configured() {
     assert_eq!(i64s(&t[0]), vec![CLS, 4, 4, 4, SEP]);
 
     let f = fixture(&[("max_length", "5"), ("truncation", "reject")], true).unwrap();
+    // Only a prefix is tokenized (8 × max_length = 40 bytes, cut after a space): the count
+    // is of that prefix, and the message says so.
     let err = encode(&f, &[b"hello", long.as_bytes()]).unwrap_err();
     assert_eq!(err.code, crate::error::Code::InvalidArg);
     assert_eq!(
         err.message,
-        "input 'TEXT' of model 't': text 1 has 22 tokens, more than max_length 5 (the model's truncation is 'reject')"
+        "input 'TEXT' of model 't': text 1 has at least 8 tokens in its first 36 of 120 bytes, more than max_length 5 (the model's truncation is 'reject')"
+    );
+    // A text that ends within the first prefix is counted whole.
+    let err = encode(&f, &[b"hello hello hello hello"]).unwrap_err();
+    assert!(
+        err.message.ends_with(
+            "text 0 has 6 tokens, more than max_length 5 (the model's truncation is 'reject')"
+        ),
+        "{}",
+        err.message
     );
     assert!(encode(&f, &[b"hello world"]).is_ok());
+}
+
+#[test]
+fn a_long_text_is_tokenized_in_prefixes_and_truncates_as_the_whole_would() {
+    // Words of the vocabulary and unknown ones, ~1 MiB: the first max_length tokens are those
+    // of the whole text, whatever the prefix.
+    let long = "hello world, words! unknownword ".repeat(32 << 10);
+    let cycle = [4, 5, 6, 8, 9, 7, 1]; // hello world , word ##s ! [UNK]
+    for max in [5usize, 7, 16, 40] {
+        let f = fixture(&[("max_length", &max.to_string())], true).unwrap();
+        let (t, _) = encode(&f, &[long.as_bytes()]).unwrap();
+        let mut want = vec![CLS];
+        want.extend(cycle.iter().cycle().take(max - 2));
+        want.push(SEP);
+        assert_eq!(i64s(&t[0]), want, "max_length {max}");
+    }
+    // Text that stays under max_length however long it grows is read to its end.
+    let f = fixture(&[("max_length", "5"), ("truncation", "reject")], true).unwrap();
+    let spaces = format!("hello{}world", " ".repeat(100_000));
+    let (t, _) = encode(&f, &[spaces.as_bytes()]).unwrap();
+    assert_eq!(i64s(&t[0]), vec![CLS, 4, 5, SEP]);
+}
+
+#[test]
+fn prefixes_end_at_char_boundaries_after_whitespace() {
+    use super::tokenizer::prefix_end;
+    assert_eq!(prefix_end("hello", 10), 5);
+    assert_eq!(prefix_end("hello world", 8), 6, "after the space");
+    assert_eq!(prefix_end("helloworld", 4), 4, "no space: at the cut");
+    assert_eq!(
+        prefix_end("a bcdefghij", 8),
+        8,
+        "space in the first half: at the cut"
+    );
+    assert_eq!(prefix_end("ééé", 3), 2, "inside a character: before it");
+    assert_eq!(
+        prefix_end("ééé", 1),
+        2,
+        "inside the first: that character whole"
+    );
+    assert_eq!(prefix_end("", 8), 0);
 }
 
 #[test]
@@ -279,6 +331,55 @@ async fn the_pool_tokenizes_on_its_threads_and_names_the_request_on_error() {
     .unwrap()
     .unwrap();
     assert_eq!(again.seq_len, Some(3));
+    tokio::task::spawn_blocking(move || pool.shutdown())
+        .await
+        .unwrap();
+}
+
+/// Tokenizer time is charged like compute: once the pool has measured its speed, a request
+/// whose deadline has no room for its tokenization is refused before it queues, and one that
+/// is tokenized leaves the tokenizer with what its deadline has left, not its full timeout.
+#[tokio::test]
+async fn the_pool_charges_its_time_to_the_clients_deadline() {
+    let f = fixture(&[("tokenizer_threads", "1")], true).unwrap();
+    let pool = TokenizerPool::start(&f.encoder, 4).unwrap();
+    let long = "hello world ".repeat(1000);
+    pool.tokenize(request(&f.spec, "warm", &[long.as_bytes()]))
+        .await
+        .unwrap();
+    let with_deadline = |id: &str, deadline: Instant| {
+        let mut r = request(&f.spec, id, &[long.as_bytes()]);
+        r.params.deadline = Some(deadline);
+        r
+    };
+    let err = pool
+        .tokenize(with_deadline("late", Instant::now()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, crate::error::Code::Unavailable);
+    assert!(
+        matches!(
+            err.rejection,
+            Some((crate::error::Rejection::DeadlineUnmeetable, _))
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.message.contains("Request deadline cannot be met")
+            && err.message.contains("the tokenizer of model 't'"),
+        "{}",
+        err.message
+    );
+    let start = Instant::now();
+    let mut r = with_deadline("ok", start + Duration::from_secs(60));
+    r.queue_timeout = Some(Duration::from_secs(60));
+    let done = pool.tokenize(r).await.unwrap();
+    let left = done.queue_timeout.unwrap();
+    // Without the charge it would still be the whole 60 s.
+    assert!(
+        left < Duration::from_secs(60) && left >= Duration::from_secs(60) - start.elapsed(),
+        "{left:?} left"
+    );
     tokio::task::spawn_blocking(move || pool.shutdown())
         .await
         .unwrap();

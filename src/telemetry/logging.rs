@@ -17,6 +17,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry, reload};
 
+use super::log_escape::Escaping;
 use super::otlp;
 use super::spans::TARGET;
 use super::trace::{TraceConfig, TraceMode};
@@ -319,13 +320,13 @@ pub fn init(
 
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![
         tracing_subscriber::fmt::layer()
-            .with_writer(writer.clone())
+            .with_writer(Escaping::new(writer.clone(), ansi))
             .with_ansi(ansi)
             .with_filter(text_env.and(text_on))
             .boxed(),
         tracing_subscriber::fmt::layer()
             .json()
-            .with_writer(writer)
+            .with_writer(Escaping::new(writer, false))
             .with_filter(json_env.and(json_on))
             .boxed(),
     ];

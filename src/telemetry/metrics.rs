@@ -56,7 +56,7 @@ pub const LABEL_STATE: &str = "state";
 /// Triton's `reason` values of `nv_inference_request_failure`, in `FailureReason` order.
 pub const FAILURE_REASONS: [&str; 4] = ["REJECTED", "CANCELED", "BACKEND", "OTHER"];
 /// `reason` values of `nereid_inference_request_rejected_total`, in `Rejection` order.
-pub const REJECTION_REASONS: [&str; 8] = [
+pub const REJECTION_REASONS: [&str; 9] = [
     "queue_full",
     "invalid",
     "stopping",
@@ -65,6 +65,7 @@ pub const REJECTION_REASONS: [&str; 8] = [
     "model_not_ready",
     "server_draining",
     "server_busy",
+    "too_large",
 ];
 
 /// Latency buckets in seconds: 100 µs .. 10 s.
@@ -117,7 +118,7 @@ pub struct ModelMetrics {
     /// One per priority level (index 0 = level 1, the highest).
     pub queue_depth: Vec<IntGauge>,
     /// Indexed like `REJECTION_REASONS`.
-    pub rejected: [IntCounter; 8],
+    pub rejected: [IntCounter; 9],
     pub rejection_seconds: Histogram,
     pub instances: IntGauge,
     pub instances_busy: IntGauge,

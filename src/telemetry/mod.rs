@@ -2,6 +2,7 @@
 //! Prometheus series (`metrics`, `system`); request spans and W3C context (`spans`), trace
 //! settings and sampling (`trace`), OTLP export (`otlp`); logging and its settings (`logging`).
 
+pub mod log_escape;
 pub mod logging;
 pub mod metrics;
 pub mod otlp;

@@ -46,6 +46,8 @@ pub enum Rejection {
     ModelNotReady,
     ServerDraining,
     ServerBusy,
+    /// Larger than `--max-inflight-bytes`: it could never be admitted.
+    TooLarge,
 }
 
 impl From<crate::error::Rejection> for Rejection {

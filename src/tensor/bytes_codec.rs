@@ -162,4 +162,57 @@ mod tests {
         );
         assert_eq!(decode(&[], 0), Ok(vec![]));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Whether `part` lies inside `whole` (a sub-slice, not a copy).
+        fn inside(part: &[u8], whole: &[u8]) -> bool {
+            let (p, w) = (part.as_ptr() as usize, whole.as_ptr() as usize);
+            p >= w && p + part.len() <= w + whole.len()
+        }
+
+        proptest! {
+            /// Any bytes and any element count: an error, or exactly that many elements, each a
+            /// slice of the input, that encode back to the input.
+            #[test]
+            fn any_bytes_decode_to_slices_of_themselves(
+                data in proptest::collection::vec(any::<u8>(), 0..200),
+                expected in prop_oneof![0usize..8, any::<usize>()],
+            ) {
+                if let Ok(elements) = decode(&data, expected) {
+                    prop_assert_eq!(elements.len(), expected);
+                    prop_assert!(elements.iter().all(|e| inside(e, &data)));
+                    prop_assert_eq!(encode(elements.iter().copied()), data);
+                }
+            }
+
+            /// Framed elements whose length prefixes may lie: decoding never reads past the end.
+            #[test]
+            fn lying_lengths_are_framing_errors(
+                elements in proptest::collection::vec(
+                    (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..16)), 0..8),
+            ) {
+                let mut data = Vec::new();
+                for (len, body) in &elements {
+                    data.extend_from_slice(&len.to_le_bytes());
+                    data.extend_from_slice(body);
+                }
+                match decode(&data, elements.len()) {
+                    Ok(out) => prop_assert!(out.iter().all(|e| inside(e, &data))),
+                    Err(e) => prop_assert!(!e.to_string().is_empty()),
+                }
+            }
+
+            #[test]
+            fn encode_then_decode_is_the_identity(
+                elements in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..32), 0..8),
+            ) {
+                let data = encode(elements.iter().map(Vec::as_slice));
+                let back = decode(&data, elements.len()).unwrap();
+                prop_assert_eq!(back, elements.iter().map(Vec::as_slice).collect::<Vec<_>>());
+            }
+        }
+    }
 }

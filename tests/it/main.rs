@@ -11,6 +11,7 @@ mod datatypes;
 mod early_refusal;
 mod errors;
 mod health_metadata;
+mod hostile;
 mod hostile_configs;
 mod http;
 mod http_errors;

@@ -414,9 +414,12 @@ async fn reject_truncation_and_the_token_budget_refuse_oversized_requests() {
         s.infer(text_request(MODEL, &[b"short", long.as_bytes()]))
             .await,
         Code::InvalidArgument,
+        // The text (2.9 KB) is longer than the first prefix tokenized (8 × 256 bytes), which
+        // already holds more than 256 tokens: the count is that prefix's.
         &[
-            "input 'TEXT' of model 'minilm': text 1 has",
-            "tokens, more than max_length 256 (the model's truncation is 'reject')",
+            "input 'TEXT' of model 'minilm': text 1 has at least",
+            "tokens in its first",
+            "more than max_length 256 (the model's truncation is 'reject')",
         ],
     );
     assert!(
@@ -465,4 +468,41 @@ async fn a_tokenizer_that_does_not_parse_fails_the_load_clearly() {
             .contains("Request for unknown model: 'minilm'"),
         "{err:?}"
     );
+}
+
+/// Four texts of about 1 MiB each: tokenized in prefixes (a few KiB each, not the whole MiB),
+/// cut to max_length (256) tokens as the whole text would be, and a small request sent right
+/// behind them on the one tokenizer thread is answered too, both well within the RPC timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn megabyte_texts_cost_a_prefix_and_do_not_hold_up_a_small_request() {
+    let repo = scratch(&param("tokenizer_threads", "1"));
+    let s = TestServer::start(repo.path()).await.owning(repo);
+    let unit = format!("{} ", reference().sentences[0]);
+    let big = unit.repeat((1 << 20) / unit.len());
+    let mut c = s.client.clone();
+    let req = text_request(MODEL, &[big.as_bytes(); 4]);
+    let big_call =
+        tokio::spawn(async move { tokio::time::timeout(RPC_TIMEOUT, c.model_infer(req)).await });
+    let small = s
+        .infer(text_request(MODEL, &sentences(&[0])))
+        .await
+        .unwrap();
+    assert_matches_reference(&[0], &embeddings(&small));
+    let resp = big_call
+        .await
+        .unwrap()
+        .expect("four 1 MiB texts are answered within the RPC timeout")
+        .unwrap()
+        .into_inner();
+    // 256 tokens of the text are those of its first 8 KiB (well over 256 tokens).
+    let head = unit.repeat((8 << 10) / unit.len());
+    let want = embeddings(
+        &s.infer(text_request(MODEL, &[head.as_bytes()]))
+            .await
+            .unwrap(),
+    );
+    for got in embeddings(&resp) {
+        let dot: f64 = got.iter().zip(&want[0]).map(|(a, b)| (a * b) as f64).sum();
+        assert!(dot >= MIN_COSINE, "cosine {dot}");
+    }
 }

@@ -45,32 +45,37 @@ const FIRST_TENSOR_FIELD: u64 = 5;
 
 /// What the first bytes of a body say.
 #[derive(Debug, PartialEq)]
-enum Head {
+pub enum Head {
     /// The head may continue past what has arrived.
     NeedMore,
-    /// The message bytes of fields 1–4, complete.
+    /// The message bytes of fields 1–4, complete: always a range inside the scanned buffer.
     Ready(std::ops::Range<usize>),
     /// Not something to decide early (compressed, malformed, or no head within the limit).
     Skip,
 }
 
 /// Finds the head fields in `buf`, the start of a gRPC-framed `ModelInferRequest`.
-fn find_head(buf: &[u8]) -> Head {
-    if buf.len() < PREFIX {
+///
+/// Any bytes may come here (they are the client's): the scan ends for every input, after at
+/// most one step per field, and a `Ready` range lies inside `buf`. Lengths are the client's
+/// numbers, up to 2^64 − 1, so every sum is checked; one that overflows is a malformed head.
+pub fn find_head(buf: &[u8]) -> Head {
+    let Some(prefix) = buf.first_chunk::<PREFIX>() else {
         return Head::NeedMore;
-    }
-    if buf[0] != 0 {
+    };
+    if prefix[0] != 0 {
         return Head::Skip;
     }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    let msg = &buf[PREFIX..buf.len().min(PREFIX + len)];
-    let mut pos = 0;
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    let msg = &buf[PREFIX..buf.len().min(PREFIX.saturating_add(len))];
+    // Invariant: pos <= msg.len() <= len, so `PREFIX + pos` is inside `buf`.
+    let mut pos = 0usize;
     loop {
         if pos == len {
             // The whole message is the head (a request with no tensors).
             return Head::Ready(PREFIX..PREFIX + pos);
         }
-        let mut rest = &msg[pos.min(msg.len())..];
+        let mut rest = msg.get(pos..).unwrap_or_default();
         let before = rest.len();
         let Ok(key) = prost::encoding::decode_varint(&mut rest) else {
             return more_or_skip(msg.len() < len && before < 10, buf.len());
@@ -82,10 +87,13 @@ fn find_head(buf: &[u8]) -> Head {
         let Ok(field_len) = prost::encoding::decode_varint(&mut rest) else {
             return more_or_skip(msg.len() < len && rest.len() < 10, buf.len());
         };
-        let end = pos + (before - rest.len()) + field_len as usize;
-        if end > len {
+        // The key and length took at least two bytes, so `end > pos`: the scan moves forward.
+        let end = usize::try_from(field_len)
+            .ok()
+            .and_then(|n| pos.checked_add(before - rest.len())?.checked_add(n));
+        let Some(end) = end.filter(|&e| e <= len) else {
             return Head::Skip;
-        }
+        };
         if end > msg.len() {
             return more_or_skip(true, buf.len());
         }
@@ -287,6 +295,68 @@ impl http_body::Body for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A 16-byte body: an 11-byte message whose `model_name` declares 2^64 − 11 bytes, so
+    /// that key + length + field end, added unchecked, wrap to where the field began.
+    fn wrapping_head() -> Vec<u8> {
+        let mut buf = vec![0, 0, 0, 0, 11, 0x0a];
+        prost::encoding::encode_varint(u64::MAX - 10, &mut buf);
+        assert_eq!(buf.len(), 16);
+        buf
+    }
+
+    #[test]
+    fn a_length_near_2_pow_64_is_a_malformed_head() {
+        assert_eq!(find_head(&wrapping_head()), Head::Skip);
+        // Every length that would wrap the position back inside the message.
+        for back in 0..16u64 {
+            let mut buf = vec![0, 0, 0, 0, 11, 0x0a];
+            prost::encoding::encode_varint(u64::MAX - back, &mut buf);
+            assert_eq!(find_head(&buf), Head::Skip, "{back}");
+        }
+    }
+
+    fn check_scan(buf: &[u8]) -> Result<(), TestCaseError> {
+        match find_head(buf) {
+            Head::Ready(r) => {
+                prop_assert!(
+                    r.start <= r.end && r.end <= buf.len(),
+                    "{r:?} of {}",
+                    buf.len()
+                )
+            }
+            Head::NeedMore => prop_assert!(buf.len() < HEAD_LIMIT),
+            Head::Skip => {}
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_scan_to_a_range_inside_them(buf in proptest::collection::vec(any::<u8>(), 0..300)) {
+            check_scan(&buf)?;
+        }
+
+        /// Uncompressed frames of any declared length, made of fields with any keys and any
+        /// (often huge) declared lengths: the shapes the scan walks.
+        #[test]
+        fn framed_fields_with_any_lengths_scan_to_a_range_inside_them(
+            declared in any::<u32>(),
+            fields in proptest::collection::vec((any::<u64>(), any::<u64>(), 0usize..8), 0..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut buf = vec![0];
+            buf.extend_from_slice(&declared.to_be_bytes());
+            for (key, len, body) in fields {
+                prost::encoding::encode_varint(key, &mut buf);
+                prost::encoding::encode_varint(len, &mut buf);
+                buf.extend(std::iter::repeat_n(b'x', body));
+            }
+            check_scan(&buf)?;
+            check_scan(&buf[..cut.index(buf.len() + 1)])?;
+        }
+    }
 
     /// A gRPC-framed request: the head fields, then `inputs` and `raw_input_contents`.
     fn framed(req: &pb::ModelInferRequest) -> Vec<u8> {

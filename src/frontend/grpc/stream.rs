@@ -9,7 +9,9 @@
 //! (`error_message`, `infer_response` holding only the id) and the stream goes on, unless the
 //! client opened it with the metadata `triton_grpc_error: true`, in which case the first error
 //! ends the stream with its status. After the client half-closes, the pending responses are
-//! written and the stream ends with OK. If the client goes away, the task ends and dropping
+//! written and the stream ends with OK; a message that does not decode stops the reading, the
+//! requests read before it are answered, and the stream ends with the decode error's status
+//! (what follows it is not read: its framing can no longer be trusted). If the client goes away, the task ends and dropping
 //! the pending futures cancels requests that have not started.
 
 use std::sync::Arc;
@@ -66,8 +68,14 @@ async fn run(
 ) {
     let mut pending: FuturesOrdered<BoxFuture<'static, Done>> = FuturesOrdered::new();
     let mut reading = true;
+    // Why reading stopped early (a message that does not decode, a broken body): the requests
+    // already read are answered, then the stream ends with this status, never with OK.
+    let mut failure: Option<Status> = None;
     loop {
         if !reading && pending.is_empty() {
+            if let Some(status) = failure {
+                let _ = tx.send(Err(status)).await;
+            }
             break;
         }
         tokio::select! {
@@ -82,7 +90,8 @@ async fn run(
                 Ok(None) => reading = false,
                 Err(status) => {
                     tracing::debug!("ModelStreamInfer: the client's stream failed: {status}");
-                    return;
+                    reading = false;
+                    failure = Some(status);
                 }
             },
             _ = tx.closed() => return,

@@ -99,6 +99,12 @@ pub fn infer_request(
     arrival: Instant,
 ) -> Result<(InferRequest, OutputFormat)> {
     let split = header_len.unwrap_or(body.len());
+    if split > body.len() {
+        return Err(Error::invalid_arg(format!(
+            "inference header size should be in range (0, {}), got: {split}",
+            body.len()
+        )));
+    }
     let doc = parse_json(&body[..split])?;
     let mut binary = body.slice(split..);
     let root = doc.as_object().ok_or_else(|| {

@@ -4,6 +4,8 @@
 
 pub mod compress;
 pub mod convert;
+#[cfg(test)]
+mod proptests;
 pub mod shapes;
 pub mod status;
 pub mod tensor_json;
