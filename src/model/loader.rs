@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::config::{self, ModelConfig};
 use super::manager::ManagerOptions;
-use super::{DeviceKind, ModelSpec, autocomplete, repository, warmup};
+use super::{DeviceKind, ModelSpec, autocomplete, paths, repository, warmup};
 use crate::backend::devices;
 use crate::backend::instance::{InstanceThread, Recovery};
 use crate::backend::{Backend, ModelIo, Runner};
@@ -345,18 +345,23 @@ fn breaker_threshold(cfg: &ModelConfig) -> Result<u32> {
 
 /// `<dir>/<version>/<default_model_filename>`; it may also be a folder holding `model.onnx`.
 pub fn model_file(dir: &Path, version: i64, cfg: &ModelConfig) -> Result<PathBuf> {
-    let path = dir
-        .join(version.to_string())
-        .join(&cfg.default_model_filename);
+    let name = &cfg.default_model_filename;
+    let path = paths::inside(
+        &dir.join(version.to_string()),
+        &cfg.name,
+        "default_model_filename",
+        name,
+    )?;
     let path = if path.is_dir() {
         path.join(config::DEFAULT_MODEL_FILENAME)
     } else {
         path
     };
     if !path.is_file() {
+        tracing::warn!(model = %cfg.name, path = %path.display(), "model file not found");
         return Err(Error::invalid_arg(format!(
-            "unable to find model file '{}' for model '{}' version {version}",
-            path.display(),
+            "unable to find model file '{version}/{}' for model '{}' version {version}",
+            paths::printable(name.trim_start_matches('/')),
             cfg.name
         )));
     }

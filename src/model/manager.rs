@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::loader::{Loader, fingerprint};
+use super::paths::{scrub, scrub_error};
 use super::state::ModelState;
 use super::{config_json, overrides, repository};
 use crate::backend::Backend;
@@ -249,7 +250,12 @@ impl ModelManager {
         })
         .await
         .unwrap_or_else(|e| Err(Error::internal(format!("model load panicked: {e}"))));
-        self.install(name, built, plain.then_some(source), override_dir)
+        // Clients see errors relative to the model folder; the log keeps the full text.
+        let mut roots: Vec<PathBuf> = self.loader.opts.repositories.clone();
+        roots.push(dir.clone());
+        roots.extend(override_dir.as_ref().map(|t| t.path().to_path_buf()));
+        let roots: Vec<&std::path::Path> = roots.iter().map(PathBuf::as_path).collect();
+        self.install(name, built, plain.then_some(source), override_dir, &roots)
     }
 
     /// Swaps freshly built versions in (or records why they could not be).
@@ -259,7 +265,9 @@ impl ModelManager {
         built: Result<Vec<(i64, Result<LoadedModel>)>>,
         source: Option<u64>,
         override_dir: Option<tempfile::TempDir>,
+        roots: &[&std::path::Path],
     ) -> Result<()> {
+        let clean = |e: &Error| scrub_error(e.clone(), roots);
         let mut retire = Vec::new();
         let result = {
             let mut models = self.write();
@@ -269,6 +277,7 @@ impl ModelManager {
             match built {
                 Err(e) => {
                     tracing::error!(model = name, error = %e, "failed to load");
+                    let e = clean(&e);
                     if serving {
                         entry.reload_error = Some(e.reason());
                     } else {
@@ -284,7 +293,10 @@ impl ModelManager {
                         .iter()
                         .filter_map(|(v, r)| {
                             r.as_ref().err().map(|e| {
-                                format!("version {v} is at UNAVAILABLE state: {};\n", e.reason())
+                                format!(
+                                    "version {v} is at UNAVAILABLE state: {};\n",
+                                    clean(e).reason()
+                                )
                             })
                         })
                         .collect();
@@ -318,7 +330,7 @@ impl ModelManager {
                                     tracing::error!(model = name, version = v, error = %e, "failed to load version");
                                     VersionSlot {
                                         state: ModelState::Unavailable,
-                                        reason: e.reason(),
+                                        reason: clean(&e).reason(),
                                         model: None,
                                     }
                                 }
@@ -414,23 +426,36 @@ impl ModelManager {
 
     /// The model folder of `name` in the repositories.
     fn find(&self, name: &str) -> Result<PathBuf> {
-        let found = repository::scan(&self.loader.opts.repositories)?;
+        let found = repository::scan(&self.loader.opts.repositories).map_err(|e| {
+            tracing::error!(model = name, error = %e, "cannot read the model repositories");
+            Error::internal(format!(
+                "failed to load '{name}', failed to poll from model repository"
+            ))
+        })?;
+        let roots: Vec<&std::path::Path> = self
+            .loader
+            .opts
+            .repositories
+            .iter()
+            .map(PathBuf::as_path)
+            .collect();
         match found.get(name) {
             Some(Ok(dir)) => Ok(dir.clone()),
             Some(Err(e)) => Err(Error::internal(format!(
                 "failed to load '{name}', failed to poll from model repository: {}",
-                e.message
+                scrub(&e.message, &roots)
             ))),
-            None => Err(Error::internal(format!(
-                "failed to load '{name}', failed to poll from model repository: no folder '{name}' in {}",
-                self.loader
-                    .opts
-                    .repositories
-                    .iter()
-                    .map(|r| format!("'{}'", r.display()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
+            None => {
+                // The repositories' paths go to the log only (behaviour.md E31).
+                tracing::warn!(
+                    model = name,
+                    repositories = ?self.loader.opts.repositories,
+                    "load of a model that no repository holds"
+                );
+                Err(Error::internal(format!(
+                    "failed to load '{name}', failed to poll from model repository: no folder '{name}' in the model repositories"
+                )))
+            }
         }
     }
 

@@ -10,6 +10,7 @@ pub mod config_json;
 pub mod loader;
 pub mod manager;
 pub mod overrides;
+pub mod paths;
 pub mod poll;
 pub mod repository;
 pub mod spec;

@@ -56,13 +56,18 @@ pub fn samples(cfg: &ModelConfig, spec: &ModelSpec, model_dir: &Path) -> Result<
             let per_item = element_count(if spec.batching() { &shape[1..] } else { &shape });
             let data = match &input.input_data_type {
                 Some(InputDataType::InputDataFile(file)) => {
-                    let path = model_dir.join("warmup").join(file);
+                    let path = super::paths::inside(
+                        &model_dir.join("warmup"),
+                        &spec.name,
+                        "input_data_file",
+                        file,
+                    )?;
                     let one = std::fs::read(&path).map_err(|e| {
                         Error::invalid_arg(format!(
-                            "warmup sample '{}' of model '{}': cannot read '{}': {e}",
+                            "warmup sample '{}' of model '{}': cannot read 'warmup/{}': {e}",
                             w.name,
                             spec.name,
-                            path.display()
+                            super::paths::printable(file.trim_start_matches('/'))
                         ))
                     })?;
                     // The file holds one batch item; replicate it to the batch size.

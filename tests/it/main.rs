@@ -6,6 +6,7 @@ mod autocomplete;
 mod batching;
 mod common;
 mod concurrency;
+mod config_paths;
 mod control;
 mod datatypes;
 mod early_refusal;
