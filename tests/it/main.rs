@@ -17,6 +17,7 @@ mod http;
 mod http_errors;
 mod infer;
 mod lifecycle;
+mod load_cancel;
 mod load_failures;
 mod metrics;
 mod overload;
