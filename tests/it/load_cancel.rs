@@ -178,8 +178,9 @@ async fn sigterm_during_a_slow_startup_load_exits_0() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the nereid binary starts");
+    let mut child = KillOnDrop(child);
     let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -200,7 +201,7 @@ async fn sigterm_during_a_slow_startup_load_exits_0() {
     }
     assert!(
         Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &child.0.id().to_string()])
             .status()
             .unwrap()
             .success()
@@ -208,12 +209,10 @@ async fn sigterm_during_a_slow_startup_load_exits_0() {
     // (exit-timeout 1 s + 2 s) × 10.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
             panic!("nereid outlived SIGTERM by 30 s; log:\n{}", log.join("\n"));
         }
         while let Ok(line) = rx.try_recv() {
@@ -237,4 +236,16 @@ async fn sigterm_during_a_slow_startup_load_exits_0() {
             )
         });
     assert!(runs_done(stopped) < RUNS, "{stopped}");
+}
+
+/// Kills the server when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
