@@ -171,7 +171,7 @@ async fn a_newer_load_supersedes_a_load_in_its_warmup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_slow_startup_load_exits_0() {
     let repo = slow_repo();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nereid"))
+    let child = Command::new(env!("CARGO_BIN_EXE_nereid"))
         .args(["--model-repository", repo.path().to_str().unwrap()])
         .args(["--grpc-port", "0", "--allow-http", "false"])
         .args(["--allow-metrics", "false", "--exit-timeout-secs", "1"])
