@@ -234,7 +234,17 @@ async fn load_errors_name_files_relative_to_the_model() {
     std::fs::write(repo.path().join("broken/1/model.onnx"), b"not a model").unwrap();
     copy_model(repo.path(), "nofile", "simple");
     std::fs::remove_file(repo.path().join("nofile/1/model.onnx")).unwrap();
+    copy_model(repo.path(), "badcfg", "simple");
+    write_config(repo.path(), "badcfg", "name: \"badcfg\" max_batch_size: {");
     let s = explicit(repo.path()).await;
+
+    let err = load(&s, "badcfg").await.expect_err("config does not parse");
+    assert!(
+        err.message().contains("'config.pbtxt'"),
+        "{}",
+        err.message()
+    );
+    assert_no_server_path(err.message(), repo.path());
 
     let err = load(&s, "broken").await.expect_err("garbage model file");
     assert!(err.message().contains("1/model.onnx"), "{}", err.message());
