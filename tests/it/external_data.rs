@@ -11,7 +11,7 @@ use nereid::pb::inference::RepositoryModelLoadRequest;
 
 use crate::common::*;
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -20,7 +20,7 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// A varint field.
-fn int(field: u32, v: u64) -> Vec<u8> {
+pub(crate) fn int(field: u32, v: u64) -> Vec<u8> {
     let mut out = Vec::new();
     varint(&mut out, u64::from(field) << 3);
     varint(&mut out, v);
@@ -28,7 +28,7 @@ fn int(field: u32, v: u64) -> Vec<u8> {
 }
 
 /// A length-delimited field (string, bytes or embedded message).
-fn msg(field: u32, body: &[u8]) -> Vec<u8> {
+pub(crate) fn msg(field: u32, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     varint(&mut out, (u64::from(field) << 3) | 2);
     varint(&mut out, body.len() as u64);
@@ -36,14 +36,19 @@ fn msg(field: u32, body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
 }
 
 /// `ValueInfoProto` of a FP32 tensor of shape [1].
 fn value_info(name: &str) -> Vec<u8> {
-    let dim = msg(1, &int(1, 1)); // TensorShapeProto.dim { dim_value: 1 }
-    let tensor_type = cat(&[int(1, 1), msg(2, &dim)]); // elem_type FLOAT, shape
+    tensor_info(name, 1, &[1])
+}
+
+/// `ValueInfoProto` of a tensor of ONNX element type `elem_type` and shape `dims` ([] = scalar).
+pub(crate) fn tensor_info(name: &str, elem_type: u64, dims: &[u64]) -> Vec<u8> {
+    let shape: Vec<u8> = dims.iter().flat_map(|&d| msg(1, &int(1, d))).collect();
+    let tensor_type = cat(&[int(1, elem_type), msg(2, &shape)]);
     let type_proto = msg(1, &tensor_type); // TypeProto.tensor_type
     cat(&[msg(1, name.as_bytes()), msg(2, &type_proto)])
 }

@@ -249,3 +249,104 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// `spin`: `y = Loop(M = 2^62, x)` whose body passes `x` through, so one run never ends by
+/// itself; its one warmup run can only stop through ONNX Runtime's terminate flag.
+fn spin_repo() -> tempfile::TempDir {
+    use crate::external_data::{cat, int, msg, tensor_info, varint};
+    let node = |op: &str, ins: &[&str], outs: &[&str], attrs: &[Vec<u8>]| {
+        let mut n = Vec::new();
+        for i in ins {
+            n.extend(msg(1, i.as_bytes()));
+        }
+        for o in outs {
+            n.extend(msg(2, o.as_bytes()));
+        }
+        n.extend(msg(4, op.as_bytes()));
+        for a in attrs {
+            n.extend(msg(5, a));
+        }
+        n
+    };
+    let body = cat(&[
+        msg(1, &node("Identity", &["c_in"], &["c_out"], &[])),
+        msg(1, &node("Identity", &["v_in"], &["v_out"], &[])),
+        msg(2, b"body"),
+        msg(11, &tensor_info("i", 7, &[])),
+        msg(11, &tensor_info("c_in", 9, &[])),
+        msg(11, &tensor_info("v_in", 1, &[1])),
+        msg(12, &tensor_info("c_out", 9, &[])),
+        msg(12, &tensor_info("v_out", 1, &[1])),
+    ]);
+    // AttributeProto { name: "body", g: body, type: GRAPH }
+    let attr = cat(&[msg(1, b"body"), msg(6, &body), int(20, 5)]);
+    // TensorProto { data_type: INT64, name: "M", int64_data: [2^62] } (a scalar: no dims).
+    let mut m = Vec::new();
+    varint(&mut m, 1 << 62);
+    let trips = cat(&[int(2, 7), msg(8, b"M"), msg(7, &m)]);
+    let cond = cat(&[int(2, 9), msg(8, b"cond"), msg(5, &[1])]);
+    let graph = cat(&[
+        msg(1, &node("Loop", &["M", "cond", "x"], &["y"], &[attr])),
+        msg(2, b"spin"),
+        msg(5, &trips),
+        msg(5, &cond),
+        msg(11, &tensor_info("x", 1, &[1])),
+        msg(12, &tensor_info("y", 1, &[1])),
+    ]);
+    let opset = cat(&[msg(1, b""), int(2, 13)]);
+    let model = cat(&[int(1, 8), msg(7, &graph), msg(8, &opset)]);
+    let repo = tempfile::tempdir().unwrap();
+    let dir = repo.path().join("spin");
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::fs::write(dir.join("1/model.onnx"), model).unwrap();
+    std::fs::write(
+        dir.join("config.pbtxt"),
+        "name: \"spin\"\nbackend: \"onnxruntime\"\nmax_batch_size: 0\ninput [ { name: \"x\" data_type: TYPE_FP32 dims: [ 1 ] } ]\noutput [ { name: \"y\" data_type: TYPE_FP32 dims: [ 1 ] } ]\ninstance_group [ { count: 1 kind: KIND_CPU } ]\nmodel_warmup [ { name: \"spin\" batch_size: 1 count: 1 inputs { key: \"x\" value: { data_type: TYPE_FP32 dims: [ 1 ] zero_data: true } } } ]\n",
+    )
+    .unwrap();
+    repo
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unload_terminates_a_warmup_run_in_progress() {
+    let repo = spin_repo();
+    let s = explicit(repo.path()).await;
+    let mut c = s.new_client().await;
+    let load = tokio::spawn(async move {
+        c.repository_model_load(load_request("spin", None))
+            .await
+            .map(|_| ())
+    });
+    loop {
+        let idx = s.index(false).await;
+        if rows(&idx, "spin")
+            .iter()
+            .any(|r| r.state == "LOADING" && r.reason.contains("warming up"))
+        {
+            break;
+        }
+        assert!(!load.is_finished(), "the spin load ended early: {idx:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut c = s.client.clone();
+    c.repository_model_unload(RepositoryModelUnloadRequest {
+        repository_name: String::new(),
+        model_name: "spin".into(),
+        parameters: HashMap::new(),
+    })
+    .await
+    .expect("unload succeeds");
+    let err = tokio::time::timeout(BOUND, load)
+        .await
+        .expect("the load stops")
+        .unwrap()
+        .expect_err("a stopped load is not a success");
+    // The build itself reported the stop (not abandoned): the run in progress was terminated.
+    assert!(
+        err.message().contains(
+            "load of model 'spin' stopped (unloaded) after 0 of 1 runs of warmup sample 'spin'"
+        ),
+        "{}",
+        err.message()
+    );
+}
