@@ -44,6 +44,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(run(config));
     // Export the spans still queued while the runtime (and so the exporter's channel) lives.
     guard.shutdown();
+    // A load abandoned at shutdown may still be creating a session on a blocking thread: do
+    // not wait for it (dropping the runtime would), the process is exiting.
+    drop(_rt);
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

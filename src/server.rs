@@ -86,6 +86,8 @@ async fn drain(
     stop: watch::Sender<bool>,
 ) {
     signal.await;
+    // Loads in flight are no longer wanted: they stop at their next step, and startup returns.
+    core.manager().cancel_loads();
     core.begin_drain();
     if !delay.is_zero() {
         tracing::info!(
@@ -254,7 +256,8 @@ impl RunningServer {
         core.set_live();
 
         let failures = manager.load_startup().await?;
-        if !failures.is_empty() {
+        // Stopped during the startup loads: the loads that did not finish were cancelled, not failed.
+        if !failures.is_empty() && !manager.stopping() {
             for (model, reason) in &failures {
                 tracing::error!(model, reason, "model failed to load");
             }

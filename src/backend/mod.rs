@@ -1,10 +1,12 @@
 //! Backends run models. `Backend` inspects model files and creates `Runner`s; each runner is
 //! one session, owned by one instance thread (`instance`). ONNX Runtime lives in `ort/` only.
 
+pub mod cancel;
 pub mod devices;
 pub mod instance;
 pub mod ort;
 
+pub use cancel::CancelToken;
 pub use ort::OrtBackend;
 pub mod testing;
 
@@ -50,6 +52,20 @@ pub trait Runner: Send + 'static {
     /// Runs the model. `inputs` carry the shapes the model expects (batch dim included);
     /// `outputs` names the model outputs to return.
     fn run(&mut self, inputs: Vec<Tensor>, outputs: &[&str]) -> Result<RunOutput>;
+
+    /// Like `run`, and `cancel` stops it as soon as the backend can (warmup runs of a load
+    /// that is no longer wanted). The default only checks before starting.
+    fn run_cancellable(
+        &mut self,
+        inputs: Vec<Tensor>,
+        outputs: &[&str],
+        cancel: &CancelToken,
+    ) -> Result<RunOutput> {
+        if cancel.is_cancelled() {
+            return Err(crate::error::Error::cancelled("run cancelled"));
+        }
+        self.run(inputs, outputs)
+    }
 }
 
 pub trait Backend: Send + Sync + 'static {

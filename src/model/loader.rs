@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use super::config::{self, ModelConfig};
 use super::manager::ManagerOptions;
-use super::{DeviceKind, ModelSpec, autocomplete, repository, warmup};
+use super::{DeviceKind, ModelSpec, autocomplete, paths, repository, warmup};
 use crate::backend::devices;
 use crate::backend::instance::{InstanceThread, Recovery};
-use crate::backend::{Backend, ModelIo, Runner};
+use crate::backend::{Backend, CancelToken, ModelIo, Runner};
 use crate::error::{Error, Result};
 use crate::preprocess::tokenizer::{self, TokenizerPool};
 use crate::scheduler::load::LoadTracker;
@@ -122,8 +122,10 @@ impl Loader {
         dir: &Path,
         version: i64,
         progress: &dyn Fn(String),
+        cancel: &CancelToken,
     ) -> Result<LoadedModel> {
         let started = Instant::now();
+        stop_if_cancelled(&prepared.config.name, cancel, "")?;
         let cfg = &prepared.config;
         let mut spec = super::spec::to_spec(cfg, version, dir)?;
         let limits = &self.opts.limits;
@@ -177,6 +179,7 @@ impl Loader {
             Vec::with_capacity(total);
         for group in &spec.instances {
             for i in 0..group.count {
+                stop_if_cancelled(&spec.name, cancel, "")?;
                 progress(format!(
                     "creating instance {}/{total} of version {version}",
                     runners.len() + 1
@@ -189,14 +192,23 @@ impl Loader {
                 ));
             }
         }
+        // A session created after the cancel is dropped here with the others.
+        stop_if_cancelled(&spec.name, cancel, "")?;
         if !samples.is_empty() {
+            tracing::info!(
+                model = %spec.name,
+                version,
+                samples = samples.len(),
+                instances = total,
+                "warming up"
+            );
             progress(format!(
                 "warming up version {version} ({} samples × {total} instances)",
                 samples.len()
             ));
         }
         for (instance, runner, _, _) in &mut runners {
-            warm(&spec, &samples, instance, runner.as_mut())?;
+            warm(&spec, &samples, instance, runner.as_mut(), cancel)?;
         }
         let levels = spec
             .dynamic_batching
@@ -230,7 +242,13 @@ impl Loader {
                 threshold,
                 rebuild: Box::new(move || {
                     let mut r = backend.create_runner(&spec2, &group, i)?;
-                    warm(&spec2, &samples, &instance, r.as_mut())?;
+                    warm(
+                        &spec2,
+                        &samples,
+                        &instance,
+                        r.as_mut(),
+                        &CancelToken::default(),
+                    )?;
                     Ok(r)
                 }),
                 on_change: Box::new(move |up| {
@@ -317,14 +335,26 @@ fn warm(
     samples: &[warmup::WarmupSample],
     instance: &str,
     runner: &mut dyn Runner,
+    cancel: &CancelToken,
 ) -> Result<()> {
     let outputs: Vec<&str> = (0..spec.outputs.len())
         .map(|i| spec.graph_output(i))
         .collect();
     for sample in samples {
-        for _ in 0..sample.count {
+        for done in 0..sample.count {
+            let stopped = || {
+                format!(
+                    " after {done} of {} runs of warmup sample '{}' on instance {instance}",
+                    sample.count, sample.name
+                )
+            };
+            stop_if_cancelled(&spec.name, cancel, &stopped())?;
             let run = model_inputs(spec, sample.inputs.clone())
-                .and_then(|inputs| runner.run(inputs, &outputs));
+                .and_then(|inputs| runner.run_cancellable(inputs, &outputs, cancel));
+            if run.is_err() {
+                // The terminate flag fails the run in progress: report the cancel, not that.
+                stop_if_cancelled(&spec.name, cancel, &stopped())?;
+            }
             if let Err(e) = run {
                 if sample.required {
                     return Err(Error::invalid_arg(format!(
@@ -338,6 +368,17 @@ fn warm(
         }
     }
     Ok(())
+}
+
+/// A CANCELLED error when the load of `model` is no longer wanted; `at` says where it stopped.
+fn stop_if_cancelled(model: &str, cancel: &CancelToken, at: &str) -> Result<()> {
+    if !cancel.is_cancelled() {
+        return Ok(());
+    }
+    let why = cancel.reason().unwrap_or_else(|| "cancelled".into());
+    Err(Error::cancelled(format!(
+        "load of model '{model}' stopped ({why}){at}"
+    )))
 }
 
 /// The `circuit_breaker_failures` model parameter: failed executions in a row that take an
@@ -356,18 +397,23 @@ fn breaker_threshold(cfg: &ModelConfig) -> Result<u32> {
 
 /// `<dir>/<version>/<default_model_filename>`; it may also be a folder holding `model.onnx`.
 pub fn model_file(dir: &Path, version: i64, cfg: &ModelConfig) -> Result<PathBuf> {
-    let path = dir
-        .join(version.to_string())
-        .join(&cfg.default_model_filename);
+    let name = &cfg.default_model_filename;
+    let path = paths::inside(
+        &dir.join(version.to_string()),
+        &cfg.name,
+        "default_model_filename",
+        name,
+    )?;
     let path = if path.is_dir() {
         path.join(config::DEFAULT_MODEL_FILENAME)
     } else {
         path
     };
     if !path.is_file() {
+        tracing::warn!(model = %cfg.name, path = %path.display(), "model file not found");
         return Err(Error::invalid_arg(format!(
-            "unable to find model file '{}' for model '{}' version {version}",
-            path.display(),
+            "unable to find model file '{version}/{}' for model '{}' version {version}",
+            paths::printable(name.trim_start_matches('/')),
             cfg.name
         )));
     }

@@ -11,14 +11,22 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::loader::{Loader, fingerprint};
+use super::paths::{scrub, scrub_error};
 use super::state::ModelState;
 use super::{config_json, overrides, repository};
-use crate::backend::Backend;
+use crate::backend::{Backend, CancelToken};
 use crate::error::{Error, Result};
 
 pub use super::loader::LoadedModel;
 
+mod pending;
+
+/// How long a cancelled load's build may take to reach its next step before it is abandoned
+/// (left to finish on its blocking thread, its result dropped).
+const ABANDON_AFTER: Duration = Duration::from_millis(500);
 mod queries;
+
+use pending::PendingLoads;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlMode {
@@ -107,6 +115,8 @@ pub struct ModelManager {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// `--model-load-thread-count` loads at a time.
     load_permits: Semaphore,
+    /// Loads in flight, so that a newer load, an unload or shutdown can stop them.
+    pending: PendingLoads,
     me: Weak<ModelManager>,
 }
 
@@ -122,6 +132,7 @@ impl ModelManager {
             models: RwLock::new(BTreeMap::new()),
             locks: Mutex::new(HashMap::new()),
             load_permits: Semaphore::new(permits),
+            pending: PendingLoads::default(),
             me: me.clone(),
         })
     }
@@ -149,7 +160,7 @@ impl ModelManager {
         for name in names {
             let me = me.clone();
             loads.spawn(async move {
-                me.load_from_repository(&name, None)
+                me.load_from_repository(&name, None, false)
                     .await
                     .err()
                     .map(|e| (name, e.message))
@@ -175,7 +186,7 @@ impl ModelManager {
             ));
         }
         check_name(name)?;
-        self.load_from_repository(name, Some(req)).await
+        self.load_from_repository(name, Some(req), true).await
     }
 
     /// RepositoryModelUnload. Only in explicit mode; unloading an unknown model succeeds.
@@ -185,6 +196,8 @@ impl ModelManager {
                 "explicit model load / unload is not allowed if polling is enabled",
             ));
         }
+        // A load in flight stops first, so the unload does not wait for it to finish.
+        self.pending.cancel(name, pending::UNLOADED);
         let lock = self.lock_for(name);
         let _guard = lock.lock().await;
         self.retire_all(name);
@@ -193,10 +206,25 @@ impl ModelManager {
 
     /// Loads (or reloads) `name`. Unchanged files and no override: nothing to do. Otherwise the
     /// new versions load beside the serving ones and replace them only if all of them load.
+    /// `supersede`: loads of `name` already in flight stop (a RepositoryModelLoad; startup and
+    /// poll loads queue behind them instead).
     pub(crate) async fn load_from_repository(
         &self,
         name: &str,
         req: Option<LoadRequest>,
+        supersede: bool,
+    ) -> Result<()> {
+        let cancel = self.pending.begin(name, supersede);
+        let result = self.load_cancellable(name, req, &cancel).await;
+        self.pending.end(name, &cancel);
+        result
+    }
+
+    async fn load_cancellable(
+        &self,
+        name: &str,
+        req: Option<LoadRequest>,
+        cancel: &CancelToken,
     ) -> Result<()> {
         let lock = self.lock_for(name);
         let _guard = lock.lock().await;
@@ -231,7 +259,17 @@ impl ModelManager {
         tracing::info!(model = name, "loading");
         let (loader, n, d) = (self.loader.clone(), name.to_string(), dir.clone());
         let me = self.me.clone();
-        let built = tokio::task::spawn_blocking(move || {
+        let token = cancel.clone();
+        // A cancel wakes this task at once: a step that cannot be interrupted (a session being
+        // created) is abandoned, and the blocking thread drops its result when it ends.
+        let (wake, woken) = tokio::sync::oneshot::channel::<()>();
+        let wake = std::sync::Mutex::new(Some(wake));
+        let _hook = cancel.on_cancel(move || {
+            if let Some(tx) = wake.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = tx.send(());
+            }
+        });
+        let build = tokio::task::spawn_blocking(move || {
             let progress = |step: String| {
                 if let Some(m) = me.upgrade()
                     && let Some(e) = m.write().get_mut(&n)
@@ -245,13 +283,38 @@ impl ModelManager {
                 versions
                     .into_iter()
                     .rev()
-                    .map(|v| (v, loader.build_version(&mut prepared, &d, v, &progress)))
+                    .map(|v| {
+                        let built = loader.build_version(&mut prepared, &d, v, &progress, &token);
+                        (v, built)
+                    })
                     .collect::<Vec<_>>(),
             )
-        })
-        .await
-        .unwrap_or_else(|e| Err(Error::internal(format!("model load panicked: {e}"))));
-        self.install(name, built, plain.then_some(source), override_dir)
+        });
+        let joined = |r: std::result::Result<_, tokio::task::JoinError>| {
+            r.unwrap_or_else(|e| Err(Error::internal(format!("model load panicked: {e}"))))
+        };
+        tokio::pin!(build);
+        let built = tokio::select! {
+            r = &mut build => joined(r),
+            _ = woken => {
+                // A warmup run or a step boundary ends within microseconds of the cancel, and
+                // the build then reports where it stopped; session creation cannot be
+                // interrupted and is abandoned after a grace period.
+                match tokio::time::timeout(ABANDON_AFTER, &mut build).await {
+                    Ok(r) => joined(r),
+                    Err(_) => Err(Error::cancelled("abandoned")),
+                }
+            }
+        };
+        if cancel.is_cancelled() {
+            return Err(self.stopped(name, cancel, built));
+        }
+        // Clients see errors relative to the model folder; the log keeps the full text.
+        let mut roots: Vec<PathBuf> = self.loader.opts.repositories.clone();
+        roots.push(dir.clone());
+        roots.extend(override_dir.as_ref().map(|t| t.path().to_path_buf()));
+        let roots: Vec<&std::path::Path> = roots.iter().map(PathBuf::as_path).collect();
+        self.install(name, built, plain.then_some(source), override_dir, &roots)
     }
 
     /// Swaps freshly built versions in (or records why they could not be).
@@ -261,7 +324,9 @@ impl ModelManager {
         built: Result<Vec<(i64, Result<LoadedModel>)>>,
         source: Option<u64>,
         override_dir: Option<tempfile::TempDir>,
+        roots: &[&std::path::Path],
     ) -> Result<()> {
+        let clean = |e: &Error| scrub_error(e.clone(), roots);
         let mut retire = Vec::new();
         let result = {
             let mut models = self.write();
@@ -271,6 +336,7 @@ impl ModelManager {
             match built {
                 Err(e) => {
                     tracing::error!(model = name, error = %e, "failed to load");
+                    let e = clean(&e);
                     if serving {
                         entry.reload_error = Some(e.reason());
                     } else {
@@ -286,7 +352,10 @@ impl ModelManager {
                         .iter()
                         .filter_map(|(v, r)| {
                             r.as_ref().err().map(|e| {
-                                format!("version {v} is at UNAVAILABLE state: {};\n", e.reason())
+                                format!(
+                                    "version {v} is at UNAVAILABLE state: {};\n",
+                                    clean(e).reason()
+                                )
                             })
                         })
                         .collect();
@@ -320,7 +389,7 @@ impl ModelManager {
                                     tracing::error!(model = name, version = v, error = %e, "failed to load version");
                                     VersionSlot {
                                         state: ModelState::Unavailable,
-                                        reason: e.reason(),
+                                        reason: clean(&e).reason(),
                                         model: None,
                                     }
                                 }
@@ -416,23 +485,36 @@ impl ModelManager {
 
     /// The model folder of `name` in the repositories.
     fn find(&self, name: &str) -> Result<PathBuf> {
-        let found = repository::scan(&self.loader.opts.repositories)?;
+        let found = repository::scan(&self.loader.opts.repositories).map_err(|e| {
+            tracing::error!(model = name, error = %e, "cannot read the model repositories");
+            Error::internal(format!(
+                "failed to load '{name}', failed to poll from model repository"
+            ))
+        })?;
+        let roots: Vec<&std::path::Path> = self
+            .loader
+            .opts
+            .repositories
+            .iter()
+            .map(PathBuf::as_path)
+            .collect();
         match found.get(name) {
             Some(Ok(dir)) => Ok(dir.clone()),
             Some(Err(e)) => Err(Error::internal(format!(
                 "failed to load '{name}', failed to poll from model repository: {}",
-                e.message
+                scrub(&e.message, &roots)
             ))),
-            None => Err(Error::internal(format!(
-                "failed to load '{name}', failed to poll from model repository: no folder '{name}' in {}",
-                self.loader
-                    .opts
-                    .repositories
-                    .iter()
-                    .map(|r| format!("'{}'", r.display()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
+            None => {
+                // The repositories' paths go to the log only (behaviour.md E31).
+                tracing::warn!(
+                    model = name,
+                    repositories = ?self.loader.opts.repositories,
+                    "load of a model that no repository holds"
+                );
+                Err(Error::internal(format!(
+                    "failed to load '{name}', failed to poll from model repository: no folder '{name}' in the model repositories"
+                )))
+            }
         }
     }
 
@@ -453,8 +535,19 @@ impl ModelManager {
         self.models.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Stops every load in flight and refuses later ones (the server is shutting down).
+    pub fn cancel_loads(&self) {
+        self.pending.cancel_all();
+    }
+
+    /// True once `cancel_loads` was called.
+    pub fn stopping(&self) -> bool {
+        self.pending.stopping()
+    }
+
     /// Unloads everything and waits until every version is freed (server shutdown).
     pub async fn shutdown(&self) {
+        self.cancel_loads();
         for name in self.tracked() {
             self.retire_all(&name);
         }

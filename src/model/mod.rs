@@ -11,6 +11,7 @@ pub mod limits;
 pub mod loader;
 pub mod manager;
 pub mod overrides;
+pub mod paths;
 pub mod poll;
 pub mod repository;
 pub mod spec;

@@ -57,7 +57,7 @@ impl PollState {
             tracing::info!(model = %name, "repository change detected; loading");
             let (m, n) = (manager.clone(), name.clone());
             tokio::spawn(async move {
-                if let Err(e) = m.load_from_repository(&n, None).await {
+                if let Err(e) = m.load_from_repository(&n, None, false).await {
                     tracing::error!(model = %n, error = %e, "poll: load failed; what was serving keeps serving");
                 }
             });

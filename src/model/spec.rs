@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::config::ModelConfig;
+use super::paths;
 use super::{
     DeviceKind, DynamicBatching, InstanceSpec, IoSpec, ModelSpec, OrtOptions, QueuePolicy,
     TimeoutAction,
@@ -198,12 +199,14 @@ pub fn to_spec(cfg: &ModelConfig, version: i64, model_dir: &Path) -> Result<Mode
         let labels = if o.label_filename.is_empty() {
             None
         } else {
-            let path = model_dir.join(&o.label_filename);
+            // Triton joins label files to the model folder (not the version folder).
+            let path = paths::inside(model_dir, model, "label_filename", &o.label_filename)?;
             let text = std::fs::read_to_string(&path).map_err(|e| {
+                tracing::warn!(model, path = %path.display(), error = %e, "cannot read label file");
                 Error::invalid_arg(format!(
                     "model '{model}' output '{}': cannot read label file '{}': {e}",
                     o.name,
-                    path.display()
+                    paths::printable(&o.label_filename)
                 ))
             })?;
             Some(Arc::new(text.lines().map(str::to_owned).collect()))
@@ -241,9 +244,12 @@ pub fn to_spec(cfg: &ModelConfig, version: i64, model_dir: &Path) -> Result<Mode
         max_batch_size: cfg.max_batch_size as u32,
         inputs,
         outputs,
-        model_path: model_dir
-            .join(version.to_string())
-            .join(&cfg.default_model_filename),
+        model_path: paths::inside(
+            &model_dir.join(version.to_string()),
+            model,
+            "default_model_filename",
+            &cfg.default_model_filename,
+        )?,
         instances,
         ort: parse_ort_options(cfg)?,
         dynamic_batching: dynamic_batching(cfg)?,

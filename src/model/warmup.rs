@@ -80,13 +80,18 @@ pub fn samples(
             };
             let data = match &input.input_data_type {
                 Some(InputDataType::InputDataFile(file)) => {
-                    let path = model_dir.join("warmup").join(file);
+                    let path = super::paths::inside(
+                        &model_dir.join("warmup"),
+                        &spec.name,
+                        "input_data_file",
+                        file,
+                    )?;
                     let cannot_read = |e: std::io::Error| {
                         Error::invalid_arg(format!(
-                            "warmup sample '{}' of model '{}': cannot read '{}': {e}",
+                            "warmup sample '{}' of model '{}': cannot read 'warmup/{}': {e}",
                             w.name,
                             spec.name,
-                            path.display()
+                            super::paths::printable(file.trim_start_matches('/'))
                         ))
                     };
                     let one = match io.dtype.byte_size() {

@@ -183,7 +183,7 @@ impl TextSpec {
         let spec = TextSpec {
             input: String::new(),
             output: String::new(),
-            tokenizer: model_dir.join(&tokenizer),
+            tokenizer: crate::model::paths::inside(model_dir, model, "tokenizer", &tokenizer)?,
             max_length: number("max_length", 0, 2)?,
             truncation,
             padding,

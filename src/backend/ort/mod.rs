@@ -4,18 +4,18 @@
 #![allow(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ort::environment::Environment;
 use ort::memory::Allocator;
-use ort::session::Session;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::session::{RunOptions, Session};
 use ort::value::{
     DynTensor, DynTensorValueType, DynValue, Tensor as OrtTensor, TensorElementType, ValueType,
 };
 
-use super::{Backend, ComputeTimes, IoDesc, ModelIo, RunOutput, Runner};
+use super::{Backend, CancelToken, ComputeTimes, IoDesc, ModelIo, RunOutput, Runner};
 use crate::error::{Error, Result};
 use crate::model::{DeviceKind, InstanceSpec, ModelSpec};
 use crate::tensor::{DataType, Tensor, bytes_codec};
@@ -192,6 +192,38 @@ struct OrtRunner {
 
 impl Runner for OrtRunner {
     fn run(&mut self, inputs: Vec<Tensor>, outputs: &[&str]) -> Result<RunOutput> {
+        self.run_with(inputs, outputs, None)
+    }
+
+    /// ONNX Runtime's terminate flag is the cancel hook: a cancel during the run makes it
+    /// return at the next kernel boundary.
+    fn run_cancellable(
+        &mut self,
+        inputs: Vec<Tensor>,
+        outputs: &[&str],
+        cancel: &CancelToken,
+    ) -> Result<RunOutput> {
+        let options = Arc::new(RunOptions::new().map_err(ort_err)?);
+        let hook_options = options.clone();
+        let _hook = cancel.on_cancel(move || {
+            if let Err(e) = hook_options.terminate() {
+                tracing::warn!(error = %e, "cannot set ONNX Runtime's terminate flag");
+            }
+        });
+        if cancel.is_cancelled() {
+            return Err(Error::cancelled("run cancelled"));
+        }
+        self.run_with(inputs, outputs, Some(&options))
+    }
+}
+
+impl OrtRunner {
+    fn run_with(
+        &mut self,
+        inputs: Vec<Tensor>,
+        outputs: &[&str],
+        options: Option<&RunOptions>,
+    ) -> Result<RunOutput> {
         let t0 = Instant::now();
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
         for t in inputs {
@@ -199,10 +231,11 @@ impl Runner for OrtRunner {
             values.push((t.into_parts().0, value));
         }
         let t1 = Instant::now();
-        let results = self
-            .session
-            .run(values)
-            .map_err(|e| Error::internal(format!("onnx runtime error: {e}")))?;
+        let results = match options {
+            Some(o) => self.session.run_with_options(values, o),
+            None => self.session.run(values),
+        }
+        .map_err(|e| Error::internal(format!("onnx runtime error: {e}")))?;
         let t2 = Instant::now();
         let mut tensors = Vec::with_capacity(outputs.len());
         for name in outputs {
