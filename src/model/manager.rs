@@ -545,13 +545,16 @@ impl ModelManager {
         self.pending.stopping()
     }
 
-    /// Unloads everything and waits until every version is freed (server shutdown).
+    /// Unloads everything and waits until every version is freed (server shutdown), for at
+    /// most a second: SIGTERM must end the process within `--exit-timeout-secs` + 2 s, and a
+    /// request still running past the exit timeout keeps its version (and its instance thread)
+    /// alive; the process exit frees those.
     pub async fn shutdown(&self) {
         self.cancel_loads();
         for name in self.tracked() {
             self.retire_all(&name);
         }
-        for _ in 0..600 {
+        for _ in 0..100 {
             let busy = self.read().values().any(|e| {
                 e.versions
                     .values()
