@@ -13,9 +13,11 @@ use nereid::pb::health::health_client::HealthClient;
 use nereid::pb::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use nereid::pb::inference::infer_parameter::ParameterChoice;
 use nereid::pb::inference::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use nereid::pb::inference::model_repository_parameter::ParameterChoice as LoadParameter;
 use nereid::pb::inference::{
     InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse,
-    RepositoryIndexRequest, repository_index_response::ModelIndex,
+    ModelRepositoryParameter, RepositoryIndexRequest, RepositoryModelLoadRequest,
+    repository_index_response::ModelIndex,
 };
 use nereid::server::{Listeners, RunningServer, bind};
 use tempfile::TempDir;
@@ -528,4 +530,34 @@ pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .map(|v| v.trim().parse().expect("numeric sample"))
+}
+
+/// RepositoryModelLoad of `name` with load parameters (a `config` override, `file:` contents).
+pub async fn load_model_with(
+    s: &TestServer,
+    name: &str,
+    params: Vec<(&str, LoadParameter)>,
+) -> Result<(), tonic::Status> {
+    let parameters: HashMap<String, ModelRepositoryParameter> = params
+        .into_iter()
+        .map(|(k, v)| {
+            let choice = ModelRepositoryParameter {
+                parameter_choice: Some(v),
+            };
+            (k.to_string(), choice)
+        })
+        .collect();
+    let mut c = s.client.clone();
+    c.repository_model_load(RepositoryModelLoadRequest {
+        repository_name: String::new(),
+        model_name: name.into(),
+        parameters,
+    })
+    .await
+    .map(|_| ())
+}
+
+/// RepositoryModelLoad of `name` as its repository folder has it.
+pub async fn load_model(s: &TestServer, name: &str) -> Result<(), tonic::Status> {
+    load_model_with(s, name, vec![]).await
 }

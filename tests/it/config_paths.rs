@@ -4,12 +4,10 @@
 //! to clients carry names relative to the model, never the server's folders. ONNX Runtime itself
 //! refuses external data that escapes the model folder.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use nereid::model::manager::ControlMode;
 use nereid::pb::inference::model_repository_parameter::ParameterChoice as P;
-use nereid::pb::inference::{ModelRepositoryParameter, RepositoryModelLoadRequest};
 use tonic::Code;
 
 use crate::common::*;
@@ -22,40 +20,10 @@ async fn explicit(repo: &Path) -> TestServer {
     .await
 }
 
-async fn load_with(
-    s: &TestServer,
-    name: &str,
-    params: Vec<(&str, P)>,
-) -> Result<(), tonic::Status> {
-    let parameters: HashMap<String, ModelRepositoryParameter> = params
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                ModelRepositoryParameter {
-                    parameter_choice: Some(v),
-                },
-            )
-        })
-        .collect();
-    let mut c = s.client.clone();
-    c.repository_model_load(RepositoryModelLoadRequest {
-        repository_name: String::new(),
-        model_name: name.into(),
-        parameters,
-    })
-    .await
-    .map(|_| ())
-}
-
-async fn load(s: &TestServer, name: &str) -> Result<(), tonic::Status> {
-    load_with(s, name, vec![]).await
-}
-
 /// Asserts that loading `model` fails with exactly Triton's INVALID_ARG wrapping of `message`,
 /// and that the index shows the same reason.
 async fn assert_refused(s: &TestServer, model: &str, message: &str) {
-    let err = load(s, model).await.expect_err("the load fails");
+    let err = load_model(s, model).await.expect_err("the load fails");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains(message), "{}", err.message());
     let idx = s.index(false).await;
@@ -93,7 +61,7 @@ async fn an_absolute_label_file_is_read_inside_the_model_folder() {
     let lines: Vec<String> = (0..16).map(|i| format!("inside{i}")).collect();
     std::fs::write(inside.join("passwd"), lines.join("\n")).unwrap();
     let s = explicit(repo.path()).await;
-    load(&s, "simple")
+    load_model(&s, "simple")
         .await
         .expect("labels resolve inside the model");
     let resp = s.infer(classify_request()).await.unwrap();
@@ -129,7 +97,7 @@ async fn proc_self_environ_as_labels_is_not_the_servers_environment() {
     let repo = tempfile::tempdir().unwrap();
     labelled(repo.path(), "/proc/self/environ");
     let s = explicit(repo.path()).await;
-    let err = load(&s, "simple")
+    let err = load_model(&s, "simple")
         .await
         .expect_err("no such file in the model");
     assert!(
@@ -238,7 +206,9 @@ async fn load_errors_name_files_relative_to_the_model() {
     write_config(repo.path(), "badcfg", "name: \"badcfg\" max_batch_size: {");
     let s = explicit(repo.path()).await;
 
-    let err = load(&s, "badcfg").await.expect_err("config does not parse");
+    let err = load_model(&s, "badcfg")
+        .await
+        .expect_err("config does not parse");
     assert!(
         err.message().contains("'config.pbtxt'"),
         "{}",
@@ -246,17 +216,19 @@ async fn load_errors_name_files_relative_to_the_model() {
     );
     assert_no_server_path(err.message(), repo.path());
 
-    let err = load(&s, "broken").await.expect_err("garbage model file");
+    let err = load_model(&s, "broken")
+        .await
+        .expect_err("garbage model file");
     assert!(err.message().contains("1/model.onnx"), "{}", err.message());
     assert_no_server_path(err.message(), repo.path());
-    let err = load(&s, "nofile").await.expect_err("no model file");
+    let err = load_model(&s, "nofile").await.expect_err("no model file");
     assert!(
         err.message().contains("'1/model.onnx'"),
         "{}",
         err.message()
     );
     assert_no_server_path(err.message(), repo.path());
-    let err = load(&s, "nope").await.expect_err("no such model");
+    let err = load_model(&s, "nope").await.expect_err("no such model");
     assert_no_server_path(err.message(), repo.path());
     for row in s.index(false).await {
         assert_no_server_path(&row.reason, repo.path());
@@ -264,7 +236,7 @@ async fn load_errors_name_files_relative_to_the_model() {
 
     // A `file:` upload lands in a temporary folder; its path stays out of the answer too.
     let config = r#"{"name": "up", "backend": "onnxruntime", "max_batch_size": 0, "input": [{"name": "INPUT0", "data_type": "TYPE_INT32", "dims": [16]}, {"name": "INPUT1", "data_type": "TYPE_INT32", "dims": [16]}], "output": [{"name": "OUTPUT0", "data_type": "TYPE_INT32", "dims": [16]}]}"#;
-    let err = load_with(
+    let err = load_model_with(
         &s,
         "up",
         vec![

@@ -6,35 +6,10 @@ use std::time::{Duration, Instant};
 
 use nereid::model::manager::ControlMode;
 use nereid::pb::inference::model_repository_parameter::ParameterChoice as P;
-use nereid::pb::inference::{
-    ModelConfigRequest, ModelRepositoryParameter, RepositoryModelLoadRequest,
-    RepositoryModelUnloadRequest,
-};
+use nereid::pb::inference::{ModelConfigRequest, RepositoryModelUnloadRequest};
 use tonic::Code;
 
 use crate::common::*;
-
-async fn load(s: &TestServer, name: &str, params: Vec<(&str, P)>) -> Result<(), tonic::Status> {
-    let parameters: HashMap<String, ModelRepositoryParameter> = params
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                ModelRepositoryParameter {
-                    parameter_choice: Some(v),
-                },
-            )
-        })
-        .collect();
-    let mut c = s.client.clone();
-    c.repository_model_load(RepositoryModelLoadRequest {
-        repository_name: String::new(),
-        model_name: name.into(),
-        parameters,
-    })
-    .await
-    .map(|_| ())
-}
 
 async fn unload(s: &TestServer, name: &str) -> Result<(), tonic::Status> {
     let mut c = s.client.clone();
@@ -98,7 +73,7 @@ async fn explicit_mode_loads_only_what_is_asked_and_unloads() {
         Code::InvalidArgument,
         &["Request for unknown model: 'other' is not found"],
     );
-    load(&s, "other", vec![]).await.unwrap();
+    load_model_with(&s, "other", vec![]).await.unwrap();
     infer_simple(&s, "other", 2).await.unwrap();
     assert!(s.server_ready().await);
     unload(&s, "other").await.unwrap();
@@ -116,7 +91,7 @@ async fn explicit_mode_loads_only_what_is_asked_and_unloads() {
     unload(&s, "never-heard-of")
         .await
         .expect("unloading an unknown model succeeds");
-    load(&s, "other", vec![])
+    load_model_with(&s, "other", vec![])
         .await
         .expect("an unloaded model loads again");
     infer_simple(&s, "other", 1).await.unwrap();
@@ -127,7 +102,11 @@ async fn explicit_mode_loads_only_what_is_asked_and_unloads() {
 async fn load_and_unload_are_refused_outside_explicit_mode() {
     let s = TestServer::bundled().await;
     let msg = "explicit model load / unload is not allowed if polling is enabled";
-    assert_status(load(&s, "simple", vec![]).await, Code::Unavailable, &[msg]);
+    assert_status(
+        load_model_with(&s, "simple", vec![]).await,
+        Code::Unavailable,
+        &[msg],
+    );
     assert_status(unload(&s, "simple").await, Code::Unavailable, &[msg]);
     s.assert_still_serving().await;
 }
@@ -138,7 +117,7 @@ async fn bad_loads_say_what_to_fix_and_nothing_stops_serving() {
     std::fs::create_dir_all(repo.path().join("empty")).unwrap();
     let s = explicit(repo.path(), &["simple"]).await;
     assert_status(
-        load(&s, "nope", vec![]).await,
+        load_model_with(&s, "nope", vec![]).await,
         Code::Internal,
         &[
             "failed to load 'nope', failed to poll from model repository",
@@ -146,18 +125,18 @@ async fn bad_loads_say_what_to_fix_and_nothing_stops_serving() {
         ],
     );
     assert_status(
-        load(&s, "empty", vec![]).await,
+        load_model_with(&s, "empty", vec![]).await,
         Code::InvalidArgument,
         &["load failed for model 'empty'"],
     );
     let cfg = |json: &str| vec![("config", P::StringParam(json.into()))];
     assert_status(
-        load(&s, "simple", cfg("{not json")).await,
+        load_model_with(&s, "simple", cfg("{not json")).await,
         Code::InvalidArgument,
         &["Invalid config override"],
     );
     assert_status(
-        load(
+        load_model_with(
             &s,
             "simple",
             cfg(r#"{"max_batch_size": 4, "bogus_field": 1}"#),
@@ -167,18 +146,18 @@ async fn bad_loads_say_what_to_fix_and_nothing_stops_serving() {
         &["Invalid config override", "bogus_field"],
     );
     assert_status(
-        load(&s, "simple", vec![("config", P::BoolParam(true))]).await,
+        load_model_with(&s, "simple", vec![("config", P::BoolParam(true))]).await,
         Code::InvalidArgument,
         &["expected string_param"],
     );
     assert_status(
-        load(&s, "simple", vec![("colour", P::StringParam("red".into()))]).await,
+        load_model_with(&s, "simple", vec![("colour", P::StringParam("red".into()))]).await,
         Code::InvalidArgument,
         &["unrecognized load parameter 'colour'."],
     );
     let onnx = std::fs::read(bundled_repo().join("simple/1/model.onnx")).unwrap();
     assert_status(
-        load(
+        load_model_with(
             &s,
             "x",
             vec![
@@ -191,7 +170,7 @@ async fn bad_loads_say_what_to_fix_and_nothing_stops_serving() {
         &["must be a relative path inside the model folder"],
     );
     assert_status(
-        load(&s, "x", vec![("file:1/model.onnx", P::BytesParam(onnx))]).await,
+        load_model_with(&s, "x", vec![("file:1/model.onnx", P::BytesParam(onnx))]).await,
         Code::InvalidArgument,
         &["'config' parameter must be given"],
     );
@@ -208,7 +187,7 @@ async fn config_and_file_overrides() {
     let cfg = r#"{"name":"simple","platform":"onnxruntime_onnx","max_batch_size":2,
         "input":[{"name":"INPUT0","data_type":"TYPE_INT32","dims":[16]},{"name":"INPUT1","data_type":"TYPE_INT32","dims":[16]}],
         "output":[{"name":"OUTPUT0","data_type":"TYPE_INT32","dims":[16]},{"name":"OUTPUT1","data_type":"TYPE_INT32","dims":[16]}]}"#;
-    load(&s, "simple", vec![("config", P::StringParam(cfg.into()))])
+    load_model_with(&s, "simple", vec![("config", P::StringParam(cfg.into()))])
         .await
         .unwrap();
     let mut c = s.client.clone();
@@ -227,12 +206,12 @@ async fn config_and_file_overrides() {
         &["batch-size must be <= 2"],
     );
     // A plain load goes back to the files on disk.
-    load(&s, "simple", vec![]).await.unwrap();
+    load_model_with(&s, "simple", vec![]).await.unwrap();
     infer_simple(&s, "simple", 3).await.unwrap();
     // File override: a model that exists in no repository.
     let onnx = std::fs::read(bundled_repo().join("simple/1/model.onnx")).unwrap();
     let cfg = cfg.replace("\"name\":\"simple\"", "\"name\":\"uploaded\"");
-    load(
+    load_model_with(
         &s,
         "uploaded",
         vec![
@@ -254,7 +233,7 @@ async fn a_failed_reload_keeps_the_old_version_serving() {
         "input":[{"name":"INPUT0","data_type":"TYPE_INT64","dims":[16]},{"name":"INPUT1","data_type":"TYPE_INT32","dims":[16]}],
         "output":[{"name":"OUTPUT0","data_type":"TYPE_INT32","dims":[16]}]}"#;
     assert_status(
-        load(&s, "simple", vec![("config", P::StringParam(bad.into()))]).await,
+        load_model_with(&s, "simple", vec![("config", P::StringParam(bad.into()))]).await,
         Code::InvalidArgument,
         &["load failed for model 'simple'", "TYPE_INT64"],
     );
@@ -289,7 +268,7 @@ async fn warmup_runs_before_ready() {
     write_config(repo.path(), "warm", &warmup("missing"));
     let s = explicit(repo.path(), &["simple"]).await;
     assert_status(
-        load(&s, "warm", vec![]).await,
+        load_model_with(&s, "warm", vec![]).await,
         Code::InvalidArgument,
         &["warmup sample 'w'", "missing"],
     );
@@ -299,7 +278,7 @@ async fn warmup_runs_before_ready() {
         &["has no available versions"],
     );
     write_config(repo.path(), "warm", &warmup("in0"));
-    load(&s, "warm", vec![]).await.unwrap();
+    load_model_with(&s, "warm", vec![]).await.unwrap();
     infer_simple(&s, "warm", 1).await.unwrap();
 }
 
@@ -368,7 +347,7 @@ async fn reload_under_load_loses_no_request() {
         // Touch the folder so the load is a real reload, alternating instance counts.
         let text = read_config(repo.path(), "simple");
         write_config(repo.path(), "simple", &format!("{text}\n# reload {i}\n"));
-        load(&s, "simple", vec![]).await.unwrap();
+        load_model_with(&s, "simple", vec![]).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -393,7 +372,7 @@ async fn poll_mode_picks_up_new_versions_and_survives_broken_drops() {
     })
     .await;
     assert_status(
-        load(&s, "simple", vec![]).await,
+        load_model_with(&s, "simple", vec![]).await,
         Code::Unavailable,
         &["not allowed"],
     );

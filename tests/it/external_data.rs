@@ -7,7 +7,6 @@
 use std::path::Path;
 
 use nereid::model::manager::ControlMode;
-use nereid::pb::inference::RepositoryModelLoadRequest;
 
 use crate::common::*;
 
@@ -100,17 +99,6 @@ fn model_folder(repo: &Path, name: &str, location: &str) {
     .unwrap();
 }
 
-async fn load(s: &TestServer, name: &str) -> Result<(), tonic::Status> {
-    let mut c = s.client.clone();
-    c.repository_model_load(RepositoryModelLoadRequest {
-        repository_name: String::new(),
-        model_name: name.into(),
-        parameters: Default::default(),
-    })
-    .await
-    .map(|_| ())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onnx_runtime_refuses_external_data_outside_the_model_folder() {
     let repo = tempfile::tempdir().unwrap();
@@ -127,7 +115,7 @@ async fn onnx_runtime_refuses_external_data_outside_the_model_folder() {
         c.manager.startup_models = vec![];
     })
     .await;
-    load(&s, "inside")
+    load_model(&s, "inside")
         .await
         .expect("external data inside loads");
     let req = raw_request(
@@ -137,7 +125,9 @@ async fn onnx_runtime_refuses_external_data_outside_the_model_folder() {
     let resp = s.infer(req).await.unwrap();
     assert_eq!(output_f32(&resp, "y"), vec![42.0]);
 
-    let err = load(&s, "escape").await.expect_err("ONNX Runtime refuses");
+    let err = load_model(&s, "escape")
+        .await
+        .expect_err("ONNX Runtime refuses");
     assert!(
         err.message().contains("load failed for model 'escape'")
             && err

@@ -3,10 +3,7 @@
 //! fails with a message that names what was wrong (or, for a longer warmup file, succeeds), and
 //! the server goes on serving `simple`.
 
-use std::collections::HashMap;
-
 use nereid::model::manager::ControlMode;
-use nereid::pb::inference::RepositoryModelLoadRequest;
 use tonic::Code;
 
 use crate::common::*;
@@ -17,17 +14,6 @@ async fn explicit(repo: &std::path::Path) -> TestServer {
         c.manager.startup_models = vec!["simple".into()];
     })
     .await
-}
-
-async fn load(s: &TestServer, name: &str) -> Result<(), tonic::Status> {
-    let mut c = s.client.clone();
-    c.repository_model_load(RepositoryModelLoadRequest {
-        repository_name: String::new(),
-        model_name: name.into(),
-        parameters: HashMap::new(),
-    })
-    .await
-    .map(|_| ())
 }
 
 /// `simple`'s config renamed to `name`, with `extra` appended.
@@ -41,7 +27,7 @@ fn simple_config(name: &str, extra: &str) -> String {
 /// one of `parts`, and checks that the server still serves.
 async fn refused(repo: &tempfile::TempDir, model: &str, parts: &[&str]) -> TestServer {
     let s = explicit(repo.path()).await;
-    assert_status(load(&s, model).await, Code::InvalidArgument, parts);
+    assert_status(load_model(&s, model).await, Code::InvalidArgument, parts);
     let idx = s.index(false).await;
     assert!(
         rows(&idx, model).iter().all(|r| r.state != "READY"),
@@ -116,7 +102,9 @@ async fn warmup_file_longer_than_the_sample_uses_the_sample_bytes() {
     // 64 bytes are the sample; the rest used to be copied past the ORT tensor's end.
     let repo = warm_repo(64 * 1024 + 3);
     let s = explicit(repo.path()).await;
-    load(&s, "warm").await.expect("a longer warmup file loads");
+    load_model(&s, "warm")
+        .await
+        .expect("a longer warmup file loads");
     let (a, b) = simple_operands(2, 3);
     let resp = s.infer(simple_request("warm", 2, &a, &b)).await.unwrap();
     assert_eq!(output_i32(&resp, "OUTPUT0"), add(&a, &b));
@@ -240,7 +228,7 @@ async fn a_consistent_reshape_still_round_trips() {
          output [ { name: \"OUTPUT0\" data_type: TYPE_INT32 dims: [ 2, 2 ] reshape: { shape: [ 4 ] } } ]\n",
     );
     let s = explicit(repo.path()).await;
-    load(&s, "reshaped")
+    load_model(&s, "reshaped")
         .await
         .expect("a consistent reshape loads");
     let values: Vec<i32> = (0..12).collect();
