@@ -561,3 +561,32 @@ pub async fn load_model_with(
 pub async fn load_model(s: &TestServer, name: &str) -> Result<(), tonic::Status> {
     load_model_with(s, name, vec![]).await
 }
+
+/// Opens a gRPC call to `method` on a raw HTTP/2 connection of its own, for bodies the generated
+/// client cannot send (stalled half-way, malformed); returns the response and the request body.
+pub async fn raw_grpc_call(
+    s: &TestServer,
+    method: &str,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let head = http::Request::post(format!(
+        "http://{}/inference.GRPCInferenceService/{method}",
+        s.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    client.send_request(head, false).unwrap()
+}
+
+/// One message in gRPC framing (uncompressed).
+pub fn grpc_framed(msg: &[u8]) -> Vec<u8> {
+    let mut out = vec![0];
+    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    out.extend_from_slice(msg);
+    out
+}

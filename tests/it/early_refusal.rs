@@ -27,23 +27,8 @@ impl RawCall {
         req: &nereid::pb::inference::ModelInferRequest,
         first: usize,
     ) -> RawCall {
-        let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(conn);
-        let mut client = client.ready().await.unwrap();
-        let head = http::Request::post(format!(
-            "http://{}/inference.GRPCInferenceService/ModelInfer",
-            s.addr
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-        let (response, mut body) = client.send_request(head, false).unwrap();
-        let msg = req.encode_to_vec();
-        let mut framed = vec![0];
-        framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-        framed.extend_from_slice(&msg);
+        let (response, mut body) = raw_grpc_call(s, "ModelInfer").await;
+        let framed = grpc_framed(&req.encode_to_vec());
         assert!(first < framed.len(), "the call must stall before its end");
         // The head split over several small DATA frames, as a slow link would deliver it.
         for part in framed[..first].chunks(7) {

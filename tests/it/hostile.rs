@@ -11,29 +11,9 @@ use crate::overload::rejected_metric;
 /// Opens a gRPC call to `method` on its own HTTP/2 connection, sends `body` and ends the
 /// request stream; returns the response once its headers arrive.
 async fn raw_grpc(s: &TestServer, method: &str, body: Vec<u8>) -> h2::client::ResponseFuture {
-    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let mut client = client.ready().await.unwrap();
-    let head = http::Request::post(format!(
-        "http://{}/inference.GRPCInferenceService/{method}",
-        s.addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(())
-    .unwrap();
-    let (response, mut send) = client.send_request(head, false).unwrap();
+    let (response, mut send) = raw_grpc_call(s, method).await;
     send.send_data(Bytes::from(body), true).unwrap();
     response
-}
-
-/// One message in gRPC framing (uncompressed).
-fn framed(msg: &[u8]) -> Vec<u8> {
-    let mut out = vec![0];
-    out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    out.extend_from_slice(msg);
-    out
 }
 
 /// The response's data frames and its `grpc-status` (from the trailers, or from the headers of
@@ -122,12 +102,12 @@ async fn an_undecodable_stream_message_ends_the_stream_with_an_error() {
     let (a, b) = simple_operands(1, 5);
     let mut first = simple_request("simple", 1, &a, &b);
     first.id = "first".into();
-    let mut body = framed(&first.encode_to_vec());
+    let mut body = grpc_framed(&first.encode_to_vec());
     // Field 1 (model_name) declaring 100 bytes in a 3-byte message.
-    body.extend(framed(&[0x0a, 100, b'x']));
+    body.extend(grpc_framed(&[0x0a, 100, b'x']));
     let mut after = first.clone();
     after.id = "after".into();
-    body.extend(framed(&after.encode_to_vec()));
+    body.extend(grpc_framed(&after.encode_to_vec()));
     let call = raw_grpc(&s, "ModelStreamInfer", body).await;
     let resp = tokio::time::timeout(RPC_TIMEOUT, call)
         .await
