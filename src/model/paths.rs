@@ -110,6 +110,25 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any name a config can hold (any characters, `/` and `..` often): either refused, or
+        /// a path under the base with only plain components below it.
+        #[test]
+        fn a_joined_name_never_leaves_the_base(
+            name in proptest::string::string_regex("(/|\\.\\.|\\.|[a-z]|\\PC|\\p{Cc}){0,24}").unwrap()
+        ) {
+            let base = Path::new("/repo/m");
+            if let Ok(path) = inside(base, "m", "label_filename", &name) {
+                let rest = path.strip_prefix(base).expect("under the base");
+                proptest::prop_assert!(
+                    rest.components().all(|c| matches!(c, Component::Normal(_))),
+                    "{name:?} -> {path:?}"
+                );
+                proptest::prop_assert!(!name.chars().any(char::is_control));
+            }
+        }
+    }
+
     #[test]
     fn scrub_removes_server_folders() {
         let msg = "failed to load model file '/tmp/r/m/1/model.onnx': Load model from /tmp/r/m/1/model.onnx failed; repository '/tmp/r'";
