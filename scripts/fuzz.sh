@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of the parsers of untrusted bytes with AFL++ (`cargo afl`, on stable
 # Rust, without its `plugins` feature). The targets live in fuzz/ (a crate outside the main build);
-# their seeds in fuzz/seeds/<target>/.
+# their seeds in fuzz/seeds/<target>/, an AFL++ dictionary in fuzz/dict/<target>.dict where one helps.
 #
 #   scripts/fuzz.sh [MINUTES] [TARGET...]     default: 10 minutes each, every target
 #
@@ -37,9 +37,11 @@ export AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_NO_AFFINITY=1 AFL_I_DONT_CARE_ABOUT_MI
 
 run_one() {
   local t="$1" out="$root/.fuzz/$1"
+  local dict=()
+  [ -f "fuzz/dict/$t.dict" ] && dict=(-x "fuzz/dict/$t.dict")
   rm -rf "$out"
   mkdir -p "$out"
-  cargo afl fuzz -V "$((minutes * 60))" -t 1000 -i "fuzz/seeds/$t" -o "$out" \
+  cargo afl fuzz -V "$((minutes * 60))" -t 1000 "${dict[@]}" -i "fuzz/seeds/$t" -o "$out" \
     "fuzz/target/release/$t" >"$out/afl.log" 2>&1 || {
     echo "fuzz: $t: afl-fuzz failed; the end of its log:" >&2
     tail -n 20 "$out/afl.log" >&2
