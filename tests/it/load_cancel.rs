@@ -61,26 +61,34 @@ fn load_request(name: &str, config: Option<&str>) -> RepositoryModelLoadRequest 
     }
 }
 
-/// Starts loading `slow` in the background and waits until the index shows it warming up.
-async fn start_slow_load(s: &TestServer) -> tokio::task::JoinHandle<Result<(), tonic::Status>> {
+/// Starts loading `name` in the background and waits until the index shows it warming up.
+async fn start_load_until_warming(
+    s: &TestServer,
+    name: &'static str,
+) -> tokio::task::JoinHandle<Result<(), tonic::Status>> {
     let mut c = s.new_client().await;
     let load = tokio::spawn(async move {
-        c.repository_model_load(load_request("slow", None))
+        c.repository_model_load(load_request(name, None))
             .await
             .map(|_| ())
     });
     loop {
         let idx = s.index(false).await;
-        if rows(&idx, "slow")
+        if rows(&idx, name)
             .iter()
             .any(|r| r.state == "LOADING" && r.reason.contains("warming up"))
         {
             break;
         }
-        assert!(!load.is_finished(), "the slow load ended early: {idx:?}");
+        assert!(!load.is_finished(), "the {name} load ended early: {idx:?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     load
+}
+
+/// Starts loading `slow` in the background and waits until the index shows it warming up.
+async fn start_slow_load(s: &TestServer) -> tokio::task::JoinHandle<Result<(), tonic::Status>> {
+    start_load_until_warming(s, "slow").await
 }
 
 /// The runs the stopped load reported, from "... after <n> of <RUNS> runs of warmup sample".
@@ -311,23 +319,7 @@ fn spin_repo() -> tempfile::TempDir {
 async fn an_unload_terminates_a_warmup_run_in_progress() {
     let repo = spin_repo();
     let s = explicit(repo.path()).await;
-    let mut c = s.new_client().await;
-    let load = tokio::spawn(async move {
-        c.repository_model_load(load_request("spin", None))
-            .await
-            .map(|_| ())
-    });
-    loop {
-        let idx = s.index(false).await;
-        if rows(&idx, "spin")
-            .iter()
-            .any(|r| r.state == "LOADING" && r.reason.contains("warming up"))
-        {
-            break;
-        }
-        assert!(!load.is_finished(), "the spin load ended early: {idx:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let load = start_load_until_warming(&s, "spin").await;
     let mut c = s.client.clone();
     c.repository_model_unload(RepositoryModelUnloadRequest {
         repository_name: String::new(),
