@@ -247,7 +247,7 @@ async fn sigterm_during_a_slow_startup_load_exits_0() {
 }
 
 /// Kills the server when the test ends, passed or not.
-struct KillOnDrop(std::process::Child);
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -259,8 +259,8 @@ impl Drop for KillOnDrop {
 }
 
 /// `spin`: `y = Loop(M = 2^62, x)` whose body passes `x` through, so one run never ends by
-/// itself; its one warmup run can only stop through ONNX Runtime's terminate flag.
-fn spin_repo() -> tempfile::TempDir {
+/// itself; with `warmup`, its one warmup run can only stop through ONNX Runtime's terminate flag.
+pub(crate) fn spin_repo(warmup: bool) -> tempfile::TempDir {
     use crate::external_data::{cat, int, msg, tensor_info, varint};
     let node = |op: &str, ins: &[&str], outs: &[&str], attrs: &[Vec<u8>]| {
         let mut n = Vec::new();
@@ -307,17 +307,19 @@ fn spin_repo() -> tempfile::TempDir {
     let dir = repo.path().join("spin");
     std::fs::create_dir_all(dir.join("1")).unwrap();
     std::fs::write(dir.join("1/model.onnx"), model).unwrap();
-    std::fs::write(
-        dir.join("config.pbtxt"),
-        "name: \"spin\"\nbackend: \"onnxruntime\"\nmax_batch_size: 0\ninput [ { name: \"x\" data_type: TYPE_FP32 dims: [ 1 ] } ]\noutput [ { name: \"y\" data_type: TYPE_FP32 dims: [ 1 ] } ]\ninstance_group [ { count: 1 kind: KIND_CPU } ]\nmodel_warmup [ { name: \"spin\" batch_size: 1 count: 1 inputs { key: \"x\" value: { data_type: TYPE_FP32 dims: [ 1 ] zero_data: true } } } ]\n",
-    )
-    .unwrap();
+    let mut config = String::from(
+        "name: \"spin\"\nbackend: \"onnxruntime\"\nmax_batch_size: 0\ninput [ { name: \"x\" data_type: TYPE_FP32 dims: [ 1 ] } ]\noutput [ { name: \"y\" data_type: TYPE_FP32 dims: [ 1 ] } ]\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n",
+    );
+    if warmup {
+        config.push_str("model_warmup [ { name: \"spin\" batch_size: 1 count: 1 inputs { key: \"x\" value: { data_type: TYPE_FP32 dims: [ 1 ] zero_data: true } } } ]\n");
+    }
+    std::fs::write(dir.join("config.pbtxt"), config).unwrap();
     repo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unload_terminates_a_warmup_run_in_progress() {
-    let repo = spin_repo();
+    let repo = spin_repo(true);
     let s = explicit(repo.path()).await;
     let load = start_load_until_warming(&s, "spin").await;
     let mut c = s.client.clone();

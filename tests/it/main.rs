@@ -11,6 +11,7 @@ mod control;
 mod datatypes;
 mod early_refusal;
 mod errors;
+mod exit_timeout;
 mod external_data;
 mod health_metadata;
 mod hostile;
