@@ -12,9 +12,15 @@ fn main() {
             let range = data.as_ptr_range();
             for e in &elements {
                 let r = e.as_ptr_range();
-                assert!(range.start <= r.start && r.end <= range.end, "element outside the input");
+                assert!(
+                    range.start <= r.start && r.end <= range.end,
+                    "element outside the input"
+                );
             }
-            assert_eq!(nereid::tensor::bytes_codec::encode(elements.iter().copied()), data);
+            assert_eq!(
+                nereid::tensor::bytes_codec::encode(elements.iter().copied()),
+                data
+            );
         }
     });
 }

@@ -9,7 +9,11 @@ fn main() {
         let Some((&selector, data)) = data.split_first() else {
             return;
         };
-        let encoding = if selector & 1 == 0 { Encoding::Gzip } else { Encoding::Deflate };
+        let encoding = if selector & 1 == 0 {
+            Encoding::Gzip
+        } else {
+            Encoding::Deflate
+        };
         if let Ok(Some(out)) = decompress(encoding, data, LIMIT) {
             assert!(out.len() <= LIMIT, "{} bytes out, limit {LIMIT}", out.len());
         }

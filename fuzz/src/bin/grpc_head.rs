@@ -6,7 +6,11 @@ fn main() {
     afl::fuzz!(|data: &[u8]| {
         if let Head::Ready(range) = find_head(data) {
             assert_eq!(range.start, 5);
-            assert!(range.end <= data.len(), "{range:?} outside {} bytes", data.len());
+            assert!(
+                range.end <= data.len(),
+                "{range:?} outside {} bytes",
+                data.len()
+            );
         }
     });
 }
