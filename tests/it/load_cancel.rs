@@ -3,9 +3,7 @@
 //! server gets SIGTERM, and says how far it got.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nereid::model::manager::ControlMode;
@@ -16,6 +14,7 @@ use nereid::pb::inference::{
 use tonic::Code;
 
 use crate::common::*;
+use crate::process::ServerProcess;
 
 /// Warmup runs asked of the slow model: hours of work, so only a stopped load can end.
 const RUNS: u64 = 100_000_000;
@@ -91,6 +90,22 @@ async fn start_slow_load(s: &TestServer) -> tokio::task::JoinHandle<Result<(), t
     start_load_until_warming(s, "slow").await
 }
 
+/// Waits for a load that was stopped: CANCELLED, with a message that contains `says`; returns
+/// the message.
+async fn stopped_load(
+    load: tokio::task::JoinHandle<Result<(), tonic::Status>>,
+    says: &str,
+) -> String {
+    let err = tokio::time::timeout(BOUND, load)
+        .await
+        .expect("the load stops")
+        .unwrap()
+        .expect_err("a stopped load is not a success");
+    assert_eq!(err.code(), Code::Cancelled, "{err:?}");
+    assert!(err.message().contains(says), "{}", err.message());
+    err.message().to_string()
+}
+
 /// The runs the stopped load reported, from "... after <n> of <RUNS> runs of warmup sample".
 fn runs_done(message: &str) -> u64 {
     let after = message
@@ -121,19 +136,8 @@ async fn an_unload_stops_a_load_in_its_warmup() {
     .await
     .expect("the unload does not wait for the warmup to finish")
     .expect("unload succeeds");
-    let err = tokio::time::timeout(BOUND, load)
-        .await
-        .expect("the load stops")
-        .unwrap()
-        .expect_err("a stopped load is not a success");
-    assert_eq!(err.code(), Code::Cancelled, "{err:?}");
-    assert!(
-        err.message()
-            .contains("load of model 'slow' stopped (unloaded)"),
-        "{}",
-        err.message()
-    );
-    assert!(runs_done(err.message()) < RUNS);
+    let message = stopped_load(load, "load of model 'slow' stopped (unloaded)").await;
+    assert!(runs_done(&message) < RUNS);
     let idx = s.index(false).await;
     assert!(
         rows(&idx, "slow").iter().all(|r| r.state != "READY"),
@@ -156,19 +160,12 @@ async fn a_newer_load_supersedes_a_load_in_its_warmup() {
     .await
     .expect("the newer load does not wait for the old warmup")
     .expect("the newer load succeeds");
-    let err = tokio::time::timeout(BOUND, load)
-        .await
-        .expect("the old load stops")
-        .unwrap()
-        .expect_err("the superseded load reports it");
-    assert_eq!(err.code(), Code::Cancelled, "{err:?}");
-    assert!(
-        err.message()
-            .contains("load of model 'slow' stopped (superseded by a newer load)"),
-        "{}",
-        err.message()
-    );
-    assert!(runs_done(err.message()) < RUNS);
+    let message = stopped_load(
+        load,
+        "load of model 'slow' stopped (superseded by a newer load)",
+    )
+    .await;
+    assert!(runs_done(&message) < RUNS);
     let (a, b) = simple_operands(1, 1);
     let resp = s.infer(simple_request("slow", 1, &a, &b)).await.unwrap();
     assert_eq!(output_i32(&resp, "OUTPUT0"), add(&a, &b));
@@ -179,83 +176,33 @@ async fn a_newer_load_supersedes_a_load_in_its_warmup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_slow_startup_load_exits_0() {
     let repo = slow_repo();
-    let child = Command::new(env!("CARGO_BIN_EXE_nereid"))
-        .args(["--model-repository", repo.path().to_str().unwrap()])
-        .args(["--grpc-port", "0", "--allow-http", "false"])
-        .args(["--allow-metrics", "false", "--exit-timeout-secs", "1"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the nereid binary starts");
-    let mut child = KillOnDrop(child);
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.0.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
+    let mut server = ServerProcess::start(&[
+        "--model-repository",
+        repo.path().to_str().unwrap(),
+        "--grpc-port",
+        "0",
+        "--allow-http",
+        "false",
+        "--allow-metrics",
+        "false",
+        "--exit-timeout-secs",
+        "1",
+    ]);
+    server.wait_for_line(BOUND, |l| {
+        (l.contains("warming up") && l.contains("slow")).then_some(())
     });
-    let mut log = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(BOUND)
-            .expect("the server logs the warmup start");
-        let warming = line.contains("warming up") && line.contains("slow");
-        log.push(line);
-        if warming {
-            break;
-        }
-    }
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.0.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
     // (exit-timeout 1 s + 2 s) × 10.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            panic!("nereid outlived SIGTERM by 30 s; log:\n{}", log.join("\n"));
-        }
-        while let Ok(line) = rx.try_recv() {
-            log.push(line);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    log.extend(rx.try_iter());
+    let status = server.sigterm_and_wait(Duration::from_secs(30)).await;
     assert!(
         status.success(),
         "exit status {status:?}; log:\n{}",
-        log.join("\n")
+        server.log_text()
     );
-    let stopped = log
-        .iter()
-        .find(|l| l.contains("load of model 'slow' stopped (the server is shutting down)"))
-        .unwrap_or_else(|| {
-            panic!(
-                "the load reports where it stopped; log:\n{}",
-                log.join("\n")
-            )
-        });
-    assert!(runs_done(stopped) < RUNS, "{stopped}");
-}
-
-/// Kills the server when the test ends, passed or not.
-pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    let stopped = server.wait_for_line(Duration::ZERO, |l| {
+        l.contains("load of model 'slow' stopped (the server is shutting down)")
+            .then(|| l.to_string())
+    });
+    assert!(runs_done(&stopped) < RUNS, "{stopped}");
 }
 
 /// `spin`: `y = Loop(M = 2^62, x)` whose body passes `x` through, so one run never ends by
@@ -330,17 +277,10 @@ async fn an_unload_terminates_a_warmup_run_in_progress() {
     })
     .await
     .expect("unload succeeds");
-    let err = tokio::time::timeout(BOUND, load)
-        .await
-        .expect("the load stops")
-        .unwrap()
-        .expect_err("a stopped load is not a success");
     // The build itself reported the stop (not abandoned): the run in progress was terminated.
-    assert!(
-        err.message().contains(
-            "load of model 'spin' stopped (unloaded) after 0 of 1 runs of warmup sample 'spin'"
-        ),
-        "{}",
-        err.message()
-    );
+    stopped_load(
+        load,
+        "load of model 'spin' stopped (unloaded) after 0 of 1 runs of warmup sample 'spin'",
+    )
+    .await;
 }

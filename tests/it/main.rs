@@ -25,6 +25,7 @@ mod load_failures;
 mod metrics;
 mod overload;
 mod parity;
+mod process;
 mod repository;
 mod rest;
 mod settings;
