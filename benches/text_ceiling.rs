@@ -18,8 +18,9 @@ use nereid::backend::{Backend, Runner};
 use nereid::model::ModelSpec;
 use nereid::model::config::{fill_server_defaults, normalize, read_config};
 use nereid::model::spec::to_spec;
+use nereid::model::text::ATTENTION_MASK;
+use nereid::preprocess::post;
 use nereid::preprocess::tokenizer::{Encoder, prepare};
-use nereid::preprocess::{ATTENTION_MASK, post};
 use nereid::tensor::{DataType, Tensor, bytes_codec};
 
 fn main() -> ExitCode {

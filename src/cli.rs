@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser};
 
+use crate::lifecycle::loader::LoadOptions;
+use crate::lifecycle::manager::{ControlMode, ManagerOptions};
 use crate::model::limits::{self, ConfigLimits};
-use crate::model::manager::{ControlMode, ManagerOptions};
 use crate::scheduler::{DEFAULT_QUEUE_CAPACITY, QueueLimits};
 use crate::telemetry::logging::{LogControl, LogFormat, LogSettings};
 use crate::telemetry::metrics::MetricsOptions;
@@ -259,6 +260,7 @@ pub struct Cli {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub manager: ManagerOptions,
+    pub load: LoadOptions,
     pub server_id: String,
     /// None when gRPC is turned off.
     pub grpc_addr: Option<SocketAddr>,
@@ -432,11 +434,13 @@ impl Cli {
                 control_mode,
                 startup_models: self.load_model,
                 poll_interval: Duration::from_secs(self.repository_poll_secs),
+                load_threads: self.model_load_thread_count,
+                strict_readiness: self.strict_readiness,
+            },
+            load: LoadOptions {
                 auto_complete: !(self.disable_auto_complete_config || self.strict_model_config),
                 default_max_batch_size,
                 config_name: self.model_config_name,
-                load_threads: self.model_load_thread_count,
-                strict_readiness: self.strict_readiness,
                 queue_limits: QueueLimits {
                     capacity: self.max_queue_size_per_model,
                     priority_reserve: self.priority_reserve_percent / 100.0,

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod core;
 pub mod error;
 pub mod frontend;
+pub mod lifecycle;
 pub mod model;
 pub mod pb;
 pub mod preprocess;

@@ -17,7 +17,7 @@ use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::frontend::grpc::early::EarlyRefusal;
 use crate::frontend::grpc::{GrpcService, HealthService};
-use crate::model::manager::{ControlMode, ModelManager};
+use crate::lifecycle::manager::{ControlMode, ModelManager};
 use crate::pb::health::health_server::HealthServer;
 use crate::pb::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::telemetry::{Telemetry, metrics, trace::TraceControl};
@@ -147,11 +147,11 @@ impl RunningServer {
                 })??;
             Arc::new(b)
         };
-        let mut opts = config.manager.clone();
-        opts.gpus = tokio::task::spawn_blocking(crate::backend::devices::visible_gpus)
+        let mut load = config.load.clone();
+        load.gpus = tokio::task::spawn_blocking(crate::backend::devices::visible_gpus)
             .await
             .unwrap_or_default();
-        let manager = ModelManager::new(backend, opts);
+        let manager = ModelManager::new(backend, config.manager.clone(), load);
         let telemetry = Telemetry {
             trace: Arc::new(TraceControl::new(&config.trace)),
             log: config.log.clone(),
@@ -275,7 +275,7 @@ impl RunningServer {
         }
         core.set_started();
         if manager.options().control_mode == ControlMode::Poll {
-            tokio::spawn(crate::model::poll::run(manager.clone(), stop_rx_poll));
+            tokio::spawn(crate::lifecycle::poll::run(manager.clone(), stop_rx_poll));
         }
         if let Some(addr) = grpc_addr {
             tracing::info!("Started GRPCInferenceService at {addr}");

@@ -14,24 +14,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::error::Result;
+use crate::model::io::ModelIo;
 use crate::model::{InstanceSpec, ModelSpec};
-use crate::tensor::{DataType, Tensor};
-
-/// The inputs and outputs a model file declares.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelIo {
-    pub inputs: Vec<IoDesc>,
-    pub outputs: Vec<IoDesc>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct IoDesc {
-    pub name: String,
-    /// `Err(type name)` when the element type has no KServe datatype (the model cannot be served).
-    pub dtype: Result<DataType, String>,
-    /// -1 for symbolic or unknown dimensions.
-    pub shape: Vec<i64>,
-}
+use crate::tensor::Tensor;
 
 /// Time spent in each phase of one execution.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

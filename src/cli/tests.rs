@@ -25,8 +25,8 @@ fn defaults_match_tritonserver() {
         "{:?}",
         c.ignored
     );
-    assert!(c.manager.auto_complete && c.manager.strict_readiness && c.exit_on_error);
-    assert_eq!(c.manager.default_max_batch_size, 4);
+    assert!(c.load.auto_complete && c.manager.strict_readiness && c.exit_on_error);
+    assert_eq!(c.load.default_max_batch_size, 4);
     assert_eq!(c.manager.load_threads, 4);
     assert_eq!(c.exit_timeout, Duration::from_secs(30));
     assert_eq!(c.manager.control_mode, ControlMode::None);
@@ -78,17 +78,17 @@ fn flag_spellings() {
         "--grpc-port=9001",
     ])
     .unwrap();
-    assert!(!c.manager.auto_complete && !c.exit_on_error);
+    assert!(!c.load.auto_complete && !c.exit_on_error);
     assert_eq!(c.server_id, "nereid");
     assert_eq!(c.grpc_addr.unwrap().port(), 9001);
     assert!(
         !parse(&["--disable-auto-complete-config"])
             .unwrap()
-            .manager
+            .load
             .auto_complete
     );
     let c = parse(&["--backend-config=onnxruntime,default-max-batch-size=16"]).unwrap();
-    assert_eq!(c.manager.default_max_batch_size, 16);
+    assert_eq!(c.load.default_max_batch_size, 16);
     assert!(parse(&["--allow-grpc=false"]).unwrap().grpc_addr.is_none());
     let c = parse(&[
         "--http-port=9000",
@@ -173,14 +173,14 @@ fn bad_flags_are_clear_errors() {
 #[test]
 fn config_limit_flags() {
     let c = parse(&[]).unwrap();
-    assert_eq!(c.manager.limits, ConfigLimits::default());
+    assert_eq!(c.load.limits, ConfigLimits::default());
     assert_eq!(
         (
-            c.manager.limits.instances_per_model,
-            c.manager.limits.model_threads,
-            c.manager.limits.tokenizer_threads,
-            c.manager.limits.warmup_bytes,
-            c.manager.limits.text_length,
+            c.load.limits.instances_per_model,
+            c.load.limits.model_threads,
+            c.load.limits.tokenizer_threads,
+            c.load.limits.warmup_bytes,
+            c.load.limits.text_length,
         ),
         (64, 256, 16, 256 << 20, 8192)
     );
@@ -193,7 +193,7 @@ fn config_limit_flags() {
     ])
     .unwrap();
     assert_eq!(
-        c.manager.limits,
+        c.load.limits,
         ConfigLimits {
             instances_per_model: 2,
             model_threads: 3,

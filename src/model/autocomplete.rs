@@ -2,7 +2,7 @@
 //! check of a config against the graph, following Triton's ONNX Runtime backend
 //! (behaviour.md §10.1–10.2).
 
-use crate::backend::{IoDesc, ModelIo};
+use super::io::{IoDesc, ModelIo};
 use crate::error::{Error, Result};
 use crate::pb::inference::{self as pb, model_config::SchedulingChoice};
 use crate::tensor::{DataType, shape_string};

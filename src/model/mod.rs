@@ -1,5 +1,7 @@
-//! Models: configuration (`config`), the repository on disk (`repository`), lifecycle
-//! states (`state`) and the manager that owns them (`manager`).
+//! What a model is (the description layer): its configuration (`config`, `spec`,
+//! `autocomplete`), the repository on disk (`repository`, `paths`), the lifecycle states
+//! (`state`), the text settings of a text model (`text`) and the inputs/outputs its model file
+//! declares (`io`). Loading and keeping models is `lifecycle`'s job.
 //!
 //! `ModelSpec` is the server's own, validated view of an effective config: the scheduler,
 //! the backend and `validate` work from it and never see the protobuf message.
@@ -7,23 +9,20 @@
 pub mod autocomplete;
 pub mod config;
 pub mod config_json;
+pub mod io;
 pub mod limits;
-pub mod loader;
-pub mod manager;
-pub mod overrides;
 pub mod paths;
-pub mod poll;
 pub mod repository;
 pub mod spec;
 pub mod state;
-pub mod warmup;
+pub mod text;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::preprocess::TextSpec;
 use crate::tensor::DataType;
+use text::TextSpec;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {

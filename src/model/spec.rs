@@ -253,7 +253,7 @@ pub fn to_spec(cfg: &ModelConfig, version: i64, model_dir: &Path) -> Result<Mode
         instances,
         ort: parse_ort_options(cfg)?,
         dynamic_batching: dynamic_batching(cfg)?,
-        text: crate::preprocess::TextSpec::from_config(cfg, model_dir)?,
+        text: super::text::TextSpec::from_config(cfg, model_dir)?,
     })
 }
 

@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 
-use super::{Normalize, Pooling};
 use crate::error::{Error, Result};
+use crate::model::text::{Normalize, Pooling};
 use crate::tensor::{DataType, Tensor};
 
 fn i64s(t: &Tensor) -> Vec<i64> {

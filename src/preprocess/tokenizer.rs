@@ -16,12 +16,12 @@ use tokenizers::{Tokenizer, TruncationParams};
 use tokio::sync::oneshot;
 
 use super::admission::{self, Charge, TokenizerLoad};
-use super::{
-    ATTENTION_MASK, DEFAULT_MAX_LENGTH, INPUT_IDS, Padding, TOKEN_TYPE_IDS, TextSpec, Truncation,
-};
-use crate::backend::ModelIo;
 use crate::error::{Error, Rejection, Result};
 use crate::model::ModelSpec;
+use crate::model::io::ModelIo;
+use crate::model::text::{
+    ATTENTION_MASK, DEFAULT_MAX_LENGTH, INPUT_IDS, Padding, TOKEN_TYPE_IDS, TextSpec, Truncation,
+};
 use crate::tensor::{DataType, Tensor, bytes_codec};
 use crate::validate::ValidRequest;
 

@@ -8,12 +8,14 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::tokenizer::{Encoder, TokenizerPool, prepare};
-use super::*;
-use crate::backend::IoDesc;
+use crate::error::Result;
 use crate::model::ModelSpec;
 use crate::model::config::{fill_server_defaults, normalize, parse_pbtxt};
+use crate::model::io::{IoDesc, ModelIo};
 use crate::model::spec::to_spec;
+use crate::model::text::*;
 use crate::request::{InferRequest, InputTensor, RequestParams};
+use crate::tensor::DataType;
 use crate::tensor::{Tensor, bytes_codec};
 use crate::validate::validate;
 

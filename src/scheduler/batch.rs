@@ -11,8 +11,9 @@ use tracing::Span;
 use crate::backend::instance::{Job, RunHealth};
 use crate::backend::{ComputeTimes, Runner};
 use crate::error::{Error, Result};
+use crate::model::text::{self, Pooling, TextSpec};
 use crate::model::{IoSpec, ModelSpec};
-use crate::preprocess::{self, Pooling, TextSpec, post};
+use crate::preprocess::post;
 use crate::request::InferResponse;
 use crate::telemetry::spans;
 use crate::telemetry::stats::{FailureReason, ModelStats};
@@ -171,7 +172,7 @@ impl Job for Batch {
             let lengths = spec.text.as_ref().and_then(|_| {
                 inputs
                     .iter()
-                    .find(|t| t.name() == preprocess::ATTENTION_MASK)
+                    .find(|t| t.name() == text::ATTENTION_MASK)
                     .map(post::row_lengths)
             });
             let mut out = runner

@@ -77,7 +77,7 @@ async fn config_is_completed_from_the_graph() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_max_batch_size_is_configurable() {
     let repo = repo_with(&[("add_sub_autocomplete", "add_sub_autocomplete")]);
-    let s = TestServer::start_with(repo.path(), |c| c.manager.default_max_batch_size = 16).await;
+    let s = TestServer::start_with(repo.path(), |c| c.load.default_max_batch_size = 16).await;
     let cfg = config_of(&s, "add_sub_autocomplete").await;
     assert_eq!(cfg.max_batch_size, 16);
     assert_eq!(preferred_batch_sizes(&cfg), vec![16]);
@@ -118,7 +118,7 @@ async fn disabled_auto_complete_fails_the_model() {
         ("simple", "simple"),
         ("add_sub_autocomplete", "add_sub_autocomplete"),
     ]);
-    let err = TestServer::try_start_with(repo.path(), |c| c.manager.auto_complete = false)
+    let err = TestServer::try_start_with(repo.path(), |c| c.load.auto_complete = false)
         .await
         .err()
         .expect("exit_on_error=true: a model without config fails startup");
@@ -129,7 +129,7 @@ async fn disabled_auto_complete_fails_the_model() {
     assert!(err.to_string().contains("add_sub_autocomplete"), "{err}");
 
     let s = TestServer::start_with(repo.path(), |c| {
-        c.manager.auto_complete = false;
+        c.load.auto_complete = false;
         c.exit_on_error = false;
     })
     .await;
@@ -154,7 +154,7 @@ async fn disabled_auto_complete_fails_the_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabled_auto_complete_keeps_full_configs_working() {
     let repo = repo_with(&[("simple", "simple"), ("simple_nobatch", "simple_nobatch")]);
-    let s = TestServer::start_with(repo.path(), |c| c.manager.auto_complete = false).await;
+    let s = TestServer::start_with(repo.path(), |c| c.load.auto_complete = false).await;
     assert!(s.server_ready().await);
     s.assert_still_serving().await;
 }

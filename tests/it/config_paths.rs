@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use nereid::model::manager::ControlMode;
+use nereid::lifecycle::manager::ControlMode;
 use nereid::pb::inference::model_repository_parameter::ParameterChoice as P;
 use tonic::Code;
 

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use nereid::model::manager::ControlMode;
+use nereid::lifecycle::manager::ControlMode;
 
 use crate::common::*;
 

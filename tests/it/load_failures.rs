@@ -120,7 +120,7 @@ async fn corrupt_model_file_without_auto_complete() {
     std::fs::write(repo.path().join("broken/1/model.onnx"), b"garbage").unwrap();
     let s = TestServer::start_with(repo.path(), |c| {
         c.exit_on_error = false;
-        c.manager.auto_complete = false;
+        c.load.auto_complete = false;
     })
     .await;
     let idx = s.index(false).await;

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nereid::model::manager::ControlMode;
+use nereid::lifecycle::manager::ControlMode;
 use nereid::pb::inference::infer_parameter::ParameterChoice;
 use nereid::pb::inference::{InferParameter, ModelStatisticsRequest, RepositoryModelUnloadRequest};
 use nereid::scheduler::QueueLimits;
@@ -138,7 +138,7 @@ pub(crate) async fn shed_server() -> TestServer {
     let repo =
         repo("max_queue_delay_microseconds: 500000 priority_levels: 2 default_priority_level: 2");
     TestServer::start_with(repo.path(), |c| {
-        c.manager.queue_limits = QueueLimits {
+        c.load.queue_limits = QueueLimits {
             capacity: 4,
             priority_reserve: 0.5,
         }

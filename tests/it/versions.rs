@@ -247,7 +247,7 @@ async fn one_broken_version(auto_complete: bool) {
     .unwrap();
     let s = TestServer::start_with(repo.path(), |c| {
         c.exit_on_error = false;
-        c.manager.auto_complete = auto_complete;
+        c.load.auto_complete = auto_complete;
     })
     .await;
     let idx = s.index(false).await;

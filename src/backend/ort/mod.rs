@@ -15,8 +15,9 @@ use ort::value::{
     DynTensor, DynTensorValueType, DynValue, Tensor as OrtTensor, TensorElementType, ValueType,
 };
 
-use super::{Backend, CancelToken, ComputeTimes, IoDesc, ModelIo, RunOutput, Runner};
+use super::{Backend, CancelToken, ComputeTimes, RunOutput, Runner};
 use crate::error::{Error, Result};
+use crate::model::io::{IoDesc, ModelIo};
 use crate::model::{DeviceKind, InstanceSpec, ModelSpec};
 use crate::tensor::{DataType, Tensor, bytes_codec};
 

@@ -5,7 +5,7 @@ use tokio::time::Instant;
 
 use crate::core::{ModelMetadata, ModelStatistics};
 use crate::error::{Error, Result};
-use crate::model::manager::{IndexEntry, LoadRequest};
+use crate::lifecycle::manager::{IndexEntry, LoadRequest};
 use crate::pb::inference::{
     self as pb, infer_parameter::ParameterChoice, model_infer_request::InferInputTensor,
     model_infer_response::InferOutputTensor, model_metadata_response::TensorMetadata,

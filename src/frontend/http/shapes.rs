@@ -9,8 +9,8 @@ use super::convert::{as_bool, as_object, parse_json};
 use super::tensor_json::kind;
 use crate::core::{ModelMetadata, ModelStatistics, ServerMetadata};
 use crate::error::{Error, Result};
+use crate::lifecycle::manager::{IndexEntry, LoadRequest};
 use crate::model::IoSpec;
-use crate::model::manager::{IndexEntry, LoadRequest};
 
 pub fn server_metadata(m: ServerMetadata) -> Value {
     json!({ "name": m.name, "version": m.version, "extensions": m.extensions })

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use super::loader::{Loader, fingerprint};
-use super::paths::{scrub, scrub_error};
-use super::state::ModelState;
-use super::{config_json, overrides, repository};
+use super::loader::{LoadOptions, Loader, fingerprint};
+use super::overrides;
 use crate::backend::{Backend, CancelToken};
 use crate::error::{Error, Result};
+use crate::model::paths::{scrub, scrub_error};
+use crate::model::state::ModelState;
+use crate::model::{config_json, repository};
 
 pub use super::loader::LoadedModel;
 
@@ -45,22 +46,8 @@ pub struct ManagerOptions {
     /// `--load-model` names for explicit mode (`*` = all).
     pub startup_models: Vec<String>,
     pub poll_interval: Duration,
-    pub auto_complete: bool,
-    /// `max_batch_size` that auto-complete gives a batching model without one.
-    pub default_max_batch_size: u32,
-    /// `--model-config-name`: prefer `<model>/configs/<name>.pbtxt`.
-    pub config_name: Option<String>,
     pub load_threads: usize,
     pub strict_readiness: bool,
-    pub queue_limits: crate::scheduler::QueueLimits,
-    /// CUDA devices this process can use (`backend::devices::visible_gpus`).
-    pub gpus: Vec<i32>,
-    /// `--model-load-gpu-limit`: per device, the fraction of its memory loads may fill.
-    pub gpu_limits: Vec<(i32, f64)>,
-    /// Estimated GPU memory of an instance = model file size × this factor.
-    pub gpu_safety_factor: f64,
-    /// Ceilings on what one config may ask for (instances, threads, warmup bytes, text length).
-    pub limits: super::limits::ConfigLimits,
 }
 
 /// What a RepositoryModelLoad asked for besides the model's name.
@@ -109,6 +96,7 @@ pub struct IndexEntry {
 }
 
 pub struct ModelManager {
+    opts: ManagerOptions,
     loader: Arc<Loader>,
     models: RwLock<BTreeMap<String, ModelEntry>>,
     /// One lock per model name: loads and unloads of the same model run one at a time.
@@ -121,14 +109,11 @@ pub struct ModelManager {
 }
 
 impl ModelManager {
-    pub fn new(backend: Arc<dyn Backend>, opts: ManagerOptions) -> Arc<Self> {
+    pub fn new(backend: Arc<dyn Backend>, opts: ManagerOptions, load: LoadOptions) -> Arc<Self> {
         let permits = opts.load_threads.max(1);
         Arc::new_cyclic(|me| ModelManager {
-            loader: Arc::new(Loader {
-                backend,
-                opts,
-                batchers: Default::default(),
-            }),
+            opts,
+            loader: Arc::new(Loader::new(backend, load)),
             models: RwLock::new(BTreeMap::new()),
             locks: Mutex::new(HashMap::new()),
             load_permits: Semaphore::new(permits),
@@ -138,12 +123,12 @@ impl ModelManager {
     }
 
     pub fn options(&self) -> &ManagerOptions {
-        &self.loader.opts
+        &self.opts
     }
 
     /// Startup loads for the control mode. Returns the models that failed, with their reasons.
     pub async fn load_startup(&self) -> Result<Vec<(String, String)>> {
-        let opts = &self.loader.opts;
+        let opts = &self.opts;
         let found = repository::scan(&opts.repositories)?;
         let names: Vec<String> = match opts.control_mode {
             ControlMode::None | ControlMode::Poll => found.keys().cloned().collect(),
@@ -180,7 +165,7 @@ impl ModelManager {
 
     /// RepositoryModelLoad. Only in explicit mode.
     pub async fn load(&self, name: &str, req: LoadRequest) -> Result<()> {
-        if self.loader.opts.control_mode != ControlMode::Explicit {
+        if self.opts.control_mode != ControlMode::Explicit {
             return Err(Error::unavailable(
                 "explicit model load / unload is not allowed if polling is enabled",
             ));
@@ -191,7 +176,7 @@ impl ModelManager {
 
     /// RepositoryModelUnload. Only in explicit mode; unloading an unknown model succeeds.
     pub async fn unload(&self, name: &str, _unload_dependents: bool) -> Result<()> {
-        if self.loader.opts.control_mode != ControlMode::Explicit {
+        if self.opts.control_mode != ControlMode::Explicit {
             return Err(Error::unavailable(
                 "explicit model load / unload is not allowed if polling is enabled",
             ));
@@ -310,7 +295,7 @@ impl ModelManager {
             return Err(self.stopped(name, cancel, built));
         }
         // Clients see errors relative to the model folder; the log keeps the full text.
-        let mut roots: Vec<PathBuf> = self.loader.opts.repositories.clone();
+        let mut roots: Vec<PathBuf> = self.opts.repositories.clone();
         roots.push(dir.clone());
         roots.extend(override_dir.as_ref().map(|t| t.path().to_path_buf()));
         let roots: Vec<&std::path::Path> = roots.iter().map(PathBuf::as_path).collect();
@@ -485,14 +470,13 @@ impl ModelManager {
 
     /// The model folder of `name` in the repositories.
     fn find(&self, name: &str) -> Result<PathBuf> {
-        let found = repository::scan(&self.loader.opts.repositories).map_err(|e| {
+        let found = repository::scan(&self.opts.repositories).map_err(|e| {
             tracing::error!(model = name, error = %e, "cannot read the model repositories");
             Error::internal(format!(
                 "failed to load '{name}', failed to poll from model repository"
             ))
         })?;
         let roots: Vec<&std::path::Path> = self
-            .loader
             .opts
             .repositories
             .iter()
@@ -508,7 +492,7 @@ impl ModelManager {
                 // The repositories' paths go to the log only (behaviour.md E31).
                 tracing::warn!(
                     model = name,
-                    repositories = ?self.loader.opts.repositories,
+                    repositories = ?self.opts.repositories,
                     "load of a model that no repository holds"
                 );
                 Err(Error::internal(format!(

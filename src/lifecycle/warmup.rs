@@ -6,10 +6,10 @@
 use std::io::Read;
 use std::path::Path;
 
-use super::ModelSpec;
-use super::config::ModelConfig;
-use super::limits::ConfigLimits;
 use crate::error::{Error, Result};
+use crate::model::ModelSpec;
+use crate::model::config::ModelConfig;
+use crate::model::limits::ConfigLimits;
 use crate::pb::inference::model_warmup::input::InputDataType;
 use crate::tensor::{DataType, Tensor, bytes_codec, checked_byte_len, element_count};
 
@@ -80,7 +80,7 @@ pub fn samples(
             };
             let data = match &input.input_data_type {
                 Some(InputDataType::InputDataFile(file)) => {
-                    let path = super::paths::inside(
+                    let path = crate::model::paths::inside(
                         &model_dir.join("warmup"),
                         &spec.name,
                         "input_data_file",
@@ -91,7 +91,7 @@ pub fn samples(
                             "warmup sample '{}' of model '{}': cannot read 'warmup/{}': {e}",
                             w.name,
                             spec.name,
-                            super::paths::printable(file.trim_start_matches('/'))
+                            crate::model::paths::printable(file.trim_start_matches('/'))
                         ))
                     };
                     let one = match io.dtype.byte_size() {

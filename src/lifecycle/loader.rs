@@ -9,16 +9,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::config::{self, ModelConfig};
-use super::manager::ManagerOptions;
-use super::{DeviceKind, ModelSpec, autocomplete, paths, repository, warmup};
+use super::warmup;
 use crate::backend::devices;
 use crate::backend::instance::{InstanceThread, Recovery};
-use crate::backend::{Backend, CancelToken, ModelIo, Runner};
+use crate::backend::{Backend, CancelToken, Runner};
 use crate::error::{Error, Result};
+use crate::model::config::{self, ModelConfig};
+use crate::model::io::ModelIo;
+use crate::model::limits::ConfigLimits;
+use crate::model::{DeviceKind, ModelSpec, autocomplete, paths, repository};
 use crate::preprocess::tokenizer::{self, TokenizerPool};
 use crate::scheduler::load::LoadTracker;
-use crate::scheduler::{BatcherThreads, ExecContext, Scheduler, batch::model_inputs};
+use crate::scheduler::{BatcherThreads, ExecContext, QueueLimits, Scheduler, batch::model_inputs};
 use crate::telemetry::stats::ModelStats;
 
 /// One loaded model version: its effective config, spec, queue, statistics and instance threads.
@@ -66,14 +68,41 @@ pub struct Prepared {
     io: Option<ModelIo>,
 }
 
+/// How a model folder becomes a loaded model: config resolution, limits, devices, queues.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub auto_complete: bool,
+    /// `max_batch_size` that auto-complete gives a batching model without one.
+    pub default_max_batch_size: u32,
+    /// `--model-config-name`: prefer `<model>/configs/<name>.pbtxt`.
+    pub config_name: Option<String>,
+    pub queue_limits: QueueLimits,
+    /// CUDA devices this process can use (`backend::devices::visible_gpus`).
+    pub gpus: Vec<i32>,
+    /// `--model-load-gpu-limit`: per device, the fraction of its memory loads may fill.
+    pub gpu_limits: Vec<(i32, f64)>,
+    /// Estimated GPU memory of an instance = model file size × this factor.
+    pub gpu_safety_factor: f64,
+    /// Ceilings on what one config may ask for (instances, threads, warmup bytes, text length).
+    pub limits: ConfigLimits,
+}
+
 pub struct Loader {
-    pub backend: Arc<dyn Backend>,
-    pub opts: ManagerOptions,
+    backend: Arc<dyn Backend>,
+    opts: LoadOptions,
     /// Where the loaded versions' batchers run.
-    pub batchers: BatcherThreads,
+    batchers: BatcherThreads,
 }
 
 impl Loader {
+    pub fn new(backend: Arc<dyn Backend>, opts: LoadOptions) -> Self {
+        Loader {
+            backend,
+            opts,
+            batchers: Default::default(),
+        }
+    }
+
     /// Resolves the config (from `override_config` or the folder) up to the versions to load.
     pub fn prepare(
         &self,
@@ -127,7 +156,7 @@ impl Loader {
         let started = Instant::now();
         stop_if_cancelled(&prepared.config.name, cancel, "")?;
         let cfg = &prepared.config;
-        let mut spec = super::spec::to_spec(cfg, version, dir)?;
+        let mut spec = crate::model::spec::to_spec(cfg, version, dir)?;
         let limits = &self.opts.limits;
         limits.check_instances(&spec)?;
         if let Some(text) = &spec.text {

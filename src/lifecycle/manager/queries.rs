@@ -64,7 +64,7 @@ impl ModelManager {
     /// Strict readiness: no model is failed. A model that serves (even while it reloads, or
     /// after a failed reload) counts as ready; an unrelated load in flight does not count against.
     pub fn all_ready(&self) -> bool {
-        if !self.loader.opts.strict_readiness {
+        if !self.opts.strict_readiness {
             return true;
         }
         self.read().values().all(|e| {
@@ -78,7 +78,7 @@ impl ModelManager {
 
     /// The repository index: one row per model folder found, one per tracked version.
     pub fn index(&self, ready_only: bool) -> Result<Vec<IndexEntry>> {
-        let mut names: Vec<String> = repository::scan(&self.loader.opts.repositories)?
+        let mut names: Vec<String> = repository::scan(&self.opts.repositories)?
             .into_keys()
             .collect();
         let models = self.read();

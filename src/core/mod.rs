@@ -1,29 +1,37 @@
 //! `Core`: the one façade both front-ends call. It speaks the server's own types
 //! (requests, specs, statistics snapshots, index rows); front-ends translate to the wire.
 
-use std::future::Future;
-use std::pin::Pin;
+//!
+//! - `admission`: the request path from a front-end to a model's queue, and `PendingInfer`.
+//! - `inflight`: the server-wide in-flight caps.
+
+mod admission;
+mod inflight;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tracing::Span;
 
-use crate::error::{Code, Error, Rejection, Result};
+use crate::error::{Error, Rejection, Result};
+use crate::lifecycle::manager::{IndexEntry, LoadRequest, ModelManager, parse_version};
 use crate::model::ModelSpec;
 use crate::model::config::ModelConfig;
-use crate::model::manager::{IndexEntry, LoadRequest, LoadedModel, ModelManager, parse_version};
-use crate::request::{InferRequest, InferResponse, RequestHead};
-use crate::scheduler::Reply;
 use crate::telemetry::Telemetry;
 use crate::telemetry::logging::{LogSettings, LogUpdate};
 use crate::telemetry::metrics::{self, StateRow};
 use crate::telemetry::spans::{self, RemoteParent};
-use crate::telemetry::stats::{Rejection as RejectionMetric, StatsSnapshot};
+use crate::telemetry::stats::StatsSnapshot;
 use crate::telemetry::trace::TraceUpdate;
-use crate::validate::validate;
+
+pub use admission::PendingInfer;
+use inflight::Inflight;
+pub use inflight::InflightLimits;
+
+/// How long a client refused because the server is going away should wait: long enough for a
+/// load balancer to have moved it to another replica.
+const DRAINING_RETRY: Duration = Duration::from_secs(1);
 
 /// Extensions this server really implements, in Triton's order (grpc-protocol.md §6).
 pub const EXTENSIONS: &[&str] = &[
@@ -34,40 +42,6 @@ pub const EXTENSIONS: &[&str] = &[
     "trace",
     "logging",
 ];
-
-/// Server-wide admission caps: whatever each model's queue allows, the whole server holds at
-/// most this many requests, and this many bytes of request tensors, at once.
-#[derive(Debug, Clone, Copy)]
-pub struct InflightLimits {
-    pub requests: usize,
-    pub bytes: usize,
-}
-
-/// How long a client refused because the server is going away should wait: long enough for a
-/// load balancer to have moved it to another replica.
-const DRAINING_RETRY: Duration = Duration::from_secs(1);
-/// How long a client refused because the model is not ready should wait.
-const NOT_READY_RETRY: Duration = Duration::from_secs(1);
-
-/// Requests and request bytes in the server now.
-#[derive(Default)]
-struct Inflight {
-    requests: AtomicUsize,
-    bytes: AtomicUsize,
-}
-
-/// A request counted against the server-wide caps until it is answered (or dropped).
-struct InflightGuard {
-    counts: Arc<Inflight>,
-    bytes: usize,
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        self.counts.requests.fetch_sub(1, Ordering::AcqRel);
-        self.counts.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
 
 /// Trace settings as `(key, values)`: `trace_level` is a list, every other key one value.
 pub type TraceSettings = Vec<(String, Vec<String>)>;
@@ -86,53 +60,6 @@ pub struct Core {
     telemetry: Telemetry,
     limits: InflightLimits,
     inflight: Arc<Inflight>,
-}
-
-/// An accepted request waiting for its response. Dropping it cancels the request if it has not
-/// started executing. Holding it keeps the model version loaded.
-pub struct PendingInfer {
-    stage: Stage,
-    span: Span,
-    _model: Arc<LoadedModel>,
-    _inflight: InflightGuard,
-}
-
-/// Where an accepted request is: queued (waiting for its reply), or still being tokenized on
-/// the tokenizer threads before it can be queued (text models).
-enum Stage {
-    Queued(Reply),
-    Tokenizing(Pin<Box<dyn Future<Output = Result<Reply>> + Send>>),
-}
-
-impl Future for PendingInfer {
-    type Output = Result<InferResponse>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        loop {
-            let result = match &mut self.stage {
-                Stage::Tokenizing(f) => match f.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(rx)) => {
-                        self.stage = Stage::Queued(rx);
-                        continue;
-                    }
-                    Poll::Ready(Err(e)) => Err(e),
-                },
-                Stage::Queued(rx) => match Pin::new(rx).poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(r) => r.unwrap_or_else(|_| {
-                        Err(Error::internal(
-                            "the model instance dropped the request without replying",
-                        ))
-                    }),
-                },
-            };
-            if let Err(e) = &result {
-                spans::record_error(&self.span, &e.message);
-            }
-            return Poll::Ready(result);
-        }
-    }
 }
 
 pub struct ServerMetadata {
@@ -181,43 +108,7 @@ impl Core {
 
     /// Requests (queued or running) in the server now.
     pub fn inflight(&self) -> usize {
-        self.inflight.requests.load(Ordering::Acquire)
-    }
-
-    fn admit(&self, bytes: usize) -> Result<InflightGuard> {
-        // A request larger than the whole byte cap would be "busy" forever: retrying cannot
-        // help, so it is refused as invalid, without a retry hint.
-        if bytes > self.limits.bytes {
-            return Err(Error::invalid_arg(format!(
-                "request of {bytes} bytes is larger than the server accepts in flight ({} bytes, --max-inflight-bytes)",
-                self.limits.bytes
-            )));
-        }
-        let n = self.inflight.requests.fetch_add(1, Ordering::AcqRel) + 1;
-        let b = self.inflight.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        let guard = InflightGuard {
-            counts: self.inflight.clone(),
-            bytes,
-        };
-        if n > self.limits.requests || b > self.limits.bytes {
-            let msg = if n > self.limits.requests {
-                format!(
-                    "Server is busy: {} requests in flight (--max-inflight-requests)",
-                    self.limits.requests
-                )
-            } else {
-                format!(
-                    "Server is busy: more than {} bytes of requests in flight (--max-inflight-bytes)",
-                    self.limits.bytes
-                )
-            };
-            return Err(Error::rejected(
-                Rejection::ServerBusy,
-                Duration::from_millis(10),
-                msg,
-            ));
-        }
-        Ok(guard)
+        self.inflight.requests()
     }
 
     /// Replaces the default telemetry (trace settings off, detached log settings).
@@ -304,14 +195,6 @@ impl Core {
         Ok(self.manager.get(name, version)?.config.clone())
     }
 
-    /// Runs one request to completion. Dropping the future cancels it (the queued entry is skipped).
-    /// Sampled for tracing by the trace settings, without a client trace context; front-ends
-    /// that read one use `request_span` and `submit`.
-    pub async fn infer(&self, req: InferRequest) -> Result<InferResponse> {
-        let span = self.request_span("core", &req.model_name, &req.model_version, None);
-        self.submit(req, &span)?.await
-    }
-
     /// The span of one request, or `Span::none()` when the trace settings do not sample it.
     /// `protocol` names the front-end (`grpc`, `http`); `parent` is the client's W3C context
     /// (`spans::parent_from_headers`).
@@ -327,131 +210,6 @@ impl Core {
         } else {
             Span::none()
         }
-    }
-
-    /// The checks that need no tensors, in `submit`'s order: the server is not draining, the
-    /// model resolves to a serving version (a known one that is loading is an overload-style
-    /// "not ready" with a retry hint), and the server-wide in-flight caps hold `bytes` more.
-    /// A refusal for server load is timed from `arrival` in the model's rejection histogram.
-    fn admit_head(
-        &self,
-        model_name: &str,
-        model_version: &str,
-        bytes: usize,
-        arrival: Instant,
-    ) -> Result<(Arc<LoadedModel>, InflightGuard)> {
-        self.check_running()?;
-        let inflight = self.admit(bytes);
-        let model = self
-            .manager
-            .get(model_name, model_version)
-            .map_err(|e| match e.code {
-                // Known but not serving (loading, unloading): worth retrying shortly.
-                Code::Unavailable => Error {
-                    rejection: Some((Rejection::ModelNotReady, NOT_READY_RETRY)),
-                    ..e
-                },
-                Code::NotFound if self.manager.is_loading(model_name) => Error {
-                    rejection: Some((Rejection::ModelNotReady, NOT_READY_RETRY)),
-                    ..e
-                },
-                _ => e,
-            });
-        match (inflight, model) {
-            (Ok(g), Ok(m)) => Ok((m, g)),
-            (Err(e), Ok(m)) => {
-                m.stats.rejected(if e.rejection.is_some() {
-                    RejectionMetric::ServerBusy
-                } else {
-                    RejectionMetric::TooLarge
-                });
-                m.stats.refusal_took(arrival.elapsed());
-                Err(e)
-            }
-            (Err(e), Err(_)) | (Ok(_), Err(e)) => Err(e),
-        }
-    }
-
-    /// Refuses a request from its head alone (model, version, id, parameters, the client's
-    /// deadline), while its tensors are still arriving: when it would be refused for overload
-    /// (draining, model not ready, server busy, queue full, shed by priority, deadline that
-    /// cannot be met) the refusal comes now, counted as `submit` counts it. Anything else,
-    /// including a head `submit` would reject as invalid, is Ok: `submit` decides with the
-    /// whole request. The in-flight byte cap is left to `submit` (the tensors' size is not
-    /// known yet).
-    pub fn refuse_early(&self, head: &RequestHead<'_>) -> Result<()> {
-        let overload = |e: Error| {
-            if e.rejection.is_some() {
-                Err(e)
-            } else {
-                Ok(())
-            }
-        };
-        let model = match self.admit_head(head.model_name, head.model_version, 0, head.arrival) {
-            Ok((m, _inflight)) => m,
-            Err(e) => return overload(e),
-        };
-        let Ok((level, timeout)) = crate::validate::schedule_params(&model.spec, &head.params)
-        else {
-            return Ok(());
-        };
-        model
-            .scheduler
-            .precheck(level, timeout, head.id)
-            // Every precheck error is an overload refusal.
-            .inspect_err(|_| model.stats.refusal_took(head.arrival.elapsed()))
-            .or_else(overload)
-    }
-
-    /// Validates and queues one request at once; errors here mean it was never accepted (the
-    /// model did not run). The returned future resolves with the model's answer.
-    pub fn submit(&self, req: InferRequest, span: &Span) -> Result<PendingInfer> {
-        spans::record_id(span, &req.id);
-        let accepted = {
-            let bytes = req.inputs.iter().map(|i| i.data.len()).sum();
-            self.admit_head(&req.model_name, &req.model_version, bytes, req.arrival)
-        }
-        .and_then(|(model, inflight)| {
-            span.record("model_version", model.spec.version);
-            let arrival = req.arrival;
-            let valid = validate(req, &model.spec).inspect_err(|_| {
-                model.stats.rejected(RejectionMetric::Invalid);
-            })?;
-            // Step 4: a text model's texts become token inputs on the tokenizer threads before
-            // they are queued; other models are queued now, so a full queue is refused at once.
-            let stage = if model.tokenizer.is_some() {
-                let (m, span2) = (model.clone(), span.clone());
-                Stage::Tokenizing(Box::pin(async move {
-                    let pool = m.tokenizer.as_ref().expect("checked above");
-                    let valid = pool.tokenize(valid).await.inspect_err(|e| {
-                        // The tokenizer's own admission (a deadline it cannot meet).
-                        if let Some((why, _)) = e.rejection {
-                            m.stats.rejected(why.into());
-                            m.stats.refusal_took(arrival.elapsed());
-                        }
-                    })?;
-                    m.scheduler.enqueue(valid, arrival, span2)
-                }))
-            } else {
-                let queued = model.scheduler.enqueue(valid, arrival, span.clone());
-                let queued = queued.inspect_err(|e| {
-                    if e.rejection.is_some() {
-                        model.stats.refusal_took(arrival.elapsed())
-                    }
-                });
-                Stage::Queued(queued?)
-            };
-            Ok(PendingInfer {
-                stage,
-                span: span.clone(),
-                _model: model,
-                _inflight: inflight,
-            })
-        });
-        if let Err(e) = &accepted {
-            spans::record_error(span, &e.message);
-        }
-        accepted
     }
 
     /// Statistics of READY versions: all models (`name` empty), all versions (`version` empty) or one.

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::loader::fingerprint;
 use super::manager::ModelManager;
-use super::repository;
+use crate::model::repository;
 
 pub async fn run(manager: Arc<ModelManager>, mut stop: watch::Receiver<bool>) {
     let interval = manager.options().poll_interval;

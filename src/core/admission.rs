@@ -1,0 +1,206 @@
+//! Admission: what a request goes through from the front-end to a model's queue (server
+//! running, model serving, in-flight caps, validation, tokenization, the queue's own checks),
+//! and the future that waits for its answer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Span;
+
+use super::Core;
+use super::inflight::InflightGuard;
+use crate::error::{Code, Error, Rejection, Result};
+use crate::lifecycle::manager::LoadedModel;
+use crate::request::{InferRequest, InferResponse, RequestHead};
+use crate::scheduler::Reply;
+use crate::telemetry::spans;
+use crate::telemetry::stats::Rejection as RejectionMetric;
+use crate::validate::validate;
+
+/// How long a client refused because the model is not ready should wait.
+const NOT_READY_RETRY: Duration = Duration::from_secs(1);
+
+/// An accepted request waiting for its response. Dropping it cancels the request if it has not
+/// started executing. Holding it keeps the model version loaded.
+pub struct PendingInfer {
+    stage: Stage,
+    span: Span,
+    _model: Arc<LoadedModel>,
+    _inflight: InflightGuard,
+}
+
+/// Where an accepted request is: queued (waiting for its reply), or still being tokenized on
+/// the tokenizer threads before it can be queued (text models).
+enum Stage {
+    Queued(Reply),
+    Tokenizing(Pin<Box<dyn Future<Output = Result<Reply>> + Send>>),
+}
+
+impl Future for PendingInfer {
+    type Output = Result<InferResponse>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let result = match &mut self.stage {
+                Stage::Tokenizing(f) => match f.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(rx)) => {
+                        self.stage = Stage::Queued(rx);
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => Err(e),
+                },
+                Stage::Queued(rx) => match Pin::new(rx).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => r.unwrap_or_else(|_| {
+                        Err(Error::internal(
+                            "the model instance dropped the request without replying",
+                        ))
+                    }),
+                },
+            };
+            if let Err(e) = &result {
+                spans::record_error(&self.span, &e.message);
+            }
+            return Poll::Ready(result);
+        }
+    }
+}
+
+impl Core {
+    /// Runs one request to completion. Dropping the future cancels it (the queued entry is skipped).
+    /// Sampled for tracing by the trace settings, without a client trace context; front-ends
+    /// that read one use `request_span` and `submit`.
+    pub async fn infer(&self, req: InferRequest) -> Result<InferResponse> {
+        let span = self.request_span("core", &req.model_name, &req.model_version, None);
+        self.submit(req, &span)?.await
+    }
+    /// The checks that need no tensors, in `submit`'s order: the server is not draining, the
+    /// model resolves to a serving version (a known one that is loading is an overload-style
+    /// "not ready" with a retry hint), and the server-wide in-flight caps hold `bytes` more.
+    /// A refusal for server load is timed from `arrival` in the model's rejection histogram.
+    fn admit_head(
+        &self,
+        model_name: &str,
+        model_version: &str,
+        bytes: usize,
+        arrival: Instant,
+    ) -> Result<(Arc<LoadedModel>, InflightGuard)> {
+        self.check_running()?;
+        let inflight = self.inflight.admit(&self.limits, bytes);
+        let model = self
+            .manager
+            .get(model_name, model_version)
+            .map_err(|e| match e.code {
+                // Known but not serving (loading, unloading): worth retrying shortly.
+                Code::Unavailable => Error {
+                    rejection: Some((Rejection::ModelNotReady, NOT_READY_RETRY)),
+                    ..e
+                },
+                Code::NotFound if self.manager.is_loading(model_name) => Error {
+                    rejection: Some((Rejection::ModelNotReady, NOT_READY_RETRY)),
+                    ..e
+                },
+                _ => e,
+            });
+        match (inflight, model) {
+            (Ok(g), Ok(m)) => Ok((m, g)),
+            (Err(e), Ok(m)) => {
+                m.stats.rejected(if e.rejection.is_some() {
+                    RejectionMetric::ServerBusy
+                } else {
+                    RejectionMetric::TooLarge
+                });
+                m.stats.refusal_took(arrival.elapsed());
+                Err(e)
+            }
+            (Err(e), Err(_)) | (Ok(_), Err(e)) => Err(e),
+        }
+    }
+
+    /// Refuses a request from its head alone (model, version, id, parameters, the client's
+    /// deadline), while its tensors are still arriving: when it would be refused for overload
+    /// (draining, model not ready, server busy, queue full, shed by priority, deadline that
+    /// cannot be met) the refusal comes now, counted as `submit` counts it. Anything else,
+    /// including a head `submit` would reject as invalid, is Ok: `submit` decides with the
+    /// whole request. The in-flight byte cap is left to `submit` (the tensors' size is not
+    /// known yet).
+    pub fn refuse_early(&self, head: &RequestHead<'_>) -> Result<()> {
+        let overload = |e: Error| {
+            if e.rejection.is_some() {
+                Err(e)
+            } else {
+                Ok(())
+            }
+        };
+        let model = match self.admit_head(head.model_name, head.model_version, 0, head.arrival) {
+            Ok((m, _inflight)) => m,
+            Err(e) => return overload(e),
+        };
+        let Ok((level, timeout)) = crate::validate::schedule_params(&model.spec, &head.params)
+        else {
+            return Ok(());
+        };
+        model
+            .scheduler
+            .precheck(level, timeout, head.id)
+            // Every precheck error is an overload refusal.
+            .inspect_err(|_| model.stats.refusal_took(head.arrival.elapsed()))
+            .or_else(overload)
+    }
+
+    /// Validates and queues one request at once; errors here mean it was never accepted (the
+    /// model did not run). The returned future resolves with the model's answer.
+    pub fn submit(&self, req: InferRequest, span: &Span) -> Result<PendingInfer> {
+        spans::record_id(span, &req.id);
+        let accepted = {
+            let bytes = req.inputs.iter().map(|i| i.data.len()).sum();
+            self.admit_head(&req.model_name, &req.model_version, bytes, req.arrival)
+        }
+        .and_then(|(model, inflight)| {
+            span.record("model_version", model.spec.version);
+            let arrival = req.arrival;
+            let valid = validate(req, &model.spec).inspect_err(|_| {
+                model.stats.rejected(RejectionMetric::Invalid);
+            })?;
+            // Step 4: a text model's texts become token inputs on the tokenizer threads before
+            // they are queued; other models are queued now, so a full queue is refused at once.
+            let stage = if model.tokenizer.is_some() {
+                let (m, span2) = (model.clone(), span.clone());
+                Stage::Tokenizing(Box::pin(async move {
+                    let pool = m.tokenizer.as_ref().expect("checked above");
+                    let valid = pool.tokenize(valid).await.inspect_err(|e| {
+                        // The tokenizer's own admission (a deadline it cannot meet).
+                        if let Some((why, _)) = e.rejection {
+                            m.stats.rejected(why.into());
+                            m.stats.refusal_took(arrival.elapsed());
+                        }
+                    })?;
+                    m.scheduler.enqueue(valid, arrival, span2)
+                }))
+            } else {
+                let queued = model.scheduler.enqueue(valid, arrival, span.clone());
+                let queued = queued.inspect_err(|e| {
+                    if e.rejection.is_some() {
+                        model.stats.refusal_took(arrival.elapsed())
+                    }
+                });
+                Stage::Queued(queued?)
+            };
+            Ok(PendingInfer {
+                stage,
+                span: span.clone(),
+                _model: model,
+                _inflight: inflight,
+            })
+        });
+        if let Err(e) = &accepted {
+            spans::record_error(span, &e.message);
+        }
+        accepted
+    }
+}
