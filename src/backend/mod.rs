@@ -6,8 +6,8 @@ pub mod devices;
 pub mod instance;
 pub mod ort;
 
+pub use self::ort::OrtBackend;
 pub use cancel::CancelToken;
-pub use ort::OrtBackend;
 pub mod testing;
 
 use std::path::Path;

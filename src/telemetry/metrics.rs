@@ -31,10 +31,8 @@ pub const COMPUTE_INFER_DURATION_US: &str = "nv_inference_compute_infer_duration
 pub const COMPUTE_OUTPUT_DURATION_US: &str = "nv_inference_compute_output_duration_us";
 pub const PENDING_REQUEST_COUNT: &str = "nv_inference_pending_request_count";
 pub const MODEL_LOAD_DURATION_SECS: &str = "nv_model_load_duration_secs";
-// Triton's server-wide CPU families.
-pub const CPU_UTILIZATION: &str = "nv_cpu_utilization";
-pub const CPU_MEMORY_TOTAL_BYTES: &str = "nv_cpu_memory_total_bytes";
-pub const CPU_MEMORY_USED_BYTES: &str = "nv_cpu_memory_used_bytes";
+// Triton's server-wide CPU families, named beside their collector.
+pub use super::system::{CPU_MEMORY_TOTAL_BYTES, CPU_MEMORY_USED_BYTES, CPU_UTILIZATION};
 // Ours.
 pub const REQUEST_SECONDS: &str = "nereid_inference_request_duration_seconds";
 pub const QUEUE_SECONDS: &str = "nereid_inference_queue_duration_seconds";

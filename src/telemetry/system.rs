@@ -7,7 +7,10 @@ use std::sync::Mutex;
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 
-use super::metrics::{CPU_MEMORY_TOTAL_BYTES, CPU_MEMORY_USED_BYTES, CPU_UTILIZATION};
+// Triton's server-wide CPU families (re-exported by `metrics` with the other names).
+pub const CPU_UTILIZATION: &str = "nv_cpu_utilization";
+pub const CPU_MEMORY_TOTAL_BYTES: &str = "nv_cpu_memory_total_bytes";
+pub const CPU_MEMORY_USED_BYTES: &str = "nv_cpu_memory_used_bytes";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct CpuTimes {
