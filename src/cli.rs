@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::lifecycle::loader::LoadOptions;
 use crate::lifecycle::manager::{ControlMode, ManagerOptions};
@@ -24,11 +24,51 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_overload_status(s: &str) -> Result<u16, String> {
-    match s {
-        "503" => Ok(503),
-        "429" => Ok(429),
-        _ => Err(format!("expected 503 or 429, got '{s}'")),
+/// `--model-control-mode` (any case, as Triton).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ControlModeArg {
+    None,
+    Poll,
+    Explicit,
+}
+
+impl From<ControlModeArg> for ControlMode {
+    fn from(m: ControlModeArg) -> Self {
+        match m {
+            ControlModeArg::None => ControlMode::None,
+            ControlModeArg::Poll => ControlMode::Poll,
+            ControlModeArg::Explicit => ControlMode::Explicit,
+        }
+    }
+}
+
+/// `--http-overload-status`: Triton's 503, or 429 for clients that back off on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OverloadStatus {
+    #[value(name = "503")]
+    ServiceUnavailable,
+    #[value(name = "429")]
+    TooManyRequests,
+}
+
+/// `--log-format`, in Triton's spellings (`text` is accepted for `default`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    #[value(name = "default", alias = "text")]
+    Default,
+    #[value(name = "ISO8601")]
+    Iso8601,
+    #[value(name = "json")]
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(f: LogFormatArg) -> Self {
+        match f {
+            LogFormatArg::Default => LogFormat::Default,
+            LogFormatArg::Iso8601 => LogFormat::Iso8601,
+            LogFormatArg::Json => LogFormat::Json,
+        }
     }
 }
 
@@ -57,8 +97,8 @@ pub struct Cli {
     /// Model control mode: `none` (load every model at startup), `poll` (also apply repository
     /// changes every --repository-poll-secs) or `explicit` (load --load-model models at startup;
     /// the load/unload API does the rest).
-    #[arg(long, default_value = "none", value_name = "MODE")]
-    pub model_control_mode: String,
+    #[arg(long, value_enum, ignore_case = true, default_value_t = ControlModeArg::None, value_name = "MODE")]
+    pub model_control_mode: ControlModeArg,
 
     /// Model to load at startup in explicit mode; repeatable; `*` loads every model.
     #[arg(long, value_name = "NAME")]
@@ -134,8 +174,8 @@ pub struct Cli {
     pub http_max_input_size: usize,
 
     /// HTTP status of load rejections (queue full, shed, deadline, busy): 503 as Triton, or 429.
-    #[arg(long, default_value_t = 503, value_name = "STATUS", value_parser = parse_overload_status)]
-    pub http_overload_status: u16,
+    #[arg(long, value_enum, default_value_t = OverloadStatus::ServiceUnavailable, value_name = "STATUS")]
+    pub http_overload_status: OverloadStatus,
 
     /// HTTP worker threads. Accepted for tritonserver compatibility: HTTP requests share the
     /// server's async runtime with gRPC, so there is no separate pool to size.
@@ -249,8 +289,8 @@ pub struct Cli {
     pub log_error: bool,
 
     /// Log line format: `default` (= `text`), `ISO8601` or `json` (one JSON object per line).
-    #[arg(long, default_value = "default", value_name = "FORMAT")]
-    pub log_format: String,
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Default, value_name = "FORMAT")]
+    pub log_format: LogFormatArg,
 
     /// Write the log to this file (appending) instead of standard error.
     #[arg(long, value_name = "FILE")]
@@ -305,16 +345,7 @@ impl ServerConfig {
 
 impl Cli {
     pub fn into_config(self) -> Result<ServerConfig, String> {
-        let control_mode = match self.model_control_mode.to_ascii_lowercase().as_str() {
-            "none" => ControlMode::None,
-            "poll" => ControlMode::Poll,
-            "explicit" => ControlMode::Explicit,
-            other => {
-                return Err(format!(
-                    "invalid --model-control-mode '{other}': expected none, poll or explicit"
-                ));
-            }
-        };
+        let control_mode = ControlMode::from(self.model_control_mode);
         if !self.load_model.is_empty() && control_mode != ControlMode::Explicit {
             return Err("--load-model requires --model-control-mode=explicit".into());
         }
@@ -465,7 +496,7 @@ impl Cli {
                 .allow_http
                 .then_some(SocketAddr::new(self.http_address, self.http_port)),
             http_max_input_size: self.http_max_input_size,
-            http_overload_429: self.http_overload_status == 429,
+            http_overload_429: self.http_overload_status == OverloadStatus::TooManyRequests,
             exit_on_error: self.exit_on_error,
             exit_timeout: Duration::from_secs(self.exit_timeout_secs),
             shutdown_delay: Duration::from_secs(self.shutdown_delay_secs),
@@ -497,12 +528,7 @@ impl Cli {
             warning: self.log_warning,
             error: self.log_error,
             verbose_level: self.log_verbose,
-            format: LogFormat::parse(&self.log_format).ok_or_else(|| {
-                format!(
-                    "invalid --log-format '{}': expected default, ISO8601, text or json",
-                    self.log_format
-                )
-            })?,
+            format: self.log_format.into(),
         })
     }
 

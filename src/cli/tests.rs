@@ -160,7 +160,7 @@ fn bad_flags_are_clear_errors() {
     assert!(
         parse(&["--model-control-mode=sometimes"])
             .unwrap_err()
-            .contains("invalid --model-control-mode")
+            .contains("invalid value 'sometimes' for '--model-control-mode")
     );
     let err = Cli::try_parse_from(["nereid", "--model-repository=/definitely/not/here"])
         .unwrap()
