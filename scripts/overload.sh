@@ -12,7 +12,7 @@
 # within 2x of 1x, high-priority p99 at 4x within 1.5x of 1x, rejection p99 under 2 ms, peak memory
 # within 10% from 1x to 4x, nothing lost, the server still up.
 #
-# The load generator is benches/overload.rs (Rust, the generated tonic client), not perf_analyzer:
+# The load generator is tools/overload.rs (Rust, the generated tonic client), not perf_analyzer:
 # perf_analyzer stops at the first failed request ("Thread [0] had error: ... Exceeds maximum queue
 # size"), and rejections are what this measures.
 #
@@ -43,7 +43,7 @@ if [ -z "${NEREID_BIN:-}" ]; then
   cargo build --release --quiet
   NEREID_BIN=target/release/nereid
 fi
-cargo bench --no-run --quiet --bench overload
+cargo build --release --quiet --example overload
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$root/.ort/libonnxruntime.so.1.31.1}"
 
 rm -rf "$out" && mkdir -p "$out"
@@ -96,7 +96,7 @@ for m in $models; do
     kill -0 $pid 2>/dev/null || { cat "$out/server-$m.log"; exit 1; }
     sleep 0.1
   done
-  cargo bench --quiet --bench overload -- "http://127.0.0.1:$port" "${m}_prio" "$pid" \
+  target/release/examples/overload "http://127.0.0.1:$port" "${m}_prio" "$pid" \
     --seconds "$seconds" --capacity-concurrency 16 --json "$out/$m.jsonl" \
     --metrics "http://127.0.0.1:$((port + 1))/metrics" || status=1
   if ! kill -0 $pid 2>/dev/null; then

@@ -4,16 +4,9 @@
 //! the first failed request ("Thread [0] had error: ... Exceeds maximum queue size"), and
 //! rejections are what this benchmark measures.
 //!
-//! cargo bench --bench overload -- <grpc url> <model> <server pid> [options]
-//!   --capacity-concurrency N  closed-loop clients for the capacity run (default 8)
-//!   --capacity-seconds S      length of the capacity run (default 10)
-//!   --steps 1,2,4             offered load, multiples of the capacity (default 1,2,4)
-//!   --seconds S               length of each step (default 30)
-//!   --high-share F            share of requests sent at priority 1, the rest at 2 (default 0.1)
-//!   --connections K           HTTP/2 connections the requests are spread over (default 4)
-//!   --json PATH               also write every step's figures as one JSON object per line
-//!   --metrics URL             the server's /metrics: per step, the server-side time to a refusal
-//!                             (bucket bounds of nereid_inference_rejection_duration_seconds)
+//! cargo run --release --example overload -- <grpc url> <model> <server pid> [options]
+//! (`--help` lists the options; `--metrics` reads the bucket bounds of
+//! nereid_inference_rejection_duration_seconds).
 //!
 //! Requests are sent at evenly spaced times (like perf_analyzer's constant distribution) whether or
 //! not earlier ones were answered. Latency runs from the moment a request is handed to the gRPC
@@ -26,6 +19,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use nereid::pb::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use nereid::pb::inference::infer_parameter::ParameterChoice;
 use nereid::pb::inference::model_infer_request::InferInputTensor;
@@ -34,66 +28,40 @@ use tonic::transport::Channel;
 
 type Client = GrpcInferenceServiceClient<Channel>;
 
+/// Offers a model multiples of its measured capacity, open loop, with two priority classes.
+#[derive(Parser, Debug)]
+#[command(name = "overload", version)]
 struct Options {
+    /// The server's gRPC URL, e.g. http://127.0.0.1:8001.
     url: String,
+    /// The model to drive (a batch-1 request is built from its metadata).
     model: String,
+    /// The server's process id (its resident memory is sampled from /proc).
     pid: u32,
-    capacity_concurrency: usize,
+    /// Closed-loop clients for the capacity run.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    capacity_concurrency: u64,
+    /// Length of the capacity run, in seconds.
+    #[arg(long, default_value_t = 10.0)]
     capacity_seconds: f64,
+    /// Offered load per step, as multiples of the capacity.
+    #[arg(long, value_delimiter = ',', default_values_t = [1.0, 2.0, 4.0])]
     steps: Vec<f64>,
+    /// Length of each step, in seconds.
+    #[arg(long, default_value_t = 30.0)]
     seconds: f64,
+    /// Share of requests sent at priority 1; the rest go at priority 2.
+    #[arg(long, default_value_t = 0.1)]
     high_share: f64,
-    connections: usize,
+    /// HTTP/2 connections the requests are spread over.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    connections: u64,
+    /// Also write every step's figures as one JSON object per line to this file.
+    #[arg(long)]
     json: Option<String>,
+    /// The server's /metrics URL: per step, the server-side time to a refusal.
+    #[arg(long)]
     metrics: Option<String>,
-}
-
-fn parse_args() -> Result<Options, String> {
-    // `cargo bench` appends `--bench`.
-    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
-    let mut positional = Vec::new();
-    let mut o = Options {
-        url: String::new(),
-        model: String::new(),
-        pid: 0,
-        capacity_concurrency: 8,
-        capacity_seconds: 10.0,
-        steps: vec![1.0, 2.0, 4.0],
-        seconds: 30.0,
-        high_share: 0.1,
-        connections: 4,
-        json: None,
-        metrics: None,
-    };
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
-        let num = |v: String, name: &str| v.parse::<f64>().map_err(|e| format!("{name}: {e}"));
-        match a.as_str() {
-            "--capacity-concurrency" => {
-                o.capacity_concurrency = num(value(&a)?, &a)?.max(1.0) as usize
-            }
-            "--capacity-seconds" => o.capacity_seconds = num(value(&a)?, &a)?,
-            "--steps" => {
-                o.steps = value(&a)?
-                    .split(',')
-                    .map(|s| s.parse::<f64>().map_err(|e| format!("--steps: {e}")))
-                    .collect::<Result<_, _>>()?
-            }
-            "--seconds" => o.seconds = num(value(&a)?, &a)?,
-            "--high-share" => o.high_share = num(value(&a)?, &a)?,
-            "--connections" => o.connections = num(value(&a)?, &a)?.max(1.0) as usize,
-            "--json" => o.json = Some(value(&a)?),
-            "--metrics" => o.metrics = Some(value(&a)?),
-            s if s.starts_with("--") => return Err(format!("unknown option {s}")),
-            _ => positional.push(a),
-        }
-    }
-    let [url, model, pid] = <[String; 3]>::try_from(positional)
-        .map_err(|_| "usage: overload <grpc url> <model> <server pid> [options]".to_string())?;
-    o.url = url;
-    o.model = model;
-    o.pid = pid.parse().map_err(|e| format!("server pid: {e}"))?;
-    Ok(o)
 }
 
 /// A batch-1 request for `model` built from its metadata, once at priority 1 and once at 2
@@ -219,7 +187,7 @@ async fn capacity(
     let stop = Instant::now() + Duration::from_secs_f64(o.capacity_seconds);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..o.capacity_concurrency {
+    for i in 0..o.capacity_concurrency as usize {
         let mut client = clients[i % clients.len()].clone();
         // Priority 1: no queue timeout, so the closed loop measures the drain rate only.
         let req = reqs[0].clone();
@@ -447,7 +415,7 @@ fn bucket_quantile_ms(buckets: &[(f64, u64)], q: f64) -> f64 {
 
 async fn run(o: Options) -> Result<bool, String> {
     let mut clients = Vec::new();
-    for _ in 0..o.connections {
+    for _ in 0..o.connections as usize {
         let ch = Channel::from_shared(o.url.clone())
             .map_err(|e| e.to_string())?
             .tcp_nodelay(true)
@@ -549,13 +517,7 @@ fn num(x: f64) -> String {
 }
 
 fn main() -> ExitCode {
-    let o = match parse_args() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("overload: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let o = Options::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
