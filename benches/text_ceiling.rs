@@ -8,6 +8,11 @@
 //!
 //! Prints `batch <B> <sentences/s>` per batch size, then `best <B> <sentences/s>`.
 
+#![allow(
+    clippy::disallowed_types,
+    reason = "a benchmark measures real time on its own threads"
+)]
+
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

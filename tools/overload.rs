@@ -14,6 +14,11 @@
 //! at admission and expired in the queue by its message) or an error: anything else, which counts
 //! as a lost request. The server's resident memory is sampled every 20 ms from /proc.
 
+#![allow(
+    clippy::disallowed_types,
+    reason = "a load generator measures real time and shares results across its own threads"
+)]
+
 use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};

@@ -3,8 +3,9 @@
 //! `is_cancelled` between steps, and a run in progress is stopped through the hook its backend
 //! registered (ONNX Runtime's terminate flag, in `ort/`).
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 type Hook = Box<dyn Fn() + Send + Sync>;
 
@@ -35,13 +36,13 @@ impl CancelToken {
     /// keep the first reason.
     pub fn cancel(&self, reason: &str) {
         {
-            let mut r = self.inner.reason.lock().unwrap_or_else(|p| p.into_inner());
+            let mut r = self.inner.reason.lock();
             if r.is_none() {
                 *r = Some(reason.to_string());
             }
         }
         self.inner.cancelled.store(true, Ordering::SeqCst);
-        let hooks = self.inner.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        let hooks = self.inner.hooks.lock();
         for (_, hook) in hooks.iter() {
             hook();
         }
@@ -58,30 +59,16 @@ impl CancelToken {
 
     /// Why `cancel` was called ("unloaded", "superseded by a newer load", ...).
     pub fn reason(&self) -> Option<String> {
-        self.inner
-            .reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.reason.lock().clone()
     }
 
     /// Calls `hook` on `cancel` (at once when already cancelled) until the guard is dropped.
     pub fn on_cancel(&self, hook: impl Fn() + Send + Sync + 'static) -> HookGuard {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .hooks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((id, Box::new(hook)));
+        self.inner.hooks.lock().push((id, Box::new(hook)));
         // A cancel that raced the registration may have missed the hook: call it here too.
         if self.is_cancelled()
-            && let Some((_, h)) = self
-                .inner
-                .hooks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .find(|(i, _)| *i == id)
+            && let Some((_, h)) = self.inner.hooks.lock().iter().find(|(i, _)| *i == id)
         {
             h();
         }
@@ -100,12 +87,7 @@ pub struct HookGuard {
 
 impl Drop for HookGuard {
     fn drop(&mut self) {
-        self.token
-            .inner
-            .hooks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(i, _)| *i != self.id);
+        self.token.inner.hooks.lock().retain(|(i, _)| *i != self.id);
     }
 }
 

@@ -8,8 +8,9 @@
 //! once. The verbosity cap lives in a reloadable `EnvFilter` so that disabled levels stay cheap
 //! (tracing's global max-level fast path).
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 
 use tracing::Level;
 use tracing_subscriber::filter::{EnvFilter, FilterExt, FilterFn, Targets};
@@ -200,11 +201,7 @@ impl LogControl {
     }
 
     pub fn settings(&self) -> LogSettings {
-        self.inner
-            .settings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.settings.lock().clone()
     }
 
     /// Validates the whole update, then applies it (all or nothing).
@@ -220,11 +217,7 @@ impl LogControl {
                 Error::invalid_arg(format!("invalid argument for log_format, got: {f}"))
             })?),
         };
-        let mut s = self
-            .inner
-            .settings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut s = self.inner.settings.lock();
         let before = s.directive();
         if let Some(v) = u.info {
             s.info = v;

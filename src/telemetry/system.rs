@@ -2,7 +2,7 @@
 //! every `--metrics-interval-ms` by a task the server owns) and the standard `process_*`
 //! families of this process (read at scrape time by the prometheus crate's process collector).
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
@@ -52,7 +52,7 @@ impl SystemMetrics {
         let mem = std::fs::read_to_string("/proc/meminfo")
             .ok()
             .and_then(|s| parse_meminfo(&s));
-        let mut s = self.sample.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.sample.lock();
         if let Some(now) = cpu {
             if let Some(prev) = s.last {
                 let total = now.total.saturating_sub(prev.total);
@@ -72,7 +72,7 @@ impl SystemMetrics {
     pub fn families(&self, cpu_metrics: bool) -> Vec<MetricFamily> {
         let mut out = Vec::new();
         if cpu_metrics {
-            let s = self.sample.lock().unwrap_or_else(|p| p.into_inner());
+            let s = self.sample.lock();
             let gauge = |name: &str, help: &str, v: f64| {
                 let g = prometheus::Gauge::new(name, help).expect("valid gauge");
                 g.set(v);

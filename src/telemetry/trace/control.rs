@@ -1,8 +1,8 @@
 //! The live trace settings (global and per-model overrides) and the per-request sampling
 //! decision.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{OtelConfig, Settings, TraceConfig, TraceLevel, TraceMode, TraceUpdate};
@@ -77,7 +77,7 @@ impl TraceControl {
             active: AtomicBool::new(false),
         };
         {
-            let mut s = t.lock();
+            let mut s = t.state.lock();
             s.global_sampler.remaining = cfg.settings.count;
             t.refresh_active(&s);
         }
@@ -86,10 +86,6 @@ impl TraceControl {
 
     pub fn mode(&self) -> TraceMode {
         self.mode
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn refresh_active(&self, s: &State) {
@@ -108,7 +104,7 @@ impl TraceControl {
         if !self.active.load(Ordering::Acquire) {
             return false;
         }
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let s = &mut *s;
         let global = s.global.over(self.startup);
         let (eff, own_count, sampler) = match s.models.get_mut(model) {
@@ -147,7 +143,7 @@ impl TraceControl {
     /// Applies `u` to the global settings (`model` None) or to the model's overrides, and
     /// restarts that scope's sampling.
     pub fn update(&self, model: Option<&str>, u: &TraceUpdate) {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         match model {
             None => {
                 s.global.apply(u);
@@ -174,7 +170,7 @@ impl TraceControl {
     /// opentelemetry mode the export settings follow the common keys.
     pub fn settings(&self, model: Option<&str>) -> Vec<(String, Vec<String>)> {
         let eff = {
-            let s = self.lock();
+            let s = self.state.lock();
             let global = s.global.over(self.startup);
             let mut eff = match model.and_then(|m| s.models.get(m)) {
                 Some((o, _)) => o.over(global),
