@@ -6,8 +6,10 @@
 //! owns priority queues and forms batches with the pure `planner`. Either way a full queue is
 //! refused at once with "Exceeds maximum queue size".
 
+pub mod assembly;
 pub mod batch;
 pub mod batcher;
+pub mod classification;
 pub mod load;
 pub mod planner;
 pub mod queue;
