@@ -86,7 +86,8 @@ impl Scheduler {
     }
 
     /// Queues one request without waiting. The reply arrives on the returned receiver; dropping
-    /// it cancels the request if it has not started.
+    /// it cancels the request if it has not started. A refusal is an error carrying its
+    /// `Rejection`, for the caller to count.
     pub fn enqueue(
         &self,
         req: ValidRequest,
