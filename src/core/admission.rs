@@ -18,7 +18,7 @@ use crate::lifecycle::manager::LoadedModel;
 use crate::request::{InferRequest, InferResponse, RequestHead};
 use crate::scheduler::Reply;
 use crate::telemetry::spans;
-use crate::telemetry::stats::Rejection as RejectionMetric;
+use crate::telemetry::stats::ModelStats;
 use crate::validate::validate;
 
 /// How long a client refused because the model is not ready should wait.
@@ -82,7 +82,7 @@ impl Core {
     /// The checks that need no tensors, in `submit`'s order: the server is not draining, the
     /// model resolves to a serving version (a known one that is loading is an overload-style
     /// "not ready" with a retry hint), and the server-wide in-flight caps hold `bytes` more.
-    /// A refusal for server load is timed from `arrival` in the model's rejection histogram.
+    /// A refusal by the caps is counted against the model (`count_refusal`).
     fn admit_head(
         &self,
         model_name: &str,
@@ -97,25 +97,16 @@ impl Core {
             .get(model_name, model_version)
             .map_err(|e| match e.code {
                 // Known but not serving (loading, unloading): worth retrying shortly.
-                Code::Unavailable => Error {
-                    rejection: Some((Rejection::ModelNotReady, NOT_READY_RETRY)),
-                    ..e
-                },
-                Code::NotFound if self.manager.is_loading(model_name) => Error {
-                    rejection: Some((Rejection::ModelNotReady, NOT_READY_RETRY)),
-                    ..e
-                },
+                Code::Unavailable => e.refused(Rejection::ModelNotReady, Some(NOT_READY_RETRY)),
+                Code::NotFound if self.manager.is_loading(model_name) => {
+                    e.refused(Rejection::ModelNotReady, Some(NOT_READY_RETRY))
+                }
                 _ => e,
             });
         match (inflight, model) {
             (Ok(g), Ok(m)) => Ok((m, g)),
             (Err(e), Ok(m)) => {
-                m.stats.rejected(if e.rejection.is_some() {
-                    RejectionMetric::ServerBusy
-                } else {
-                    RejectionMetric::TooLarge
-                });
-                m.stats.refusal_took(arrival.elapsed());
+                count_refusal(&m.stats, arrival, &e);
                 Err(e)
             }
             (Err(e), Err(_)) | (Ok(_), Err(e)) => Err(e),
@@ -131,7 +122,7 @@ impl Core {
     /// known yet).
     pub fn refuse_early(&self, head: &RequestHead<'_>) -> Result<()> {
         let overload = |e: Error| {
-            if e.rejection.is_some() {
+            if e.retry_hint().is_some() {
                 Err(e)
             } else {
                 Ok(())
@@ -148,8 +139,7 @@ impl Core {
         model
             .scheduler
             .precheck(level, timeout, head.id)
-            // Every precheck error is an overload refusal.
-            .inspect_err(|_| model.stats.refusal_took(head.arrival.elapsed()))
+            .inspect_err(|e| count_refusal(&model.stats, head.arrival, e))
             .or_else(overload)
     }
 
@@ -164,32 +154,25 @@ impl Core {
         .and_then(|(model, inflight)| {
             span.record("model_version", model.spec.version);
             let arrival = req.arrival;
-            let valid = validate(req, &model.spec).inspect_err(|_| {
-                model.stats.rejected(RejectionMetric::Invalid);
-            })?;
+            let valid = validate(req, &model.spec)
+                .map_err(|e| e.refused(Rejection::Invalid, None))
+                .inspect_err(|e| count_refusal(&model.stats, arrival, e))?;
             // Step 4: a text model's texts become token inputs on the tokenizer threads before
             // they are queued; other models are queued now, so a full queue is refused at once.
             let stage = if model.tokenizer.is_some() {
                 let (m, span2) = (model.clone(), span.clone());
                 Stage::Tokenizing(Box::pin(async move {
                     let pool = m.tokenizer.as_ref().expect("checked above");
-                    let valid = pool.tokenize(valid).await.inspect_err(|e| {
-                        // The tokenizer's own admission (a deadline it cannot meet).
-                        if let Some((why, _)) = e.rejection {
-                            m.stats.rejected(why.into());
-                            m.stats.refusal_took(arrival.elapsed());
-                        }
-                    })?;
-                    m.scheduler.enqueue(valid, arrival, span2)
+                    // Refused by the tokenizer's own admission (a deadline it cannot meet) or
+                    // by the queue once tokenized: counted as the pending request completes.
+                    let queued = pool.tokenize(valid).await;
+                    queued
+                        .and_then(|valid| m.scheduler.enqueue(valid, arrival, span2))
+                        .inspect_err(|e| count_refusal(&m.stats, arrival, e))
                 }))
             } else {
                 let queued = model.scheduler.enqueue(valid, arrival, span.clone());
-                let queued = queued.inspect_err(|e| {
-                    if e.rejection.is_some() {
-                        model.stats.refusal_took(arrival.elapsed())
-                    }
-                });
-                Stage::Queued(queued?)
+                Stage::Queued(queued.inspect_err(|e| count_refusal(&model.stats, arrival, e))?)
             };
             Ok(PendingInfer {
                 stage,
@@ -202,5 +185,16 @@ impl Core {
             spans::record_error(span, &e.message);
         }
         accepted
+    }
+}
+
+/// The one place a refusal is counted, whichever layer refused: `e`'s reason in the model's
+/// rejection counter, with the time since `arrival` (the request's, or its head's). Errors that
+/// are not refusals pass uncounted. Each refused request reaches this exactly once: where
+/// `admit_head`, `refuse_early` or `submit` return its refusal, or, for a request refused after
+/// tokenization began, where its pending future completes.
+fn count_refusal(stats: &ModelStats, arrival: Instant, e: &Error) {
+    if let Some(why) = e.refusal_reason() {
+        stats.refused(why, arrival.elapsed());
     }
 }

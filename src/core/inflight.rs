@@ -54,7 +54,8 @@ impl Inflight {
             return Err(Error::invalid_arg(format!(
                 "request of {bytes} bytes is larger than the server accepts in flight ({} bytes, --max-inflight-bytes)",
                 limits.bytes
-            )));
+            ))
+            .refused(Rejection::TooLarge, None));
         }
         let n = self.requests.fetch_add(1, Ordering::AcqRel) + 1;
         let b = self.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;

@@ -20,7 +20,9 @@ use crate::model::limits::ConfigLimits;
 use crate::model::{DeviceKind, ModelSpec, autocomplete, paths, repository};
 use crate::preprocess::tokenizer::{self, TokenizerPool};
 use crate::scheduler::load::LoadTracker;
-use crate::scheduler::{BatcherThreads, ExecContext, QueueLimits, Scheduler, batch::model_inputs};
+use crate::scheduler::{
+    BatcherThreads, ExecContext, QueueLimits, Scheduler, assembly::model_inputs,
+};
 use crate::telemetry::stats::ModelStats;
 
 /// One loaded model version: its effective config, spec, queue, statistics and instance threads.

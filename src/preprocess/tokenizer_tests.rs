@@ -361,7 +361,7 @@ async fn the_pool_charges_its_time_to_the_clients_deadline() {
     assert_eq!(err.code, crate::error::Code::Unavailable);
     assert!(
         matches!(
-            err.rejection,
+            err.retry_hint(),
             Some((crate::error::Rejection::DeadlineUnmeetable, _))
         ),
         "{err:?}"

@@ -23,7 +23,7 @@ use super::thread::BatcherThread;
 use crate::error::{Error, Rejection, Result};
 use crate::model::{DynamicBatching, TimeoutAction};
 use crate::telemetry::spans;
-use crate::telemetry::stats::{FailureReason, Rejection as RejectionMetric};
+use crate::telemetry::stats::FailureReason;
 use crate::validate::ValidRequest;
 
 /// Queue-size bookkeeping shared by the enqueuing callers and the batcher task.
@@ -184,12 +184,11 @@ impl DynamicScheduler {
         }
     }
 
-    /// Takes a place in the queue at `level`, or refuses the request (counted in the model's
-    /// rejection metrics) when the queue is full, its level is shed, or the queue ahead cannot
-    /// drain within `queue_timeout`. On success the place is held until `release`.
+    /// Takes a place in the queue at `level`, or refuses the request (an overload refusal for
+    /// the caller to count) when the queue is full, its level is shed, or the queue ahead
+    /// cannot drain within `queue_timeout`. On success the place is held until `release`.
     fn reserve(&self, level: usize, queue_timeout: Option<Duration>, id: &str) -> Result<()> {
         if let Err(why) = self.admission.try_admit(level) {
-            self.ctx.stats.rejected(why.into());
             let retry = self.ctx.load.retry_hint(level, self.admission.ahead(level));
             let msg = match why {
                 Rejection::ShedByPriority => format!(
@@ -211,7 +210,6 @@ impl DynamicScheduler {
             && wait > timeout
         {
             self.admission.release(level);
-            self.ctx.stats.rejected(RejectionMetric::Deadline);
             return Err(Error::rejected(
                 Rejection::DeadlineUnmeetable,
                 wait,
@@ -228,14 +226,17 @@ impl DynamicScheduler {
     }
 
     /// The admission decision for a request known only by its head (level and queue timeout),
-    /// before its tensors have arrived: the refusal `enqueue` would give now, counted the same
-    /// way, or Ok without holding a place (`enqueue` decides again with the whole request).
+    /// before its tensors have arrived: the refusal `enqueue` would give now, or Ok without
+    /// holding a place (`enqueue` decides again with the whole request).
     pub fn precheck(&self, level: usize, queue_timeout: Option<Duration>, id: &str) -> Result<()> {
         self.reserve(level, queue_timeout, id)?;
         self.admission.release(level);
         Ok(())
     }
 
+    /// Queues `req`, whose answer goes to `reply`. A refusal (queue full, shed, deadline, or a
+    /// task that has stopped) comes back as an error carrying its `Rejection`; the scheduler
+    /// counts no refusals, the caller does.
     pub fn enqueue(
         &self,
         req: ValidRequest,
@@ -277,13 +278,13 @@ impl DynamicScheduler {
             Err(e) => {
                 self.admission.release(level);
                 self.ctx.stats.left_queue(level);
-                self.ctx.stats.rejected(RejectionMetric::Stopping);
                 let entry = match e {
                     mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
                 };
                 let err = Error::unavailable(
                     "Server is stopping, scheduler for model has stopped accepting new inference requests",
-                );
+                )
+                .refused(Rejection::Stopping, None);
                 entry.reply.send(Err(err.clone()));
                 Err(err)
             }

@@ -6,8 +6,10 @@
 //! owns priority queues and forms batches with the pure `planner`. Either way a full queue is
 //! refused at once with "Exceeds maximum queue size".
 
+pub mod assembly;
 pub mod batch;
 pub mod batcher;
+pub mod classification;
 pub mod load;
 pub mod planner;
 pub mod queue;
@@ -84,7 +86,8 @@ impl Scheduler {
     }
 
     /// Queues one request without waiting. The reply arrives on the returned receiver; dropping
-    /// it cancels the request if it has not started.
+    /// it cancels the request if it has not started. A refusal is an error carrying its
+    /// `Rejection`, for the caller to count.
     pub fn enqueue(
         &self,
         req: ValidRequest,

@@ -17,7 +17,9 @@ use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts};
 
+use super::stats::FailureReason;
 use super::system::SystemMetrics;
+use crate::error::Rejection;
 
 // Triton's per-model families.
 pub const REQUEST_SUCCESS: &str = "nv_inference_request_success";
@@ -51,21 +53,6 @@ pub const LABEL_REASON: &str = "reason";
 pub const LABEL_PRIORITY: &str = "priority_level";
 pub const LABEL_STATE: &str = "state";
 
-/// Triton's `reason` values of `nv_inference_request_failure`, in `FailureReason` order.
-pub const FAILURE_REASONS: [&str; 4] = ["REJECTED", "CANCELED", "BACKEND", "OTHER"];
-/// `reason` values of `nereid_inference_request_rejected_total`, in `Rejection` order.
-pub const REJECTION_REASONS: [&str; 9] = [
-    "queue_full",
-    "invalid",
-    "stopping",
-    "deadline",
-    "shed_priority",
-    "model_not_ready",
-    "server_draining",
-    "server_busy",
-    "too_large",
-];
-
 /// Latency buckets in seconds: 100 µs .. 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -98,8 +85,8 @@ impl Default for MetricsOptions {
 /// One model version's metric objects, labelled `{model, version}`. Updated only by the recorder.
 pub struct ModelMetrics {
     pub success: IntCounter,
-    /// Indexed like `FAILURE_REASONS`.
-    pub failure: [IntCounter; 4],
+    /// One per `FailureReason`, at its `index()`; read through `failure`.
+    failures: [IntCounter; FailureReason::ALL.len()],
     pub inference_count: IntCounter,
     pub exec_count: IntCounter,
     pub request_us: IntCounter,
@@ -115,8 +102,8 @@ pub struct ModelMetrics {
     pub batch_size: Histogram,
     /// One per priority level (index 0 = level 1, the highest).
     pub queue_depth: Vec<IntGauge>,
-    /// Indexed like `REJECTION_REASONS`.
-    pub rejected: [IntCounter; 9],
+    /// One per `Rejection`, at its `index()`; read through `rejected`.
+    rejections: [IntCounter; Rejection::ALL.len()],
     pub rejection_seconds: Histogram,
     pub instances: IntGauge,
     pub instances_busy: IntGauge,
@@ -151,22 +138,23 @@ impl ModelMetrics {
     pub fn new(model: &str, version: i64, priority_levels: usize) -> Self {
         let v = version.to_string();
         let o = |name: &str, help: &str| opts(name, help, model, &v);
-        let failure = FAILURE_REASONS.map(|r| {
+        // Series in the order of `ALL`, so that `index()` finds each reason's counter.
+        let failures = FailureReason::ALL.map(|r| {
             counter(
                 o(
                     REQUEST_FAILURE,
                     "Number of failed inference requests, all batch sizes",
                 )
-                .const_label(LABEL_REASON, r),
+                .const_label(LABEL_REASON, r.label()),
             )
         });
-        let rejected = REJECTION_REASONS.map(|r| {
+        let rejections = Rejection::ALL.map(|r| {
             counter(
                 o(
                     REJECTED,
                     "Requests refused before being queued (not counted by nv_inference_request_failure)",
                 )
-                .const_label(LABEL_REASON, r),
+                .const_label(LABEL_REASON, r.label()),
             )
         });
         ModelMetrics {
@@ -174,7 +162,7 @@ impl ModelMetrics {
                 REQUEST_SUCCESS,
                 "Number of successful inference requests, all batch sizes",
             )),
-            failure,
+            failures,
             inference_count: counter(o(
                 INFERENCE_COUNT,
                 "Number of inferences performed (does not include cached requests)",
@@ -251,7 +239,7 @@ impl ModelMetrics {
                     )
                 })
                 .collect(),
-            rejected,
+            rejections,
             rejection_seconds: histogram(
                 REJECTION_SECONDS,
                 "Time from a request's arrival to its overload refusal (its head, for gRPC calls refused before their tensors arrived)",
@@ -264,12 +252,22 @@ impl ModelMetrics {
         }
     }
 
+    /// The counter of failures for `why`.
+    pub fn failure(&self, why: FailureReason) -> &IntCounter {
+        &self.failures[why.index()]
+    }
+
+    /// The counter of refusals for `why`.
+    pub fn rejected(&self, why: Rejection) -> &IntCounter {
+        &self.rejections[why.index()]
+    }
+
     /// The families of this version, as the scrape renders them.
     pub fn families(&self, opts: &MetricsOptions) -> Vec<MetricFamily> {
         let mut out = Vec::with_capacity(32);
         let mut add = |c: &dyn Collector| out.extend(c.collect());
         add(&self.success);
-        self.failure.iter().for_each(|c| add(c));
+        self.failures.iter().for_each(|c| add(c));
         add(&self.inference_count);
         add(&self.exec_count);
         if opts.counter_latencies {
@@ -286,7 +284,7 @@ impl ModelMetrics {
         add(&self.compute_seconds);
         add(&self.batch_size);
         self.queue_depth.iter().for_each(|g| add(g));
-        self.rejected.iter().for_each(|c| add(c));
+        self.rejections.iter().for_each(|c| add(c));
         add(&self.rejection_seconds);
         add(&self.instances);
         add(&self.instances_busy);
@@ -398,12 +396,32 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"nv_inference_request_success{model="simple",version="1"} 0"#));
-        for reason in FAILURE_REASONS {
+        for reason in FailureReason::ALL.map(FailureReason::label) {
             let line = format!(
                 r#"nv_inference_request_failure{{model="simple",reason="{reason}",version="1"}} 0"#
             );
             assert!(text.contains(&line), "missing {line}");
         }
+        // Every refusal reason, in the order of `Rejection::ALL`.
+        let reasons: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(REJECTED))
+            .filter_map(|l| l.split(r#"reason=""#).nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "queue_full",
+                "invalid",
+                "stopping",
+                "deadline",
+                "shed_priority",
+                "model_not_ready",
+                "server_draining",
+                "server_busy",
+                "too_large"
+            ]
+        );
         assert!(text.contains(
             r#"nereid_inference_queue_depth{model="simple",priority_level="2",version="1"} 0"#
         ));

@@ -4,9 +4,9 @@
 //! the two can never disagree about what happened.
 //!
 //! The fixed points, and who calls them:
-//! - `rejected`: a request refused before it was queued (validation in `Core`, a full or closed
-//!   queue in the scheduler). Not part of Triton's statistics. `refusal_took`: `Core`, for the
-//!   overload refusals among them, with the time from arrival to the refusal.
+//! - `refused`: a request refused before it was accepted (`error::Rejection`), with the time
+//!   from its arrival to the refusal. `Core` alone calls it, once per refusal, whichever layer
+//!   refused. Not part of Triton's statistics.
 //! - `enqueued` / `left_queue`: the scheduler, when a request is accepted and when it starts
 //!   executing or is answered without executing (`nv_inference_pending_request_count`, queue
 //!   depth per priority level).
@@ -22,45 +22,18 @@ use prometheus::proto::MetricFamily;
 
 use super::metrics::{MetricsOptions, ModelMetrics};
 use crate::backend::ComputeTimes;
+use crate::error::{Rejection, label_enum};
 
-/// Why an accepted request failed: Triton's `reason` label of `nv_inference_request_failure`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureReason {
-    /// The queue timeout expired.
-    Rejected,
-    /// The client went away before execution.
-    Canceled,
-    /// The model execution failed.
-    Backend,
-    Other,
-}
-
-/// Why a request was refused before it was queued (`reason` label of the rejection counter).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    QueueFull,
-    Invalid,
-    Stopping,
-    Deadline,
-    ShedPriority,
-    ModelNotReady,
-    ServerDraining,
-    ServerBusy,
-    /// Larger than `--max-inflight-bytes`: it could never be admitted.
-    TooLarge,
-}
-
-impl From<crate::error::Rejection> for Rejection {
-    fn from(r: crate::error::Rejection) -> Self {
-        use crate::error::Rejection as R;
-        match r {
-            R::QueueFull => Rejection::QueueFull,
-            R::DeadlineUnmeetable => Rejection::Deadline,
-            R::ShedByPriority => Rejection::ShedPriority,
-            R::ModelNotReady => Rejection::ModelNotReady,
-            R::ServerDraining => Rejection::ServerDraining,
-            R::ServerBusy => Rejection::ServerBusy,
-        }
+label_enum! {
+    /// Why an accepted request failed: Triton's `reason` label of `nv_inference_request_failure`.
+    pub enum FailureReason {
+        /// The queue timeout expired.
+        Rejected => "REJECTED",
+        /// The client went away before execution.
+        Canceled => "CANCELED",
+        /// The model execution failed.
+        Backend => "BACKEND",
+        Other => "OTHER",
     }
 }
 
@@ -140,17 +113,16 @@ impl ModelStats {
         self.metrics.instances.set(instances as i64);
     }
 
-    /// A request was refused before being queued.
-    pub fn rejected(&self, why: Rejection) {
-        self.metrics.rejected[why as usize].inc();
+    /// A request was refused before being accepted, `took` after its arrival (or its head's);
+    /// the time is observed for the reasons that are timed (`Rejection::is_timed`).
+    pub fn refused(&self, why: Rejection, took: Duration) {
+        self.metrics.rejected(why).inc();
+        if why.is_timed() {
+            self.metrics.rejection_seconds.observe(took.as_secs_f64());
+        }
     }
 
     /// A request was accepted into the queue at priority `level` (0-based).
-    /// How long an overload refusal took from the request's arrival (or its head's).
-    pub fn refusal_took(&self, took: Duration) {
-        self.metrics.rejection_seconds.observe(took.as_secs_f64());
-    }
-
     pub fn enqueued(&self, level: usize) {
         self.metrics.pending.inc();
         self.depth(level).inc();
@@ -227,7 +199,7 @@ impl ModelStats {
     /// An accepted request ended in error (execution failure, cancellation, timeout).
     pub fn record_failure(&self, total: Duration, why: FailureReason) {
         self.lock().fail.add(total);
-        self.metrics.failure[why as usize].inc();
+        self.metrics.failure(why).inc();
     }
 
     /// This version's Prometheus families.
@@ -288,7 +260,8 @@ mod tests {
         s.record_execution(2, t);
         s.record_success(2, Duration::from_micros(7), Duration::from_micros(200), t);
         s.record_failure(Duration::from_micros(1), FailureReason::Backend);
-        s.rejected(Rejection::QueueFull);
+        s.refused(Rejection::QueueFull, Duration::from_micros(3));
+        s.refused(Rejection::Invalid, Duration::from_micros(4));
         let m = &s.metrics;
         assert_eq!(m.instances_busy.get(), 1);
         drop(busy);
@@ -300,8 +273,13 @@ mod tests {
         assert_eq!(m.exec_count.get(), 1);
         assert_eq!(m.request_us.get(), 200);
         assert_eq!(m.compute_infer_us.get(), 100);
-        assert_eq!(m.failure[FailureReason::Backend as usize].get(), 1);
-        assert_eq!(m.rejected[Rejection::QueueFull as usize].get(), 1);
+        assert_eq!(m.failure(FailureReason::Backend).get(), 1);
+        assert_eq!(m.failure(FailureReason::Other).get(), 0);
+        assert_eq!(m.rejected(Rejection::QueueFull).get(), 1);
+        assert_eq!(m.rejected(Rejection::Invalid).get(), 1);
+        assert_eq!(m.rejected(Rejection::ServerBusy).get(), 0);
+        // Only the admission-control refusal is timed.
+        assert_eq!(m.rejection_seconds.get_sample_count(), 1);
         assert_eq!(m.request_seconds.get_sample_count(), 1);
         assert_eq!(m.batch_size.get_sample_sum(), 2.0);
     }

@@ -506,3 +506,53 @@ async fn megabyte_texts_cost_a_prefix_and_do_not_hold_up_a_small_request() {
         assert!(dot >= MIN_COSINE, "cosine {dot}");
     }
 }
+
+/// A text request that the queue refuses once it is tokenized is counted once, as `queue_full`,
+/// and timed like every overload refusal (`Core` counts it as the pending request completes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_tokenization_is_counted_once_and_timed() {
+    let repo = scratch_with(
+        &[(
+            "dynamic_batching { max_queue_delay_microseconds: 1000 }",
+            "dynamic_batching { max_queue_delay_microseconds: 3000000 \
+             default_queue_policy { max_queue_size: 1 } }",
+        )],
+        "",
+    );
+    let s = TestServer::start(repo.path()).await.owning(repo);
+    let mut c = s.client.clone();
+    let held = tokio::spawn(async move { c.model_infer(text_request(MODEL, &[b"held"])).await });
+    let labels = format!(r#"model="{MODEL}",version="1""#);
+    while sample(
+        &s.metrics().await,
+        "nv_inference_pending_request_count",
+        &labels,
+    ) != Some(1.0)
+    {
+        tokio::task::yield_now().await;
+    }
+    assert_status(
+        s.infer(text_request(MODEL, &[b"refused"])).await,
+        Code::Unavailable,
+        &["Exceeds maximum queue size"],
+    );
+    let text = s.metrics().await;
+    let rejected = |reason: &str| {
+        sample(
+            &text,
+            "nereid_inference_request_rejected_total",
+            &format!(r#"model="{MODEL}",reason="{reason}",version="1""#),
+        )
+    };
+    assert_eq!(rejected("queue_full"), Some(1.0));
+    assert_eq!(rejected("invalid"), Some(0.0));
+    assert_eq!(
+        sample(
+            &text,
+            "nereid_inference_rejection_duration_seconds_count",
+            &labels
+        ),
+        Some(1.0)
+    );
+    held.await.unwrap().expect("the held request completes");
+}

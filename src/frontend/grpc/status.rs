@@ -24,7 +24,7 @@ pub fn grpc_code(code: Code) -> GrpcCode {
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let code = grpc_code(e.code);
-        let Some((_, retry)) = e.rejection else {
+        let Some((_, retry)) = e.retry_hint() else {
             return Status::new(code, e.message);
         };
         let mut status =

@@ -34,7 +34,7 @@ pub fn error_response(status: StatusCode, message: &str) -> Response {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let mut resp = error_response(http_status(self.code), &self.message);
-        if let Some((why, retry)) = self.rejection {
+        if let Some((why, retry)) = self.retry_hint() {
             let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));

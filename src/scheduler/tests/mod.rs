@@ -475,13 +475,13 @@ fn a_reshape_that_does_not_fit_the_data_is_an_error_not_a_tensor() {
     s.inputs[0].reshape = Some(vec![-1]);
     let t =
         crate::tensor::Tensor::new("IN", DataType::Int32, vec![1, 3, 4], vec![0u8; 48]).unwrap();
-    let err = super::batch::model_inputs(&s, vec![t.clone()]).unwrap_err();
+    let err = super::assembly::model_inputs(&s, vec![t.clone()]).unwrap_err();
     assert!(
         err.message
             .contains("cannot view shape [1,3,4] as [1,3]: the element counts differ"),
         "{err:?}"
     );
     s.inputs[0].reshape = Some(vec![-1, 2, 2]);
-    let ok = super::batch::model_inputs(&s, vec![t]).unwrap();
+    let ok = super::assembly::model_inputs(&s, vec![t]).unwrap();
     assert_eq!(ok[0].shape(), [1, 3, 2, 2]);
 }

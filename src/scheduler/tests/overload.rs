@@ -63,7 +63,7 @@ async fn rejections_name_their_reason_and_carry_a_retry_hint() {
             },
         )
         .unwrap_err();
-    let (why, retry) = err.rejection.expect("a rejection");
+    let (why, retry) = err.retry_hint().expect("a rejection");
     assert_eq!(
         (err.code, why),
         (Code::Unavailable, Rejection::ShedByPriority),
@@ -104,7 +104,19 @@ async fn rejections_name_their_reason_and_carry_a_retry_hint() {
             },
         )
         .unwrap_err();
-    assert_eq!(err.rejection.unwrap().0, Rejection::QueueFull);
+    assert_eq!(err.refusal_reason().unwrap(), Rejection::QueueFull);
+    // Refusals are returned, not counted: `Core` counts them, once.
+    let text = crate::telemetry::metrics::render(
+        h.stats.families(&Default::default()),
+        None,
+        &Default::default(),
+    );
+    let rejected: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with(crate::telemetry::metrics::REJECTED))
+        .collect();
+    assert_eq!(rejected.len(), Rejection::ALL.len(), "{text}");
+    assert!(rejected.iter().all(|l| l.ends_with(" 0")), "{text}");
     blocker.await.unwrap().unwrap();
     for r in high.into_iter().chain(low) {
         r.await.unwrap().unwrap();
@@ -139,7 +151,7 @@ async fn a_deadline_that_cannot_be_met_is_refused_at_admission() {
         .unwrap_err();
     assert!(t.elapsed() < Duration::from_millis(10), "refused at once");
     assert_eq!(
-        err.rejection.unwrap().0,
+        err.refusal_reason().unwrap(),
         Rejection::DeadlineUnmeetable,
         "{}",
         err.message
