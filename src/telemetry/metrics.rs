@@ -17,9 +17,8 @@ use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Opts};
 
-use super::stats::FailureReason;
 use super::system::SystemMetrics;
-use crate::error::Rejection;
+use crate::error::{Rejection, label_enum};
 
 // Triton's per-model families.
 pub const REQUEST_SUCCESS: &str = "nv_inference_request_success";
@@ -35,6 +34,19 @@ pub const PENDING_REQUEST_COUNT: &str = "nv_inference_pending_request_count";
 pub const MODEL_LOAD_DURATION_SECS: &str = "nv_model_load_duration_secs";
 // Triton's server-wide CPU families, named beside their collector.
 pub use super::system::{CPU_MEMORY_TOTAL_BYTES, CPU_MEMORY_USED_BYTES, CPU_UTILIZATION};
+
+label_enum! {
+    /// Why an accepted request failed: Triton's `reason` label of `nv_inference_request_failure`.
+    pub enum FailureReason {
+        /// The queue timeout expired.
+        Rejected => "REJECTED",
+        /// The client went away before execution.
+        Canceled => "CANCELED",
+        /// The model execution failed.
+        Backend => "BACKEND",
+        Other => "OTHER",
+    }
+}
 // Ours.
 pub const REQUEST_SECONDS: &str = "nereid_inference_request_duration_seconds";
 pub const QUEUE_SECONDS: &str = "nereid_inference_queue_duration_seconds";

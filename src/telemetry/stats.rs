@@ -20,22 +20,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::proto::MetricFamily;
 
+pub use super::metrics::FailureReason;
 use super::metrics::{MetricsOptions, ModelMetrics};
 use crate::backend::ComputeTimes;
-use crate::error::{Rejection, label_enum};
-
-label_enum! {
-    /// Why an accepted request failed: Triton's `reason` label of `nv_inference_request_failure`.
-    pub enum FailureReason {
-        /// The queue timeout expired.
-        Rejected => "REJECTED",
-        /// The client went away before execution.
-        Canceled => "CANCELED",
-        /// The model execution failed.
-        Backend => "BACKEND",
-        Other => "OTHER",
-    }
-}
+use crate::error::Rejection;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Dur {
