@@ -111,6 +111,12 @@ impl Core {
         self.inflight.requests()
     }
 
+    /// Resolves once no request is in flight (at once when none is): woken by the last
+    /// request's guard as it drops, not by polling.
+    pub async fn idle(&self) {
+        self.inflight.idle().await
+    }
+
     /// Replaces the default telemetry (trace settings off, detached log settings).
     pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
         self.telemetry = telemetry;
