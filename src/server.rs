@@ -97,28 +97,36 @@ async fn drain(
         tokio::time::sleep(delay).await;
     }
     core.begin_shutdown();
+    // Woken by the last in-flight request's guard as it drops; the ticks only log progress.
     let deadline = tokio::time::Instant::now() + exit_timeout;
-    let mut last_log = tokio::time::Instant::now();
-    while core.inflight() > 0 && tokio::time::Instant::now() < deadline {
-        if last_log.elapsed() >= std::time::Duration::from_secs(1) {
-            let left = deadline
-                .saturating_duration_since(tokio::time::Instant::now())
-                .as_secs();
-            tracing::info!(
-                inflight = core.inflight(),
-                "waiting for in-flight requests; timeout in {left} s"
-            );
-            last_log = tokio::time::Instant::now();
+    let idle = core.idle();
+    let timeout = tokio::time::sleep_until(deadline);
+    tokio::pin!(idle, timeout);
+    let second = std::time::Duration::from_secs(1);
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
+    let answered = loop {
+        tokio::select! {
+            biased;
+            _ = &mut idle => break true,
+            _ = &mut timeout => break false,
+            _ = progress.tick() => {
+                let left = deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_secs();
+                tracing::info!(
+                    inflight = core.inflight(),
+                    "waiting for in-flight requests; timeout in {left} s"
+                );
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    if core.inflight() > 0 {
+    };
+    if answered {
+        tracing::info!("shutting down: every accepted request was answered");
+    } else {
         tracing::warn!(
             inflight = core.inflight(),
             "exit timeout reached with requests still in flight"
         );
-    } else {
-        tracing::info!("shutting down: every accepted request was answered");
     }
     let _ = stop.send(true);
 }

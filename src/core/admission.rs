@@ -13,7 +13,7 @@ use tracing::Span;
 
 use super::Core;
 use super::inflight::InflightGuard;
-use crate::error::{Code, Error, Rejection, Result};
+use crate::error::{Error, Rejection, Result};
 use crate::lifecycle::manager::LoadedModel;
 use crate::request::{InferRequest, InferResponse, RequestHead};
 use crate::scheduler::Reply;
@@ -95,13 +95,15 @@ impl Core {
         let model = self
             .manager
             .get(model_name, model_version)
-            .map_err(|e| match e.code {
+            .map_err(|lookup| {
                 // Known but not serving (loading, unloading): worth retrying shortly.
-                Code::Unavailable => e.refused(Rejection::ModelNotReady, Some(NOT_READY_RETRY)),
-                Code::NotFound if self.manager.is_loading(model_name) => {
+                let retry = lookup.not_ready();
+                let e = Error::from(lookup);
+                if retry {
                     e.refused(Rejection::ModelNotReady, Some(NOT_READY_RETRY))
+                } else {
+                    e
                 }
-                _ => e,
             });
         match (inflight, model) {
             (Ok(g), Ok(m)) => Ok((m, g)),

@@ -1,9 +1,12 @@
 //! The server-wide in-flight caps (`--max-inflight-requests`, `--max-inflight-bytes`): every
-//! accepted request holds an `InflightGuard` until it is answered or dropped.
+//! accepted request holds an `InflightGuard` until it is answered or dropped. The guard that
+//! brings the count to zero wakes whoever waits for the server to be idle (the drain).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::error::{Error, Rejection, Result};
 
@@ -20,6 +23,8 @@ pub struct InflightLimits {
 pub(super) struct Inflight {
     requests: AtomicUsize,
     bytes: AtomicUsize,
+    /// Notified each time the request count drops to zero.
+    idle: Notify,
 }
 
 /// A request counted against the server-wide caps until it is answered (or dropped).
@@ -30,8 +35,10 @@ pub(super) struct InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.counts.requests.fetch_sub(1, Ordering::AcqRel);
         self.counts.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        if self.counts.requests.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.counts.idle.notify_waiters();
+        }
     }
 }
 
@@ -39,6 +46,20 @@ impl Inflight {
     /// Requests (queued or running) counted now.
     pub(super) fn requests(&self) -> usize {
         self.requests.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no request is counted (at once when none is).
+    pub(super) async fn idle(&self) {
+        loop {
+            // Registered before the count is read, so a guard dropping in between still wakes it.
+            let woken = self.idle.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.requests() == 0 {
+                return;
+            }
+            woken.await;
+        }
     }
 
     /// Counts one request of `bytes` against `limits`; over a cap it is refused (and uncounted
@@ -82,5 +103,41 @@ impl Inflight {
             ));
         }
         Ok(guard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: InflightLimits = InflightLimits {
+        requests: 4,
+        bytes: 1 << 20,
+    };
+
+    /// In paused time the clock moves only when every task waits on a timer: the waiter ends
+    /// with the clock where it was, so it was woken by the guard, not by a polling timer.
+    #[tokio::test(start_paused = true)]
+    async fn idle_is_woken_by_the_last_guard() {
+        let counts = Arc::new(Inflight::default());
+        counts.idle().await; // nothing in flight: at once
+        let first = counts.admit(&LIMITS, 10).unwrap();
+        let second = counts.admit(&LIMITS, 10).unwrap();
+        let started = tokio::time::Instant::now();
+        let waiter = tokio::spawn({
+            let counts = counts.clone();
+            async move { counts.idle().await }
+        });
+        tokio::task::yield_now().await;
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one request is still in flight");
+        drop(second);
+        waiter.await.unwrap();
+        assert_eq!(tokio::time::Instant::now(), started);
+        assert_eq!(
+            (counts.requests(), counts.bytes.load(Ordering::Acquire)),
+            (0, 0)
+        );
     }
 }

@@ -111,6 +111,12 @@ impl Core {
         self.inflight.requests()
     }
 
+    /// Resolves once no request is in flight (at once when none is): woken by the last
+    /// request's guard as it drops, not by polling.
+    pub async fn idle(&self) {
+        self.inflight.idle().await
+    }
+
     /// Replaces the default telemetry (trace settings off, detached log settings).
     pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
         self.telemetry = telemetry;
@@ -264,8 +270,10 @@ impl Core {
         self.manager.unload(name, unload_dependents).await
     }
 
-    pub fn repository_index(&self, ready_only: bool) -> Result<Vec<IndexEntry>> {
-        self.manager.index(ready_only)
+    /// RepositoryIndex: every model folder in the repositories (read now, off the async
+    /// workers) and every tracked version.
+    pub async fn repository_index(&self, ready_only: bool) -> Result<Vec<IndexEntry>> {
+        self.manager.index(ready_only).await
     }
 
     pub fn manager(&self) -> &Arc<ModelManager> {
@@ -321,22 +329,19 @@ impl Core {
         for m in self.manager.ready_versions("") {
             families.extend(m.stats.families(opts));
         }
-        match self.manager.index(false) {
-            Ok(rows) => {
-                let states: Vec<StateRow<'_>> = rows
-                    .iter()
-                    .filter_map(|r| {
-                        Some(StateRow {
-                            model: &r.name,
-                            version: r.version.map(|v| v.to_string()).unwrap_or_default(),
-                            state: r.state?.as_str(),
-                        })
-                    })
-                    .collect();
-                families.extend(metrics::state_families(&states));
-            }
-            Err(e) => tracing::warn!("metrics: cannot list model states: {e}"),
-        }
+        // Tracked models only: a folder never loaded has no state to report.
+        let rows = self.manager.tracked_rows();
+        let states: Vec<StateRow<'_>> = rows
+            .iter()
+            .filter_map(|r| {
+                Some(StateRow {
+                    model: &r.name,
+                    version: r.version.map(|v| v.to_string()).unwrap_or_default(),
+                    state: r.state?.as_str(),
+                })
+            })
+            .collect();
+        families.extend(metrics::state_families(&states));
         metrics::render(families, Some(&self.telemetry.system), opts)
     }
 }

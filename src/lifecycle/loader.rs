@@ -6,9 +6,10 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::reaper::{Live, Reaper, Remains};
 use super::warmup;
 use crate::backend::devices;
 use crate::backend::instance::{InstanceThread, Recovery};
@@ -26,7 +27,8 @@ use crate::scheduler::{
 use crate::telemetry::stats::ModelStats;
 
 /// One loaded model version: its effective config, spec, queue, statistics and instance threads.
-/// Requests hold an `Arc` to it for their whole life, so it outlives an unload while in use.
+/// Requests hold an `Arc` to it for their whole life, so it outlives an unload while in use;
+/// dropping the last reference tears it down (`Drop`, through the reaper).
 pub struct LoadedModel {
     pub config: Arc<ModelConfig>,
     pub spec: Arc<ModelSpec>,
@@ -40,26 +42,27 @@ pub struct LoadedModel {
     pub gpu_memory: Vec<(i32, u64)>,
     /// Text models: the tokenizer threads requests pass through before the scheduler.
     pub tokenizer: Option<TokenizerPool>,
+    /// Which build this is (unique in the process): a reload builds the same version anew.
+    pub id: u64,
     threads: Vec<InstanceThread>,
+    reaper: Reaper,
+    live: Option<Live>,
 }
 
-impl LoadedModel {
-    /// Closes the queue and waits for the instance threads (and so the sessions) to end.
-    /// Blocking: call it on a blocking thread, never inside an async worker.
-    pub fn shutdown(self) {
-        let LoadedModel {
-            scheduler,
-            threads,
-            tokenizer,
-            ..
-        } = self;
-        if let Some(pool) = tokenizer {
-            pool.shutdown();
-        }
-        drop(scheduler);
-        for t in threads {
-            t.join();
-        }
+impl Drop for LoadedModel {
+    /// The last reference is gone, often on an async worker: the reaper joins the threads on a
+    /// blocking thread. The queue closes when `scheduler` drops, right after this; that is
+    /// what lets the instance threads end, so the join never waits on a queue left open.
+    fn drop(&mut self) {
+        let Some(live) = self.live.take() else { return };
+        self.reaper.reap(Remains {
+            model: self.spec.name.clone(),
+            version: self.spec.version,
+            id: self.id,
+            threads: std::mem::take(&mut self.threads),
+            tokenizer: self.tokenizer.take(),
+            live,
+        });
     }
 }
 
@@ -94,15 +97,25 @@ pub struct Loader {
     opts: LoadOptions,
     /// Where the loaded versions' batchers run.
     batchers: BatcherThreads,
+    /// Tears down the versions built here once they are gone.
+    reaper: Reaper,
 }
 
+/// Build ids (`LoadedModel::id`).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 impl Loader {
-    pub fn new(backend: Arc<dyn Backend>, opts: LoadOptions) -> Self {
+    pub fn new(backend: Arc<dyn Backend>, opts: LoadOptions, reaper: Reaper) -> Self {
         Loader {
             backend,
             opts,
             batchers: Default::default(),
+            reaper,
         }
+    }
+
+    pub fn reaper(&self) -> &Reaper {
+        &self.reaper
     }
 
     /// Resolves the config (from `override_config` or the folder) up to the versions to load.
@@ -318,7 +331,10 @@ impl Loader {
             load_duration: started.elapsed(),
             gpu_memory,
             tokenizer,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             threads,
+            reaper: self.reaper.clone(),
+            live: Some(self.reaper.register()),
         })
     }
 
@@ -452,7 +468,7 @@ pub fn model_file(dir: &Path, version: i64, cfg: &ModelConfig) -> Result<PathBuf
 }
 
 /// A hash of every file below `dir` (relative path, size, modification time). Equal fingerprints
-/// mean nothing in the folder changed.
+/// mean nothing in the folder changed. Blocking (it walks the folder): off the async workers.
 pub fn fingerprint(dir: &Path) -> u64 {
     fn walk(dir: &Path, root: &Path, out: &mut Vec<(PathBuf, u64, Option<std::time::SystemTime>)>) {
         let Ok(entries) = std::fs::read_dir(dir) else {

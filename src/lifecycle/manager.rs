@@ -1,7 +1,8 @@
 //! The model manager: the only owner and mutator of model state. It decides what to load
-//! (control modes), loads and swaps versions without downtime, drains and frees unloaded ones,
-//! answers request lookups with Triton's errors (behaviour.md E1–E5) and reports the index.
-//! Building a version happens in `loader`, off the async workers.
+//! (control modes), loads and swaps versions without downtime, retires unloaded ones (the last
+//! reference to a version tears it down, through the `reaper`), answers request lookups with
+//! typed errors (Triton's texts, behaviour.md E1–E5) and reports the index. Building a version
+//! happens in `loader`, and every scan or fingerprint of the repositories, on blocking threads.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use tokio::sync::Semaphore;
 
 use super::loader::{LoadOptions, Loader, fingerprint};
 use super::overrides;
+use super::reaper::{OnTornDown, Reaper};
 use crate::backend::{Backend, CancelToken};
 use crate::error::{Error, Result};
 use crate::model::paths::{scrub, scrub_error};
@@ -19,15 +21,20 @@ use crate::model::state::ModelState;
 use crate::model::{config_json, repository};
 
 pub use super::loader::LoadedModel;
+pub use queries::LookupError;
 
 mod pending;
+mod queries;
+
+use pending::PendingLoads;
 
 /// How long a cancelled load's build may take to reach its next step before it is abandoned
 /// (left to finish on its blocking thread, its result dropped).
 const ABANDON_AFTER: Duration = Duration::from_millis(500);
-mod queries;
 
-use pending::PendingLoads;
+/// How long shutdown waits for the versions it retires to be torn down: SIGTERM must end the
+/// process within `--exit-timeout-secs` + 2 s.
+const TEARDOWN_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlMode {
@@ -63,6 +70,8 @@ struct VersionSlot {
     state: ModelState,
     reason: String,
     model: Option<Arc<LoadedModel>>,
+    /// While UNLOADING: the build (`LoadedModel::id`) whose teardown turns it UNAVAILABLE.
+    retiring: Option<u64>,
 }
 
 #[derive(Default)]
@@ -111,14 +120,22 @@ pub struct ModelManager {
 impl ModelManager {
     pub fn new(backend: Arc<dyn Backend>, opts: ManagerOptions, load: LoadOptions) -> Arc<Self> {
         let permits = opts.load_threads.max(1);
-        Arc::new_cyclic(|me| ModelManager {
-            opts,
-            loader: Arc::new(Loader::new(backend, load)),
-            models: RwLock::new(BTreeMap::new()),
-            locks: Mutex::new(HashMap::new()),
-            load_permits: Semaphore::new(permits),
-            pending: PendingLoads::default(),
-            me: me.clone(),
+        Arc::new_cyclic(|me: &Weak<ModelManager>| {
+            let manager = me.clone();
+            let torn_down: OnTornDown = Arc::new(move |name, version, id| {
+                if let Some(m) = manager.upgrade() {
+                    m.torn_down(name, version, id);
+                }
+            });
+            ModelManager {
+                opts,
+                loader: Arc::new(Loader::new(backend, load, Reaper::start(Some(torn_down)))),
+                models: RwLock::new(BTreeMap::new()),
+                locks: Mutex::new(HashMap::new()),
+                load_permits: Semaphore::new(permits),
+                pending: PendingLoads::default(),
+                me: me.clone(),
+            }
         })
     }
 
@@ -129,7 +146,8 @@ impl ModelManager {
     /// Startup loads for the control mode. Returns the models that failed, with their reasons.
     pub async fn load_startup(&self) -> Result<Vec<(String, String)>> {
         let opts = &self.opts;
-        let found = repository::scan(&opts.repositories)?;
+        let repos = opts.repositories.clone();
+        let found = blocking(move || repository::scan(&repos)).await?;
         let names: Vec<String> = match opts.control_mode {
             ControlMode::None | ControlMode::Poll => found.keys().cloned().collect(),
             ControlMode::Explicit if opts.startup_models.iter().any(|m| m == "*") => {
@@ -219,23 +237,31 @@ impl ModelManager {
             .as_deref()
             .map(config_json::from_json)
             .transpose()?;
-        let (dir, override_dir) = if req.files.is_empty() {
-            (self.find(name)?, None)
-        } else {
-            if override_config.is_none() {
-                return Err(Error::invalid_arg(format!(
-                    "failed to load '{name}': the 'config' parameter must be given with 'file:' parameters"
-                )));
-            }
-            let tmp = overrides::write_files(name, &req.files)?;
-            (tmp.path().join(name), Some(tmp))
+        if !req.files.is_empty() && override_config.is_none() {
+            return Err(Error::invalid_arg(format!(
+                "failed to load '{name}': the 'config' parameter must be given with 'file:' parameters"
+            )));
+        }
+        let plain = override_config.is_none() && req.files.is_empty();
+        // The folder: found in the repositories (and fingerprinted), or written from the request.
+        let (dir, override_dir, source) = {
+            let (repos, n, files) = (self.opts.repositories.clone(), name.to_string(), req.files);
+            blocking(move || {
+                if files.is_empty() {
+                    let dir = find(&repos, &n)?;
+                    let source = fingerprint(&dir);
+                    Ok((dir, None, Some(source)))
+                } else {
+                    let tmp = overrides::write_files(&n, &files)?;
+                    Ok((tmp.path().join(&n), Some(tmp), None))
+                }
+            })
+            .await?
         };
-        let source = fingerprint(&dir);
-        let plain = override_config.is_none() && override_dir.is_none();
         {
             let mut models = self.write();
             let entry = models.entry(name.to_string()).or_default();
-            if plain && entry.source == Some(source) && entry.serving() {
+            if plain && source.is_some() && entry.source == source && entry.serving() {
                 return Ok(());
             }
             entry.loading = Some("loading".into());
@@ -299,7 +325,7 @@ impl ModelManager {
         roots.push(dir.clone());
         roots.extend(override_dir.as_ref().map(|t| t.path().to_path_buf()));
         let roots: Vec<&std::path::Path> = roots.iter().map(PathBuf::as_path).collect();
-        self.install(name, built, plain.then_some(source), override_dir, &roots)
+        self.install(name, built, source.filter(|_| plain), override_dir, &roots)
     }
 
     /// Swaps freshly built versions in (or records why they could not be).
@@ -312,7 +338,9 @@ impl ModelManager {
         roots: &[&std::path::Path],
     ) -> Result<()> {
         let clean = |e: &Error| scrub_error(e.clone(), roots);
-        let mut retire = Vec::new();
+        // Versions let go of here; dropped once the lock is released (a last reference hands
+        // its version to the reaper).
+        let mut released: Vec<Arc<LoadedModel>> = Vec::new();
         let result = {
             let mut models = self.write();
             let entry = models.entry(name.to_string()).or_default();
@@ -347,11 +375,11 @@ impl ModelManager {
                     if !failed.is_empty() && serving {
                         // Keep what serves; discard the whole new set.
                         entry.reload_error = Some(failed.concat());
-                        retire.extend(
+                        released.extend(
                             versions
                                 .into_iter()
                                 .filter_map(|(_, r)| r.ok())
-                                .map(|m| (None, Arc::new(m))),
+                                .map(Arc::new),
                         );
                     } else {
                         let new: Vec<i64> = versions.iter().map(|(v, _)| *v).collect();
@@ -368,6 +396,7 @@ impl ModelManager {
                                         state: ModelState::Ready,
                                         reason: String::new(),
                                         model: Some(Arc::new(m)),
+                                        retiring: None,
                                     }
                                 }
                                 Err(e) => {
@@ -376,21 +405,20 @@ impl ModelManager {
                                         state: ModelState::Unavailable,
                                         reason: clean(&e).reason(),
                                         model: None,
+                                        retiring: None,
                                     }
                                 }
                             };
-                            // A replaced version's old model drains in the background.
+                            // A replaced build drains in the background; its teardown leaves
+                            // the new slot alone (another build id).
                             if let Some(old) = entry.versions.insert(v, slot).and_then(|s| s.model)
                             {
-                                retire.push((None, old));
+                                released.push(old);
                             }
                         }
-                        for (v, slot) in entry.versions.iter_mut().filter(|(v, _)| !new.contains(v))
+                        for (_, slot) in entry.versions.iter_mut().filter(|(v, _)| !new.contains(v))
                         {
-                            if let Some(old) = slot.model.take() {
-                                slot.state = ModelState::Unloading;
-                                retire.push((Some(*v), old));
-                            }
+                            released.extend(slot.retire());
                         }
                         entry.failure = None;
                         entry.reload_error = None;
@@ -408,97 +436,41 @@ impl ModelManager {
                 }
             }
         };
-        for (version, model) in retire {
-            self.retire(name, version, model);
-        }
+        drop(released);
         result
     }
 
-    /// Unloads every version of `name`: UNLOADING now, UNAVAILABLE "unloaded" once drained.
+    /// Unloads every version of `name`: UNLOADING now, UNAVAILABLE "unloaded" once the last
+    /// request using it is done and its threads are joined (`torn_down`).
     pub(crate) fn retire_all(&self, name: &str) {
-        let mut retire = Vec::new();
+        let mut released = Vec::new();
         if let Some(entry) = self.write().get_mut(name) {
-            for (v, slot) in entry.versions.iter_mut() {
-                if let Some(m) = slot.model.take() {
-                    slot.state = ModelState::Unloading;
-                    retire.push((*v, m));
-                }
+            for slot in entry.versions.values_mut() {
+                released.extend(slot.retire());
             }
             entry.source = None;
             entry.failure = None;
             entry.reload_error = None;
             entry._override_dir = None;
         }
-        for (v, m) in retire {
-            self.retire(name, Some(v), m);
-        }
+        drop(released);
     }
 
-    /// Waits (off the request path) until no request holds `model`, then frees it on a blocking
-    /// thread; marks `version` UNAVAILABLE "unloaded" if its slot is still UNLOADING.
-    fn retire(&self, name: &str, version: Option<i64>, model: Arc<LoadedModel>) {
-        let me = self.me.clone();
-        let name = name.to_string();
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return; // no runtime (tests without one): dropping frees it when the last user goes
+    /// The reaper joined build `id` of `name` `version`: its slot, if still UNLOADING for that
+    /// build, is UNAVAILABLE "unloaded" now.
+    fn torn_down(&self, name: &str, version: i64, id: u64) {
+        let mut models = self.write();
+        let Some(slot) = models
+            .get_mut(name)
+            .and_then(|e| e.versions.get_mut(&version))
+        else {
+            return;
         };
-        handle.spawn(async move {
-            let mut model = model;
-            let mut wait = Duration::from_millis(1);
-            let owned = loop {
-                match Arc::try_unwrap(model) {
-                    Ok(m) => break m,
-                    Err(still_shared) => model = still_shared,
-                }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_millis(50));
-            };
-            let _ = tokio::task::spawn_blocking(move || owned.shutdown()).await;
-            if let (Some(v), Some(m)) = (version, me.upgrade())
-                && let Some(slot) = m
-                    .write()
-                    .get_mut(&name)
-                    .and_then(|e| e.versions.get_mut(&v))
-                && slot.state == ModelState::Unloading
-            {
-                slot.state = ModelState::Unavailable;
-                slot.reason = "unloaded".into();
-                tracing::info!(model = %name, version = v, "unloaded");
-            }
-        });
-    }
-
-    /// The model folder of `name` in the repositories.
-    fn find(&self, name: &str) -> Result<PathBuf> {
-        let found = repository::scan(&self.opts.repositories).map_err(|e| {
-            tracing::error!(model = name, error = %e, "cannot read the model repositories");
-            Error::internal(format!(
-                "failed to load '{name}', failed to poll from model repository"
-            ))
-        })?;
-        let roots: Vec<&std::path::Path> = self
-            .opts
-            .repositories
-            .iter()
-            .map(PathBuf::as_path)
-            .collect();
-        match found.get(name) {
-            Some(Ok(dir)) => Ok(dir.clone()),
-            Some(Err(e)) => Err(Error::internal(format!(
-                "failed to load '{name}', failed to poll from model repository: {}",
-                scrub(&e.message, &roots)
-            ))),
-            None => {
-                // The repositories' paths go to the log only (behaviour.md E31).
-                tracing::warn!(
-                    model = name,
-                    repositories = ?self.opts.repositories,
-                    "load of a model that no repository holds"
-                );
-                Err(Error::internal(format!(
-                    "failed to load '{name}', failed to poll from model repository: no folder '{name}' in the model repositories"
-                )))
-            }
+        if slot.state == ModelState::Unloading && slot.retiring == Some(id) {
+            slot.state = ModelState::Unavailable;
+            slot.reason = "unloaded".into();
+            slot.retiring = None;
+            tracing::info!(model = name, version, "unloaded");
         }
     }
 
@@ -529,27 +501,75 @@ impl ModelManager {
         self.pending.stopping()
     }
 
-    /// Unloads everything and waits until every version is freed (server shutdown), for at
-    /// most a second: SIGTERM must end the process within `--exit-timeout-secs` + 2 s, and a
-    /// request still running past the exit timeout keeps its version (and its instance thread)
-    /// alive; the process exit frees those.
+    /// Unloads everything and waits until every version is torn down (server shutdown), for
+    /// at most `TEARDOWN_WAIT`: a request still running past the exit timeout keeps its
+    /// version (and its instance thread) alive; the process exit frees those.
     pub async fn shutdown(&self) {
         self.cancel_loads();
         for name in self.tracked() {
             self.retire_all(&name);
         }
-        for _ in 0..100 {
-            let busy = self.read().values().any(|e| {
-                e.versions
-                    .values()
-                    .any(|s| s.state == ModelState::Unloading)
-            });
-            if !busy {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let reaper = self.loader.reaper();
+        if tokio::time::timeout(TEARDOWN_WAIT, reaper.settled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                versions = reaper.alive(),
+                "shutting down with model versions still in use"
+            );
         }
     }
+}
+
+impl VersionSlot {
+    /// Lets go of the version: UNLOADING until its build is torn down. Returns the manager's
+    /// reference, to drop outside the lock.
+    fn retire(&mut self) -> Option<Arc<LoadedModel>> {
+        let model = self.model.take()?;
+        self.state = ModelState::Unloading;
+        self.retiring = Some(model.id);
+        Some(model)
+    }
+}
+
+/// The model folder of `name` in `repos`. Blocking (it scans them).
+fn find(repos: &[PathBuf], name: &str) -> Result<PathBuf> {
+    let found = repository::scan(repos).map_err(|e| {
+        tracing::error!(model = name, error = %e, "cannot read the model repositories");
+        Error::internal(format!(
+            "failed to load '{name}', failed to poll from model repository"
+        ))
+    })?;
+    let roots: Vec<&std::path::Path> = repos.iter().map(PathBuf::as_path).collect();
+    match found.get(name) {
+        Some(Ok(dir)) => Ok(dir.clone()),
+        Some(Err(e)) => Err(Error::internal(format!(
+            "failed to load '{name}', failed to poll from model repository: {}",
+            scrub(&e.message, &roots)
+        ))),
+        None => {
+            // The repositories' paths go to the log only (behaviour.md E31).
+            tracing::warn!(
+                model = name,
+                repositories = ?repos,
+                "load of a model that no repository holds"
+            );
+            Err(Error::internal(format!(
+                "failed to load '{name}', failed to poll from model repository: no folder '{name}' in the model repositories"
+            )))
+        }
+    }
+}
+
+/// Runs blocking filesystem work (a scan, a fingerprint, writing override files) on a
+/// blocking thread, never on an async worker.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(Error::internal(format!("repository task failed: {e}"))))
 }
 
 /// Model names may not be empty, contain '/', or be '..' / '.'.

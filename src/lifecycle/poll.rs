@@ -4,13 +4,15 @@
 //! is never loaded; a drop that fails to load leaves the serving version in place and is not
 //! retried until the folder changes again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use super::loader::fingerprint;
 use super::manager::ModelManager;
+use crate::error::Result;
 use crate::model::repository;
 
 pub async fn run(manager: Arc<ModelManager>, mut stop: watch::Receiver<bool>) {
@@ -21,8 +23,22 @@ pub async fn run(manager: Arc<ModelManager>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        state.poll_once(&manager);
+        let repos = manager.options().repositories.clone();
+        match tokio::task::spawn_blocking(move || look(&repos)).await {
+            Ok(Ok(found)) => state.apply(&manager, &found),
+            Ok(Err(e)) => tracing::warn!(error = %e, "repository poll failed"),
+            Err(e) => tracing::warn!(error = %e, "repository poll task failed"),
+        }
     }
+}
+
+/// What one poll sees: every model folder with the fingerprint of its files (`None` for a
+/// name found in two repositories). Blocking: it walks every folder.
+fn look(repos: &[PathBuf]) -> Result<BTreeMap<String, Option<u64>>> {
+    Ok(repository::scan(repos)?
+        .into_iter()
+        .map(|(name, dir)| (name, dir.ok().map(|d| fingerprint(&d))))
+        .collect())
 }
 
 #[derive(Default)]
@@ -34,17 +50,10 @@ struct PollState {
 }
 
 impl PollState {
-    fn poll_once(&mut self, manager: &Arc<ModelManager>) {
-        let found = match repository::scan(&manager.options().repositories) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(error = %e, "repository poll failed");
-                return;
-            }
-        };
-        for (name, dir) in &found {
-            let Ok(dir) = dir else { continue };
-            let fp = fingerprint(dir);
+    /// Acts on what a poll found: loads what changed and held still, unloads what is gone.
+    fn apply(&mut self, manager: &Arc<ModelManager>, found: &BTreeMap<String, Option<u64>>) {
+        for (name, fp) in found {
+            let Some(fp) = *fp else { continue };
             if manager.source_of(name) == Some(fp) || self.attempted.get(name) == Some(&fp) {
                 self.seen.remove(name);
                 continue;

@@ -11,6 +11,7 @@ use crate::pb::inference::{ModelVersionPolicy, model_version_policy::PolicyChoic
 const RESERVED: &[&str] = &["warmup", "initial_state", "configs"];
 
 /// Every model folder across `repos`, by name. A name found in two repositories maps to an error.
+/// Blocking (it lists folders): callers on an async runtime run it on a blocking thread.
 pub fn scan(repos: &[PathBuf]) -> Result<BTreeMap<String, Result<PathBuf>>> {
     let mut models: BTreeMap<String, Result<PathBuf>> = BTreeMap::new();
     for repo in repos {

@@ -24,6 +24,7 @@ mod load_cancel;
 mod load_failures;
 mod metrics;
 mod overload;
+mod ownership;
 mod parity;
 mod process;
 mod repository;

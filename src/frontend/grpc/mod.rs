@@ -182,7 +182,7 @@ impl GrpcInferenceService for GrpcService {
         let r = req.into_inner();
         no_repository_name(&r.repository_name)?;
         Ok(Response::new(convert::repository_index(
-            self.core.repository_index(r.ready)?,
+            self.core.repository_index(r.ready).await?,
         )))
     }
 

@@ -289,7 +289,7 @@ async fn repository_index(State(s): State<Http>, headers: HeaderMap, body: Body)
     let body = read_body(body, &headers, s.max_input_size, "JSON ").await?;
     let ready = shapes::index_request(&body)?;
     Ok(json(&shapes::repository_index(
-        s.core.repository_index(ready)?,
+        s.core.repository_index(ready).await?,
     )))
 }
 

@@ -6,8 +6,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use std::sync::Arc;
-
 use super::LoadedModel;
 use crate::backend::CancelToken;
 use crate::error::{Error, Result};
@@ -110,9 +108,8 @@ impl super::ModelManager {
         if let Some(e) = self.write().get_mut(name) {
             e.loading = None;
         }
-        for m in stray {
-            self.retire(name, None, Arc::new(m));
-        }
+        // Never installed: dropping them hands them to the reaper.
+        drop(stray);
         tracing::info!(model = name, "{message}");
         Error::cancelled(message)
     }

@@ -1,13 +1,9 @@
-//! The manager's read side: request lookups with Triton's errors, readiness and the index.
+//! The manager's read side: request lookups with typed errors (Triton's texts), readiness and
+//! the index.
 
 use super::*;
 
 impl ModelManager {
-    /// Whether a load of `name` is in flight.
-    pub fn is_loading(&self, name: &str) -> bool {
-        self.read().get(name).is_some_and(|e| e.loading.is_some())
-    }
-
     /// Names of the models currently tracked (loaded, loading, failed or unloaded).
     pub fn tracked(&self) -> Vec<String> {
         self.read().keys().cloned().collect()
@@ -18,35 +14,45 @@ impl ModelManager {
         self.read().get(name).and_then(|e| e.source)
     }
 
-    /// The version a request should use: `version` empty = the highest READY version.
-    pub fn get(&self, name: &str, version: &str) -> Result<Arc<LoadedModel>> {
+    /// The version a request should use: `version` empty = the highest READY version. The
+    /// answer comes from one look at the table, so "loading" and "not serving" agree.
+    pub fn get(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> std::result::Result<Arc<LoadedModel>, LookupError> {
         let models = self.read();
-        let entry = models.get(name).ok_or_else(|| {
-            Error::invalid_arg(format!("Request for unknown model: '{name}' is not found"))
+        let entry = models.get(name).ok_or_else(|| LookupError::UnknownModel {
+            model: name.to_string(),
         })?;
+        let loading = entry.loading.is_some();
         if version.is_empty() {
             return entry
                 .versions
                 .values()
                 .rev()
                 .find_map(|s| s.model.clone().filter(|_| s.state == ModelState::Ready))
-                .ok_or_else(|| {
-                    Error::not_found(format!(
-                        "Request for unknown model: '{name}' has no available versions"
-                    ))
+                .ok_or_else(|| LookupError::NoVersion {
+                    model: name.to_string(),
+                    version: None,
+                    loading,
                 });
         }
-        let v = parse_version(version)?;
-        let slot = entry.versions.get(&v).ok_or_else(|| {
-            Error::not_found(format!(
-                "Request for unknown model: '{name}' version {v} is not found"
-            ))
-        })?;
+        let v = parse_version(version).map_err(LookupError::BadVersion)?;
+        let slot = entry
+            .versions
+            .get(&v)
+            .ok_or_else(|| LookupError::NoVersion {
+                model: name.to_string(),
+                version: Some(v),
+                loading,
+            })?;
         match (&slot.model, slot.state) {
             (Some(m), ModelState::Ready) => Ok(m.clone()),
-            _ => Err(Error::unavailable(format!(
-                "Request for unknown model: '{name}' version {v} is not at ready state"
-            ))),
+            _ => Err(LookupError::NotReady {
+                model: name.to_string(),
+                version: v,
+            }),
         }
     }
 
@@ -76,11 +82,23 @@ impl ModelManager {
         })
     }
 
-    /// The repository index: one row per model folder found, one per tracked version.
-    pub fn index(&self, ready_only: bool) -> Result<Vec<IndexEntry>> {
-        let mut names: Vec<String> = repository::scan(&self.opts.repositories)?
-            .into_keys()
-            .collect();
+    /// The repository index: one row per model folder found, one per tracked version. The
+    /// repositories are listed at each call (a folder added since is there, name only, as in
+    /// Triton), on a blocking thread.
+    pub async fn index(&self, ready_only: bool) -> Result<Vec<IndexEntry>> {
+        let repos = self.opts.repositories.clone();
+        let on_disk = blocking(move || repository::scan(&repos)).await?;
+        Ok(self.rows(on_disk.into_keys().collect(), ready_only))
+    }
+
+    /// The index rows of the models tracked (loaded, loading, failed or unloaded), without
+    /// listing the repositories: every row has a state.
+    pub fn tracked_rows(&self) -> Vec<IndexEntry> {
+        self.rows(Vec::new(), false)
+    }
+
+    /// Index rows for `names` (folders found) and every tracked model, sorted by name.
+    fn rows(&self, mut names: Vec<String>, ready_only: bool) -> Vec<IndexEntry> {
         let models = self.read();
         names.extend(models.keys().cloned());
         names.sort();
@@ -131,6 +149,136 @@ impl ModelManager {
                 });
             }
         }
-        Ok(rows)
+        rows
+    }
+}
+
+/// Why `get` found nothing to serve a request. `Error::from` gives Triton's code and text
+/// (behaviour.md E1–E5); `not_ready` says whether it is worth retrying shortly.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LookupError {
+    /// No model of that name is tracked: never loaded, nor loading.
+    UnknownModel { model: String },
+    /// The model is tracked but nothing matches: no READY version (`version` None) or no such
+    /// version. `loading`: a load of the model is in flight, so it may serve soon.
+    NoVersion {
+        model: String,
+        version: Option<i64>,
+        loading: bool,
+    },
+    /// The version is tracked but not READY (loading, unloading, failed or unloaded).
+    NotReady { model: String, version: i64 },
+    /// The version string is not a version number.
+    BadVersion(Error),
+}
+
+impl LookupError {
+    /// Known but not serving yet (or any more): a retry shortly may succeed.
+    pub fn not_ready(&self) -> bool {
+        match self {
+            LookupError::NotReady { .. } => true,
+            LookupError::NoVersion { loading, .. } => *loading,
+            LookupError::UnknownModel { .. } | LookupError::BadVersion(_) => false,
+        }
+    }
+}
+
+impl From<LookupError> for Error {
+    fn from(e: LookupError) -> Error {
+        match e {
+            LookupError::UnknownModel { model } => {
+                Error::invalid_arg(format!("Request for unknown model: '{model}' is not found"))
+            }
+            LookupError::NoVersion {
+                model,
+                version: None,
+                ..
+            } => Error::not_found(format!(
+                "Request for unknown model: '{model}' has no available versions"
+            )),
+            LookupError::NoVersion {
+                model,
+                version: Some(v),
+                ..
+            } => Error::not_found(format!(
+                "Request for unknown model: '{model}' version {v} is not found"
+            )),
+            LookupError::NotReady { model, version } => Error::unavailable(format!(
+                "Request for unknown model: '{model}' version {version} is not at ready state"
+            )),
+            LookupError::BadVersion(e) => e,
+        }
+    }
+}
+
+impl std::fmt::Display for LookupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&Error::from(self.clone()).message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Code;
+
+    #[test]
+    fn lookup_errors_keep_tritons_codes_and_texts() {
+        let m = || "m".to_string();
+        let table = [
+            (
+                LookupError::UnknownModel { model: m() },
+                Code::InvalidArg,
+                "Request for unknown model: 'm' is not found",
+                false,
+            ),
+            (
+                LookupError::NoVersion {
+                    model: m(),
+                    version: None,
+                    loading: false,
+                },
+                Code::NotFound,
+                "Request for unknown model: 'm' has no available versions",
+                false,
+            ),
+            (
+                LookupError::NoVersion {
+                    model: m(),
+                    version: None,
+                    loading: true,
+                },
+                Code::NotFound,
+                "Request for unknown model: 'm' has no available versions",
+                true,
+            ),
+            (
+                LookupError::NoVersion {
+                    model: m(),
+                    version: Some(2),
+                    loading: true,
+                },
+                Code::NotFound,
+                "Request for unknown model: 'm' version 2 is not found",
+                true,
+            ),
+            (
+                LookupError::NotReady {
+                    model: m(),
+                    version: 2,
+                },
+                Code::Unavailable,
+                "Request for unknown model: 'm' version 2 is not at ready state",
+                true,
+            ),
+        ];
+        for (lookup, code, text, retry) in table {
+            assert_eq!(lookup.not_ready(), retry, "{lookup:?}");
+            let e = Error::from(lookup);
+            assert_eq!((e.code, e.message.as_str()), (code, text));
+            assert!(e.rejection.is_none(), "Core decides the retry hint");
+        }
+        let bad = parse_version("x").unwrap_err();
+        assert_eq!(Error::from(LookupError::BadVersion(bad.clone())), bad);
     }
 }
