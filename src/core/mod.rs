@@ -18,10 +18,11 @@ use crate::error::{Error, Rejection, Result};
 use crate::lifecycle::manager::{IndexEntry, LoadRequest, ModelManager, parse_version};
 use crate::model::ModelSpec;
 use crate::model::config::ModelConfig;
+use crate::request::{Origin, RequestContext};
 use crate::telemetry::Telemetry;
 use crate::telemetry::logging::{LogSettings, LogUpdate};
 use crate::telemetry::metrics::{self, StateRow};
-use crate::telemetry::spans::{self, RemoteParent};
+use crate::telemetry::spans;
 use crate::telemetry::stats::StatsSnapshot;
 use crate::telemetry::trace::TraceUpdate;
 
@@ -191,25 +192,38 @@ impl Core {
         })
     }
 
+    /// The spec of the version `version` resolves to (what a raw HTTP request is decoded by).
+    pub fn model_spec(&self, name: &str, version: &str) -> Result<Arc<ModelSpec>> {
+        Ok(self.manager.get(name, version)?.spec.clone())
+    }
+
     pub fn model_config(&self, name: &str, version: &str) -> Result<Arc<ModelConfig>> {
         Ok(self.manager.get(name, version)?.config.clone())
     }
 
-    /// The span of one request, or `Span::none()` when the trace settings do not sample it.
-    /// `protocol` names the front-end (`grpc`, `http`); `parent` is the client's W3C context
-    /// (`spans::parent_from_headers`).
-    pub fn request_span(
-        &self,
-        protocol: &'static str,
-        model: &str,
-        version: &str,
-        parent: Option<&RemoteParent>,
-    ) -> Span {
-        if self.telemetry.trace.sample(model, parent.is_some()) {
-            spans::request(protocol, model, version, parent)
+    /// Opens one request as its front-end receives it, before decoding it: the context it
+    /// carries to its queue entry. Its span is sampled by the trace settings of `model`, as a
+    /// child of the client's W3C context when the origin carries a valid one; it is
+    /// `Span::none()` when not sampled.
+    pub fn open_request(&self, origin: Origin, model: &str, version: &str) -> RequestContext {
+        let parent = spans::parent(&origin.trace);
+        let span = if self.telemetry.trace.sample(model, parent.is_some()) {
+            spans::request(origin.protocol.as_str(), model, version, parent.as_ref())
         } else {
             Span::none()
-        }
+        };
+        RequestContext::new(origin.arrival, origin.deadline, span)
+    }
+
+    /// Runs a front-end's decoding of the request opened as `ctx` inside its `receive` span;
+    /// a request that does not decode is marked failed on its span.
+    pub fn receive<T>(
+        &self,
+        ctx: &RequestContext,
+        decode: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let _receive = spans::receive(ctx.span()).entered();
+        decode().inspect_err(|e| spans::record_error(ctx.span(), &e.message))
     }
 
     /// Statistics of READY versions: all models (`name` empty), all versions (`version` empty) or one.

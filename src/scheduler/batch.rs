@@ -33,16 +33,14 @@ pub struct ExecContext {
 /// One queued request and the channel its reply must go to. Whoever holds an `Entry` owns the
 /// obligation to reply (or to drop it, which the waiting caller sees as cancellation).
 pub struct Entry {
+    /// The request, with its context (id, schedule, span: the batch span links to it).
     pub req: ValidRequest,
     pub reply: Replier,
-    pub arrival: Instant,
     pub enqueued: Instant,
     /// When the queue timeout expires (`None` = never).
     pub deadline: Option<Instant>,
     /// Under `timeout_action: DELAY` an expired entry waits behind the others instead of failing.
     pub delay_on_timeout: bool,
-    /// The request's span (`Span::none()` when not traced); the batch span links to it.
-    pub span: Span,
     /// Open while the entry waits; dropping it (execution start or answer) ends the queue span.
     pub queue_span: Span,
 }
@@ -50,27 +48,27 @@ pub struct Entry {
 impl Entry {
     /// Answers an entry that will not run: it leaves the queue and counts as a failure.
     pub fn fail(self, stats: &ModelStats, err: Error, why: FailureReason) {
-        stats.left_queue(self.req.level);
+        stats.left_queue(self.req.level());
         stats.record_failure(Instant::now() - self.enqueued, why);
-        let id = self.req.id.clone();
+        let id = self.req.id().to_string();
         self.reply.send(Err(err.with_request_id(&id)));
     }
 }
 
 impl Pending for Entry {
     fn rows(&self) -> usize {
-        self.req.batch_size
+        self.req.batch_size()
     }
 
     /// Requests batch together when they carry the same inputs with the same non-batch dims;
     /// tokenized text requests of one model batch whatever their token lengths.
     fn batches_with(&self, other: &Self) -> bool {
-        match (self.req.seq_len, other.req.seq_len) {
+        match (self.req.seq_len(), other.req.seq_len()) {
             (Some(_), Some(_)) => return true,
             (None, None) => {}
             _ => return false,
         }
-        let (a, b) = (&self.req.inputs, &other.req.inputs);
+        let (a, b) = (self.req.inputs(), other.req.inputs());
         a.len() == b.len()
             && a.iter()
                 .zip(b)
@@ -78,11 +76,11 @@ impl Pending for Entry {
     }
 
     fn seq_len(&self) -> Option<usize> {
-        self.req.seq_len
+        self.req.seq_len()
     }
 
     fn real_tokens(&self) -> usize {
-        self.req.real_tokens
+        self.req.real_tokens()
     }
 
     fn enqueued(&self) -> Instant {
@@ -94,7 +92,7 @@ impl Pending for Entry {
     }
 
     fn level(&self) -> usize {
-        self.req.level
+        self.req.level()
     }
 
     fn delay_on_timeout(&self) -> bool {
@@ -157,11 +155,14 @@ impl Job for Batch {
             return RunHealth::Ok;
         }
         for e in &mut entries {
-            ctx.stats.left_queue(e.req.level);
+            ctx.stats.left_queue(e.req.level());
             e.queue_span = Span::none();
         }
-        let rows: Vec<usize> = entries.iter().map(|e| e.req.batch_size).collect();
-        let batch_span = spans::batch(entries.iter().map(|e| &e.span), rows.iter().sum());
+        let rows: Vec<usize> = entries.iter().map(|e| e.req.batch_size()).collect();
+        let batch_span = spans::batch(
+            entries.iter().map(|e| e.req.context().span()),
+            rows.iter().sum(),
+        );
         // A failure to assemble is the requests' fault; a failed run counts against the instance.
         let mut health = RunHealth::Ok;
         let spec = &ctx.spec;
@@ -204,7 +205,7 @@ impl Job for Batch {
                     ctx.stats.record_failure(now - entry.enqueued, why);
                     entry
                         .reply
-                        .send(Err(e.clone().with_request_id(&entry.req.id)));
+                        .send(Err(e.clone().with_request_id(entry.req.id())));
                 }
                 return health;
             }
@@ -213,7 +214,7 @@ impl Job for Batch {
         // instance thread to take it, which grows when the CPU is short (the queue drains at
         // that pace, not at the pace of the runs alone).
         ctx.load
-            .record(formed.elapsed(), entries.iter().map(|e| e.req.level));
+            .record(formed.elapsed(), entries.iter().map(|e| e.req.level()));
         let times = out.times;
         let scattered = scatter(&ctx.spec, &wanted, out.tensors, &rows).and_then(|per_output| {
             match &ctx.spec.text {
@@ -224,7 +225,9 @@ impl Job for Batch {
                         pieces
                             .into_iter()
                             .zip(&entries)
-                            .map(|(p, e)| post::trim_tokens(p, e.req.seq_len.unwrap_or(usize::MAX)))
+                            .map(|(p, e)| {
+                                post::trim_tokens(p, e.req.seq_len().unwrap_or(usize::MAX))
+                            })
                             .collect::<Result<Vec<Tensor>>>()
                     })
                     .collect(),
@@ -246,7 +249,7 @@ fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tensor>, Vec<usi
             for io in &spec.inputs {
                 let parts: Vec<&Tensor> = entries
                     .iter()
-                    .filter_map(|e| e.req.inputs.iter().find(|t| t.name() == io.name))
+                    .filter_map(|e| e.req.inputs().iter().find(|t| t.name() == io.name))
                     .collect();
                 if parts.is_empty() {
                     continue; // an optional input nobody sent
@@ -269,7 +272,7 @@ fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tensor>, Vec<usi
     };
     let mut wanted: Vec<usize> = entries
         .iter()
-        .flat_map(|e| e.req.outputs.iter().map(|o| o.index))
+        .flat_map(|e| e.req.outputs().iter().map(|o| o.index))
         .collect();
     wanted.sort_unstable();
     wanted.dedup();
@@ -280,10 +283,10 @@ fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tensor>, Vec<usi
 /// to the longest row of the batch.
 fn token_inputs(spec: &ModelSpec, text: &TextSpec, entries: &[Entry]) -> Result<Vec<Tensor>> {
     let mut inputs = Vec::with_capacity(3);
-    for t in &entries[0].req.inputs {
+    for t in entries[0].req.inputs() {
         let parts: Vec<&Tensor> = entries
             .iter()
-            .filter_map(|e| e.req.inputs.iter().find(|p| p.name() == t.name()))
+            .filter_map(|e| e.req.inputs().iter().find(|p| p.name() == t.name()))
             .filter(|p| p.dtype() == DataType::Int64 && p.shape().len() == 2)
             .collect();
         if parts.len() != entries.len() {
@@ -423,7 +426,7 @@ fn respond(
                     .record_failure(now - entry.enqueued, FailureReason::Backend);
                 entry
                     .reply
-                    .send(Err(e.clone().with_request_id(&entry.req.id)));
+                    .send(Err(e.clone().with_request_id(entry.req.id())));
             }
             return;
         }
@@ -431,7 +434,7 @@ fn respond(
     for (i, entry) in entries.into_iter().enumerate() {
         let outputs: Result<Vec<Tensor>> = entry
             .req
-            .outputs
+            .outputs()
             .iter()
             .map(|o| {
                 let k = wanted
@@ -446,7 +449,7 @@ fn respond(
         match outputs {
             Ok(outputs) => {
                 ctx.stats.record_success(
-                    entry.req.batch_size,
+                    entry.req.batch_size(),
                     start - entry.enqueued,
                     now - entry.enqueued,
                     times,
@@ -454,7 +457,7 @@ fn respond(
                 let resp = InferResponse {
                     model_name: spec.name.clone(),
                     model_version: spec.version,
-                    id: entry.req.id.clone(),
+                    id: entry.req.id().to_string(),
                     outputs,
                 };
                 entry.reply.send(Ok(resp));
@@ -462,7 +465,7 @@ fn respond(
             Err(e) => {
                 ctx.stats
                     .record_failure(now - entry.enqueued, FailureReason::Other);
-                entry.reply.send(Err(e.with_request_id(&entry.req.id)));
+                entry.reply.send(Err(e.with_request_id(entry.req.id())));
             }
         }
     }

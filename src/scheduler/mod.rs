@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
 use crate::error::Result;
 use crate::request::InferResponse;
@@ -83,16 +82,11 @@ impl Scheduler {
         )
     }
 
-    /// Queues one request without waiting. The reply arrives on the returned receiver; dropping
-    /// it cancels the request if it has not started.
-    pub fn enqueue(
-        &self,
-        req: ValidRequest,
-        arrival: Instant,
-        span: tracing::Span,
-    ) -> Result<Reply> {
+    /// Queues one request (with its context: span, schedule) without waiting. The reply
+    /// arrives on the returned receiver; dropping it cancels the request if it has not started.
+    pub fn enqueue(&self, req: ValidRequest) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
-        self.0.enqueue(req, arrival, tx, span)?;
+        self.0.enqueue(req, tx)?;
         Ok(rx)
     }
 

@@ -1,7 +1,6 @@
 //! Wire ↔ core conversion for the gRPC front-end.
 
 use bytes::Bytes;
-use tokio::time::Instant;
 
 use crate::core::{ModelMetadata, ModelStatistics};
 use crate::error::{Error, Result};
@@ -15,7 +14,7 @@ use crate::tensor::{DataType, bytes_codec};
 
 /// Decodes a `ModelInferRequest`. Raw entries are taken in input order; typed `contents` are
 /// converted to the same little-endian layout (narrowing 32-bit carriers as Triton does).
-pub fn infer_request(req: pb::ModelInferRequest, arrival: Instant) -> Result<InferRequest> {
+pub fn infer_request(req: pb::ModelInferRequest) -> Result<InferRequest> {
     let model = req.model_name.clone();
     let params = request_params(&req.parameters)?;
     let use_raw = !req.raw_input_contents.is_empty();
@@ -89,6 +88,7 @@ pub fn infer_request(req: pb::ModelInferRequest, arrival: Instant) -> Result<Inf
         outputs.push(RequestedOutput {
             name: o.name,
             classification,
+            binary: None,
         });
     }
     Ok(InferRequest {
@@ -98,7 +98,6 @@ pub fn infer_request(req: pb::ModelInferRequest, arrival: Instant) -> Result<Inf
         inputs,
         outputs,
         params,
-        arrival,
     })
 }
 

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value, json};
-use tokio::time::Instant;
 
 use super::tensor_json::{self, kind};
 use crate::error::{Error, Result};
@@ -96,7 +95,6 @@ pub fn infer_request(
     version: &str,
     body: Bytes,
     header_len: Option<usize>,
-    arrival: Instant,
 ) -> Result<(InferRequest, OutputFormat)> {
     let split = header_len.unwrap_or(body.len());
     if split > body.len() {
@@ -148,7 +146,6 @@ pub fn infer_request(
             inputs,
             outputs,
             params,
-            arrival,
         },
         format,
     ))
@@ -307,6 +304,7 @@ fn requested_output(v: &Value, format: &mut OutputFormat) -> Result<RequestedOut
     Ok(RequestedOutput {
         name,
         classification,
+        binary: None,
     })
 }
 
@@ -317,7 +315,6 @@ pub fn raw_infer_request(
     spec: &ModelSpec,
     version: &str,
     body: Bytes,
-    arrival: Instant,
 ) -> Result<(InferRequest, OutputFormat)> {
     let model = &spec.name;
     let [input]: &[IoSpec; 1] = spec.inputs.as_slice().try_into().map_err(|_| {
@@ -360,7 +357,6 @@ pub fn raw_infer_request(
         }],
         outputs: Vec::new(),
         params: RequestParams::default(),
-        arrival,
     };
     let format = OutputFormat {
         default_binary: true,

@@ -32,6 +32,8 @@ use self::compress::Encoding;
 use crate::core::Core;
 use crate::error::Error;
 use crate::model::config_json;
+use crate::request::{Origin, Protocol};
+use crate::telemetry::spans;
 
 /// Triton's default `--http-max-input-size` (64 MiB).
 pub const DEFAULT_MAX_INPUT_SIZE: usize = 64 << 20;
@@ -327,16 +329,56 @@ async fn logging() -> Reply {
 }
 
 /// POST `.../infer`: JSON, JSON + binary tensors, or a raw binary body; gzip/deflate both
-/// ways (http-protocol.md §1.2, §5, §6).
+/// ways (http-protocol.md §1.2, §5, §6). The request is opened (span, client deadline, W3C
+/// trace context) before its body is read, as a gRPC call is before its message is decoded.
 async fn infer(State(s): State<Http>, params: Params, headers: HeaderMap, body: Body) -> Reply {
     let arrival = Instant::now();
     let (model, version) = model_path(params)?;
-    let header_value = header_str(&headers, INFERENCE_HEADER_CONTENT_LENGTH);
+    let origin = Origin {
+        protocol: Protocol::Http,
+        arrival,
+        deadline: request_deadline(&headers, arrival)?,
+        trace: super::trace_context(&headers),
+    };
+    let ctx = s.core.open_request(origin, &model, &version);
+    let span = ctx.span().clone();
+    let (body, header_len) = infer_body(&s, &model, &version, &headers, body)
+        .await
+        .inspect_err(|f| {
+            if let Failure::Error(e) = f {
+                spans::record_error(&span, &e.message);
+            }
+        })?;
+    let (req, format) = s.core.receive(&ctx, || {
+        if header_len == Some(0) {
+            let spec = s.core.model_spec(&model, &version)?;
+            convert::raw_infer_request(&spec, &version, body)
+        } else {
+            convert::infer_request(&model, &version, body, header_len)
+        }
+    })?;
+    let resp = s.core.submit(req, ctx)?.await?;
+    let _send = spans::send(&span).entered();
+    let (body, header_len) = convert::infer_response(resp, &format)?;
+    let encoding = compress::response_encoding(header_str(&headers, header::ACCEPT_ENCODING));
+    Ok(infer_reply(body, header_len, encoding))
+}
+
+/// An infer request's body, read and decompressed, with where its JSON header ends
+/// (`convert::header_length`).
+async fn infer_body(
+    s: &Http,
+    model: &str,
+    version: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, Option<usize>), Failure> {
+    let header_value = header_str(headers, INFERENCE_HEADER_CONTENT_LENGTH);
     let what = if header_value.is_none() { "JSON " } else { "" };
-    let body = read_body(body, &headers, s.max_input_size, what).await?;
+    let body = read_body(body, headers, s.max_input_size, what).await?;
     // Triton looks the model up before it looks at the body.
-    s.core.model_ready(&model, &version)?;
-    let body = match compress::request_encoding(header_str(&headers, header::CONTENT_ENCODING)) {
+    s.core.model_ready(model, version)?;
+    let body = match compress::request_encoding(header_str(headers, header::CONTENT_ENCODING)) {
         Some(Encoding::Identity) => body,
         Some(enc) => compress::decompress(enc, &body, s.max_input_size)?
             .ok_or_else(|| too_large(None, s.max_input_size, what))?
@@ -351,18 +393,7 @@ async fn infer(State(s): State<Http>, params: Params, headers: HeaderMap, body: 
         }
     };
     let header_len = convert::header_length(header_value, body.len())?;
-    let (req, format) = if header_len == Some(0) {
-        let meta = s.core.model_metadata(&model, &version)?;
-        convert::raw_infer_request(&meta.spec, &version, body, arrival)?
-    } else {
-        convert::infer_request(&model, &version, body, header_len, arrival)?
-    };
-    let mut req = req;
-    req.params.deadline = request_deadline(&headers, arrival)?;
-    let resp = s.core.infer(req).await?;
-    let (body, header_len) = convert::infer_response(resp, &format)?;
-    let encoding = compress::response_encoding(header_str(&headers, header::ACCEPT_ENCODING));
-    Ok(infer_reply(body, header_len, encoding))
+    Ok((body, header_len))
 }
 
 /// The client's deadline, from the `Request-Timeout-Ms` header (milliseconds from now).
@@ -375,7 +406,8 @@ fn request_deadline(headers: &HeaderMap, arrival: Instant) -> Result<Option<Inst
             "header '{REQUEST_TIMEOUT_MS}' must be a whole number of milliseconds, got '{v}'"
         ))
     })?;
-    Ok(Some(arrival + std::time::Duration::from_millis(ms)))
+    // Past what the clock can represent is no deadline at all.
+    Ok(arrival.checked_add(std::time::Duration::from_millis(ms)))
 }
 
 /// Header carrying an HTTP client's deadline in milliseconds.
