@@ -4,9 +4,11 @@
 //!
 //! - `admission`: the request path from a front-end to a model's queue, and `PendingInfer`.
 //! - `inflight`: the server-wide in-flight caps.
+//! - `params`: the repository and log settings parameters, parsed once for both front-ends.
 
 mod admission;
 mod inflight;
+pub mod params;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

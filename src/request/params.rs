@@ -25,11 +25,20 @@ pub enum ParamValue<'a> {
 }
 
 impl ParamValue<'_> {
-    fn unsigned(self) -> Option<u64> {
+    /// A non-negative integer, whichever integer kind carried it.
+    pub fn unsigned(self) -> Option<u64> {
         match self {
             ParamValue::Int(n) => u64::try_from(n).ok(),
             ParamValue::Uint(n) => Some(n),
             _ => None,
+        }
+    }
+
+    /// The value of the boolean parameter `key`.
+    pub fn boolean(self, key: &str) -> Result<bool, ParamError> {
+        match self {
+            ParamValue::Bool(b) => Ok(b),
+            _ => Err(ParamError::kind(key, Expected::Bool)),
         }
     }
 }
@@ -67,7 +76,7 @@ pub enum ParamError {
 }
 
 impl ParamError {
-    pub(crate) fn kind(key: &str, expected: Expected) -> Self {
+    pub fn kind(key: &str, expected: Expected) -> Self {
         ParamError::Kind {
             key: key.to_string(),
             expected,
@@ -107,12 +116,12 @@ impl RequestParams {
                     ParamValue::Int(_) | ParamValue::Uint(_) | ParamValue::Str(_) => {}
                     _ => return Err(want(Expected::IntOrString)),
                 },
-                "binary_data_output" => p.binary_output = boolean(key, v)?,
+                "binary_data_output" => p.binary_output = v.boolean(key)?,
                 "sequence_start" | "sequence_end" => {
-                    boolean(key, v)?;
+                    v.boolean(key)?;
                 }
                 k if RESERVED_ALLOWED.contains(&k) => {
-                    boolean(key, v)?;
+                    v.boolean(key)?;
                 }
                 k if k.starts_with("triton_") => {
                     return Err(ParamError::Reserved {
@@ -124,14 +133,6 @@ impl RequestParams {
             }
         }
         Ok(p)
-    }
-}
-
-/// A boolean parameter.
-pub(crate) fn boolean(key: &str, v: ParamValue<'_>) -> Result<bool, ParamError> {
-    match v {
-        ParamValue::Bool(b) => Ok(b),
-        _ => Err(ParamError::kind(key, Expected::Bool)),
     }
 }
 
@@ -164,7 +165,7 @@ impl RequestedOutput {
         param: impl Fn(&str) -> Option<ParamValue<'a>>,
     ) -> Result<RequestedOutput, OutputError> {
         let binary = param("binary_data")
-            .map(|v| boolean("binary_data", v))
+            .map(|v| v.boolean("binary_data"))
             .transpose()?;
         let classification = match param("classification") {
             None => None,

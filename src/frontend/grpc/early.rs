@@ -27,7 +27,7 @@ use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::server::NamedService;
 
-use super::convert;
+use super::params;
 use crate::core::Core;
 use crate::error::Error;
 use crate::pb::inference as pb;
@@ -222,7 +222,7 @@ fn decide(core: &Core, origin: &Origin, head: &[u8]) -> Result<(), Error> {
     let Ok(req) = pb::ModelInferRequest::decode(head) else {
         return Ok(());
     };
-    let Ok(params) = convert::request_params(&req.parameters) else {
+    let Ok(params) = params::request_params(&req.parameters) else {
         return Ok(());
     };
     core.refuse_early(
@@ -380,7 +380,7 @@ mod tests {
         assert_eq!(head.model_name, "alexnet");
         assert_eq!(head.model_version, "1");
         assert_eq!(head.id, "r-7");
-        let params = convert::request_params(&head.parameters).unwrap();
+        let params = params::request_params(&head.parameters).unwrap();
         assert_eq!(params.priority, 2);
         assert!(head.inputs.is_empty() && head.raw_input_contents.is_empty());
     }

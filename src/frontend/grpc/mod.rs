@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod early;
+pub mod params;
 pub mod settings;
 pub mod status;
 pub mod stream;
@@ -186,7 +187,7 @@ impl GrpcInferenceService for GrpcService {
     ) -> Reply<pb::RepositoryModelLoadResponse> {
         let r = req.into_inner();
         no_repository_name(&r.repository_name)?;
-        let load = convert::load_request(r.parameters)?;
+        let load = params::load_request(r.parameters)?;
         self.core.load_model(&r.model_name, load).await?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
@@ -197,14 +198,7 @@ impl GrpcInferenceService for GrpcService {
     ) -> Reply<pb::RepositoryModelUnloadResponse> {
         let r = req.into_inner();
         no_repository_name(&r.repository_name)?;
-        let dependents = matches!(
-            r.parameters
-                .get("unload_dependents")
-                .and_then(|p| p.parameter_choice.as_ref()),
-            Some(pb::model_repository_parameter::ParameterChoice::BoolParam(
-                true
-            ))
-        );
+        let dependents = params::unload_dependents(&r.parameters)?;
         self.core.unload_model(&r.model_name, dependents).await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
@@ -274,7 +268,7 @@ impl GrpcInferenceService for GrpcService {
             self.core.log_settings()
         } else {
             self.core
-                .update_log_settings(&settings::log_update(&r.settings)?)?
+                .update_log_settings(&params::log_update(&r.settings)?)?
         };
         Ok(Response::new(settings::log_response(current)))
     }

@@ -4,6 +4,7 @@
 
 pub mod compress;
 pub mod convert;
+mod params;
 #[cfg(test)]
 mod proptests;
 pub mod shapes;

@@ -2,13 +2,12 @@
 //! statistics, the repository index, and the bodies of index/load/unload (http-protocol.md §4,
 //! §9).
 
-use base64::Engine;
 use serde_json::{Map, Value, json};
 
 use super::convert::{as_bool, as_object, parse_json};
-use super::tensor_json::kind;
+use super::params;
 use crate::core::{ModelMetadata, ModelStatistics, ServerMetadata};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::lifecycle::manager::{IndexEntry, LoadRequest};
 use crate::model::IoSpec;
 
@@ -131,36 +130,10 @@ fn body_parameters(doc: &Value) -> Result<Option<&Map<String, Value>>> {
 /// The optional body of the load route: `config` (model-config JSON in a string) and
 /// `file:<path>` (base64 contents) parameters.
 pub fn load_request(body: &[u8]) -> Result<LoadRequest> {
-    let mut req = LoadRequest::default();
     if body.is_empty() {
-        return Ok(req);
+        return Ok(LoadRequest::default());
     }
-    let doc = parse_json(body)?;
-    for (key, v) in body_parameters(&doc)?.into_iter().flatten() {
-        let text = v.as_str().ok_or_else(|| {
-            Error::invalid_arg(format!(
-                "invalid value type for load parameter '{key}', expected a JSON string, got a {}",
-                kind(v)
-            ))
-        })?;
-        if key == "config" {
-            req.config = Some(text.to_string());
-        } else if let Some(path) = key.strip_prefix("file:") {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .map_err(|e| {
-                    Error::invalid_arg(format!(
-                        "failed to decode the base64 content of load parameter '{key}': {e}"
-                    ))
-                })?;
-            req.files.push((path.to_string(), bytes));
-        } else {
-            return Err(Error::invalid_arg(format!(
-                "unrecognized load parameter '{key}'."
-            )));
-        }
-    }
-    Ok(req)
+    params::load_request(body_parameters(&parse_json(body)?)?)
 }
 
 /// The optional body of the unload route: `unload_dependents` (default false).
@@ -168,11 +141,7 @@ pub fn unload_request(body: &[u8]) -> Result<bool> {
     if body.is_empty() {
         return Ok(false);
     }
-    let doc = parse_json(body)?;
-    match body_parameters(&doc)?.and_then(|p| p.get("unload_dependents")) {
-        Some(v) => as_bool(v, "unload_dependents"),
-        None => Ok(false),
-    }
+    params::unload_dependents(body_parameters(&parse_json(body)?)?)
 }
 
 #[cfg(test)]
