@@ -1,7 +1,9 @@
 //! Front-ends: wire ↔ core conversion. Each maps the one error vocabulary to its own statuses.
+//! `reports` is the one encoder of model metadata and statistics both use.
 
 pub mod grpc;
 pub mod http;
+pub mod reports;
 
 use tonic::codegen::http::HeaderMap;
 

@@ -3,12 +3,11 @@
 use bytes::Bytes;
 
 use super::params;
-use crate::core::{ModelMetadata, ModelStatistics};
 use crate::error::{Error, Result};
 use crate::lifecycle::manager::IndexEntry;
 use crate::pb::inference::{
     self as pb, infer_parameter::ParameterChoice, model_infer_request::InferInputTensor,
-    model_infer_response::InferOutputTensor, model_metadata_response::TensorMetadata,
+    model_infer_response::InferOutputTensor,
 };
 use crate::request::{InferRequest, InferResponse, InputTensor};
 use crate::tensor::{DataType, bytes_codec};
@@ -216,86 +215,6 @@ pub fn infer_response(resp: InferResponse) -> pb::ModelInferResponse {
         outputs,
         raw_output_contents: raw,
     }
-}
-
-pub fn model_metadata(m: ModelMetadata) -> pb::ModelMetadataResponse {
-    let batching = m.spec.batching();
-    let tensors = |ios: &[crate::model::IoSpec]| -> Vec<TensorMetadata> {
-        ios.iter()
-            .map(|io| {
-                let mut shape = io.dims.clone();
-                if batching {
-                    shape.insert(0, -1);
-                }
-                TensorMetadata {
-                    name: io.name.clone(),
-                    datatype: io.dtype.as_str().to_string(),
-                    shape,
-                }
-            })
-            .collect()
-    };
-    pb::ModelMetadataResponse {
-        name: m.name,
-        versions: m.versions,
-        platform: m.platform,
-        inputs: tensors(&m.spec.inputs),
-        outputs: tensors(&m.spec.outputs),
-    }
-}
-
-fn dur(d: crate::telemetry::stats::Dur) -> Option<pb::StatisticDuration> {
-    Some(pb::StatisticDuration {
-        count: d.count,
-        ns: d.ns,
-    })
-}
-
-pub fn model_statistics(stats: Vec<ModelStatistics>) -> pb::ModelStatisticsResponse {
-    let model_stats = stats
-        .into_iter()
-        .map(|m| {
-            let s = m.stats;
-            pb::ModelStatistics {
-                name: m.name,
-                version: m.version.to_string(),
-                last_inference: s.last_inference_ms,
-                inference_count: s.inference_count,
-                execution_count: s.execution_count,
-                inference_stats: Some(pb::InferStatistics {
-                    success: dur(s.success),
-                    fail: dur(s.fail),
-                    queue: dur(s.queue),
-                    compute_input: dur(s.compute_input),
-                    compute_infer: dur(s.compute_infer),
-                    compute_output: dur(s.compute_output),
-                    cache_hit: dur(Default::default()),
-                    cache_miss: dur(Default::default()),
-                }),
-                batch_stats: s
-                    .batches
-                    .iter()
-                    .map(|(size, b)| pb::InferBatchStatistics {
-                        batch_size: *size,
-                        compute_input: dur(b.compute_input),
-                        compute_infer: dur(b.compute_infer),
-                        compute_output: dur(b.compute_output),
-                    })
-                    .collect(),
-                memory_usage: m
-                    .gpu_memory
-                    .iter()
-                    .map(|(id, bytes)| pb::MemoryUsage {
-                        r#type: "GPU".into(),
-                        id: *id as i64,
-                        byte_size: *bytes,
-                    })
-                    .collect(),
-                response_stats: Default::default(),
-            }
-        })
-        .collect();
-    pb::ModelStatisticsResponse { model_stats }
 }
 
 pub fn repository_index(rows: Vec<IndexEntry>) -> pb::RepositoryIndexResponse {

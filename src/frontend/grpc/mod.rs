@@ -14,6 +14,7 @@ use tonic::codegen::http::HeaderMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::Core;
+use crate::frontend::reports;
 use crate::pb::health::{self, health_check_response::ServingStatus, health_server::Health};
 use crate::pb::inference::{self as pb, grpc_inference_service_server::GrpcInferenceService};
 use crate::request::{Origin, Protocol};
@@ -109,7 +110,7 @@ impl GrpcInferenceService for GrpcService {
         req: Request<pb::ModelMetadataRequest>,
     ) -> Reply<pb::ModelMetadataResponse> {
         let r = req.into_inner();
-        Ok(Response::new(convert::model_metadata(
+        Ok(Response::new(reports::model_metadata(
             self.core.model_metadata(&r.name, &r.version)?,
         )))
     }
@@ -165,7 +166,7 @@ impl GrpcInferenceService for GrpcService {
         req: Request<pb::ModelStatisticsRequest>,
     ) -> Reply<pb::ModelStatisticsResponse> {
         let r = req.into_inner();
-        Ok(Response::new(convert::model_statistics(
+        Ok(Response::new(reports::model_statistics(
             self.core.statistics(&r.name, &r.version)?,
         )))
     }

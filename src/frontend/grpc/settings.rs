@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use crate::core::TraceSettings;
+use crate::frontend::reports::{self, LogValue};
 use crate::pb::inference::{
     self as pb, log_settings_response, trace_setting_request, trace_setting_response,
 };
@@ -30,22 +31,19 @@ pub fn trace_response(settings: TraceSettings) -> pb::TraceSettingResponse {
 
 pub fn log_response(s: LogSettings) -> pb::LogSettingsResponse {
     use log_settings_response::{SettingValue, setting_value::ParameterChoice as P};
-    let v = |p: P| SettingValue {
-        parameter_choice: Some(p),
-    };
-    let settings = [
-        ("log_file", v(P::StringParam(s.file))),
-        ("log_info", v(P::BoolParam(s.info))),
-        ("log_warning", v(P::BoolParam(s.warning))),
-        ("log_error", v(P::BoolParam(s.error))),
-        ("log_verbose_level", v(P::Uint32Param(s.verbose_level))),
-        (
-            "log_format",
-            v(P::StringParam(s.format.as_str().to_string())),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let settings = reports::log_settings(s)
+        .into_iter()
+        .map(|(k, v)| {
+            let choice = match v {
+                LogValue::Bool(b) => P::BoolParam(b),
+                LogValue::Uint32(n) => P::Uint32Param(n),
+                LogValue::Str(s) => P::StringParam(s),
+            };
+            let value = SettingValue {
+                parameter_choice: Some(choice),
+            };
+            (k.to_string(), value)
+        })
+        .collect();
     pb::LogSettingsResponse { settings }
 }

@@ -7,6 +7,7 @@ pub mod convert;
 mod params;
 #[cfg(test)]
 mod proptests;
+pub mod settings;
 pub mod shapes;
 pub mod status;
 pub mod tensor_json;
@@ -19,7 +20,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -120,8 +121,11 @@ pub fn router(core: Arc<Core>, max_input_size: usize) -> Router {
             r = r.route(&format!("/v2/{kind}/{path}"), method);
         }
     }
-    r.route("/v2/trace/setting", get(trace).post(trace))
-        .route("/v2/models/{model}/trace/setting", get(trace).post(trace))
+    r.route("/v2/trace/setting", get(global_trace).post(global_trace))
+        .route(
+            "/v2/models/{model}/trace/setting",
+            get(model_trace).post(model_trace),
+        )
         .route("/v2/logging", get(logging).post(logging))
         .fallback(|| async { status::not_found() })
         .method_not_allowed_fallback(|| async { status::method_not_allowed() })
@@ -321,12 +325,51 @@ async fn shared_memory() -> Reply {
     Err(Error::unsupported(super::SHM_DISABLED).into())
 }
 
-async fn trace() -> Reply {
-    Err(Error::unsupported("TraceSetting is not implemented by this server yet").into())
+/// GET or POST `/v2/trace/setting`: the global trace settings.
+async fn global_trace(
+    State(s): State<Http>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    trace(&s, "", method, &headers, body).await
 }
 
-async fn logging() -> Reply {
-    Err(Error::unsupported("LogSettings is not implemented by this server yet").into())
+/// GET or POST `/v2/models/{model}/trace/setting`: a model's trace settings.
+async fn model_trace(
+    State(s): State<Http>,
+    method: Method,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let (model, _) = model_path(params)?;
+    trace(&s, &model, method, &headers, body).await
+}
+
+/// POST updates the keys its body names first. Either way the reply is every setting after
+/// the call.
+async fn trace(s: &Http, model: &str, method: Method, headers: &HeaderMap, body: Body) -> Reply {
+    let current = if method == Method::POST {
+        let body = read_body(body, headers, s.max_input_size, "JSON ").await?;
+        let pairs = settings::trace_update(&body)?;
+        let pairs = pairs.iter().map(|(k, v)| (k.as_str(), v.clone()));
+        s.core.update_trace_settings(model, pairs)?
+    } else {
+        s.core.trace_settings(model)?
+    };
+    Ok(json(&settings::trace_json(current)))
+}
+
+/// GET or POST the log settings; POST updates the keys its body names first.
+async fn logging(State(s): State<Http>, method: Method, headers: HeaderMap, body: Body) -> Reply {
+    let current = if method == Method::POST {
+        let body = read_body(body, &headers, s.max_input_size, "JSON ").await?;
+        s.core.update_log_settings(&settings::log_update(&body)?)?
+    } else {
+        s.core.log_settings()
+    };
+    Ok(json(&settings::log_json(current)))
 }
 
 /// POST `.../infer`: JSON, JSON + binary tensors, or a raw binary body; gzip/deflate both
