@@ -1,5 +1,6 @@
-//! `InferRequest` + `ModelSpec` → `ValidRequest`. The only constructor of `ValidRequest`:
-//! everything downstream (scheduler, backend) can trust names, types, shapes and sizes.
+//! `InferRequest` + its `RequestContext` + `ModelSpec` → `ValidRequest`. The only constructor
+//! of `ValidRequest` (`tokenized` is a text model's second step): everything downstream
+//! (tokenizer, scheduler, backend) can trust names, types, shapes, sizes and the schedule.
 //! Messages follow Triton's wording (behaviour.md §2, E7–E17) because clients match on them.
 
 use std::collections::HashSet;
