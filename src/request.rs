@@ -1,12 +1,22 @@
 //! Requests and responses in the server's own terms, independent of any wire format.
+//!
+//! - `context`: `RequestContext`, what travels with a request from its front-end to its queue
+//!   entry (id, arrival, client deadline, schedule, span), and the `Origin` it is opened from.
+//! - `params`: the request and output parameters both front-ends parse into one typed form.
+
+mod context;
+mod params;
 
 use bytes::Bytes;
-use tokio::time::Instant;
+
+pub use context::{Origin, Protocol, RequestContext, Schedule, TraceContext};
+pub use params::{Expected, OutputError, ParamError, ParamValue, RequestParams};
 
 use crate::tensor::Tensor;
 
 /// One inference request as a front-end decoded it. Nothing here is trusted yet:
-/// `validate::validate` turns it into a `ValidRequest` against a model's spec.
+/// `validate::validate` turns it, with its `RequestContext`, into a `ValidRequest` against a
+/// model's spec.
 #[derive(Debug, Clone)]
 pub struct InferRequest {
     pub model_name: String,
@@ -17,8 +27,6 @@ pub struct InferRequest {
     /// Empty means every output of the model.
     pub outputs: Vec<RequestedOutput>,
     pub params: RequestParams,
-    /// When the front-end received the request; the start of its end-to-end duration.
-    pub arrival: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -31,23 +39,26 @@ pub struct InputTensor {
     pub data: Bytes,
 }
 
+/// An output the request names, with its parameters (`RequestedOutput::parse`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestedOutput {
     pub name: String,
     /// Top-K classification instead of the raw tensor (`classification` parameter).
     pub classification: Option<u32>,
+    /// `binary_data` (HTTP's binary tensor extension): this output's format; `None` = the
+    /// request's `binary_data_output`. gRPC answers every output raw.
+    pub binary: Option<bool>,
 }
 
-/// The request-level parameters the server itself interprets.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RequestParams {
-    /// 0 = the model's default level.
-    pub priority: u64,
-    /// Queue timeout in microseconds; 0 = none.
-    pub timeout_us: u64,
-    /// The client's own deadline (`grpc-timeout`, an HTTP timeout header): past it the answer
-    /// is of no use, so the request may not wait beyond it.
-    pub deadline: Option<Instant>,
+impl RequestedOutput {
+    /// The output `name` with no parameters.
+    pub fn named(name: impl Into<String>) -> Self {
+        RequestedOutput {
+            name: name.into(),
+            classification: None,
+            binary: None,
+        }
+    }
 }
 
 /// What a request says about itself ahead of its tensors: enough to refuse it for overload
@@ -58,8 +69,6 @@ pub struct RequestHead<'a> {
     pub model_version: &'a str,
     pub id: &'a str,
     pub params: RequestParams,
-    /// When the head arrived.
-    pub arrival: Instant,
 }
 
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
-//! `InferRequest` + `ModelSpec` → `ValidRequest`. The only constructor of `ValidRequest`:
-//! everything downstream (scheduler, backend) can trust names, types, shapes and sizes.
+//! `InferRequest` + its `RequestContext` + `ModelSpec` → `ValidRequest`. The only constructor
+//! of `ValidRequest` (`tokenized` is a text model's second step): everything downstream
+//! (tokenizer, scheduler, backend) can trust names, types, shapes, sizes and the schedule.
 //! Messages follow Triton's wording (behaviour.md §2, E7–E17) because clients match on them.
 
 use std::collections::HashSet;
@@ -7,51 +8,130 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::model::{IoSpec, ModelSpec};
-use crate::request::{InferRequest, RequestParams};
+use crate::request::{InferRequest, RequestContext, RequestParams, Schedule};
 use crate::tensor::{DataType, Tensor, bytes_codec, checked_byte_len, element_count, shape_string};
 
-/// A request checked against one model version.
+/// A request checked against one model version. Its fields are private: only this module
+/// makes one (`validate`) or turns one into its tokenized form (`tokenized`), so what the
+/// scheduler and the backend read through the accessors holds the checks made here.
 #[derive(Debug)]
 pub struct ValidRequest {
-    pub id: String,
+    ctx: RequestContext,
     /// Provided inputs, in the model's input order, shapes as the client sent them.
-    pub inputs: Vec<Tensor>,
+    inputs: Vec<Tensor>,
     /// Rows in this request: the batch dimension for batching models, else 1.
-    pub batch_size: usize,
+    batch_size: usize,
     /// Outputs to return, in response order.
-    pub outputs: Vec<OutputRequest>,
-    pub params: RequestParams,
-    /// Priority level, 0-based (0 = the highest); 0 without dynamic batching.
-    pub level: usize,
-    /// How long the request may wait in the queue; `None` = no limit.
-    pub queue_timeout: Option<Duration>,
-    /// Text models, once tokenized: the padded token length of this request's rows. Such
-    /// requests batch with each other whatever their lengths (padded to the longest).
-    pub seq_len: Option<usize>,
-    /// Text models, once tokenized: the real (unpadded) tokens of all rows.
-    pub real_tokens: usize,
-    _sealed: Sealed,
+    outputs: Vec<OutputRequest>,
+    /// Text models, once tokenized.
+    tokens: Option<Tokens>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Tokens {
+    /// The padded token length of this request's rows.
+    seq_len: usize,
+    /// The real (unpadded) tokens of all rows.
+    real: usize,
 }
 
 impl ValidRequest {
-    /// The second parsing step of a text model (`preprocess`): the text input becomes the
-    /// graph's token inputs, each `[batch_size, seq_len]`, holding `real_tokens` real tokens.
-    pub fn with_token_inputs(
-        mut self,
-        inputs: Vec<Tensor>,
-        seq_len: usize,
-        real_tokens: usize,
-    ) -> ValidRequest {
-        self.inputs = inputs;
-        self.seq_len = Some(seq_len);
-        self.real_tokens = real_tokens;
-        self
+    pub fn id(&self) -> &str {
+        self.ctx.id()
+    }
+
+    /// The request's context: arrival, client deadline, span, and its schedule.
+    pub fn context(&self) -> &RequestContext {
+        &self.ctx
+    }
+
+    /// Priority level, 0-based (0 = the highest); 0 without dynamic batching.
+    pub fn level(&self) -> usize {
+        self.ctx.schedule().level
+    }
+
+    /// How long the request may wait in the queue; `None` = no limit.
+    pub fn queue_timeout(&self) -> Option<Duration> {
+        self.ctx.schedule().queue_timeout
+    }
+
+    /// Provided inputs, in the model's input order, shapes as the client sent them (text
+    /// models once tokenized: the token inputs).
+    pub fn inputs(&self) -> &[Tensor] {
+        &self.inputs
+    }
+
+    /// Rows in this request: the batch dimension for batching models, else 1.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Outputs to return, in response order.
+    pub fn outputs(&self) -> &[OutputRequest] {
+        &self.outputs
+    }
+
+    /// Text models, once tokenized: the padded token length of this request's rows. Such
+    /// requests batch with each other whatever their lengths (padded to the longest).
+    pub fn seq_len(&self) -> Option<usize> {
+        self.tokens.map(|t| t.seq_len)
+    }
+
+    /// Text models, once tokenized: the real (unpadded) tokens of all rows.
+    pub fn real_tokens(&self) -> usize {
+        self.tokens.map_or(0, |t| t.real)
     }
 }
 
-/// Only this module can build a `ValidRequest`.
+/// A text model's token inputs for one request, as the tokenizer made them.
 #[derive(Debug)]
-struct Sealed;
+pub struct TokenInputs {
+    /// INT64 `[batch_size, seq_len]` each.
+    pub inputs: Vec<Tensor>,
+    pub seq_len: usize,
+    /// Tokens that are not padding.
+    pub real_tokens: usize,
+}
+
+/// The second parsing step of a text model (`preprocess`): the text input becomes the
+/// graph's token inputs. Each must be INT64 `[batch_size, seq_len]` and the real tokens must
+/// fit in them; anything else is the tokenizer's bug, refused as an internal error. Time spent
+/// tokenizing is charged to the client's deadline.
+pub fn tokenized(mut req: ValidRequest, tokens: TokenInputs) -> Result<ValidRequest> {
+    let TokenInputs {
+        inputs,
+        seq_len,
+        real_tokens,
+    } = tokens;
+    let rows = req.batch_size;
+    let want = [rows as i64, seq_len as i64];
+    if let Some(t) = inputs
+        .iter()
+        .find(|t| t.dtype() != DataType::Int64 || t.shape() != want)
+    {
+        return Err(Error::internal(format!(
+            "token input '{}' is {} {}, expected INT64 {}",
+            t.name(),
+            t.dtype().as_str(),
+            shape_string(t.shape()),
+            shape_string(&want)
+        ))
+        .with_request_id(req.id()));
+    }
+    if rows.checked_mul(seq_len).is_none_or(|n| real_tokens > n) {
+        return Err(Error::internal(format!(
+            "{real_tokens} real tokens do not fit in {rows} rows of {seq_len}"
+        ))
+        .with_request_id(req.id()));
+    }
+    req.inputs = inputs;
+    req.tokens = Some(Tokens {
+        seq_len,
+        real: real_tokens,
+    });
+    req.ctx.charge_deadline(tokio::time::Instant::now());
+    Ok(req)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutputRequest {
@@ -60,12 +140,18 @@ pub struct OutputRequest {
     pub classification: Option<u32>,
 }
 
-pub fn validate(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
+/// Checks `req` against `spec`; the request's `ctx` (from `Core::open_request`) moves into the
+/// `ValidRequest` with the request's id and its schedule on the model. Errors carry the id.
+pub fn validate(req: InferRequest, ctx: RequestContext, spec: &ModelSpec) -> Result<ValidRequest> {
     let id = req.id.clone();
-    validate_inner(req, spec).map_err(|e| e.with_request_id(&id))
+    validate_inner(req, ctx, spec).map_err(|e| e.with_request_id(&id))
 }
 
-fn validate_inner(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
+fn validate_inner(
+    req: InferRequest,
+    mut ctx: RequestContext,
+    spec: &ModelSpec,
+) -> Result<ValidRequest> {
     let model = &spec.name;
     let mut seen = HashSet::new();
     for input in &req.inputs {
@@ -215,44 +301,32 @@ fn validate_inner(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
         outs
     };
 
-    let (level, queue_timeout) = schedule_params(spec, &req.params)?;
+    let schedule = schedule(spec, &req.params, ctx.deadline())?;
+    ctx.admit(req.id, schedule);
     Ok(ValidRequest {
-        id: req.id,
+        ctx,
         inputs,
         batch_size,
         outputs,
-        params: req.params,
-        level,
-        queue_timeout,
-        seq_len: None,
-        real_tokens: 0,
-        _sealed: Sealed,
+        tokens: None,
     })
 }
 
-/// The priority level and queue timeout of a request to a dynamically batched model.
-/// Priority 0 means the model's default level; a level the model does not have, or a timeout
-/// override the model does not allow, is refused rather than silently ignored.
-pub fn schedule_params(
+/// Where a request with `params` waits in `spec`'s queue, no longer than the client's
+/// `deadline` allows. Priority 0 means the model's default level; a level the model does not
+/// have, or a timeout override the model does not allow, is refused rather than silently
+/// ignored.
+pub fn schedule(
     spec: &ModelSpec,
     params: &RequestParams,
-) -> Result<(usize, Option<Duration>)> {
-    let (level, timeout) = queue_policy_params(spec, params)?;
-    let Some(deadline) = params.deadline else {
-        return Ok((level, timeout));
-    };
-    let left = deadline
-        .saturating_duration_since(tokio::time::Instant::now())
-        .max(Duration::from_micros(1));
-    Ok((level, Some(timeout.map_or(left, |t| t.min(left)))))
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Schedule> {
+    Ok(queue_policy(spec, params)?.within(deadline, tokio::time::Instant::now()))
 }
 
-fn queue_policy_params(
-    spec: &ModelSpec,
-    params: &RequestParams,
-) -> Result<(usize, Option<Duration>)> {
+fn queue_policy(spec: &ModelSpec, params: &RequestParams) -> Result<Schedule> {
     let Some(db) = &spec.dynamic_batching else {
-        return Ok((0, None));
+        return Ok(Schedule::default());
     };
     let model = &spec.name;
     let level = match params.priority {
@@ -286,7 +360,10 @@ fn queue_policy_params(
             )));
         }
     };
-    Ok((level - 1, (!timeout.is_zero()).then_some(timeout)))
+    Ok(Schedule {
+        level: level - 1,
+        queue_timeout: (!timeout.is_zero()).then_some(timeout),
+    })
 }
 
 fn check_dims(io: &IoSpec, item_shape: &[i64], full: &[i64], spec: &ModelSpec) -> Result<()> {

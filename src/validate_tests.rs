@@ -2,9 +2,8 @@
 
 use super::*;
 use crate::model::OrtOptions;
-use crate::request::{InputTensor, RequestedOutput};
+use crate::request::{InputTensor, RequestContext, RequestedOutput};
 use bytes::Bytes;
-use tokio::time::Instant;
 
 fn spec(max_batch_size: u32) -> ModelSpec {
     let io = |name: &str| IoSpec {
@@ -46,8 +45,12 @@ fn request(inputs: Vec<InputTensor>) -> InferRequest {
         inputs,
         outputs: vec![],
         params: RequestParams::default(),
-        arrival: Instant::now(),
     }
+}
+
+/// `validate` with an untraced context and no client deadline.
+fn check(req: InferRequest, spec: &ModelSpec) -> Result<ValidRequest> {
+    validate(req, RequestContext::detached(), spec)
 }
 
 #[test]
@@ -56,10 +59,10 @@ fn accepts_a_batch_and_orders_inputs_like_the_model() {
         input("INPUT1", "INT32", vec![3, 16], 192),
         input("INPUT0", "INT32", vec![3, 16], 192),
     ]);
-    let v = validate(req, &spec(8)).unwrap();
-    assert_eq!(v.batch_size, 3);
-    assert_eq!(v.inputs[0].name(), "INPUT0");
-    assert_eq!(v.outputs.len(), 2);
+    let v = check(req, &spec(8)).unwrap();
+    assert_eq!(v.batch_size(), 3);
+    assert_eq!(v.inputs()[0].name(), "INPUT0");
+    assert_eq!(v.outputs().len(), 2);
 }
 
 #[test]
@@ -136,7 +139,7 @@ fn error_table() {
         ),
     ];
     for (inputs, want) in cases {
-        let err = validate(request(inputs), &s).unwrap_err();
+        let err = check(request(inputs), &s).unwrap_err();
         assert_eq!(err.code, crate::error::Code::InvalidArg, "{want}");
         assert!(
             err.message.contains(want),
@@ -152,11 +155,8 @@ fn unknown_requested_output() {
         input("INPUT0", "INT32", vec![1, 16], 64),
         input("INPUT1", "INT32", vec![1, 16], 64),
     ]);
-    req.outputs = vec![RequestedOutput {
-        name: "NOPE".into(),
-        classification: None,
-    }];
-    let err = validate(req, &spec(8)).unwrap_err();
+    req.outputs = vec![RequestedOutput::named("NOPE")];
+    let err = check(req, &spec(8)).unwrap_err();
     assert!(
         err.message
             .ends_with("unexpected inference output 'NOPE' for model 'simple'")
@@ -169,12 +169,12 @@ fn non_batching_model_takes_exact_dims() {
         input("INPUT0", "INT32", vec![16], 64),
         input("INPUT1", "INT32", vec![16], 64),
     ]);
-    assert_eq!(validate(req, &spec(0)).unwrap().batch_size, 1);
+    assert_eq!(check(req, &spec(0)).unwrap().batch_size(), 1);
     let req = request(vec![
         input("INPUT0", "INT32", vec![1, 16], 64),
         input("INPUT1", "INT32", vec![16], 64),
     ]);
-    let err = validate(req, &spec(0)).unwrap_err();
+    let err = check(req, &spec(0)).unwrap_err();
     assert!(
         err.message.contains("Expected [16], got [1,16]."),
         "{}",
@@ -190,7 +190,7 @@ fn malformed_bytes_tensor() {
     s.inputs[0].dims = vec![-1];
     let mut inp = input("INPUT0", "BYTES", vec![1, 2], 0);
     inp.data = Bytes::from(vec![1, 0, 0, 0, b'a', 5, 0]);
-    let err = validate(request(vec![inp]), &s).unwrap_err();
+    let err = check(request(vec![inp]), &s).unwrap_err();
     assert!(
         err.message.contains("incomplete string length indicator"),
         "{}",
@@ -227,22 +227,22 @@ fn priority_and_timeout_against_the_queue_policy() {
             timeout_us,
             ..Default::default()
         };
-        validate(req, &s)
+        check(req, &s)
     };
     let v = run(0, 0).unwrap();
     assert_eq!(
-        (v.level, v.queue_timeout),
+        (v.level(), v.queue_timeout()),
         (1, Some(Duration::from_micros(1000)))
     );
     let v = run(1, 300).unwrap();
     assert_eq!(
-        (v.level, v.queue_timeout),
+        (v.level(), v.queue_timeout()),
         (0, Some(Duration::from_micros(300))),
         "a smaller override wins"
     );
     let v = run(3, 5000).unwrap();
     assert_eq!(
-        v.queue_timeout,
+        v.queue_timeout(),
         Some(Duration::from_micros(1000)),
         "a larger override does not extend the default"
     );
@@ -268,17 +268,79 @@ fn an_output_named_twice_is_refused() {
         input("INPUT0", "INT32", vec![1, 16], 64),
         input("INPUT1", "INT32", vec![1, 16], 64),
     ]);
-    let out = |name: &str| RequestedOutput {
-        name: name.into(),
-        classification: None,
-    };
+    let out = RequestedOutput::named;
     req.outputs = vec![out("OUTPUT0"), out("OUTPUT1"), out("OUTPUT0")];
-    let err = validate(req, &spec(8)).unwrap_err();
+    let err = check(req, &spec(8)).unwrap_err();
     assert_eq!(err.code, crate::error::Code::InvalidArg);
     assert!(
         err.message
             .ends_with("output 'OUTPUT0' already exists in request"),
         "{}",
         err.message
+    );
+}
+
+fn two_rows() -> ValidRequest {
+    let req = request(vec![
+        input("INPUT0", "INT32", vec![2, 16], 128),
+        input("INPUT1", "INT32", vec![2, 16], 128),
+    ]);
+    check(req, &spec(8)).unwrap()
+}
+
+fn tokens(shape: Vec<i64>, dtype: DataType, real_tokens: usize) -> TokenInputs {
+    let bytes = shape.iter().product::<i64>() as usize * dtype.byte_size().unwrap();
+    TokenInputs {
+        inputs: vec![
+            Tensor::new("input_ids", dtype, shape, Bytes::from(vec![0u8; bytes])).unwrap(),
+        ],
+        seq_len: 5,
+        real_tokens,
+    }
+}
+
+#[test]
+fn token_inputs_must_fit_the_request() {
+    let v = tokenized(two_rows(), tokens(vec![2, 5], DataType::Int64, 7)).unwrap();
+    assert_eq!((v.seq_len(), v.real_tokens()), (Some(5), 7));
+    assert_eq!(v.inputs()[0].name(), "input_ids");
+    assert_eq!(v.id(), "r1");
+    let err = tokenized(two_rows(), tokens(vec![2, 4], DataType::Int64, 7)).unwrap_err();
+    assert_eq!(err.code, crate::error::Code::Internal);
+    assert_eq!(
+        err.message,
+        "[request id: r1] token input 'input_ids' is INT64 [2,4], expected INT64 [2,5]"
+    );
+    let err = tokenized(two_rows(), tokens(vec![2, 5], DataType::Int32, 7)).unwrap_err();
+    assert!(err.message.contains("is INT32 [2,5]"), "{}", err.message);
+    let err = tokenized(two_rows(), tokens(vec![2, 5], DataType::Int64, 11)).unwrap_err();
+    assert!(
+        err.message
+            .ends_with("11 real tokens do not fit in 2 rows of 5"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn the_context_gets_the_id_and_a_queue_timeout_within_the_deadline() {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let ctx = RequestContext::new(
+        tokio::time::Instant::now(),
+        Some(deadline),
+        tracing::Span::none(),
+    );
+    let req = request(vec![
+        input("INPUT0", "INT32", vec![1, 16], 64),
+        input("INPUT1", "INT32", vec![1, 16], 64),
+    ]);
+    let v = validate(req, ctx, &spec(8)).unwrap();
+    assert_eq!(v.context().id(), "r1");
+    assert_eq!(v.context().deadline(), Some(deadline));
+    assert_eq!(v.level(), 0);
+    let left = v.queue_timeout().expect("the deadline bounds the wait");
+    assert!(
+        left > Duration::ZERO && left <= Duration::from_secs(2),
+        "{left:?}"
     );
 }

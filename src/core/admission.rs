@@ -15,7 +15,7 @@ use super::Core;
 use super::inflight::InflightGuard;
 use crate::error::{Error, Rejection, Result};
 use crate::lifecycle::manager::LoadedModel;
-use crate::request::{InferRequest, InferResponse, RequestHead};
+use crate::request::{InferRequest, InferResponse, Origin, RequestContext, RequestHead};
 use crate::scheduler::Reply;
 use crate::telemetry::spans;
 use crate::telemetry::stats::ModelStats;
@@ -72,13 +72,12 @@ impl Future for PendingInfer {
 }
 
 impl Core {
-    /// Runs one request to completion. Dropping the future cancels it (the queued entry is skipped).
-    /// Sampled for tracing by the trace settings, without a client trace context; front-ends
-    /// that read one use `request_span` and `submit`.
-    pub async fn infer(&self, req: InferRequest) -> Result<InferResponse> {
-        let span = self.request_span("core", &req.model_name, &req.model_version, None);
-        self.submit(req, &span)?.await
+    /// Runs one request to completion: `submit`, then its answer. Dropping the future cancels
+    /// it (the queued entry is skipped).
+    pub async fn infer(&self, req: InferRequest, ctx: RequestContext) -> Result<InferResponse> {
+        self.submit(req, ctx)?.await
     }
+
     /// The checks that need no tensors, in `submit`'s order: the server is not draining, the
     /// model resolves to a serving version (a known one that is loading is an overload-style
     /// "not ready" with a retry hint), and the server-wide in-flight caps hold `bytes` more.
@@ -115,14 +114,24 @@ impl Core {
         }
     }
 
-    /// Refuses a request from its head alone (model, version, id, parameters, the client's
-    /// deadline), while its tensors are still arriving: when it would be refused for overload
-    /// (draining, model not ready, server busy, queue full, shed by priority, deadline that
-    /// cannot be met) the refusal comes now, counted as `submit` counts it. Anything else,
-    /// including a head `submit` would reject as invalid, is Ok: `submit` decides with the
-    /// whole request. The in-flight byte cap is left to `submit` (the tensors' size is not
-    /// known yet).
-    pub fn refuse_early(&self, head: &RequestHead<'_>) -> Result<()> {
+    /// Refuses a request from its head alone (model, version, id, parameters) and its origin
+    /// (arrival, the client's deadline), while its tensors are still arriving: when it would be
+    /// refused for overload (draining, model not ready, server busy, queue full, shed by
+    /// priority, deadline that cannot be met) the refusal comes now, counted as `submit`
+    /// counts it, and traced as `submit` would trace it. Anything else, including a head
+    /// `submit` would reject as invalid, is Ok: the request is opened and decided with the
+    /// whole of it. The in-flight byte cap is left to `submit` (the tensors' size is not known
+    /// yet).
+    pub fn refuse_early(&self, head: &RequestHead<'_>, origin: &Origin) -> Result<()> {
+        self.early_refusal(head, origin).inspect_err(|e| {
+            // Sampled only when refused: a request that goes on is sampled when opened.
+            let ctx = self.open_request(origin.clone(), head.model_name, head.model_version);
+            spans::record_id(ctx.span(), head.id);
+            spans::record_error(ctx.span(), &e.message);
+        })
+    }
+
+    fn early_refusal(&self, head: &RequestHead<'_>, origin: &Origin) -> Result<()> {
         let overload = |e: Error| {
             if e.retry_hint().is_some() {
                 Err(e)
@@ -130,50 +139,53 @@ impl Core {
                 Ok(())
             }
         };
-        let model = match self.admit_head(head.model_name, head.model_version, 0, head.arrival) {
+        let arrival = origin.arrival;
+        let model = match self.admit_head(head.model_name, head.model_version, 0, arrival) {
             Ok((m, _inflight)) => m,
             Err(e) => return overload(e),
         };
-        let Ok((level, timeout)) = crate::validate::schedule_params(&model.spec, &head.params)
+        let Ok(schedule) = crate::validate::schedule(&model.spec, &head.params, origin.deadline)
         else {
             return Ok(());
         };
         model
             .scheduler
-            .precheck(level, timeout, head.id)
-            .inspect_err(|e| count_refusal(&model.stats, head.arrival, e))
+            .precheck(schedule.level, schedule.queue_timeout, head.id)
+            .inspect_err(|e| count_refusal(&model.stats, arrival, e))
             .or_else(overload)
     }
 
     /// Validates and queues one request at once; errors here mean it was never accepted (the
-    /// model did not run). The returned future resolves with the model's answer.
-    pub fn submit(&self, req: InferRequest, span: &Span) -> Result<PendingInfer> {
-        spans::record_id(span, &req.id);
+    /// model did not run). `ctx` is the request's, from `open_request`. The returned future
+    /// resolves with the model's answer.
+    pub fn submit(&self, req: InferRequest, ctx: RequestContext) -> Result<PendingInfer> {
+        let span = ctx.span().clone();
+        let arrival = ctx.arrival();
+        spans::record_id(&span, &req.id);
         let accepted = {
             let bytes = req.inputs.iter().map(|i| i.data.len()).sum();
-            self.admit_head(&req.model_name, &req.model_version, bytes, req.arrival)
+            self.admit_head(&req.model_name, &req.model_version, bytes, arrival)
         }
         .and_then(|(model, inflight)| {
             span.record("model_version", model.spec.version);
-            let arrival = req.arrival;
-            let valid = validate(req, &model.spec)
+            let valid = validate(req, ctx, &model.spec)
                 .map_err(|e| e.refused(Rejection::Invalid, None))
                 .inspect_err(|e| count_refusal(&model.stats, arrival, e))?;
             // Step 4: a text model's texts become token inputs on the tokenizer threads before
             // they are queued; other models are queued now, so a full queue is refused at once.
             let stage = if model.tokenizer.is_some() {
-                let (m, span2) = (model.clone(), span.clone());
+                let m = model.clone();
                 Stage::Tokenizing(Box::pin(async move {
                     let pool = m.tokenizer.as_ref().expect("checked above");
                     // Refused by the tokenizer's own admission (a deadline it cannot meet) or
                     // by the queue once tokenized: counted as the pending request completes.
                     let queued = pool.tokenize(valid).await;
                     queued
-                        .and_then(|valid| m.scheduler.enqueue(valid, arrival, span2))
+                        .and_then(|valid| m.scheduler.enqueue(valid))
                         .inspect_err(|e| count_refusal(&m.stats, arrival, e))
                 }))
             } else {
-                let queued = model.scheduler.enqueue(valid, arrival, span.clone());
+                let queued = model.scheduler.enqueue(valid);
                 Stage::Queued(queued.inspect_err(|e| count_refusal(&model.stats, arrival, e))?)
             };
             Ok(PendingInfer {
@@ -184,7 +196,7 @@ impl Core {
             })
         });
         if let Err(e) = &accepted {
-            spans::record_error(span, &e.message);
+            spans::record_error(&span, &e.message);
         }
         accepted
     }

@@ -4,9 +4,13 @@
 //!
 //! - `admission`: the request path from a front-end to a model's queue, and `PendingInfer`.
 //! - `inflight`: the server-wide in-flight caps.
+//! - `params`: the repository and log settings parameters, parsed once for both front-ends.
+//! - `reports`: metadata and statistics in neutral types both front-ends encode.
 
 mod admission;
 mod inflight;
+pub mod params;
+mod reports;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,16 +22,19 @@ use crate::error::{Error, Rejection, Result};
 use crate::lifecycle::manager::{IndexEntry, LoadRequest, ModelManager, parse_version};
 use crate::model::ModelSpec;
 use crate::model::config::ModelConfig;
+use crate::request::{Origin, RequestContext};
 use crate::telemetry::Telemetry;
 use crate::telemetry::logging::{LogSettings, LogUpdate};
 use crate::telemetry::metrics::{self, StateRow};
-use crate::telemetry::spans::{self, RemoteParent};
-use crate::telemetry::stats::StatsSnapshot;
+use crate::telemetry::spans;
 use crate::telemetry::trace::TraceUpdate;
 
 pub use admission::PendingInfer;
 use inflight::Inflight;
 pub use inflight::InflightLimits;
+pub use reports::{
+    MemoryKind, MemoryUsage, ModelMetadata, ModelStatistics, ServerMetadata, TensorMetadata,
+};
 
 /// How long a client refused because the server is going away should wait: long enough for a
 /// load balancer to have moved it to another replica.
@@ -41,6 +48,15 @@ pub const EXTENSIONS: &[&str] = &[
     "statistics",
     "trace",
     "logging",
+];
+
+/// The order in which Triton checks the keys of a trace settings update.
+const TRACE_KEY_ORDER: &[&str] = &[
+    "trace_file",
+    "trace_level",
+    "trace_rate",
+    "trace_count",
+    "log_frequency",
 ];
 
 /// Trace settings as `(key, values)`: `trace_level` is a list, every other key one value.
@@ -60,29 +76,6 @@ pub struct Core {
     telemetry: Telemetry,
     limits: InflightLimits,
     inflight: Arc<Inflight>,
-}
-
-pub struct ServerMetadata {
-    pub name: String,
-    pub version: String,
-    pub extensions: Vec<String>,
-}
-
-pub struct ModelMetadata {
-    pub name: String,
-    /// The requested version, or every READY version ascending.
-    pub versions: Vec<String>,
-    pub platform: String,
-    /// The newest matching version's spec (inputs/outputs are the same for all versions).
-    pub spec: Arc<ModelSpec>,
-}
-
-pub struct ModelStatistics {
-    pub name: String,
-    pub version: i64,
-    pub stats: StatsSnapshot,
-    /// GPU memory the version took at load, per device.
-    pub gpu_memory: Vec<(i32, u64)>,
 }
 
 impl Core {
@@ -189,33 +182,41 @@ impl Core {
         } else {
             vec![model.spec.version.to_string()]
         };
-        Ok(ModelMetadata {
-            name: model.spec.name.clone(),
-            versions,
-            platform: model.config.platform.clone(),
-            spec: model.spec.clone(),
-        })
+        Ok(ModelMetadata::of(&model, versions))
+    }
+
+    /// The spec of the version `version` resolves to (what a raw HTTP request is decoded by).
+    pub fn model_spec(&self, name: &str, version: &str) -> Result<Arc<ModelSpec>> {
+        Ok(self.manager.get(name, version)?.spec.clone())
     }
 
     pub fn model_config(&self, name: &str, version: &str) -> Result<Arc<ModelConfig>> {
         Ok(self.manager.get(name, version)?.config.clone())
     }
 
-    /// The span of one request, or `Span::none()` when the trace settings do not sample it.
-    /// `protocol` names the front-end (`grpc`, `http`); `parent` is the client's W3C context
-    /// (`spans::parent_from_headers`).
-    pub fn request_span(
-        &self,
-        protocol: &'static str,
-        model: &str,
-        version: &str,
-        parent: Option<&RemoteParent>,
-    ) -> Span {
-        if self.telemetry.trace.sample(model, parent.is_some()) {
-            spans::request(protocol, model, version, parent)
+    /// Opens one request as its front-end receives it, before decoding it: the context it
+    /// carries to its queue entry. Its span is sampled by the trace settings of `model`, as a
+    /// child of the client's W3C context when the origin carries a valid one; it is
+    /// `Span::none()` when not sampled.
+    pub fn open_request(&self, origin: Origin, model: &str, version: &str) -> RequestContext {
+        let parent = spans::parent(&origin.trace);
+        let span = if self.telemetry.trace.sample(model, parent.is_some()) {
+            spans::request(origin.protocol.as_str(), model, version, parent.as_ref())
         } else {
             Span::none()
-        }
+        };
+        RequestContext::new(origin.arrival, origin.deadline, span)
+    }
+
+    /// Runs a front-end's decoding of the request opened as `ctx` inside its `receive` span;
+    /// a request that does not decode is marked failed on its span.
+    pub fn receive<T>(
+        &self,
+        ctx: &RequestContext,
+        decode: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let _receive = spans::receive(ctx.span()).entered();
+        decode().inspect_err(|e| spans::record_error(ctx.span(), &e.message))
     }
 
     /// Statistics of READY versions: all models (`name` empty), all versions (`version` empty) or one.
@@ -245,15 +246,7 @@ impl Core {
             }
             v
         };
-        Ok(models
-            .iter()
-            .map(|m| ModelStatistics {
-                name: m.spec.name.clone(),
-                version: m.spec.version,
-                stats: m.stats.snapshot(),
-                gpu_memory: m.gpu_memory.clone(),
-            })
-            .collect())
+        Ok(models.iter().map(|m| ModelStatistics::of(m)).collect())
     }
 
     /// RepositoryModelLoad: (re)loads `name`, optionally with a JSON config override and model
@@ -307,6 +300,15 @@ impl Core {
         S: AsRef<str>,
     {
         let scope = self.trace_scope(model)?;
+        let mut pairs: Vec<_> = pairs.into_iter().collect();
+        // Checked in Triton's order whatever the wire's (a gRPC map has none), so a request
+        // with two faults always names the same one.
+        pairs.sort_by_key(|(k, _)| {
+            TRACE_KEY_ORDER
+                .iter()
+                .position(|o| o == k)
+                .unwrap_or(TRACE_KEY_ORDER.len())
+        });
         let update = TraceUpdate::parse(pairs)?;
         self.telemetry.trace.update(scope, &update);
         Ok(self.telemetry.trace.settings(scope))

@@ -1,7 +1,23 @@
 //! Front-ends: wire ↔ core conversion. Each maps the one error vocabulary to its own statuses.
+//! `reports` is the one encoder of model metadata and statistics both use.
 
 pub mod grpc;
 pub mod http;
+pub mod reports;
+
+use tonic::codegen::http::HeaderMap;
+
+use crate::request::TraceContext;
+
+/// The client's W3C trace context from a request's headers: HTTP headers, or gRPC metadata,
+/// which tonic keeps as the same header map.
+pub(crate) fn trace_context(headers: &HeaderMap) -> TraceContext {
+    TraceContext::from_headers(
+        headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+    )
+}
 
 /// Client shared memory is off, as in Triton's newest release without `--allow-client-shm`
 /// (behaviour.md E36); this server does not implement it at all yet. Both front-ends answer

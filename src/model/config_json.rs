@@ -13,17 +13,26 @@ fn descriptor() -> MessageDescriptor {
         .expect("ModelConfig in descriptor")
 }
 
-/// The effective config as Triton prints it: proto field names, every scalar, list and map
-/// printed even at its default, enums by name, 64-bit integers as JSON numbers.
-pub fn to_json(cfg: &ModelConfig) -> serde_json::Value {
-    let msg = DynamicMessage::decode(descriptor(), cfg.encode_to_vec().as_slice())
-        .expect("a ModelConfig re-decodes");
+/// A protobuf message (`name` its full name, e.g. `inference.ModelConfig`) as Triton prints it
+/// in JSON: proto field names, every scalar, list and map printed even at its default, enums
+/// by name, 64-bit integers as JSON numbers.
+pub fn message_to_json<M: Message>(msg: &M, name: &str) -> serde_json::Value {
+    let desc = descriptor_pool()
+        .get_message_by_name(name)
+        .unwrap_or_else(|| panic!("{name} in descriptor"));
+    let msg = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
+        .unwrap_or_else(|e| panic!("a {name} re-decodes: {e}"));
     let opts = SerializeOptions::new()
         .use_proto_field_name(true)
         .skip_default_fields(false)
         .stringify_64_bit_integers(false);
     msg.serialize_with_options(serde_json::value::Serializer, &opts)
-        .expect("a ModelConfig serializes to JSON")
+        .unwrap_or_else(|e| panic!("a {name} serializes to JSON: {e}"))
+}
+
+/// The effective config as Triton prints it (`message_to_json`).
+pub fn to_json(cfg: &ModelConfig) -> serde_json::Value {
+    message_to_json(cfg, "inference.ModelConfig")
 }
 
 /// Parses a JSON config (proto or lowerCamelCase names, 64-bit values as numbers or strings,

@@ -9,7 +9,7 @@
 //! - `post`: pure functions: padding token rows to a batch, pooling, L2, trimming.
 //!
 //! Request path (ARCHITECTURE.md step 4): `validate` checks the BYTES input, the pool replaces
-//! it with token tensors (`ValidRequest::with_token_inputs`), the scheduler batches requests of
+//! it with token tensors (`validate::tokenized`), the scheduler batches requests of
 //! different token lengths together padded to the longest, and the batch applies `post`.
 
 pub mod admission;

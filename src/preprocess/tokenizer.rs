@@ -23,7 +23,7 @@ use crate::model::text::{
     ATTENTION_MASK, DEFAULT_MAX_LENGTH, INPUT_IDS, Padding, TOKEN_TYPE_IDS, TextSpec, Truncation,
 };
 use crate::tensor::{DataType, Tensor, bytes_codec};
-use crate::validate::ValidRequest;
+use crate::validate::{self, TokenInputs, ValidRequest};
 
 /// Loads the tokenizer of a text model, resolves the settings that depend on the tokenizer file
 /// and on the graph (`TextSpec`'s "at load" fields, written into `spec`), and returns the encoder.
@@ -88,9 +88,16 @@ pub struct Encoder {
 impl Encoder {
     /// Replaces the text input of a request with the token inputs.
     pub fn encode_request(&self, req: ValidRequest) -> Result<ValidRequest> {
-        match self.encode_inputs(&req.inputs) {
-            Ok(e) => Ok(req.with_token_inputs(e.inputs, e.seq_len, e.real_tokens)),
-            Err(e) => Err(e.with_request_id(&req.id)),
+        match self.encode_inputs(req.inputs()) {
+            Ok(e) => validate::tokenized(
+                req,
+                TokenInputs {
+                    inputs: e.inputs,
+                    seq_len: e.seq_len,
+                    real_tokens: e.real_tokens,
+                },
+            ),
+            Err(e) => Err(e.with_request_id(req.id())),
         }
     }
 
@@ -277,18 +284,6 @@ struct TextEncoding {
     prefix: usize,
 }
 
-/// Time spent waiting for and in the tokenizer comes out of what the client's deadline leaves
-/// for the model's queue (a queue policy's own timeout starts at the queue, as in Triton).
-fn charge_deadline(mut req: ValidRequest) -> ValidRequest {
-    if let Some(deadline) = req.params.deadline {
-        let left = deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .max(Duration::from_micros(1));
-        req.queue_timeout = Some(req.queue_timeout.map_or(left, |t| t.min(left)));
-    }
-    req
-}
-
 /// One request's texts as token inputs.
 pub struct Encoded {
     /// INT64 `[rows, seq_len]` each.
@@ -349,7 +344,7 @@ impl TokenizerPool {
                         if reply.is_closed() {
                             continue; // the caller went away while the request waited
                         }
-                        let id = req.id.clone();
+                        let id = req.id().to_string();
                         let started = std::time::Instant::now();
                         let result =
                             std::panic::catch_unwind(AssertUnwindSafe(|| enc.encode_request(req)))
@@ -362,7 +357,7 @@ impl TokenizerPool {
                                 });
                         load.record(bytes, started.elapsed());
                         drop(charge); // done: out of the backlog before the next estimate
-                        let _ = reply.send(result.map(charge_deadline));
+                        let _ = reply.send(result);
                     }
                 })
                 .map_err(|e| {
@@ -384,16 +379,16 @@ impl TokenizerPool {
     /// whose client deadline falls before the tokenizer could be done with it is refused now
     /// (`DeadlineUnmeetable`, as the scheduler refuses one its queue cannot drain in time).
     pub async fn tokenize(&self, req: ValidRequest) -> Result<ValidRequest> {
-        let id = req.id.clone();
+        let id = req.id().to_string();
         let lens = req
-            .inputs
+            .inputs()
             .iter()
             .filter(|t| t.dtype() == DataType::Bytes)
             .filter_map(|t| bytes_codec::decode(t.data(), t.element_count()).ok())
             .flat_map(|elements| elements.into_iter().map(<[u8]>::len));
         let bytes = admission::cost_bytes(lens, self.max_length);
         let wait = self.load.estimate(bytes);
-        if let Some(deadline) = req.params.deadline {
+        if let Some(deadline) = req.context().deadline() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if wait > left {
                 return Err(Error::rejected(

@@ -14,7 +14,7 @@ use crate::model::config::{fill_server_defaults, normalize, parse_pbtxt};
 use crate::model::io::{IoDesc, ModelIo};
 use crate::model::spec::to_spec;
 use crate::model::text::*;
-use crate::request::{InferRequest, InputTensor, RequestParams};
+use crate::request::{InferRequest, InputTensor, RequestContext, RequestParams};
 use crate::tensor::DataType;
 use crate::tensor::{Tensor, bytes_codec};
 use crate::validate::validate;
@@ -284,6 +284,16 @@ fn a_tokenizer_file_that_does_not_parse_is_a_load_error() {
 }
 
 fn request(spec: &ModelSpec, id: &str, items: &[&[u8]]) -> crate::validate::ValidRequest {
+    request_by(spec, id, items, None)
+}
+
+/// A request whose client must be answered by `deadline`.
+fn request_by(
+    spec: &ModelSpec,
+    id: &str,
+    items: &[&[u8]],
+    deadline: Option<Instant>,
+) -> crate::validate::ValidRequest {
     let t = texts(items);
     let req = InferRequest {
         model_name: "t".into(),
@@ -297,9 +307,9 @@ fn request(spec: &ModelSpec, id: &str, items: &[&[u8]]) -> crate::validate::Vali
         }],
         outputs: vec![],
         params: RequestParams::default(),
-        arrival: Instant::now(),
     };
-    validate(req, spec).unwrap()
+    let ctx = RequestContext::new(Instant::now(), deadline, tracing::Span::none());
+    validate(req, ctx, spec).unwrap()
 }
 
 #[tokio::test]
@@ -310,9 +320,9 @@ async fn the_pool_tokenizes_on_its_threads_and_names_the_request_on_error() {
         .tokenize(request(&f.spec, "r1", &[b"hello", b"world words"]))
         .await
         .unwrap();
-    assert_eq!((ok.seq_len, ok.real_tokens), (Some(5), 3 + 5));
-    assert_eq!(ok.batch_size, 2);
-    assert_eq!(ok.inputs[0].shape(), [2, 5]);
+    assert_eq!((ok.seq_len(), ok.real_tokens()), (Some(5), 3 + 5));
+    assert_eq!(ok.batch_size(), 2);
+    assert_eq!(ok.inputs()[0].shape(), [2, 5]);
     let err = pool
         .tokenize(request(&f.spec, "r2", &[b"\xc3"]))
         .await
@@ -332,7 +342,7 @@ async fn the_pool_tokenizes_on_its_threads_and_names_the_request_on_error() {
     .await
     .unwrap()
     .unwrap();
-    assert_eq!(again.seq_len, Some(3));
+    assert_eq!(again.seq_len(), Some(3));
     tokio::task::spawn_blocking(move || pool.shutdown())
         .await
         .unwrap();
@@ -349,11 +359,8 @@ async fn the_pool_charges_its_time_to_the_clients_deadline() {
     pool.tokenize(request(&f.spec, "warm", &[long.as_bytes()]))
         .await
         .unwrap();
-    let with_deadline = |id: &str, deadline: Instant| {
-        let mut r = request(&f.spec, id, &[long.as_bytes()]);
-        r.params.deadline = Some(deadline);
-        r
-    };
+    let with_deadline =
+        |id: &str, deadline: Instant| request_by(&f.spec, id, &[long.as_bytes()], Some(deadline));
     let err = pool
         .tokenize(with_deadline("late", Instant::now()))
         .await
@@ -372,14 +379,15 @@ async fn the_pool_charges_its_time_to_the_clients_deadline() {
         "{}",
         err.message
     );
-    let start = Instant::now();
-    let mut r = with_deadline("ok", start + Duration::from_secs(60));
-    r.queue_timeout = Some(Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Validation sets the queue timeout to what the deadline leaves then.
+    let r = with_deadline("ok", deadline);
+    let before = Instant::now();
     let done = pool.tokenize(r).await.unwrap();
-    let left = done.queue_timeout.unwrap();
-    // Without the charge it would still be the whole 60 s.
+    let left = done.queue_timeout().unwrap();
+    // Without the charge it would be what the deadline left at validation, before `before`.
     assert!(
-        left < Duration::from_secs(60) && left >= Duration::from_secs(60) - start.elapsed(),
+        left < deadline - before && left >= deadline - Instant::now(),
         "{left:?} left"
     );
     tokio::task::spawn_blocking(move || pool.shutdown())

@@ -8,7 +8,7 @@ use crate::model::{IoSpec, ModelSpec};
 use crate::preprocess::post;
 use crate::tensor::{DataType, Tensor};
 
-use super::batch::Entry;
+use super::entry::Entry;
 
 /// Builds the model's input tensors from the entries, and the sorted set of outputs any entry wants.
 pub(super) fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tensor>, Vec<usize>)> {
@@ -19,7 +19,7 @@ pub(super) fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tenso
             for io in &spec.inputs {
                 let parts: Vec<&Tensor> = entries
                     .iter()
-                    .filter_map(|e| e.req.inputs.iter().find(|t| t.name() == io.name))
+                    .filter_map(|e| e.req.inputs().iter().find(|t| t.name() == io.name))
                     .collect();
                 if parts.is_empty() {
                     continue; // an optional input nobody sent
@@ -42,7 +42,7 @@ pub(super) fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tenso
     };
     let mut wanted: Vec<usize> = entries
         .iter()
-        .flat_map(|e| e.req.outputs.iter().map(|o| o.index))
+        .flat_map(|e| e.req.outputs().iter().map(|o| o.index))
         .collect();
     wanted.sort_unstable();
     wanted.dedup();
@@ -53,10 +53,10 @@ pub(super) fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tenso
 /// to the longest row of the batch.
 fn token_inputs(spec: &ModelSpec, text: &TextSpec, entries: &[Entry]) -> Result<Vec<Tensor>> {
     let mut inputs = Vec::with_capacity(3);
-    for t in &entries[0].req.inputs {
+    for t in entries[0].req.inputs() {
         let parts: Vec<&Tensor> = entries
             .iter()
-            .filter_map(|e| e.req.inputs.iter().find(|p| p.name() == t.name()))
+            .filter_map(|e| e.req.inputs().iter().find(|p| p.name() == t.name()))
             .filter(|p| p.dtype() == DataType::Int64 && p.shape().len() == 2)
             .collect();
         if parts.len() != entries.len() {
@@ -123,7 +123,7 @@ pub(super) fn scatter(
     tensors: Vec<Tensor>,
     entries: &[Entry],
 ) -> Result<Vec<Vec<Tensor>>> {
-    let rows: Vec<usize> = entries.iter().map(|e| e.req.batch_size).collect();
+    let rows: Vec<usize> = entries.iter().map(|e| e.req.batch_size()).collect();
     let per_output = split(spec, wanted, tensors, &rows)?;
     match &spec.text {
         Some(text) if text.pooling == Pooling::None => per_output
@@ -132,7 +132,7 @@ pub(super) fn scatter(
                 pieces
                     .into_iter()
                     .zip(entries)
-                    .map(|(p, e)| post::trim_tokens(p, e.req.seq_len.unwrap_or(usize::MAX)))
+                    .map(|(p, e)| post::trim_tokens(p, e.req.seq_len().unwrap_or(usize::MAX)))
                     .collect::<Result<Vec<Tensor>>>()
             })
             .collect(),

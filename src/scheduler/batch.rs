@@ -18,90 +18,16 @@ use crate::request::InferResponse;
 use crate::telemetry::spans;
 use crate::telemetry::stats::{FailureReason, ModelStats};
 use crate::tensor::Tensor;
-use crate::validate::ValidRequest;
 
 use super::assembly::{assemble, scatter};
 use super::classification::finish_output;
-use super::queue::Pending;
-use super::reply::Replier;
+use super::entry::Entry;
 
 /// What every batch of one model version shares.
 pub struct ExecContext {
     pub spec: Arc<ModelSpec>,
     pub stats: Arc<ModelStats>,
     pub load: Arc<super::load::LoadTracker>,
-}
-
-/// One queued request and the channel its reply must go to. Whoever holds an `Entry` owns the
-/// obligation to reply (or to drop it, which the waiting caller sees as cancellation).
-pub struct Entry {
-    pub req: ValidRequest,
-    pub reply: Replier,
-    pub arrival: Instant,
-    pub enqueued: Instant,
-    /// When the queue timeout expires (`None` = never).
-    pub deadline: Option<Instant>,
-    /// Under `timeout_action: DELAY` an expired entry waits behind the others instead of failing.
-    pub delay_on_timeout: bool,
-    /// The request's span (`Span::none()` when not traced); the batch span links to it.
-    pub span: Span,
-    /// Open while the entry waits; dropping it (execution start or answer) ends the queue span.
-    pub queue_span: Span,
-}
-
-impl Entry {
-    /// Answers an entry that will not run: it leaves the queue and counts as a failure.
-    pub fn fail(self, stats: &ModelStats, err: Error, why: FailureReason) {
-        stats.left_queue(self.req.level);
-        stats.record_failure(Instant::now() - self.enqueued, why);
-        let id = self.req.id.clone();
-        self.reply.send(Err(err.with_request_id(&id)));
-    }
-}
-
-impl Pending for Entry {
-    fn rows(&self) -> usize {
-        self.req.batch_size
-    }
-
-    /// Requests batch together when they carry the same inputs with the same non-batch dims;
-    /// tokenized text requests of one model batch whatever their token lengths.
-    fn batches_with(&self, other: &Self) -> bool {
-        match (self.req.seq_len, other.req.seq_len) {
-            (Some(_), Some(_)) => return true,
-            (None, None) => {}
-            _ => return false,
-        }
-        let (a, b) = (&self.req.inputs, &other.req.inputs);
-        a.len() == b.len()
-            && a.iter()
-                .zip(b)
-                .all(|(x, y)| x.name() == y.name() && x.shape().get(1..) == y.shape().get(1..))
-    }
-
-    fn seq_len(&self) -> Option<usize> {
-        self.req.seq_len
-    }
-
-    fn real_tokens(&self) -> usize {
-        self.req.real_tokens
-    }
-
-    fn enqueued(&self) -> Instant {
-        self.enqueued
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        self.deadline
-    }
-
-    fn level(&self) -> usize {
-        self.req.level
-    }
-
-    fn delay_on_timeout(&self) -> bool {
-        self.delay_on_timeout
-    }
 }
 
 pub struct Batch {
@@ -159,11 +85,14 @@ impl Job for Batch {
             return RunHealth::Ok;
         }
         for e in &mut entries {
-            ctx.stats.left_queue(e.req.level);
+            ctx.stats.left_queue(e.req.level());
             e.queue_span = Span::none();
         }
-        let rows: Vec<usize> = entries.iter().map(|e| e.req.batch_size).collect();
-        let batch_span = spans::batch(entries.iter().map(|e| &e.span), rows.iter().sum());
+        let rows: Vec<usize> = entries.iter().map(|e| e.req.batch_size()).collect();
+        let batch_span = spans::batch(
+            entries.iter().map(|e| e.req.context().span()),
+            rows.iter().sum(),
+        );
         // A failure to assemble is the requests' fault; a failed run counts against the instance.
         let mut health = RunHealth::Ok;
         let spec = &ctx.spec;
@@ -209,7 +138,7 @@ impl Job for Batch {
         // instance thread to take it, which grows when the CPU is short (the queue drains at
         // that pace, not at the pace of the runs alone).
         ctx.load
-            .record(formed.elapsed(), entries.iter().map(|e| e.req.level));
+            .record(formed.elapsed(), entries.iter().map(|e| e.req.level()));
         let times = out.times;
         let scattered = scatter(&ctx.spec, &wanted, out.tensors, &entries);
         ctx.stats.record_execution(rows.iter().sum(), times);
@@ -225,7 +154,7 @@ fn fail_all(stats: &ModelStats, entries: Vec<Entry>, err: &Error, why: FailureRe
         stats.record_failure(now - entry.enqueued, why);
         entry
             .reply
-            .send(Err(err.clone().with_request_id(&entry.req.id)));
+            .send(Err(err.clone().with_request_id(entry.req.id())));
     }
 }
 
@@ -246,7 +175,7 @@ fn respond(
     for (i, entry) in entries.into_iter().enumerate() {
         let outputs: Result<Vec<Tensor>> = entry
             .req
-            .outputs
+            .outputs()
             .iter()
             .map(|o| {
                 let k = wanted
@@ -261,7 +190,7 @@ fn respond(
         match outputs {
             Ok(outputs) => {
                 ctx.stats.record_success(
-                    entry.req.batch_size,
+                    entry.req.batch_size(),
                     start - entry.enqueued,
                     now - entry.enqueued,
                     times,
@@ -269,7 +198,7 @@ fn respond(
                 let resp = InferResponse {
                     model_name: spec.name.clone(),
                     model_version: spec.version,
-                    id: entry.req.id.clone(),
+                    id: entry.req.id().to_string(),
                     outputs,
                 };
                 entry.reply.send(Ok(resp));
@@ -277,7 +206,7 @@ fn respond(
             Err(e) => {
                 ctx.stats
                     .record_failure(now - entry.enqueued, FailureReason::Other);
-                entry.reply.send(Err(e.with_request_id(&entry.req.id)));
+                entry.reply.send(Err(e.with_request_id(entry.req.id())));
             }
         }
     }

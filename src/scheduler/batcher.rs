@@ -15,7 +15,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, sleep_until};
 
 use super::QueueLimits;
-use super::batch::{Batch, Entry, ExecContext};
+use super::batch::{Batch, ExecContext};
+use super::entry::Entry;
 use super::planner::{Action, PlanConfig, plan};
 use super::queue::Queues;
 use super::reply::{Replier, Sequencer};
@@ -240,15 +241,13 @@ impl DynamicScheduler {
     pub fn enqueue(
         &self,
         req: ValidRequest,
-        arrival: Instant,
         reply: tokio::sync::oneshot::Sender<Result<crate::request::InferResponse>>,
-        span: tracing::Span,
     ) -> Result<()> {
-        let level = req.level;
-        self.reserve(level, req.queue_timeout, &req.id)?;
+        let level = req.level();
+        self.reserve(level, req.queue_timeout(), req.id())?;
         let enqueued = Instant::now();
         let policy = &self.policy.queue_policies[level];
-        let deadline = req.queue_timeout.map(|t| enqueued + t);
+        let deadline = req.queue_timeout().map(|t| enqueued + t);
         let _guard = self
             .order
             .as_ref()
@@ -262,14 +261,12 @@ impl DynamicScheduler {
             None => Replier::Direct(reply),
         };
         let entry = Entry {
+            queue_span: spans::queue(req.context().span()),
             req,
             reply,
-            arrival,
             enqueued,
             deadline,
             delay_on_timeout: policy.timeout_action == TimeoutAction::Delay,
-            queue_span: spans::queue(&span),
-            span,
         };
         // Counted before the send: once sent, the entry may run and leave the queue at once.
         self.ctx.stats.enqueued(level);
@@ -388,13 +385,13 @@ impl BatcherTask {
 
     /// Answers an entry that will not run, counting it as a failure.
     fn fail(&self, e: Entry, err: Error, why: FailureReason) {
-        self.admission.release(e.req.level);
+        self.admission.release(e.req.level());
         e.fail(&self.ctx.stats, err, why);
     }
 
     fn dispatch(&self, entries: Vec<Entry>, permit: OwnedSemaphorePermit) {
         for e in &entries {
-            self.admission.release(e.req.level);
+            self.admission.release(e.req.level());
         }
         if let Err(e) = self
             .jobs

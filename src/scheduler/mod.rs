@@ -10,6 +10,7 @@ pub mod assembly;
 pub mod batch;
 pub mod batcher;
 pub mod classification;
+pub mod entry;
 pub mod load;
 pub mod planner;
 pub mod queue;
@@ -22,14 +23,14 @@ use std::sync::Arc;
 
 use crossbeam_channel::Receiver;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
 use crate::error::Result;
 use crate::request::InferResponse;
 use crate::validate::ValidRequest;
 
-pub use batch::{Batch, Entry, ExecContext};
+pub use batch::{Batch, ExecContext};
 use batcher::DynamicScheduler;
+pub use entry::Entry;
 pub use thread::{BatcherThread, BatcherThreads};
 
 /// Requests queued per model version (all priority levels together) before new ones are refused.
@@ -85,17 +86,12 @@ impl Scheduler {
         )
     }
 
-    /// Queues one request without waiting. The reply arrives on the returned receiver; dropping
-    /// it cancels the request if it has not started. A refusal is an error carrying its
-    /// `Rejection`, for the caller to count.
-    pub fn enqueue(
-        &self,
-        req: ValidRequest,
-        arrival: Instant,
-        span: tracing::Span,
-    ) -> Result<Reply> {
+    /// Queues one request (with its context: span, schedule) without waiting. The reply
+    /// arrives on the returned receiver; dropping it cancels the request if it has not started.
+    /// A refusal is an error carrying its `Rejection`, for the caller to count.
+    pub fn enqueue(&self, req: ValidRequest) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
-        self.0.enqueue(req, arrival, tx, span)?;
+        self.0.enqueue(req, tx)?;
         Ok(rx)
     }
 

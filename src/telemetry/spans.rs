@@ -1,6 +1,6 @@
 //! The spans of one request, and the W3C `traceparent` a client may send with it.
 //!
-//! A traced request has a `request` span opened by its front-end, a `receive` child around
+//! A traced request has a `request` span opened when its front-end receives it, a `receive` child around
 //! decoding the wire message, a `queue` child from enqueue until its execution starts, a `send`
 //! child around writing the response;
 //! the execution is a `batch` span (child of the batch's first traced request, linked with
@@ -15,6 +15,8 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::request::TraceContext;
 
 pub const TARGET: &str = "nereid::trace";
 
@@ -48,26 +50,11 @@ impl Extractor for Headers<'_> {
     }
 }
 
-/// Reads `traceparent` (and `tracestate`) from header pairs, names compared case-insensitively.
-/// Both front-ends call this: gRPC with its ASCII metadata, HTTP with its header map, e.g.
-/// `parent_from_headers(headers.iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))))`.
-/// Returns None when there is no valid context.
-pub fn parent_from_headers<'a, I>(headers: I) -> Option<RemoteParent>
-where
-    I: IntoIterator<Item = (&'a str, &'a str)>,
-{
-    let mut traceparent = None;
-    let mut tracestate = None;
-    for (k, v) in headers {
-        if k.eq_ignore_ascii_case("traceparent") {
-            traceparent = Some(v);
-        } else if k.eq_ignore_ascii_case("tracestate") {
-            tracestate = Some(v);
-        }
-    }
+/// The client's context when `trace` holds a valid W3C `traceparent` (and its `tracestate`).
+pub fn parent(trace: &TraceContext) -> Option<RemoteParent> {
     let headers = Headers {
-        traceparent: traceparent?,
-        tracestate,
+        traceparent: trace.traceparent.as_deref()?,
+        tracestate: trace.tracestate.as_deref(),
     };
     let cx = TraceContextPropagator::new().extract(&headers);
     cx.span()
@@ -76,7 +63,7 @@ where
         .then_some(RemoteParent(cx))
 }
 
-/// The request span, opened by a front-end for a sampled request. `protocol` is `grpc` or
+/// The request span of a sampled request (`Core::open_request`). `protocol` is `grpc` or
 /// `http`. Attribute names follow Triton's OpenTelemetry spans.
 pub fn request(
     protocol: &'static str,
@@ -171,6 +158,12 @@ pub fn compute(batch: &Span) -> Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parent_from_headers<'a>(
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Option<RemoteParent> {
+        parent(&TraceContext::from_headers(headers))
+    }
 
     #[test]
     fn traceparent_from_pairs() {

@@ -429,8 +429,13 @@ async fn unimplemented_extensions_and_routing() {
         "/v2/logging",
         "/v2/models/simple/trace/setting",
     ] {
-        assert_eq!(s.get(path).await.status, 501, "{path}");
+        let r = s.get(path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
     }
+    // Trace settings have no per-version route (http-protocol.md §2).
+    let r = s.get("/v2/models/simple/versions/1/trace/setting").await;
+    assert_eq!(r.status, 404);
     for path in [
         "/",
         "/v2/nope",

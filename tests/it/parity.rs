@@ -1,6 +1,10 @@
 //! One scenario table, run over gRPC and over HTTP (JSON and binary tensors): both front-ends
 //! must agree on the outcome, on the error class (gRPC code ⇔ HTTP status, http-protocol.md
-//! §1.1) and on the exact message, so the two cannot drift apart.
+//! §1.1) and on the exact message, so the two cannot drift apart. Inferences, metadata,
+//! statistics (in full), repository calls, trace and log settings; `settings` also checks that
+//! both honour the client's W3C trace context alike.
+
+mod settings;
 
 use bytes::Bytes;
 use nereid::pb::inference::{
@@ -10,6 +14,7 @@ use nereid::pb::inference::{
 use serde_json::{Value, json};
 use tonic::Code;
 
+use self::settings::{LogIn, TraceSet};
 use crate::common::*;
 use crate::rest::*;
 
@@ -59,6 +64,10 @@ enum Call {
     Load(&'static str),
     Unload(&'static str),
     Index(&'static str),
+    /// Trace settings of a model (global when empty), updated first when the list is not empty.
+    Trace(&'static str, TraceSet),
+    /// Log settings, updated first when the list is not empty.
+    Log(Vec<(&'static str, LogIn)>),
 }
 
 /// What a call produced, in a form both front-ends can be compared on.
@@ -114,7 +123,7 @@ fn cases() -> Vec<(&'static str, Call)> {
             data: Data::Str(strings),
         },
     ];
-    vec![
+    [
         ("good infer", infer("simple", "", simple_inputs(2), vec![])),
         (
             "good infer, one output, explicit version",
@@ -172,13 +181,23 @@ fn cases() -> Vec<(&'static str, Call)> {
         ),
         ("ready of an unknown model", Call::Ready("nope", "")),
         ("stats", Call::Stats("simple_versions", "")),
+        ("stats after inferences", Call::Stats("simple", "")),
+        ("stats of one version", Call::Stats("simple_versions", "3")),
+        ("stats of all models", Call::Stats("", "")),
         ("stats of an unknown model", Call::Stats("nope", "")),
         ("stats of an unknown version", Call::Stats("simple", "4")),
         ("load", Call::Load("simple")),
         ("unload", Call::Unload("simple")),
         ("index of a named repository", Call::Index("elsewhere")),
     ]
+    .into_iter()
+    .chain(settings::cases())
+    .collect()
 }
+
+/// Rows whose error each protocol words in its own wire's terms (a gRPC `oneof` member, a
+/// JSON type): they must agree on the error class, and both messages name the key.
+const WORDED_PER_PROTOCOL: &[(&str, &str)] = &[("log setting of the wrong kind", "log_error")];
 
 /// gRPC status ⇔ HTTP status (http-protocol.md §1.1 with grpc-protocol.md §8).
 fn http_status_of(code: Code) -> u16 {
@@ -297,12 +316,7 @@ async fn over_grpc(s: &TestServer, call: &Call) -> Outcome {
                 .await
                 .map_err(grpc_err)?
                 .into_inner();
-            Ok(json!(
-                r.model_stats
-                    .iter()
-                    .map(|m| format!("{}:{}", m.name, m.version))
-                    .collect::<Vec<_>>()
-            ))
+            Ok(settings::stats_json(&r))
         }
         Call::Load(m) => {
             c.repository_model_load(RepositoryModelLoadRequest {
@@ -333,6 +347,8 @@ async fn over_grpc(s: &TestServer, call: &Call) -> Outcome {
                 .into_inner();
             Ok(json!(r.models.len()))
         }
+        Call::Trace(m, set) => settings::trace_over_grpc(s, m, set).await,
+        Call::Log(set) => settings::log_over_grpc(s, set).await,
     }
 }
 
@@ -427,25 +443,8 @@ async fn over_http(s: &TestServer, call: &Call, binary: bool) -> Result<Value, (
             }
             r
         }
-        Call::Stats(m, v) => {
-            let r = s.get(&format!("{}/stats", model_path(m, v))).await;
-            if r.status == 200 {
-                let j = r.json();
-                return Ok(json!(
-                    j["model_stats"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|m| format!(
-                            "{}:{}",
-                            m["name"].as_str().unwrap(),
-                            m["version"].as_str().unwrap()
-                        ))
-                        .collect::<Vec<_>>()
-                ));
-            }
-            r
-        }
+        Call::Stats("", _) => s.get("/v2/models/stats").await,
+        Call::Stats(m, v) => s.get(&format!("{}/stats", model_path(m, v))).await,
         Call::Load(m) => s.post(&format!("/v2/repository/models/{m}/load"), "").await,
         Call::Unload(m) => {
             s.post(&format!("/v2/repository/models/{m}/unload"), "")
@@ -463,6 +462,14 @@ async fn over_http(s: &TestServer, call: &Call, binary: bool) -> Result<Value, (
             }
             r
         }
+        Call::Trace(m, set) => {
+            let r = settings::trace_over_http(s, m, set).await;
+            if r.status == 200 {
+                return Ok(settings::trace_values(r.json()));
+            }
+            r
+        }
+        Call::Log(set) => settings::log_over_http(s, set).await,
     };
     if r.status != 200 {
         return Err((r.status, r.error()));
@@ -490,7 +497,11 @@ async fn grpc_and_http_agree() {
             let agree = match (&grpc, &http) {
                 (Ok(g), Ok(h)) => g == h,
                 (Err((code, gm)), Err((status, hm))) => {
-                    http_status_of(*code) == *status && gm == hm
+                    let same_words = match WORDED_PER_PROTOCOL.iter().find(|(n, _)| *n == name) {
+                        Some((_, key)) => gm.contains(key) && hm.contains(key),
+                        None => gm == hm,
+                    };
+                    http_status_of(*code) == *status && same_words
                 }
                 _ => false,
             };
@@ -515,6 +526,16 @@ async fn grpc_and_http_agree() {
         ("load", Code::Unavailable),
         ("index of a named repository", Code::Unimplemented),
         ("stats of an unknown model", Code::InvalidArgument),
+        ("trace file is read-only", Code::Unimplemented),
+        (
+            "two faults: the trace file is named first",
+            Code::Unimplemented,
+        ),
+        ("trace rate not a number", Code::InvalidArgument),
+        ("trace settings of an unknown model", Code::InvalidArgument),
+        ("log file is read-only", Code::Unimplemented),
+        ("log format unknown", Code::InvalidArgument),
+        ("log setting of the wrong kind", Code::InvalidArgument),
     ];
     let all = cases();
     for (name, code) in expect {
@@ -532,8 +553,28 @@ async fn grpc_and_http_agree() {
         "metadata",
         "config",
         "ready",
+        "stats after inferences",
+        "trace settings",
+        "log settings",
     ] {
         let (_, call) = all.iter().find(|(n, _)| *n == name).unwrap();
         assert!(over_grpc(&s, call).await.is_ok(), "{name}");
     }
+    // The rows with replies show what they should, so that two identical empty answers
+    // cannot pass.
+    let stats = over_grpc(&s, &Call::Stats("simple", "")).await.unwrap();
+    let simple = &stats["model_stats"][0];
+    assert!(simple["inference_count"].as_u64().unwrap() > 0, "{simple}");
+    assert!(
+        !simple["batch_stats"].as_array().unwrap().is_empty(),
+        "{simple}"
+    );
+    assert_eq!(simple["memory_usage"], json!([]), "no GPU here");
+    let set = vec![("log_frequency", Some(vec!["3"]))];
+    let trace = over_grpc(&s, &Call::Trace("simple", set)).await.unwrap();
+    assert_eq!(trace["log_frequency"], json!(["3"]));
+    assert_eq!(trace["trace_level"], json!(["OFF"]));
+    let log = over_grpc(&s, &Call::Log(vec![])).await.unwrap();
+    assert_eq!(log["log_format"], "default");
+    assert_eq!(log.as_object().unwrap().len(), 6);
 }

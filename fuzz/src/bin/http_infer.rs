@@ -18,6 +18,6 @@ fn main() {
         if let Some(n) = split {
             assert!(n <= body.len());
         }
-        let _ = infer_request("m", "", body, split, tokio::time::Instant::now());
+        let _ = infer_request("m", "", body, split);
     });
 }

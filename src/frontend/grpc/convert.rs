@@ -1,23 +1,22 @@
 //! Wire ↔ core conversion for the gRPC front-end.
 
 use bytes::Bytes;
-use tokio::time::Instant;
 
-use crate::core::{ModelMetadata, ModelStatistics};
+use super::params;
 use crate::error::{Error, Result};
-use crate::lifecycle::manager::{IndexEntry, LoadRequest};
+use crate::lifecycle::manager::IndexEntry;
 use crate::pb::inference::{
     self as pb, infer_parameter::ParameterChoice, model_infer_request::InferInputTensor,
-    model_infer_response::InferOutputTensor, model_metadata_response::TensorMetadata,
+    model_infer_response::InferOutputTensor,
 };
-use crate::request::{InferRequest, InferResponse, InputTensor, RequestParams, RequestedOutput};
+use crate::request::{InferRequest, InferResponse, InputTensor};
 use crate::tensor::{DataType, bytes_codec};
 
 /// Decodes a `ModelInferRequest`. Raw entries are taken in input order; typed `contents` are
 /// converted to the same little-endian layout (narrowing 32-bit carriers as Triton does).
-pub fn infer_request(req: pb::ModelInferRequest, arrival: Instant) -> Result<InferRequest> {
+pub fn infer_request(req: pb::ModelInferRequest) -> Result<InferRequest> {
     let model = req.model_name.clone();
-    let params = request_params(&req.parameters)?;
+    let params = params::request_params(&req.parameters)?;
     let use_raw = !req.raw_input_contents.is_empty();
     let mut raw = req.raw_input_contents.into_iter();
     let mut inputs = Vec::with_capacity(req.inputs.len());
@@ -57,40 +56,11 @@ pub fn infer_request(req: pb::ModelInferRequest, arrival: Instant) -> Result<Inf
             data,
         });
     }
-    let mut outputs = Vec::with_capacity(req.outputs.len());
-    for o in req.outputs {
-        let classification = match o
-            .parameters
-            .get("classification")
-            .and_then(|p| p.parameter_choice.as_ref())
-        {
-            None => None,
-            Some(ParameterChoice::Int64Param(k)) if *k > 0 => {
-                Some((*k).min(u32::MAX as i64) as u32)
-            }
-            Some(_) => {
-                return Err(Error::invalid_arg(format!(
-                    "invalid value for 'classification' parameter of output '{}', expected a positive int64_param",
-                    o.name
-                )));
-            }
-        };
-        if o.parameters.contains_key("shared_memory_region") {
-            if classification.is_some() {
-                return Err(Error::invalid_arg(format!(
-                    "output '{}' can not request classification when using shared memory",
-                    o.name
-                )));
-            }
-            return Err(Error::not_found(
-                "Unable to find shared memory region for output '".to_string() + &o.name + "'",
-            ));
-        }
-        outputs.push(RequestedOutput {
-            name: o.name,
-            classification,
-        });
-    }
+    let outputs = req
+        .outputs
+        .into_iter()
+        .map(params::requested_output)
+        .collect::<Result<_>>()?;
     Ok(InferRequest {
         model_name: req.model_name,
         model_version: req.model_version,
@@ -98,7 +68,6 @@ pub fn infer_request(req: pb::ModelInferRequest, arrival: Instant) -> Result<Inf
         inputs,
         outputs,
         params,
-        arrival,
     })
 }
 
@@ -125,58 +94,6 @@ fn no_data(input: &str, model: &str) -> Error {
     Error::invalid_arg(format!(
         "unable to find data for input tensor '{input}' for model '{model}' in request."
     ))
-}
-
-pub fn request_params(
-    map: &std::collections::HashMap<String, pb::InferParameter>,
-) -> Result<RequestParams> {
-    let mut p = RequestParams::default();
-    for (key, value) in map {
-        let v = value.parameter_choice.as_ref();
-        let bad = |expected: &str| {
-            Error::invalid_arg(format!(
-                "invalid value type for '{key}' parameter, expected {expected}."
-            ))
-        };
-        match key.as_str() {
-            "priority" => {
-                p.priority = match v {
-                    Some(ParameterChoice::Int64Param(n)) if *n >= 0 => *n as u64,
-                    Some(ParameterChoice::Uint64Param(n)) => *n,
-                    _ => return Err(bad("int64_param or uint64_param")),
-                }
-            }
-            "timeout" => {
-                p.timeout_us = match v {
-                    Some(ParameterChoice::Int64Param(n)) if *n >= 0 => *n as u64,
-                    _ => return Err(bad("int64_param")),
-                }
-            }
-            "sequence_id" => match v {
-                Some(ParameterChoice::Int64Param(_)) | Some(ParameterChoice::StringParam(_)) => {}
-                _ => return Err(bad("int64_param or string_param")),
-            },
-            "sequence_start" | "sequence_end" | "triton_enable_empty_final_response" => match v {
-                Some(ParameterChoice::BoolParam(_)) => {}
-                _ => return Err(bad("bool_param")),
-            },
-            k if k.starts_with("triton_") => {
-                return Err(Error::invalid_arg(format!(
-                    "parameter keys starting with 'triton_' are reserved, got '{k}'"
-                )));
-            }
-            _ => match v {
-                Some(ParameterChoice::Uint64Param(_)) => {
-                    return Err(Error::invalid_arg(format!(
-                        "uint64_param is only supported for the 'priority' parameter, got it for '{key}'"
-                    )));
-                }
-                None => return Err(bad("bool_param, int64_param, double_param or string_param")),
-                _ => {}
-            },
-        }
-    }
-    Ok(p)
 }
 
 /// Converts typed `contents` into raw little-endian bytes for the declared datatype.
@@ -298,118 +215,6 @@ pub fn infer_response(resp: InferResponse) -> pb::ModelInferResponse {
         outputs,
         raw_output_contents: raw,
     }
-}
-
-pub fn model_metadata(m: ModelMetadata) -> pb::ModelMetadataResponse {
-    let batching = m.spec.batching();
-    let tensors = |ios: &[crate::model::IoSpec]| -> Vec<TensorMetadata> {
-        ios.iter()
-            .map(|io| {
-                let mut shape = io.dims.clone();
-                if batching {
-                    shape.insert(0, -1);
-                }
-                TensorMetadata {
-                    name: io.name.clone(),
-                    datatype: io.dtype.as_str().to_string(),
-                    shape,
-                }
-            })
-            .collect()
-    };
-    pb::ModelMetadataResponse {
-        name: m.name,
-        versions: m.versions,
-        platform: m.platform,
-        inputs: tensors(&m.spec.inputs),
-        outputs: tensors(&m.spec.outputs),
-    }
-}
-
-fn dur(d: crate::telemetry::stats::Dur) -> Option<pb::StatisticDuration> {
-    Some(pb::StatisticDuration {
-        count: d.count,
-        ns: d.ns,
-    })
-}
-
-pub fn model_statistics(stats: Vec<ModelStatistics>) -> pb::ModelStatisticsResponse {
-    let model_stats = stats
-        .into_iter()
-        .map(|m| {
-            let s = m.stats;
-            pb::ModelStatistics {
-                name: m.name,
-                version: m.version.to_string(),
-                last_inference: s.last_inference_ms,
-                inference_count: s.inference_count,
-                execution_count: s.execution_count,
-                inference_stats: Some(pb::InferStatistics {
-                    success: dur(s.success),
-                    fail: dur(s.fail),
-                    queue: dur(s.queue),
-                    compute_input: dur(s.compute_input),
-                    compute_infer: dur(s.compute_infer),
-                    compute_output: dur(s.compute_output),
-                    cache_hit: dur(Default::default()),
-                    cache_miss: dur(Default::default()),
-                }),
-                batch_stats: s
-                    .batches
-                    .iter()
-                    .map(|(size, b)| pb::InferBatchStatistics {
-                        batch_size: *size,
-                        compute_input: dur(b.compute_input),
-                        compute_infer: dur(b.compute_infer),
-                        compute_output: dur(b.compute_output),
-                    })
-                    .collect(),
-                memory_usage: m
-                    .gpu_memory
-                    .iter()
-                    .map(|(id, bytes)| pb::MemoryUsage {
-                        r#type: "GPU".into(),
-                        id: *id as i64,
-                        byte_size: *bytes,
-                    })
-                    .collect(),
-                response_stats: Default::default(),
-            }
-        })
-        .collect();
-    pb::ModelStatisticsResponse { model_stats }
-}
-
-/// The `config` and `file:<path>` parameters of RepositoryModelLoad (grpc-protocol.md §4.8).
-pub fn load_request(
-    params: std::collections::HashMap<String, pb::ModelRepositoryParameter>,
-) -> Result<LoadRequest> {
-    use pb::model_repository_parameter::ParameterChoice as P;
-    let mut load = LoadRequest::default();
-    for (key, value) in params {
-        match (key.as_str(), value.parameter_choice) {
-            ("config", Some(P::StringParam(json))) => load.config = Some(json),
-            ("config", _) => {
-                return Err(Error::invalid_arg(
-                    "invalid value type for load parameter 'config', expected string_param.",
-                ));
-            }
-            (k, Some(P::BytesParam(data))) if k.starts_with("file:") => {
-                load.files.push((k["file:".len()..].to_string(), data))
-            }
-            (k, _) if k.starts_with("file:") => {
-                return Err(Error::invalid_arg(format!(
-                    "invalid value type for load parameter '{k}', expected bytes_param."
-                )));
-            }
-            (k, _) => {
-                return Err(Error::invalid_arg(format!(
-                    "unrecognized load parameter '{k}'."
-                )));
-            }
-        }
-    }
-    Ok(load)
 }
 
 pub fn repository_index(rows: Vec<IndexEntry>) -> pb::RepositoryIndexResponse {

@@ -27,12 +27,11 @@ use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::server::NamedService;
 
-use super::convert;
+use super::params;
 use crate::core::Core;
 use crate::error::Error;
 use crate::pb::inference as pb;
-use crate::request::RequestHead;
-use crate::telemetry::spans;
+use crate::request::{Origin, RequestHead};
 
 /// The unary inference method's path.
 const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -152,11 +151,11 @@ where
         }
         let core = self.core.clone();
         Box::pin(async move {
-            let arrival = tokio::time::Instant::now();
+            let origin = super::call_origin(req.headers());
             let (parts, mut body) = req.into_parts();
             let read = read_head(&mut body).await;
             if let Some(head) = &read.head
-                && let Err(e) = decide(&core, &parts.headers, head, arrival)
+                && let Err(e) = decide(&core, &origin, head)
             {
                 return Ok(Status::from(e).into_http());
             }
@@ -219,42 +218,22 @@ async fn read_head(body: &mut Body) -> HeadRead {
 /// Decodes the head and asks the core whether to refuse now. Errors other than an overload
 /// refusal never come from here: a head that does not decode is left for the handler to report
 /// with the whole request.
-fn decide(
-    core: &Core,
-    headers: &http::HeaderMap,
-    head: &[u8],
-    arrival: tokio::time::Instant,
-) -> Result<(), Error> {
+fn decide(core: &Core, origin: &Origin, head: &[u8]) -> Result<(), Error> {
     let Ok(req) = pb::ModelInferRequest::decode(head) else {
         return Ok(());
     };
-    let Ok(mut params) = convert::request_params(&req.parameters) else {
+    let Ok(params) = params::request_params(&req.parameters) else {
         return Ok(());
     };
-    params.deadline = headers
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(convert::grpc_timeout)
-        .map(|t| arrival + t);
-    core.refuse_early(&RequestHead {
-        model_name: &req.model_name,
-        model_version: &req.model_version,
-        id: &req.id,
-        params,
-        arrival,
-    })
-    .inspect_err(|e| {
-        // A refused call is traced as the handler would trace it (sampled once: a call that
-        // goes on is sampled by the handler instead).
-        let parent = spans::parent_from_headers(
-            headers
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
-        );
-        let span = core.request_span("grpc", &req.model_name, &req.model_version, parent.as_ref());
-        spans::record_id(&span, &req.id);
-        spans::record_error(&span, &e.message);
-    })
+    core.refuse_early(
+        &RequestHead {
+            model_name: &req.model_name,
+            model_version: &req.model_version,
+            id: &req.id,
+            params,
+        },
+        origin,
+    )
 }
 
 /// A request body whose first frames were already read: those, then the rest.
@@ -401,7 +380,7 @@ mod tests {
         assert_eq!(head.model_name, "alexnet");
         assert_eq!(head.model_version, "1");
         assert_eq!(head.id, "r-7");
-        let params = convert::request_params(&head.parameters).unwrap();
+        let params = params::request_params(&head.parameters).unwrap();
         assert_eq!(params.priority, 2);
         assert!(head.inputs.is_empty() && head.raw_input_contents.is_empty());
     }

@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod early;
+pub mod params;
 pub mod settings;
 pub mod status;
 pub mod stream;
@@ -9,13 +10,15 @@ pub mod stream;
 use std::sync::Arc;
 
 use tokio::time::Instant;
-use tonic::metadata::{KeyAndValueRef, MetadataMap};
+use tonic::codegen::http::HeaderMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::Core;
+use crate::frontend::reports;
 use crate::pb::health::{self, health_check_response::ServingStatus, health_server::Health};
 use crate::pb::inference::{self as pb, grpc_inference_service_server::GrpcInferenceService};
-use crate::telemetry::spans::{self, RemoteParent};
+use crate::request::{Origin, Protocol};
+use crate::telemetry::spans;
 
 /// Triton's fixed gRPC message limit (INT32_MAX bytes).
 pub const MAX_MESSAGE_BYTES: usize = i32::MAX as usize;
@@ -33,12 +36,21 @@ impl GrpcService {
 
 type Reply<T> = Result<Response<T>, Status>;
 
-/// The client's W3C trace context, from the call's ASCII metadata.
-fn remote_parent(md: &MetadataMap) -> Option<RemoteParent> {
-    spans::parent_from_headers(md.iter().filter_map(|kv| match kv {
-        KeyAndValueRef::Ascii(k, v) => Some((k.as_str(), v.to_str().ok()?)),
-        KeyAndValueRef::Binary(..) => None,
-    }))
+/// A unary call arriving now: its `grpc-timeout` is the client's deadline, its metadata may
+/// carry a W3C trace context.
+pub(crate) fn call_origin(headers: &HeaderMap) -> Origin {
+    let arrival = Instant::now();
+    let deadline = headers
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(convert::grpc_timeout)
+        .and_then(|t| arrival.checked_add(t));
+    Origin {
+        protocol: Protocol::Grpc,
+        arrival,
+        deadline,
+        trace: super::trace_context(headers),
+    }
 }
 
 fn no_repository_name(name: &str) -> Result<(), Status> {
@@ -98,7 +110,7 @@ impl GrpcInferenceService for GrpcService {
         req: Request<pb::ModelMetadataRequest>,
     ) -> Reply<pb::ModelMetadataResponse> {
         let r = req.into_inner();
-        Ok(Response::new(convert::model_metadata(
+        Ok(Response::new(reports::model_metadata(
             self.core.model_metadata(&r.name, &r.version)?,
         )))
     }
@@ -107,30 +119,14 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<pb::ModelInferRequest>,
     ) -> Reply<pb::ModelInferResponse> {
-        let arrival = Instant::now();
-        let deadline = req
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(convert::grpc_timeout)
-            .map(|t| arrival + t);
-        let parent = remote_parent(req.metadata());
+        let origin = call_origin(req.metadata().as_ref());
         let msg = req.into_inner();
-        let span =
-            self.core
-                .request_span("grpc", &msg.model_name, &msg.model_version, parent.as_ref());
-        let decoded = {
-            let _receive = spans::receive(&span).entered();
-            convert::infer_request(msg, arrival)
-        };
-        let pending = decoded
-            .map(|mut r| {
-                r.params.deadline = deadline;
-                r
-            })
-            .inspect_err(|e| spans::record_error(&span, &e.message))
-            .and_then(|r| self.core.submit(r, &span))?;
-        let resp = pending.await?;
+        let ctx = self
+            .core
+            .open_request(origin, &msg.model_name, &msg.model_version);
+        let span = ctx.span().clone();
+        let decoded = self.core.receive(&ctx, || convert::infer_request(msg))?;
+        let resp = self.core.submit(decoded, ctx)?.await?;
         let _send = spans::send(&span).entered();
         Ok(Response::new(convert::infer_response(resp)))
     }
@@ -141,7 +137,7 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Reply<Self::ModelStreamInferStream> {
-        let parent = remote_parent(req.metadata());
+        let trace = super::trace_context(req.metadata().as_ref());
         let hard_errors = req
             .metadata()
             .get("triton_grpc_error")
@@ -149,7 +145,7 @@ impl GrpcInferenceService for GrpcService {
         Ok(Response::new(stream::serve(
             self.core.clone(),
             req.into_inner(),
-            parent,
+            trace,
             hard_errors,
         )))
     }
@@ -170,7 +166,7 @@ impl GrpcInferenceService for GrpcService {
         req: Request<pb::ModelStatisticsRequest>,
     ) -> Reply<pb::ModelStatisticsResponse> {
         let r = req.into_inner();
-        Ok(Response::new(convert::model_statistics(
+        Ok(Response::new(reports::model_statistics(
             self.core.statistics(&r.name, &r.version)?,
         )))
     }
@@ -192,7 +188,7 @@ impl GrpcInferenceService for GrpcService {
     ) -> Reply<pb::RepositoryModelLoadResponse> {
         let r = req.into_inner();
         no_repository_name(&r.repository_name)?;
-        let load = convert::load_request(r.parameters)?;
+        let load = params::load_request(r.parameters)?;
         self.core.load_model(&r.model_name, load).await?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
@@ -203,14 +199,7 @@ impl GrpcInferenceService for GrpcService {
     ) -> Reply<pb::RepositoryModelUnloadResponse> {
         let r = req.into_inner();
         no_repository_name(&r.repository_name)?;
-        let dependents = matches!(
-            r.parameters
-                .get("unload_dependents")
-                .and_then(|p| p.parameter_choice.as_ref()),
-            Some(pb::model_repository_parameter::ParameterChoice::BoolParam(
-                true
-            ))
-        );
+        let dependents = params::unload_dependents(&r.parameters)?;
         self.core.unload_model(&r.model_name, dependents).await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
@@ -280,7 +269,7 @@ impl GrpcInferenceService for GrpcService {
             self.core.log_settings()
         } else {
             self.core
-                .update_log_settings(&settings::log_update(&r.settings)?)?
+                .update_log_settings(&params::log_update(&r.settings)?)?
         };
         Ok(Response::new(settings::log_response(current)))
     }

@@ -20,7 +20,6 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 use tracing::{Instrument, Span};
@@ -29,8 +28,8 @@ use super::convert;
 use crate::core::Core;
 use crate::error::Result;
 use crate::pb::inference::{self as pb, infer_parameter::ParameterChoice};
-use crate::request::InferResponse;
-use crate::telemetry::spans::{self, RemoteParent};
+use crate::request::{InferResponse, Origin, Protocol, TraceContext};
+use crate::telemetry::spans;
 
 /// Requests read from one stream and not yet answered; reading waits beyond this.
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -51,11 +50,11 @@ struct Done {
 pub fn serve(
     core: Arc<Core>,
     inbound: Streaming<pb::ModelInferRequest>,
-    parent: Option<RemoteParent>,
+    trace: TraceContext,
     hard_errors: bool,
 ) -> ResponseStream {
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
-    tokio::spawn(run(core, inbound, tx, parent, hard_errors));
+    tokio::spawn(run(core, inbound, tx, trace, hard_errors));
     ReceiverStream::new(rx)
 }
 
@@ -63,7 +62,7 @@ async fn run(
     core: Arc<Core>,
     mut inbound: Streaming<pb::ModelInferRequest>,
     tx: mpsc::Sender<std::result::Result<pb::ModelStreamInferResponse, Status>>,
-    parent: Option<RemoteParent>,
+    trace: TraceContext,
     hard_errors: bool,
 ) {
     let mut pending: FuturesOrdered<BoxFuture<'static, Done>> = FuturesOrdered::new();
@@ -86,7 +85,7 @@ async fn run(
                 }
             }
             msg = inbound.message(), if reading && pending.len() < MAX_IN_FLIGHT => match msg {
-                Ok(Some(req)) => pending.push_back(start(&core, req, parent.as_ref())),
+                Ok(Some(req)) => pending.push_back(start(&core, req, &trace)),
                 Ok(None) => reading = false,
                 Err(status) => {
                     tracing::debug!("ModelStreamInfer: the client's stream failed: {status}");
@@ -99,22 +98,23 @@ async fn run(
     }
 }
 
-/// Validates and queues one request; the returned future yields its outcome.
+/// Validates and queues one request; the returned future yields its outcome. Every request
+/// of the stream is a child of the stream's trace context.
 fn start(
     core: &Arc<Core>,
     req: pb::ModelInferRequest,
-    parent: Option<&RemoteParent>,
+    trace: &TraceContext,
 ) -> BoxFuture<'static, Done> {
-    let arrival = Instant::now();
-    let id = req.id.clone();
-    let span = core.request_span("grpc", &req.model_name, &req.model_version, parent);
-    let decoded = {
-        let _receive = spans::receive(&span).entered();
-        convert::infer_request(req, arrival)
+    let origin = Origin {
+        trace: trace.clone(),
+        ..Origin::now(Protocol::Grpc)
     };
-    let submitted = decoded
-        .inspect_err(|e| spans::record_error(&span, &e.message))
-        .and_then(|r| core.submit(r, &span));
+    let id = req.id.clone();
+    let ctx = core.open_request(origin, &req.model_name, &req.model_version);
+    let span = ctx.span().clone();
+    let submitted = core
+        .receive(&ctx, || convert::infer_request(req))
+        .and_then(|r| core.submit(r, ctx));
     match submitted {
         Ok(pending) => async move {
             Done {

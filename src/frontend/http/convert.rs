@@ -7,12 +7,12 @@ use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value, json};
-use tokio::time::Instant;
 
+use super::params;
 use super::tensor_json::{self, kind};
 use crate::error::{Error, Result};
 use crate::model::{IoSpec, ModelSpec};
-use crate::request::{InferRequest, InferResponse, InputTensor, RequestParams, RequestedOutput};
+use crate::request::{InferRequest, InferResponse, InputTensor, RequestParams};
 use crate::tensor::{DataType, shape_string};
 
 pub(super) fn unable(field: &str, detail: impl std::fmt::Display) -> Error {
@@ -64,6 +64,18 @@ pub struct OutputFormat {
 }
 
 impl OutputFormat {
+    /// The formats a request asks for (`binary_data_output`, each output's `binary_data`).
+    pub fn of(req: &InferRequest) -> Self {
+        OutputFormat {
+            default_binary: req.params.binary_output,
+            per_output: req
+                .outputs
+                .iter()
+                .filter_map(|o| Some((o.name.clone(), o.binary?)))
+                .collect(),
+        }
+    }
+
     pub fn is_binary(&self, name: &str) -> bool {
         self.per_output
             .get(name)
@@ -96,7 +108,6 @@ pub fn infer_request(
     version: &str,
     body: Bytes,
     header_len: Option<usize>,
-    arrival: Instant,
 ) -> Result<(InferRequest, OutputFormat)> {
     let split = header_len.unwrap_or(body.len());
     if split > body.len() {
@@ -117,9 +128,8 @@ pub fn infer_request(
         Some(v) => as_str(v, "id")?.to_string(),
         None => String::new(),
     };
-    let mut format = OutputFormat::default();
     let params = match root.get("parameters") {
-        Some(p) => request_params(as_object(p, "parameters")?, &mut format)?,
+        Some(p) => params::request_params(as_object(p, "parameters")?)?,
         None => RequestParams::default(),
     };
     let inputs_json = root
@@ -137,53 +147,19 @@ pub fn infer_request(
     let mut outputs = Vec::new();
     if let Some(list) = root.get("outputs") {
         for o in as_array(list, "outputs")? {
-            outputs.push(requested_output(o, &mut format)?);
+            outputs.push(params::requested_output(o)?);
         }
     }
-    Ok((
-        InferRequest {
-            model_name: model.to_string(),
-            model_version: version.to_string(),
-            id,
-            inputs,
-            outputs,
-            params,
-            arrival,
-        },
-        format,
-    ))
-}
-
-fn request_params(p: &Map<String, Value>, format: &mut OutputFormat) -> Result<RequestParams> {
-    let mut params = RequestParams::default();
-    for (key, v) in p {
-        match key.as_str() {
-            "sequence_id" => {
-                if v.as_u64().is_none() {
-                    as_str(v, "sequence_id")?;
-                }
-            }
-            "sequence_start" | "sequence_end" => {
-                as_bool(v, key)?;
-            }
-            "priority" => params.priority = as_u64(v, "priority")?,
-            "timeout" => params.timeout_us = as_u64(v, "timeout")?,
-            "binary_data_output" => format.default_binary = as_bool(v, "binary_data_output")?,
-            k if k.starts_with("triton_") => {
-                return Err(Error::invalid_arg(
-                    "parameter keys starting with 'triton_' are reserved for Triton usage and should not be specified.",
-                ));
-            }
-            _ => {
-                if !(v.is_string() || v.is_number() || v.is_boolean()) {
-                    return Err(Error::invalid_arg(format!(
-                        "parameter '{key}' has invalid type. It should be either 'int', 'bool', 'float', or 'string'."
-                    )));
-                }
-            }
-        }
-    }
-    Ok(params)
+    let req = InferRequest {
+        model_name: model.to_string(),
+        model_version: version.to_string(),
+        id,
+        inputs,
+        outputs,
+        params,
+    };
+    let format = OutputFormat::of(&req);
+    Ok((req, format))
 }
 
 /// Exactly one data source per input (Triton's ValidateInputContentType).
@@ -265,51 +241,6 @@ fn input_tensor(v: &Value, model: &str, binary: &mut Bytes) -> Result<InputTenso
     })
 }
 
-fn requested_output(v: &Value, format: &mut OutputFormat) -> Result<RequestedOutput> {
-    let o = as_object(v, "outputs")?;
-    let name = as_str(
-        o.get("name")
-            .ok_or_else(|| unable("name", "missing member"))?,
-        "name",
-    )?
-    .to_string();
-    let mut classification = None;
-    if let Some(p) = o.get("parameters") {
-        let p = as_object(p, "parameters")?;
-        let binary = match p.get("binary_data") {
-            Some(b) => Some(as_bool(b, "binary_data")?),
-            None => None,
-        };
-        if let Some(k) = p.get("classification") {
-            let k = as_u64(k, "classification")?;
-            classification = (k > 0).then(|| k.min(u32::MAX as u64) as u32);
-        }
-        if let Some(region) = p.get("shared_memory_region") {
-            if p.contains_key("classification") {
-                return Err(Error::invalid_arg(
-                    "Output can't set both 'shared_memory_region' and 'classification'",
-                ));
-            }
-            if binary == Some(true) {
-                return Err(Error::invalid_arg(
-                    "Output can't set both 'shared_memory_region' and 'binary_data'",
-                ));
-            }
-            let region = as_str(region, "shared_memory_region")?;
-            return Err(Error::not_found(format!(
-                "Unable to find shared memory region: '{region}'"
-            )));
-        }
-        if let Some(b) = binary {
-            format.per_output.insert(name.clone(), b);
-        }
-    }
-    Ok(RequestedOutput {
-        name,
-        classification,
-    })
-}
-
 /// A header-less request (`Inference-Header-Content-Length: 0`): the whole body is the data of
 /// the model's only input; its shape is deduced from the config (http-protocol.md §6.3).
 /// Every output comes back binary.
@@ -317,7 +248,6 @@ pub fn raw_infer_request(
     spec: &ModelSpec,
     version: &str,
     body: Bytes,
-    arrival: Instant,
 ) -> Result<(InferRequest, OutputFormat)> {
     let model = &spec.name;
     let [input]: &[IoSpec; 1] = spec.inputs.as_slice().try_into().map_err(|_| {
@@ -359,13 +289,12 @@ pub fn raw_infer_request(
             data,
         }],
         outputs: Vec::new(),
-        params: RequestParams::default(),
-        arrival,
+        params: RequestParams {
+            binary_output: true,
+            ..RequestParams::default()
+        },
     };
-    let format = OutputFormat {
-        default_binary: true,
-        per_output: HashMap::new(),
-    };
+    let format = OutputFormat::of(&request);
     Ok((request, format))
 }
 

@@ -4,8 +4,10 @@
 
 pub mod compress;
 pub mod convert;
+mod params;
 #[cfg(test)]
 mod proptests;
+pub mod settings;
 pub mod shapes;
 pub mod status;
 pub mod tensor_json;
@@ -18,7 +20,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -32,6 +34,8 @@ use self::compress::Encoding;
 use crate::core::Core;
 use crate::error::Error;
 use crate::model::config_json;
+use crate::request::{Origin, Protocol};
+use crate::telemetry::spans;
 
 /// Triton's default `--http-max-input-size` (64 MiB).
 pub const DEFAULT_MAX_INPUT_SIZE: usize = 64 << 20;
@@ -117,8 +121,11 @@ pub fn router(core: Arc<Core>, max_input_size: usize) -> Router {
             r = r.route(&format!("/v2/{kind}/{path}"), method);
         }
     }
-    r.route("/v2/trace/setting", get(trace).post(trace))
-        .route("/v2/models/{model}/trace/setting", get(trace).post(trace))
+    r.route("/v2/trace/setting", get(global_trace).post(global_trace))
+        .route(
+            "/v2/models/{model}/trace/setting",
+            get(model_trace).post(model_trace),
+        )
         .route("/v2/logging", get(logging).post(logging))
         .fallback(|| async { status::not_found() })
         .method_not_allowed_fallback(|| async { status::method_not_allowed() })
@@ -318,25 +325,104 @@ async fn shared_memory() -> Reply {
     Err(Error::unsupported(super::SHM_DISABLED).into())
 }
 
-async fn trace() -> Reply {
-    Err(Error::unsupported("TraceSetting is not implemented by this server yet").into())
+/// GET or POST `/v2/trace/setting`: the global trace settings.
+async fn global_trace(
+    State(s): State<Http>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    trace(&s, "", method, &headers, body).await
 }
 
-async fn logging() -> Reply {
-    Err(Error::unsupported("LogSettings is not implemented by this server yet").into())
+/// GET or POST `/v2/models/{model}/trace/setting`: a model's trace settings.
+async fn model_trace(
+    State(s): State<Http>,
+    method: Method,
+    params: Params,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let (model, _) = model_path(params)?;
+    trace(&s, &model, method, &headers, body).await
+}
+
+/// POST updates the keys its body names first. Either way the reply is every setting after
+/// the call.
+async fn trace(s: &Http, model: &str, method: Method, headers: &HeaderMap, body: Body) -> Reply {
+    let current = if method == Method::POST {
+        let body = read_body(body, headers, s.max_input_size, "JSON ").await?;
+        let pairs = settings::trace_update(&body)?;
+        let pairs = pairs.iter().map(|(k, v)| (k.as_str(), v.clone()));
+        s.core.update_trace_settings(model, pairs)?
+    } else {
+        s.core.trace_settings(model)?
+    };
+    Ok(json(&settings::trace_json(current)))
+}
+
+/// GET or POST the log settings; POST updates the keys its body names first.
+async fn logging(State(s): State<Http>, method: Method, headers: HeaderMap, body: Body) -> Reply {
+    let current = if method == Method::POST {
+        let body = read_body(body, &headers, s.max_input_size, "JSON ").await?;
+        s.core.update_log_settings(&settings::log_update(&body)?)?
+    } else {
+        s.core.log_settings()
+    };
+    Ok(json(&settings::log_json(current)))
 }
 
 /// POST `.../infer`: JSON, JSON + binary tensors, or a raw binary body; gzip/deflate both
-/// ways (http-protocol.md §1.2, §5, §6).
+/// ways (http-protocol.md §1.2, §5, §6). The request is opened (span, client deadline, W3C
+/// trace context) before its body is read, as a gRPC call is before its message is decoded.
 async fn infer(State(s): State<Http>, params: Params, headers: HeaderMap, body: Body) -> Reply {
     let arrival = Instant::now();
     let (model, version) = model_path(params)?;
-    let header_value = header_str(&headers, INFERENCE_HEADER_CONTENT_LENGTH);
+    let origin = Origin {
+        protocol: Protocol::Http,
+        arrival,
+        deadline: request_deadline(&headers, arrival)?,
+        trace: super::trace_context(&headers),
+    };
+    let ctx = s.core.open_request(origin, &model, &version);
+    let span = ctx.span().clone();
+    let (body, header_len) = infer_body(&s, &model, &version, &headers, body)
+        .await
+        .inspect_err(|f| {
+            if let Failure::Error(e) = f {
+                spans::record_error(&span, &e.message);
+            }
+        })?;
+    let (req, format) = s.core.receive(&ctx, || {
+        if header_len == Some(0) {
+            let spec = s.core.model_spec(&model, &version)?;
+            convert::raw_infer_request(&spec, &version, body)
+        } else {
+            convert::infer_request(&model, &version, body, header_len)
+        }
+    })?;
+    let resp = s.core.submit(req, ctx)?.await?;
+    let _send = spans::send(&span).entered();
+    let (body, header_len) = convert::infer_response(resp, &format)?;
+    let encoding = compress::response_encoding(header_str(&headers, header::ACCEPT_ENCODING));
+    Ok(infer_reply(body, header_len, encoding))
+}
+
+/// An infer request's body, read and decompressed, with where its JSON header ends
+/// (`convert::header_length`).
+async fn infer_body(
+    s: &Http,
+    model: &str,
+    version: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, Option<usize>), Failure> {
+    let header_value = header_str(headers, INFERENCE_HEADER_CONTENT_LENGTH);
     let what = if header_value.is_none() { "JSON " } else { "" };
-    let body = read_body(body, &headers, s.max_input_size, what).await?;
+    let body = read_body(body, headers, s.max_input_size, what).await?;
     // Triton looks the model up before it looks at the body.
-    s.core.model_ready(&model, &version)?;
-    let body = match compress::request_encoding(header_str(&headers, header::CONTENT_ENCODING)) {
+    s.core.model_ready(model, version)?;
+    let body = match compress::request_encoding(header_str(headers, header::CONTENT_ENCODING)) {
         Some(Encoding::Identity) => body,
         Some(enc) => compress::decompress(enc, &body, s.max_input_size)?
             .ok_or_else(|| too_large(None, s.max_input_size, what))?
@@ -351,18 +437,7 @@ async fn infer(State(s): State<Http>, params: Params, headers: HeaderMap, body: 
         }
     };
     let header_len = convert::header_length(header_value, body.len())?;
-    let (req, format) = if header_len == Some(0) {
-        let meta = s.core.model_metadata(&model, &version)?;
-        convert::raw_infer_request(&meta.spec, &version, body, arrival)?
-    } else {
-        convert::infer_request(&model, &version, body, header_len, arrival)?
-    };
-    let mut req = req;
-    req.params.deadline = request_deadline(&headers, arrival)?;
-    let resp = s.core.infer(req).await?;
-    let (body, header_len) = convert::infer_response(resp, &format)?;
-    let encoding = compress::response_encoding(header_str(&headers, header::ACCEPT_ENCODING));
-    Ok(infer_reply(body, header_len, encoding))
+    Ok((body, header_len))
 }
 
 /// The client's deadline, from the `Request-Timeout-Ms` header (milliseconds from now).
@@ -375,7 +450,8 @@ fn request_deadline(headers: &HeaderMap, arrival: Instant) -> Result<Option<Inst
             "header '{REQUEST_TIMEOUT_MS}' must be a whole number of milliseconds, got '{v}'"
         ))
     })?;
-    Ok(Some(arrival + std::time::Duration::from_millis(ms)))
+    // Past what the clock can represent is no deadline at all.
+    Ok(arrival.checked_add(std::time::Duration::from_millis(ms)))
 }
 
 /// Header carrying an HTTP client's deadline in milliseconds.

@@ -6,7 +6,6 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use tokio::time::Instant;
 
 use super::compress::{Encoding, compress, decompress};
 use super::convert::{header_length, infer_request};
@@ -48,7 +47,7 @@ fn check_split(header: Option<&str>, body: Bytes) -> Result<(), TestCaseError> {
         return Ok(());
     };
     prop_assert!(len.is_none_or(|n| n <= body.len()));
-    if let Ok((req, _)) = infer_request("m", "", body.clone(), len, Instant::now()) {
+    if let Ok((req, _)) = infer_request("m", "", body.clone(), len) {
         let split = len.unwrap_or(body.len());
         let binary: usize = req
             .inputs

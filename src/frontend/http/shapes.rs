@@ -1,90 +1,34 @@
 //! The JSON shapes of the HTTP/REST routes other than infer: server and model metadata,
-//! statistics, the repository index, and the bodies of index/load/unload (http-protocol.md §4,
-//! §9).
+//! statistics (the gRPC messages printed as JSON, `frontend::reports`), the repository index,
+//! and the bodies of index/load/unload (http-protocol.md §4, §9).
 
-use base64::Engine;
 use serde_json::{Map, Value, json};
 
 use super::convert::{as_bool, as_object, parse_json};
-use super::tensor_json::kind;
+use super::params;
 use crate::core::{ModelMetadata, ModelStatistics, ServerMetadata};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::frontend::reports;
 use crate::lifecycle::manager::{IndexEntry, LoadRequest};
-use crate::model::IoSpec;
 
 pub fn server_metadata(m: ServerMetadata) -> Value {
     json!({ "name": m.name, "version": m.version, "extensions": m.extensions })
 }
 
 pub fn model_metadata(m: ModelMetadata) -> Value {
-    let batching = m.spec.batching();
-    let tensors = |ios: &[IoSpec]| -> Vec<Value> {
-        ios.iter()
-            .map(|io| {
-                let mut shape = io.dims.clone();
-                if batching {
-                    shape.insert(0, -1);
-                }
-                json!({ "name": io.name, "datatype": io.dtype.as_str(), "shape": shape })
-            })
-            .collect()
-    };
-    json!({
-        "name": m.name,
-        "versions": m.versions,
-        "platform": m.platform,
-        "inputs": tensors(&m.spec.inputs),
-        "outputs": tensors(&m.spec.outputs),
-    })
-}
-
-fn dur(d: crate::telemetry::stats::Dur) -> Value {
-    json!({ "count": d.count, "ns": d.ns })
+    reports::json(
+        &reports::model_metadata(m),
+        "inference.ModelMetadataResponse",
+    )
 }
 
 /// Every member always present, every count/ns a JSON number: perf_analyzer reads them with
 /// unsigned accessors and fails on absent members (http-protocol.md §9.2).
 pub fn model_statistics(stats: Vec<ModelStatistics>) -> Value {
-    let zero = crate::telemetry::stats::Dur::default();
-    let models: Vec<Value> = stats
-        .into_iter()
-        .map(|m| {
-            let s = m.stats;
-            let batches: Vec<Value> = s
-                .batches
-                .iter()
-                .map(|(size, b)| {
-                    json!({
-                        "batch_size": size,
-                        "compute_input": dur(b.compute_input),
-                        "compute_infer": dur(b.compute_infer),
-                        "compute_output": dur(b.compute_output),
-                    })
-                })
-                .collect();
-            json!({
-                "name": m.name,
-                "version": m.version.to_string(),
-                "last_inference": s.last_inference_ms,
-                "inference_count": s.inference_count,
-                "execution_count": s.execution_count,
-                "inference_stats": {
-                    "success": dur(s.success),
-                    "fail": dur(s.fail),
-                    "queue": dur(s.queue),
-                    "compute_input": dur(s.compute_input),
-                    "compute_infer": dur(s.compute_infer),
-                    "compute_output": dur(s.compute_output),
-                    "cache_hit": dur(zero),
-                    "cache_miss": dur(zero),
-                },
-                "response_stats": {},
-                "batch_stats": batches,
-                "memory_usage": [],
-            })
-        })
-        .collect();
-    json!({ "model_stats": models })
+    reports::json(
+        &reports::model_statistics(stats),
+        "inference.ModelStatisticsResponse",
+    )
 }
 
 /// A JSON array; `version`/`state` only when known, `reason` only when non-empty.
@@ -131,36 +75,10 @@ fn body_parameters(doc: &Value) -> Result<Option<&Map<String, Value>>> {
 /// The optional body of the load route: `config` (model-config JSON in a string) and
 /// `file:<path>` (base64 contents) parameters.
 pub fn load_request(body: &[u8]) -> Result<LoadRequest> {
-    let mut req = LoadRequest::default();
     if body.is_empty() {
-        return Ok(req);
+        return Ok(LoadRequest::default());
     }
-    let doc = parse_json(body)?;
-    for (key, v) in body_parameters(&doc)?.into_iter().flatten() {
-        let text = v.as_str().ok_or_else(|| {
-            Error::invalid_arg(format!(
-                "invalid value type for load parameter '{key}', expected a JSON string, got a {}",
-                kind(v)
-            ))
-        })?;
-        if key == "config" {
-            req.config = Some(text.to_string());
-        } else if let Some(path) = key.strip_prefix("file:") {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .map_err(|e| {
-                    Error::invalid_arg(format!(
-                        "failed to decode the base64 content of load parameter '{key}': {e}"
-                    ))
-                })?;
-            req.files.push((path.to_string(), bytes));
-        } else {
-            return Err(Error::invalid_arg(format!(
-                "unrecognized load parameter '{key}'."
-            )));
-        }
-    }
-    Ok(req)
+    params::load_request(body_parameters(&parse_json(body)?)?)
 }
 
 /// The optional body of the unload route: `unload_dependents` (default false).
@@ -168,11 +86,7 @@ pub fn unload_request(body: &[u8]) -> Result<bool> {
     if body.is_empty() {
         return Ok(false);
     }
-    let doc = parse_json(body)?;
-    match body_parameters(&doc)?.and_then(|p| p.get("unload_dependents")) {
-        Some(v) => as_bool(v, "unload_dependents"),
-        None => Ok(false),
-    }
+    params::unload_dependents(body_parameters(&parse_json(body)?)?)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use crate::backend::instance::{InstanceThread, Recovery};
 use crate::backend::testing::{FakeLog, FakeRunner};
 use crate::error::{Code, Rejection, Result};
 use crate::model::{DynamicBatching, IoSpec, ModelSpec, OrtOptions, QueuePolicy, TimeoutAction};
-use crate::request::{InferRequest, InferResponse, InputTensor, RequestParams};
+use crate::request::{InferRequest, InferResponse, InputTensor, RequestContext, RequestParams};
 use crate::telemetry::stats::ModelStats;
 use crate::tensor::DataType;
 use crate::validate::validate;
@@ -166,6 +166,17 @@ fn start_with(
 impl Harness {
     /// Sends a request whose one input holds `value` in each of its `rows` × 2 elements.
     fn send(&self, value: i32, rows: usize, params: RequestParams) -> Result<Reply> {
+        self.send_by(value, rows, params, None)
+    }
+
+    /// `send` for a client that must be answered by `deadline`.
+    fn send_by(
+        &self,
+        value: i32,
+        rows: usize,
+        params: RequestParams,
+        deadline: Option<Instant>,
+    ) -> Result<Reply> {
         let data: Vec<u8> = (0..rows * 2).flat_map(|_| value.to_le_bytes()).collect();
         let req = InferRequest {
             model_name: "fake".into(),
@@ -179,11 +190,10 @@ impl Harness {
             }],
             outputs: vec![],
             params,
-            arrival: Instant::now(),
         };
-        let valid = validate(req, &self.spec)?;
-        self.scheduler
-            .enqueue(valid, Instant::now(), tracing::Span::none())
+        let ctx = RequestContext::new(Instant::now(), deadline, tracing::Span::none());
+        let valid = validate(req, ctx, &self.spec)?;
+        self.scheduler.enqueue(valid)
     }
 }
 

@@ -140,13 +140,11 @@ async fn a_deadline_that_cannot_be_met_is_refused_at_admission() {
         .collect();
     let t = std::time::Instant::now();
     let err = h
-        .send(
+        .send_by(
             7,
             8,
-            RequestParams {
-                deadline: Some(Instant::now() + Duration::from_millis(50)),
-                ..Default::default()
-            },
+            Default::default(),
+            Some(Instant::now() + Duration::from_millis(50)),
         )
         .unwrap_err();
     assert!(t.elapsed() < Duration::from_millis(10), "refused at once");
@@ -163,13 +161,11 @@ async fn a_deadline_that_cannot_be_met_is_refused_at_admission() {
     );
     // A deadline that can be met is accepted and answered.
     let ok = h
-        .send(
+        .send_by(
             8,
             8,
-            RequestParams {
-                deadline: Some(Instant::now() + Duration::from_secs(5)),
-                ..Default::default()
-            },
+            Default::default(),
+            Some(Instant::now() + Duration::from_secs(5)),
         )
         .unwrap();
     for r in queued {

@@ -6,13 +6,7 @@ use crate::model::{DeviceKind, InstanceSpec, OrtOptions};
 use crate::tensor::Tensor;
 
 fn parse(body: &[u8], header: Option<usize>) -> Result<(InferRequest, OutputFormat)> {
-    infer_request(
-        "m",
-        "",
-        Bytes::copy_from_slice(body),
-        header,
-        Instant::now(),
-    )
+    infer_request("m", "", Bytes::copy_from_slice(body), header)
 }
 
 fn err(body: &[u8], header: Option<usize>) -> Error {
@@ -201,13 +195,13 @@ fn io(name: &str, dtype: DataType, dims: &[i64]) -> IoSpec {
 fn raw_requests_deduce_the_shape() {
     let body = Bytes::from(vec![0u8; 24]);
     let s = spec(vec![io("x", DataType::Fp32, &[2, -1])], 8);
-    let (req, fmt) = raw_infer_request(&s, "", body.clone(), Instant::now()).unwrap();
+    let (req, fmt) = raw_infer_request(&s, "", body.clone()).unwrap();
     assert_eq!(req.inputs[0].shape, vec![1, 2, 3]);
     assert_eq!(req.inputs[0].datatype, "FP32");
     assert!(fmt.is_binary("any"));
 
     let s = spec(vec![io("x", DataType::Bytes, &[1])], 0);
-    let (req, _) = raw_infer_request(&s, "", Bytes::from_static(b"hi"), Instant::now()).unwrap();
+    let (req, _) = raw_infer_request(&s, "", Bytes::from_static(b"hi")).unwrap();
     assert_eq!(req.inputs[0].shape, vec![1]);
     assert_eq!(&req.inputs[0].data[..], &[2, 0, 0, 0, b'h', b'i']);
 
@@ -216,16 +210,14 @@ fn raw_requests_deduce_the_shape() {
         0,
     );
     assert!(
-        raw_infer_request(&two, "", body.clone(), Instant::now())
+        raw_infer_request(&two, "", body.clone())
             .unwrap_err()
             .message
             .starts_with("Raw request must only have 1 input (found 2)")
     );
     let odd = spec(vec![io("x", DataType::Fp32, &[-1, 5])], 0);
     assert_eq!(
-        raw_infer_request(&odd, "", body, Instant::now())
-            .unwrap_err()
-            .code,
+        raw_infer_request(&odd, "", body).unwrap_err().code,
         Code::InvalidArg
     );
 }
