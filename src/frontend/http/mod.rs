@@ -4,6 +4,7 @@
 
 pub mod compress;
 pub mod convert;
+mod json;
 mod params;
 #[cfg(test)]
 mod proptests;

@@ -5,7 +5,7 @@
 use base64::Engine;
 use serde_json::{Map, Value};
 
-use super::convert::{as_object, as_str, unable};
+use super::json::{as_object, as_str, unable};
 use super::tensor_json::kind;
 use crate::core::params::{self as neutral, LoadValue};
 use crate::error::{Error, Result};

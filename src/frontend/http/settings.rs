@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::convert::{as_array, as_object, as_str, parse_json};
+use super::json::{as_array, as_object, as_str, parse_json};
 use super::params::{param_error, value};
 use crate::core::TraceSettings;
 use crate::core::params;

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::convert::{as_bool, as_object, parse_json};
+use super::json::{as_bool, as_object, parse_json};
 use super::params;
 use crate::core::{ModelMetadata, ModelStatistics, ServerMetadata};
 use crate::error::Result;
