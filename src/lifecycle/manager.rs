@@ -4,9 +4,10 @@
 //! typed errors (Triton's texts, behaviour.md E1–E5) and reports the index. Building a version
 //! happens in `loader`, and every scan or fingerprint of the repositories, on blocking threads.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -274,9 +275,9 @@ impl ModelManager {
         // A cancel wakes this task at once: a step that cannot be interrupted (a session being
         // created) is abandoned, and the blocking thread drops its result when it ends.
         let (wake, woken) = tokio::sync::oneshot::channel::<()>();
-        let wake = std::sync::Mutex::new(Some(wake));
+        let wake = parking_lot::Mutex::new(Some(wake));
         let _hook = cancel.on_cancel(move || {
-            if let Some(tx) = wake.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(tx) = wake.lock().take() {
                 let _ = tx.send(());
             }
         });
@@ -477,18 +478,17 @@ impl ModelManager {
     fn lock_for(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .entry(name.to_string())
             .or_default()
             .clone()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ModelEntry>> {
-        self.models.write().unwrap_or_else(|p| p.into_inner())
+    fn write(&self) -> parking_lot::RwLockWriteGuard<'_, BTreeMap<String, ModelEntry>> {
+        self.models.write()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelEntry>> {
-        self.models.read().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> parking_lot::RwLockReadGuard<'_, BTreeMap<String, ModelEntry>> {
+        self.models.read()
     }
 
     /// Stops every load in flight and refuses later ones (the server is shutting down).

@@ -153,7 +153,7 @@ impl Reaper {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
 
     use super::*;
     use crate::backend::Runner;
@@ -185,10 +185,7 @@ mod tests {
         let worker = std::thread::current().id();
         let reaper = Reaper::start(Some(Arc::new(move |m: &str, v: i64, id: u64| {
             let on_worker = std::thread::current().id() == worker;
-            record
-                .lock()
-                .unwrap()
-                .push((m.to_string(), v, id, on_worker));
+            record.lock().push((m.to_string(), v, id, on_worker));
         })));
         let (jobs, rx) = crossbeam_channel::bounded::<Nothing>(1);
         let live = reaper.register();
@@ -207,7 +204,7 @@ mod tests {
         drop(jobs);
         reaper.settled().await;
         assert_eq!(reaper.alive(), 0);
-        assert_eq!(*told.lock().unwrap(), vec![("m".to_string(), 3, 7, false)]);
+        assert_eq!(*told.lock(), vec![("m".to_string(), 3, 7, false)]);
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! checked by the caller at enqueue, so a full queue is refused without waiting; every entry the
 //! task takes is answered (dispatched, expired or cancelled).
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::Sender as JobSender;
@@ -248,10 +249,7 @@ impl DynamicScheduler {
         let enqueued = Instant::now();
         let policy = &self.policy.queue_policies[level];
         let deadline = req.queue_timeout().map(|t| enqueued + t);
-        let _guard = self
-            .order
-            .as_ref()
-            .map(|_| self.order_lock.lock().unwrap_or_else(|p| p.into_inner()));
+        let _guard = self.order.as_ref().map(|_| self.order_lock.lock());
         let reply = match &self.order {
             Some(order) => Replier::Ordered {
                 seq: order.ticket(),

@@ -1,7 +1,7 @@
 //! What a model version's recent executions say about how fast its queue drains. Feeds the
 //! retry hints of rejections and the admission check of deadlines.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ impl LoadTracker {
     /// One execution took `took` and ran requests of these priority levels.
     pub fn record(&self, took: Duration, levels: impl IntoIterator<Item = usize>) {
         let took = took.as_secs_f64();
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut recent = self.recent.lock();
         // The first execution is the whole average; later ones weigh `WEIGHT`.
         let w = if recent.is_none() { 1.0 } else { WEIGHT };
         let r = recent.get_or_insert_with(|| Recent {
@@ -81,7 +81,7 @@ impl LoadTracker {
     /// to end, counted as a whole one (the worst case). Each round is taken a little slower than
     /// average (`DEVIATIONS`), so that what admission lets in rarely expires in the queue.
     pub fn estimate_wait(&self, level: usize, ahead: usize, all_busy: bool) -> Option<Duration> {
-        let guard = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.recent.lock();
         let recent = guard.as_ref()?;
         let total: f64 = recent.per_level.iter().sum();
         let above: f64 = recent.per_level[..level.min(self.levels - 1)].iter().sum();

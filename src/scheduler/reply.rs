@@ -2,8 +2,9 @@
 //! through a sequencer that releases results in arrival order even when batches finish out
 //! of order on different instances.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
@@ -85,8 +86,8 @@ impl Sequencer {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, SequencerState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, SequencerState> {
+        self.state.lock()
     }
 }
 

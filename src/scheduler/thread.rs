@@ -4,8 +4,9 @@
 //! start (or expire on time) would wait with it. Here the batchers have a single-threaded runtime
 //! of their own that the OS schedules like any other thread.
 
+use parking_lot::Mutex;
 use std::future::Future;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
@@ -75,7 +76,7 @@ pub struct BatcherThreads(Mutex<Weak<BatcherThread>>);
 
 impl BatcherThreads {
     pub fn get(&self) -> Result<Arc<BatcherThread>> {
-        let mut current = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.0.lock();
         if let Some(thread) = current.upgrade() {
             return Ok(thread);
         }
@@ -110,7 +111,7 @@ mod tests {
         assert_eq!(name.as_deref(), Some("nereid-batcher"));
         // Once the last holder is gone a new one is started on demand.
         std::thread::sleep(Duration::from_millis(20));
-        assert!(threads.0.lock().unwrap().upgrade().is_none());
+        assert!(threads.0.lock().upgrade().is_none());
         let c = threads.get().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         c.spawn(async move { tx.send(()).unwrap() });

@@ -14,8 +14,8 @@
 //! - `record_execution`, `record_success`, `record_failure`: the executing batch (or the
 //!   batcher for requests that expire or are cancelled while queued).
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::proto::MetricFamily;
@@ -199,10 +199,8 @@ impl ModelStats {
         self.lock().clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, StatsSnapshot> {
-        // A panic while holding this lock cannot leave the counters inconsistent in a way that
-        // matters more than losing them, so keep serving.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, StatsSnapshot> {
+        self.inner.lock()
     }
 }
 

@@ -2,8 +2,8 @@
 //! superseded by a newer load of the same model, unloaded, or the server shuts down; and what
 //! the manager does with a load that was stopped.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::LoadedModel;
@@ -72,8 +72,8 @@ impl PendingLoads {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<CancelToken>>> {
-        self.loads.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Vec<CancelToken>>> {
+        self.loads.lock()
     }
 }
 

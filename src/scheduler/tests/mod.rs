@@ -323,24 +323,19 @@ async fn higher_priority_overtakes_lower() {
         )
         .unwrap();
     busy.await.unwrap().unwrap();
-    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for (name, r) in [("low1", low1), ("low2", low2), ("high", high)] {
         let order = order.clone();
         tasks.push(tokio::spawn(async move {
             r.await.unwrap().unwrap();
-            order.lock().unwrap().push(name);
+            order.lock().push(name);
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(
-        order.lock().unwrap()[0],
-        "high",
-        "{:?}",
-        order.lock().unwrap()
-    );
+    assert_eq!(order.lock()[0], "high", "{:?}", order.lock());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
