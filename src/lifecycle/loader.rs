@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::reaper::{Live, Reaper, Remains};
 use super::warmup;
@@ -160,6 +160,10 @@ impl Loader {
 
     /// Creates one version's instances, warms each one, then starts serving threads.
     /// `progress` receives human-readable steps for the repository index.
+    #[allow(
+        clippy::disallowed_types,
+        reason = "runs on a blocking thread: the load duration is real time, not the runtime's clock"
+    )]
     pub fn build_version(
         &self,
         prepared: &mut Prepared,
@@ -168,7 +172,7 @@ impl Loader {
         progress: &dyn Fn(String),
         cancel: &CancelToken,
     ) -> Result<LoadedModel> {
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         stop_if_cancelled(&prepared.config.name, cancel, "")?;
         let cfg = &prepared.config;
         let mut spec = crate::model::spec::to_spec(cfg, version, dir)?;

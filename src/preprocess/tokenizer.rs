@@ -345,6 +345,10 @@ impl TokenizerPool {
                             continue; // the caller went away while the request waited
                         }
                         let id = req.id().to_string();
+                        #[allow(
+                            clippy::disallowed_types,
+                            reason = "a tokenizer thread times its own work in real time"
+                        )]
                         let started = std::time::Instant::now();
                         let result =
                             std::panic::catch_unwind(AssertUnwindSafe(|| enc.encode_request(req)))
