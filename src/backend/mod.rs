@@ -8,6 +8,7 @@ pub mod ort;
 
 pub use cancel::CancelToken;
 pub use ort::OrtBackend;
+#[cfg(any(test, feature = "test-backend"))]
 pub mod testing;
 
 use std::path::Path;

@@ -82,6 +82,12 @@ impl ServerProcess {
     /// Sends SIGTERM and waits for the exit, failing the test if it takes longer than `bound`;
     /// the log is complete once this returns.
     pub async fn sigterm_and_wait(&mut self, bound: Duration) -> ExitStatus {
+        self.sigterm();
+        self.wait_exit(bound).await
+    }
+
+    /// Sends SIGTERM (the server starts its graceful stop).
+    pub fn sigterm(&self) {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")
@@ -90,6 +96,11 @@ impl ServerProcess {
                 .unwrap()
                 .success()
         );
+    }
+
+    /// Waits for the exit, failing the test if it takes longer than `bound` (a bound on a hang);
+    /// the log is complete once this returns.
+    pub async fn wait_exit(&mut self, bound: Duration) -> ExitStatus {
         let deadline = Instant::now() + bound;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod early;
+pub mod serve;
 pub mod settings;
 pub mod status;
 pub mod stream;

@@ -119,6 +119,7 @@ fn start_with(
                 work: Duration::from_millis(work_ms),
                 fail: fail.then(|| "onnx runtime error: broken instance".to_string()),
                 slow_value: Some(0),
+                ..Default::default()
             };
             let runner = fake(failing.contains(&i));
             let healthy = load.clone();
