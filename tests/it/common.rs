@@ -193,6 +193,11 @@ impl TestServer {
         })
     }
 
+    /// The server's core, for state that only the process sees (requests in flight).
+    pub fn core(&self) -> &std::sync::Arc<nereid::core::Core> {
+        &self.server.as_ref().expect("running").core
+    }
+
     /// `http://<http addr><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http_addr)

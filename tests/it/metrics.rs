@@ -1,8 +1,6 @@
 //! The metrics listener: Triton's `nv_*` families with Triton's names and labels
 //! (behaviour.md §7), our histograms, gauges and rejections, and agreement with ModelStatistics.
 
-use std::time::Duration;
-
 use nereid::pb::inference::ModelStatisticsRequest;
 use tonic::Code;
 
@@ -179,12 +177,14 @@ fn dynamic_repo(db: &str) -> tempfile::TempDir {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_gauges_timeouts_and_full_queues() {
     let repo = dynamic_repo(
-        "max_queue_delay_microseconds: 5000000 priority_levels: 2 default_priority_level: 2 \
-         default_queue_policy { max_queue_size: 2 default_timeout_microseconds: 1000000 }",
+        "max_queue_delay_microseconds: 3600000000 priority_levels: 2 default_priority_level: 2 \
+         default_queue_policy { max_queue_size: 2 default_timeout_microseconds: 3000000 }",
     );
     let s = TestServer::start(repo.path()).await.owning(repo);
     let labels = r#"model="dyn",version="1""#;
-    // Two requests wait at the default level (2) until their queue timeout expires.
+    // Two requests wait at the default level (2) until their queue timeout (3 s) expires; the
+    // delay (an hour) never releases them. The checks below wait on the gauges, not the clock;
+    // they need only finish within those 3 s, a margin that the server's own clock sets.
     let mut waiting = Vec::new();
     for i in 0..2 {
         let mut c = s.client.clone();
@@ -193,7 +193,7 @@ async fn queue_gauges_timeouts_and_full_queues() {
             c.model_infer(simple_request("dyn", 1, &a, &b)).await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    s.wait_pending("dyn", 2).await;
     let text = s.metrics().await;
     assert_eq!(
         sample(&text, "nv_inference_pending_request_count", labels),
