@@ -14,7 +14,7 @@ fn failure(model: &str, reason: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_exist_at_load_with_triton_names_and_labels() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple", "simple_versions"]).await;
     let text = s.metrics().await;
     for (family, kind) in [
         ("nv_inference_request_success", "counter"),
@@ -89,7 +89,7 @@ async fn series_exist_at_load_with_triton_names_and_labels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_follow_requests_and_agree_with_statistics() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     // Two of one row, one of three rows: 3 requests, 5 inferences, 3 executions.
     for rows in [1i64, 3, 1] {
         let (a, b) = simple_operands(rows as usize, 2);

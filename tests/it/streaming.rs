@@ -138,7 +138,7 @@ async fn answers_in_arrival_order_with_in_band_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triton_grpc_error_ends_the_stream_with_the_first_error() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let mut bad = request("simple", "bad", 2);
     bad.inputs[0].shape = vec![1, 15];
     let reqs = vec![
@@ -157,7 +157,7 @@ async fn triton_grpc_error_ends_the_stream_with_the_first_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_duplex_many_requests_across_models() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple", "simple_identity"]).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<ModelInferRequest>(8);
     let mut c = s.client.clone();
     let mut responses = c
