@@ -152,6 +152,9 @@ pub struct FakeRunner {
     pub slow_value: Option<i32>,
     /// Runs wait here while it is closed.
     pub gate: Gate,
+    /// A batch whose first INT32 element is this value also waits at this gate (to hold one
+    /// request while others run).
+    pub hold: Option<(i32, Gate)>,
     pub op: FakeOp,
 }
 
@@ -164,6 +167,11 @@ impl Runner for FakeRunner {
             .and_then(|t| t.data().get(..4))
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
             .map(i32::from_le_bytes);
+        if let Some((value, gate)) = &self.hold
+            && first == Some(*value)
+        {
+            gate.pass();
+        }
         let slow = self.slow_value.is_some() && first == self.slow_value;
         let work = if slow { self.work * 5 } else { self.work };
         if !work.is_zero() {
