@@ -69,12 +69,10 @@ impl FakeLog {
     /// this instead of sleeping until "the instance is busy" or "the batch has run".
     pub async fn wait_until(&self, done: impl FnMut(&Activity) -> bool) -> Activity {
         let mut rx = self.activity.subscribe();
-        let seen = rx
-            .wait_for(done)
+        rx.wait_for(done)
             .await
             .map(|a| *a)
-            .expect("the log owns the sender");
-        seen
+            .expect("the log owns the sender")
     }
 
     fn begin(&self) {
@@ -382,11 +380,12 @@ impl FakeModel {
         };
         let (inputs, outputs) = (names(&self.inputs), names(&self.outputs));
         if self.add_sub {
+            let nth = |list: &[String], i: usize| list.get(i).cloned().unwrap_or_default();
             FakeOp::AddSub {
-                a: inputs[0].clone(),
-                b: inputs[1].clone(),
-                sum: outputs[0].clone(),
-                difference: outputs[1].clone(),
+                a: nth(&inputs, 0),
+                b: nth(&inputs, 1),
+                sum: nth(&outputs, 0),
+                difference: nth(&outputs, 1),
             }
         } else {
             FakeOp::CopyByName { inputs, outputs }

@@ -1,5 +1,6 @@
-//! Shared fixtures: an in-process server on an ephemeral port, scratch model repositories built
-//! from the committed `model_repository/`, request builders and output decoders.
+//! Shared fixtures: an in-process server on an ephemeral port (on ONNX Runtime or on the fake
+//! backend), scratch model repositories built from the committed `model_repository/`, waits on
+//! observable state, request builders and output decoders.
 #![allow(dead_code)]
 
 use std::collections::HashMap;

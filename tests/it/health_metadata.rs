@@ -152,7 +152,7 @@ async fn server_metadata_defaults() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_metadata_uses_server_id() {
-    let s = TestServer::start_with(&bundled_repo(), |c| c.server_id = "nereid-it".into()).await;
+    let s = TestServer::bundled_subset_with(&[], |c| c.server_id = "nereid-it".into()).await;
     let mut c = s.client.clone();
     assert_eq!(
         c.server_metadata(ServerMetadataRequest {})

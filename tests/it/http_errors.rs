@@ -167,7 +167,10 @@ async fn binary_header_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_the_size_limit() {
     let limit = 4096;
-    let s = TestServer::start_with(&bundled_repo(), |c| c.http_max_input_size = limit).await;
+    let s = TestServer::bundled_subset_with(&["identity_fp32", "simple"], |c| {
+        c.http_max_input_size = limit
+    })
+    .await;
     let msg_tail = format!(
         "exceeds the maximum allowed value of {limit} bytes. Use --http-max-input-size to increase the limit."
     );

@@ -10,7 +10,8 @@ async fn servers_start_one_after_another_in_one_process() {
     let first = TestServer::bundled_subset(&["simple"]).await;
     first.assert_still_serving().await;
     first.stop().await;
-    let second = TestServer::try_start_with(&bundled_repo(), |_| {})
+    let repo = repo_with(&[("simple", "simple")]);
+    let second = TestServer::try_start_with(repo.path(), |_| {})
         .await
         .unwrap_or_else(|e| panic!("a second server in the same process failed to start: {e}"));
     second.assert_still_serving().await;

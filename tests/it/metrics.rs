@@ -252,7 +252,8 @@ async fn queue_gauges_timeouts_and_full_queues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_counters_can_be_turned_off_and_the_listener_follows_triton() {
-    let s = TestServer::start_with(&bundled_repo(), |c| c.metrics.counter_latencies = false).await;
+    let s =
+        TestServer::bundled_subset_with(&["simple"], |c| c.metrics.counter_latencies = false).await;
     let text = s.metrics().await;
     assert!(!text.contains("nv_inference_request_duration_us"));
     assert!(text.contains("nv_inference_request_success"));
