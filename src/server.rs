@@ -15,19 +15,8 @@ use crate::backend::OrtBackend;
 use crate::cli::ServerConfig;
 use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::frontend::grpc::early::EarlyRefusal;
-use crate::frontend::grpc::{GrpcService, HealthService};
 use crate::lifecycle::manager::{ControlMode, ModelManager};
-use crate::pb::health::health_server::HealthServer;
-use crate::pb::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::telemetry::{Telemetry, metrics, trace::TraceControl};
-
-/// HTTP/2 receive window per gRPC stream (bytes).
-const GRPC_STREAM_WINDOW: u32 = 256 << 10;
-/// HTTP/2 receive window per gRPC connection (bytes).
-const GRPC_CONNECTION_WINDOW: u32 = 32 << 20;
-/// Requests one gRPC connection may have open at once.
-const GRPC_MAX_STREAMS: u32 = 1024;
 
 pub struct RunningServer {
     pub grpc_addr: Option<SocketAddr>,
@@ -133,19 +122,14 @@ async fn drain(
 
 impl RunningServer {
     /// Starts serving on `grpc_listener` and `http_listener` at once (ServerLive is true from
-    /// here), loads the repository, and returns when the startup loads are done. `shutdown`
-    /// resolving stops the server: new requests are refused, in-flight ones get `exit_timeout`
-    /// to finish.
+    /// here), loads the repository with ONNX Runtime, and returns when the startup loads are
+    /// done. `shutdown` resolving stops the server: new requests are refused, in-flight ones
+    /// get `exit_timeout` to finish.
     pub async fn start(
         config: ServerConfig,
         listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<RunningServer> {
-        let Listeners {
-            grpc: grpc_listener,
-            http: http_listener,
-            metrics: metrics_listener,
-        } = listeners;
         let backend: Arc<dyn Backend> = {
             let lib = config.onnxruntime_library.clone();
             let b = tokio::task::spawn_blocking(move || OrtBackend::init(lib.as_deref()))
@@ -155,6 +139,22 @@ impl RunningServer {
                 })??;
             Arc::new(b)
         };
+        Self::start_with_backend(config, listeners, backend, shutdown).await
+    }
+
+    /// Like `start`, with the models run by `backend` (`config.onnxruntime_library` is then
+    /// unused): tests run the whole server on the fake backend of `backend::testing`.
+    pub async fn start_with_backend(
+        config: ServerConfig,
+        listeners: Listeners,
+        backend: Arc<dyn Backend>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<RunningServer> {
+        let Listeners {
+            grpc: grpc_listener,
+            http: http_listener,
+            metrics: metrics_listener,
+        } = listeners;
         let mut load = config.load.clone();
         load.gpus = tokio::task::spawn_blocking(crate::backend::devices::visible_gpus)
             .await
@@ -191,36 +191,15 @@ impl RunningServer {
                 .local_addr()
                 .map_err(|e| Error::internal(e.to_string()))?;
             grpc_addr = Some(addr);
-            let limit = config.grpc_max_message_bytes;
-            let svc = GrpcInferenceServiceServer::new(GrpcService::new(core.clone()))
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit);
-            // Overload refusals from the request's head, before its tensors arrive.
-            let svc = EarlyRefusal::new(svc, core.clone());
-            let health = HealthServer::new(HealthService::new(core.clone()));
-            // Small responses must not wait for Nagle's algorithm (40 ms stalls with delayed ACKs).
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            let serve = tonic::transport::Server::builder()
-                // HTTP/2 flow control. An overload refusal needs only the first DATA frame
-                // (early.rs), so the stream window is what a refused call still pushes through
-                // the connection before its reset, ahead of other calls' heads: 256 KiB rather
-                // than a whole 600 KB image (AlexNet at 4x: refusal p50 1.3 -> 0.9 ms against a
-                // 4 MiB window), while an admitted image still arrives in three windows rather
-                // than the ten of HTTP/2's 64 KiB default. The connection window is large, so
-                // concurrent calls do not wait on each other. The windows bound what one stream
-                // and one connection may have buffered and unread; streams bound the requests a
-                // single connection keeps open at once (more wait in the client, not in server
-                // memory).
-                .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
-                .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
-                .max_concurrent_streams(Some(GRPC_MAX_STREAMS))
-                .add_service(svc)
-                .add_service(health)
-                .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+            let serve = crate::frontend::grpc::serve::serve(
+                listener,
+                core.clone(),
+                config.grpc_max_message_bytes,
+                stopped(stop_rx.clone()),
+            );
             grpc = Some(supervise(
                 "gRPC",
-                async move { serve.await.map_err(|e| e.to_string()) },
+                serve,
                 stop_rx.clone(),
                 config.exit_timeout,
             ));
@@ -369,13 +348,8 @@ fn serve_metrics(
             }
         }
     });
-    let router = metrics::router(move || core.metrics_text());
-    let mut stop = stop;
     tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
+        metrics::serve(listener, move || core.metrics_text(), stopped(stop))
             .await
             .map_err(|e| Error::internal(format!("metrics server failed: {e}")))
     })

@@ -8,6 +8,7 @@ pub mod ort;
 
 pub use self::ort::OrtBackend;
 pub use cancel::CancelToken;
+#[cfg(any(test, feature = "test-backend"))]
 pub mod testing;
 
 use std::path::Path;

@@ -170,9 +170,7 @@ mod tests {
     fn instance(jobs: crossbeam_channel::Receiver<Nothing>) -> InstanceThread {
         let runner = FakeRunner {
             log: Arc::new(FakeLog::default()),
-            work: std::time::Duration::ZERO,
-            fail: None,
-            slow_value: None,
+            ..Default::default()
         };
         InstanceThread::spawn("reaper-test".into(), Box::new(runner), jobs, None).unwrap()
     }

@@ -391,6 +391,20 @@ where
         .fallback(|| async { "" })
 }
 
+/// Serves `router(render)` on `listener` until `shutdown` resolves.
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    render: F,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    F: Fn() -> String + Clone + Send + Sync + 'static,
+{
+    axum::serve(listener, router(render))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ fn preferred_batch_sizes(cfg: &ModelConfig) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_is_completed_from_the_graph() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["add_sub_autocomplete"]).await;
     let cfg = config_of(&s, "add_sub_autocomplete").await;
     assert_eq!(cfg.name, "add_sub_autocomplete");
     assert_eq!(cfg.platform, "onnxruntime_onnx");

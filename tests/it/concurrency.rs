@@ -4,7 +4,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_all_succeed() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let mut tasks = Vec::new();
     for i in 0..32i32 {
         // Half share the server's connection, half open their own.
@@ -54,7 +54,7 @@ async fn concurrent_requests_all_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_across_models() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple", "simple_nobatch", "simple_versions"]).await;
     let mut tasks = Vec::new();
     for i in 0..16i32 {
         let client = s.client.clone();

@@ -2,7 +2,7 @@
 //! keep serving, warmup before READY, draining unloads and poll-mode detection.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nereid::lifecycle::manager::ControlMode;
 use nereid::pb::inference::model_repository_parameter::ParameterChoice as P;
@@ -38,24 +38,14 @@ async fn infer_simple(s: &TestServer, model: &str, rows: i64) -> Result<(), toni
     Ok(())
 }
 
-/// Polls the index until `model` version `v` shows `state`, or panics after `within`.
-async fn wait_state(s: &TestServer, model: &str, v: &str, state: &str, within: Duration) {
-    let t = Instant::now();
-    loop {
-        let index = s.index(false).await;
-        if rows(&index, model)
+/// Polls the index until `model` version `v` shows `state` (bounded by `WAIT_LIMIT` only).
+async fn wait_state(s: &TestServer, model: &str, v: &str, state: &str) {
+    wait_for(&format!("{model} v{v} reaches {state}"), || async {
+        rows(&s.index(false).await, model)
             .iter()
             .any(|r| r.version == v && r.state == state)
-        {
-            return;
-        }
-        assert!(
-            t.elapsed() < within,
-            "{model} v{v} never reached {state}: {:?}",
-            rows(&index, model)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +72,7 @@ async fn explicit_mode_loads_only_what_is_asked_and_unloads() {
         Code::NotFound,
         &["'other' has no available versions"],
     );
-    wait_state(&s, "other", "1", "UNAVAILABLE", Duration::from_secs(5)).await;
+    wait_state(&s, "other", "1", "UNAVAILABLE").await;
     assert_eq!(rows(&s.index(false).await, "other")[0].reason, "unloaded");
     assert!(
         s.server_ready().await,
@@ -100,7 +90,7 @@ async fn explicit_mode_loads_only_what_is_asked_and_unloads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_and_unload_are_refused_outside_explicit_mode() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let msg = "explicit model load / unload is not allowed if polling is enabled";
     assert_status(
         load_model_with(&s, "simple", vec![]).await,
@@ -284,14 +274,13 @@ async fn warmup_runs_before_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unload_drains_requests_in_flight() {
-    let repo = repo_with(&[("simple", "simple"), ("dyn", "simple")]);
-    let text = read_config(repo.path(), "dyn");
-    write_config(
-        repo.path(),
-        "dyn",
-        &format!("{text}\ndynamic_batching {{ max_queue_delay_microseconds: 300000 }}\n"),
-    );
-    let s = explicit(repo.path(), &["simple", "dyn"]).await;
+    // On the fake backend: its gate holds `dyn`'s one instance, so eight requests stay queued.
+    let s = crate::overload::fake_server("", |c| {
+        c.manager.control_mode = ControlMode::Explicit;
+        c.manager.startup_models = vec!["simple".into(), "dyn".into()];
+    })
+    .await;
+    let busy = crate::overload::occupy(&s, 0).await;
     let mut tasks = Vec::new();
     for i in 0..8 {
         let mut c = s.new_client().await;
@@ -305,19 +294,24 @@ async fn unload_drains_requests_in_flight() {
             Ok::<_, tonic::Status>(())
         }));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await; // all eight are queued (300 ms delay)
+    s.wait_pending("dyn", 8).await; // all eight are queued behind the held one
+    // The unload retires the version at once; its queued requests drain afterwards.
     unload(&s, "dyn").await.unwrap();
     assert_status(
         infer_simple(&s, "dyn", 1).await,
         Code::NotFound,
         &["has no available versions"],
     );
+    s.gate().open();
+    busy.await
+        .unwrap()
+        .expect("the held request gets its answer");
     for t in tasks {
         t.await
             .unwrap()
             .expect("every accepted request gets its answer");
     }
-    wait_state(&s, "dyn", "1", "UNAVAILABLE", Duration::from_secs(5)).await;
+    wait_state(&s, "dyn", "1", "UNAVAILABLE").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,10 +319,13 @@ async fn reload_under_load_loses_no_request() {
     let repo = repo_with(&[("simple", "simple")]);
     let s = explicit(repo.path(), &["simple"]).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Answers so far, all clients together: each phase waits for more of them, not for time.
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut clients = Vec::new();
     for i in 0..8 {
         let mut c = s.new_client().await;
         let stop = stop.clone();
+        let answered = answered.clone();
         clients.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0u32, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -338,18 +335,30 @@ async fn reload_under_load_loses_no_request() {
                     Ok(_) => failed.push("wrong result".to_string()),
                     Err(e) => failed.push(e.message().to_string()),
                 }
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             (ok, failed)
         }));
     }
+    let more_answers = |n: u32| {
+        let answered = answered.clone();
+        async move {
+            let from = answered.load(std::sync::atomic::Ordering::Relaxed);
+            wait_for(&format!("{n} more answers"), || {
+                let answered = answered.clone();
+                async move { answered.load(std::sync::atomic::Ordering::Relaxed) >= from + n }
+            })
+            .await;
+        }
+    };
     for i in 0..3 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        more_answers(15).await;
         // Touch the folder so the load is a real reload, alternating instance counts.
         let text = read_config(repo.path(), "simple");
         write_config(repo.path(), "simple", &format!("{text}\n# reload {i}\n"));
         load_model_with(&s, "simple", vec![]).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    more_answers(15).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut total = 0;
     for c in clients {
@@ -380,31 +389,25 @@ async fn poll_mode_picks_up_new_versions_and_survives_broken_drops() {
     let v3 = repo.path().join("versions/3/model.onnx");
     std::fs::create_dir_all(repo.path().join("versions/4")).unwrap();
     std::fs::copy(&v3, repo.path().join("versions/4/model.onnx")).unwrap();
-    wait_state(&s, "versions", "4", "READY", Duration::from_secs(10)).await;
-    wait_state(&s, "versions", "2", "UNAVAILABLE", Duration::from_secs(10)).await;
+    wait_state(&s, "versions", "4", "READY").await;
+    wait_state(&s, "versions", "2", "UNAVAILABLE").await;
     // A broken drop: the config no longer parses. What serves keeps serving.
     write_config(
         repo.path(),
         "simple",
         "name: \"simple\"\nthis is not a config\n",
     );
-    let t = Instant::now();
-    loop {
+    wait_for("the broken drop is noticed", || async {
         let r = rows(&s.index(false).await, "simple")[0].clone();
-        if r.reason.contains("the last reload failed") {
-            assert_eq!(r.state, "READY");
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "broken drop never noticed: {r:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        r.reason.contains("the last reload failed")
+    })
+    .await;
+    let r = rows(&s.index(false).await, "simple")[0].clone();
+    assert_eq!(r.state, "READY", "{r:?}");
     infer_simple(&s, "simple", 1)
         .await
         .expect("the serving version survives a broken drop");
     // A removed folder unloads.
     std::fs::remove_dir_all(repo.path().join("versions")).unwrap();
-    wait_state(&s, "versions", "4", "UNAVAILABLE", Duration::from_secs(10)).await;
+    wait_state(&s, "versions", "4", "UNAVAILABLE").await;
 }

@@ -35,7 +35,22 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_models_round_trip_every_datatype() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&[
+        "identity_bf16",
+        "identity_bool",
+        "identity_fp16",
+        "identity_fp32",
+        "identity_fp64",
+        "identity_int16",
+        "identity_int32",
+        "identity_int64",
+        "identity_int8",
+        "identity_uint16",
+        "identity_uint32",
+        "identity_uint64",
+        "identity_uint8",
+    ])
+    .await;
     for (i, &(suffix, datatype, size)) in TYPES.iter().enumerate() {
         let model = format!("identity_{suffix}");
         let mut data = noise(6 * size, i as u64 + 1);
@@ -68,7 +83,7 @@ async fn identity_models_round_trip_every_datatype() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_models_take_variable_lengths() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["identity_fp32"]).await;
     for (rows, cols) in [(1i64, 1i64), (8, 5), (3, 0)] {
         let data = noise((rows * cols * 4) as usize, 99);
         let req = raw_request(
@@ -87,7 +102,7 @@ async fn identity_models_take_variable_lengths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_string_adds_decimal_strings() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple_string"]).await;
     let a: Vec<i32> = (0..32).map(|i| i * 11 - 50).collect();
     let b: Vec<i32> = (0..32).map(|i| 7 - i).collect();
     let text = |v: &[i32]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -106,7 +121,7 @@ async fn simple_string_adds_decimal_strings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_string_with_typed_bytes_contents() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple_string"]).await;
     let a: Vec<i32> = (0..16).collect();
     let b: Vec<i32> = (0..16).map(|i| 100 * i).collect();
     let contents = |v: &[i32]| nereid::pb::inference::InferTensorContents {
@@ -131,7 +146,7 @@ async fn simple_string_with_typed_bytes_contents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_identity_round_trips_bytes_of_varied_lengths() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple_identity"]).await;
     let long = vec![b'x'; 300];
     let elements: Vec<Vec<u8>> = vec![
         b"".to_vec(),
@@ -171,7 +186,7 @@ async fn simple_identity_round_trips_bytes_of_varied_lengths() {
 async fn bytes_that_onnx_runtime_cannot_hold_are_refused_cleanly() {
     // ONNX Runtime string tensors go through C strings: an element with a NUL byte cannot be
     // represented. The request must fail as a client error, not crash or hang the instance.
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple", "simple_identity"]).await;
     let req = raw_request(
         "simple_identity",
         vec![(

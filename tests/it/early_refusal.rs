@@ -10,7 +10,7 @@ use nereid::pb::inference::ModelInferResponse;
 use prost::Message;
 
 use crate::common::*;
-use crate::overload::{queue_up, rejected_metric, repo, request, shed_server};
+use crate::overload::{fake_server, occupy, queue_up, rejected_metric, request, shed_server};
 
 /// A gRPC call on its own HTTP/2 connection whose body is sent in parts.
 struct RawCall {
@@ -79,17 +79,17 @@ fn text<'a>(h: &'a http::HeaderMap, name: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overload_refusal_comes_before_the_request_body_has_arrived() {
-    let repo =
-        repo("max_queue_delay_microseconds: 500000 default_queue_policy { max_queue_size: 2 }");
-    let s = TestServer::start(repo.path()).await.owning(repo);
+    let s = fake_server("default_queue_policy { max_queue_size: 2 }", |_| {}).await;
+    let busy = occupy(&s, 0).await;
     let queued = queue_up(&s, 2, 0);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.wait_pending("dyn", 2).await;
 
     let mut req = request(0);
     req.id = "stalled-1".into();
     // The head (model, id) and a few bytes of the first tensor; the rest never comes.
     let call = RawCall::start(&s, &req, head_len(&req) + 4).await;
-    let resp = tokio::time::timeout(Duration::from_secs(5), call.response)
+    // The body never completes: any answer comes while it is open (RPC_TIMEOUT catches a hang).
+    let resp = tokio::time::timeout(RPC_TIMEOUT, call.response)
         .await
         .expect("refused while the body is still open")
         .unwrap();
@@ -113,6 +113,8 @@ async fn an_overload_refusal_comes_before_the_request_body_has_arrived() {
         r#"model="dyn",version="1""#,
     );
     assert_eq!(timed, Some(1.0));
+    s.gate().open();
+    busy.await.unwrap().expect("the held request completes");
     for q in queued {
         q.await.unwrap().expect("accepted requests complete");
     }
@@ -121,14 +123,15 @@ async fn an_overload_refusal_comes_before_the_request_body_has_arrived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_head_decides_by_priority_and_an_admitted_call_waits_for_its_body() {
     let s = shed_server().await;
+    let busy = occupy(&s, 2).await;
     let low = queue_up(&s, 2, 2);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.wait_pending("dyn", 2).await;
 
     // Priority 2 is past its high-water mark: refused from the head, priority read from the
     // parameters that precede the tensors.
     let req = request(2);
     let low_call = RawCall::start(&s, &req, head_len(&req) + 1).await;
-    let resp = tokio::time::timeout(Duration::from_secs(5), low_call.response)
+    let resp = tokio::time::timeout(RPC_TIMEOUT, low_call.response)
         .await
         .expect("refused while the body is still open")
         .unwrap();
@@ -149,6 +152,8 @@ async fn the_head_decides_by_priority_and_an_admitted_call_waits_for_its_body() 
         mut body,
         framed,
     } = RawCall::start(&s, &req, sent).await;
+    // An observation of absence, not a bound: no answer within this window. A slow machine
+    // can only make it see less, never fail a correct server.
     assert!(
         tokio::time::timeout(Duration::from_millis(300), &mut response)
             .await
@@ -157,7 +162,10 @@ async fn the_head_decides_by_priority_and_an_admitted_call_waits_for_its_body() 
     );
     body.send_data(Bytes::copy_from_slice(&framed[sent..]), true)
         .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), response)
+    // Complete, it queues behind the held instance; the gate opens once it waits there.
+    s.wait_pending("dyn", 3).await;
+    s.gate().open();
+    let resp = tokio::time::timeout(RPC_TIMEOUT, response)
         .await
         .expect("answered")
         .unwrap();
@@ -178,6 +186,7 @@ async fn the_head_decides_by_priority_and_an_admitted_call_waits_for_its_body() 
         .collect();
     let want: Vec<i32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
     assert_eq!(sum, want);
+    busy.await.unwrap().expect("the held request completes");
     for q in low {
         q.await.unwrap().expect("accepted requests complete");
     }

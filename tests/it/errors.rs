@@ -14,7 +14,7 @@ fn good_pair(rows: i64) -> (Vec<i32>, Vec<i32>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_model_e1() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = good_pair(1);
     let st = assert_status(
         s.infer(simple_request("nope", 1, &a, &b)).await,
@@ -30,7 +30,7 @@ async fn unknown_model_e1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_datatype_e7() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = good_pair(1);
     let mut req = simple_request("simple", 1, &a, &b);
     req.inputs[0].datatype = "FP32".into();
@@ -57,7 +57,7 @@ async fn wrong_datatype_e7() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_shape_e8() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple", "simple_nobatch"]).await;
     let a: Vec<i32> = (0..30).collect();
     let req = raw_request(
         "simple",
@@ -98,7 +98,7 @@ async fn wrong_shape_e8() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_over_max_batch_size_e10() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = good_pair(9);
     let st = assert_status(
         s.infer(simple_request("simple", 9, &a, &b)).await,
@@ -117,7 +117,7 @@ async fn batch_over_max_batch_size_e10() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_input_e12() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, _) = good_pair(1);
     let req = raw_request(
         "simple",
@@ -135,7 +135,7 @@ async fn missing_input_e12() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_input_e13() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = good_pair(1);
     let mut req = simple_request("simple", 1, &a, &b);
     req.inputs.push(input("EXTRA", "INT32", &[1, 16]));
@@ -158,7 +158,7 @@ async fn unknown_input_e13() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_requested_output_e14() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = good_pair(1);
     let mut req = simple_request("simple", 1, &a, &b);
     req.outputs = vec![requested("OUTPUT0"), requested("OUTPUT7")];
@@ -172,7 +172,7 @@ async fn unknown_requested_output_e14() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_byte_size_mismatch_e15() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = good_pair(1);
     let mut req = simple_request("simple", 1, &a, &b);
     req.raw_input_contents[1] = i32_bytes(&b[..15]);
@@ -219,7 +219,7 @@ async fn raw_byte_size_mismatch_e15() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bytes_tensor_e16() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple", "simple_identity"]).await;
     // A truncated length prefix after one good element.
     let mut raw = bytes_tensor(&[b"abc"]).to_vec();
     raw.extend_from_slice(&[2, 0]);
@@ -268,7 +268,7 @@ async fn malformed_bytes_tensor_e16() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_input_e17() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = good_pair(1);
     let mut req = simple_request("simple", 1, &a, &b);
     req.inputs[1].name = "INPUT0".into();
@@ -282,7 +282,7 @@ async fn duplicate_input_e17() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_without_data_e18() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, _) = good_pair(1);
     // Raw form with one entry short.
     let req = ModelInferRequest {
@@ -318,7 +318,7 @@ async fn input_without_data_e18() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contents_and_raw_together_e19() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = good_pair(1);
     let mut req = simple_request("simple", 1, &a, &b);
     req.inputs[0].contents = Some(InferTensorContents {
@@ -335,7 +335,7 @@ async fn contents_and_raw_together_e19() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_contents_of_the_wrong_kind() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let req = ModelInferRequest {
         model_name: "simple".into(),
         inputs: vec![
@@ -370,7 +370,7 @@ async fn typed_contents_of_the_wrong_kind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_string_not_an_integer_e5() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = good_pair(1);
     let mut req = simple_request("simple", 1, &a, &b);
     req.model_version = "abc".into();
@@ -426,7 +426,7 @@ fn param(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_parameters() {
     use nereid::pb::inference::infer_parameter::ParameterChoice as P;
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = good_pair(1);
 
     // Well-typed reserved keys and custom keys are accepted (grpc-protocol.md §5.1).
@@ -469,7 +469,7 @@ async fn request_parameters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_memory_input_is_unknown_region_e34() {
     use nereid::pb::inference::infer_parameter::ParameterChoice as P;
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = good_pair(1);
     let mut req = simple_request("simple", 1, &a, &b);
     req.inputs[0].parameters.insert(

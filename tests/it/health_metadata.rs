@@ -23,7 +23,7 @@ fn tensor(name: &str, datatype: &str, shape: &[i64]) -> TensorMetadata {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_live_and_ready() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&[]).await;
     let mut c = s.client.clone();
     assert!(
         c.server_live(ServerLiveRequest {})
@@ -44,7 +44,7 @@ async fn server_live_and_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_health_check_is_serving() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&[]).await;
     let mut h = s.health().await;
     let resp = h
         .check(HealthCheckRequest {
@@ -67,7 +67,7 @@ async fn grpc_health_check_is_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_ready() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["add_sub_autocomplete", "simple"]).await;
     let mut c = s.client.clone();
     let ready = |name: &str, version: &str| ModelReadyRequest {
         name: name.into(),
@@ -118,7 +118,7 @@ async fn model_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_metadata_defaults() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&[]).await;
     let mut c = s.client.clone();
     let m = c
         .server_metadata(ServerMetadataRequest {})
@@ -152,7 +152,7 @@ async fn server_metadata_defaults() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_metadata_uses_server_id() {
-    let s = TestServer::start_with(&bundled_repo(), |c| c.server_id = "nereid-it".into()).await;
+    let s = TestServer::bundled_subset_with(&[], |c| c.server_id = "nereid-it".into()).await;
     let mut c = s.client.clone();
     assert_eq!(
         c.server_metadata(ServerMetadataRequest {})
@@ -166,7 +166,9 @@ async fn server_metadata_uses_server_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_metadata_of_batching_and_non_batching_models() {
-    let s = TestServer::bundled().await;
+    let s =
+        TestServer::bundled_subset(&["identity_bf16", "simple", "simple_nobatch", "simple_string"])
+            .await;
     let mut c = s.client.clone();
     let meta = |name: &str, version: &str| ModelMetadataRequest {
         name: name.into(),
@@ -244,7 +246,7 @@ async fn model_metadata_of_batching_and_non_batching_models() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_config_of_simple_is_normalized() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let mut c = s.client.clone();
     let cfg = c
         .model_config(ModelConfigRequest {
@@ -314,7 +316,7 @@ async fn model_config_of_simple_is_normalized() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_config_of_non_batching_model() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple_nobatch"]).await;
     let mut c = s.client.clone();
     let cfg = c
         .model_config(ModelConfigRequest {

@@ -8,7 +8,7 @@ use crate::rest::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_server_metadata() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&[]).await;
     for path in ["/v2/health/live", "/v2/health/ready"] {
         let r = s.get(path).await;
         assert_eq!(r.status, 200, "{path}");
@@ -34,7 +34,13 @@ async fn health_and_server_metadata() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_metadata_and_ready() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&[
+        "simple",
+        "simple_nobatch",
+        "simple_string",
+        "simple_versions",
+    ])
+    .await;
     for path in ["/v2/models/simple", "/v2/models/simple/versions/1"] {
         let r = s.get(path).await;
         assert_eq!(r.status, 200, "{path}");
@@ -85,7 +91,7 @@ async fn model_metadata_and_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_config_is_triton_json() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     for path in [
         "/v2/models/simple/config",
         "/v2/models/simple/versions/1/config",
@@ -112,7 +118,7 @@ async fn model_config_is_triton_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infer_json_in_json_out() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple", "simple_string"]).await;
     let (a, b) = simple_operands(2, 3);
     let mut body = simple_json(2, &a, &b);
     body["id"] = json!("req-7");
@@ -164,7 +170,7 @@ async fn infer_json_in_json_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infer_binary_both_ways() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["identity_fp16", "simple"]).await;
     let (a, b) = simple_operands(1, 4);
     let header = json!({
         "inputs": [
@@ -253,7 +259,7 @@ async fn infer_binary_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infer_raw_binary_body() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["identity_fp32", "simple"]).await;
     let x: Vec<u8> = [1.0f32, 2.5, -3.0]
         .iter()
         .flat_map(|v| v.to_le_bytes())
@@ -281,7 +287,7 @@ async fn infer_raw_binary_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infer_classification() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let a: Vec<i32> = (0..16).collect();
     let b = vec![1; 16];
     let mut body = simple_json(1, &a, &b);
@@ -296,7 +302,7 @@ async fn infer_classification() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statistics_shapes() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple", "simple_versions"]).await;
     s.assert_http_still_serving().await;
     let r = s.get("/v2/models/simple/stats").await;
     assert_eq!(r.status, 200);
@@ -409,7 +415,7 @@ async fn repository_index_load_unload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unimplemented_extensions_and_routing() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     for (get, path) in [
         (true, "/v2/systemsharedmemory/status"),
         (false, "/v2/systemsharedmemory/region/r/register"),
@@ -461,7 +467,7 @@ async fn unimplemented_extensions_and_routing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_closes_the_http_port() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let addr = s.http_addr;
     s.assert_http_still_serving().await;
     s.stop().await;

@@ -26,7 +26,7 @@ fn zlib(data: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_are_400_and_the_server_keeps_serving() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = simple_operands(1, 2);
     let good = simple_json(1, &a, &b);
     let mut wrong_type = good.clone();
@@ -87,7 +87,7 @@ async fn malformed_bodies_are_400_and_the_server_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_header_errors() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = simple_operands(1, 3);
     let header = json!({"inputs": [
         {"name": "INPUT0", "datatype": "INT32", "shape": [1, 16], "parameters": {"binary_data_size": 64}},
@@ -167,7 +167,10 @@ async fn binary_header_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_the_size_limit() {
     let limit = 4096;
-    let s = TestServer::start_with(&bundled_repo(), |c| c.http_max_input_size = limit).await;
+    let s = TestServer::bundled_subset_with(&["identity_fp32", "simple"], |c| {
+        c.http_max_input_size = limit
+    })
+    .await;
     let msg_tail = format!(
         "exceeds the maximum allowed value of {limit} bytes. Use --http-max-input-size to increase the limit."
     );
@@ -208,7 +211,7 @@ async fn body_over_the_size_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_and_deflate_both_ways() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = simple_operands(2, 6);
     let body = simple_json(2, &a, &b).to_string();
     for (encoding, packed) in [
@@ -304,7 +307,7 @@ async fn gzip_and_deflate_both_ways() {
 /// usual size-mismatch error, not crash the server or try to allocate for them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_shapes_are_refused_not_allocated() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["identity_fp32", "simple", "simple_identity"]).await;
     for (model, datatype, dim) in [
         ("simple_identity", "BYTES", 1i64 << 40),
         ("identity_fp32", "FP32", 1i64 << 62),

@@ -7,7 +7,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_batch_of_one() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = simple_operands(1, 3);
     let resp = s.infer(simple_request("simple", 1, &a, &b)).await.unwrap();
     assert_eq!(resp.model_name, "simple");
@@ -27,7 +27,7 @@ async fn simple_batch_of_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_batch_of_several_rows() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     for rows in [2usize, 5, 8] {
         let (a, b) = simple_operands(rows, rows as i32);
         let resp = s
@@ -43,7 +43,7 @@ async fn simple_batch_of_several_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_int_contents_instead_of_raw() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = simple_operands(2, 4);
     let req = ModelInferRequest {
         model_name: "simple".into(),
@@ -78,7 +78,13 @@ async fn typed_int_contents_instead_of_raw() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_contents_narrow_to_small_integer_types() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&[
+        "identity_bool",
+        "identity_fp64",
+        "identity_int8",
+        "identity_uint16",
+    ])
+    .await;
     // INT8 from int_contents: low-order byte, as Triton narrows.
     let req = ModelInferRequest {
         model_name: "identity_int8".into(),
@@ -161,7 +167,7 @@ async fn typed_contents_narrow_to_small_integer_types() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requested_output_subset() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = simple_operands(3, 2);
     let mut req = simple_request("simple", 3, &a, &b);
     req.outputs = vec![requested("OUTPUT1")];
@@ -183,7 +189,7 @@ async fn requested_output_subset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classification_top_k() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     // Row 0: sums 1..=16 ascending (top at index 15); row 1: descending (top at index 0).
     let a: Vec<i32> = (0..16).chain((0..16).rev()).collect();
     let b = vec![1; 32];
@@ -218,7 +224,7 @@ async fn classification_top_k() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_id_echoed_and_version_reported() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let (a, b) = simple_operands(1, 9);
     let mut req = simple_request("simple", 1, &a, &b);
     req.id = "req-42".into();
@@ -235,7 +241,7 @@ async fn request_id_echoed_and_version_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_nobatch_takes_unbatched_shape() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple", "simple_nobatch"]).await;
     let (a, b) = simple_operands(1, 5);
     let resp = s
         .infer(simple_request("simple_nobatch", 0, &a, &b))
@@ -248,7 +254,7 @@ async fn simple_nobatch_takes_unbatched_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_sub_autocomplete_fp32() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["add_sub_autocomplete"]).await;
     let x: Vec<f32> = (0..12).map(|i| i as f32 / 4.0).collect();
     let y: Vec<f32> = (0..12).map(|i| 0.5 - i as f32 * 1.25).collect();
     let req = raw_request(

@@ -7,10 +7,11 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_start_one_after_another_in_one_process() {
-    let first = TestServer::bundled().await;
+    let first = TestServer::bundled_subset(&["simple"]).await;
     first.assert_still_serving().await;
     first.stop().await;
-    let second = TestServer::try_start_with(&bundled_repo(), |_| {})
+    let repo = repo_with(&[("simple", "simple")]);
+    let second = TestServer::try_start_with(repo.path(), |_| {})
         .await
         .unwrap_or_else(|e| panic!("a second server in the same process failed to start: {e}"));
     second.assert_still_serving().await;
@@ -39,7 +40,7 @@ async fn two_servers_side_by_side() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_closes_the_endpoint() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let client = s.client.clone();
     s.stop().await;
     // The open connection fails promptly instead of hanging.

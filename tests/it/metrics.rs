@@ -1,8 +1,6 @@
 //! The metrics listener: Triton's `nv_*` families with Triton's names and labels
 //! (behaviour.md §7), our histograms, gauges and rejections, and agreement with ModelStatistics.
 
-use std::time::Duration;
-
 use nereid::pb::inference::ModelStatisticsRequest;
 use tonic::Code;
 
@@ -16,7 +14,7 @@ fn failure(model: &str, reason: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_exist_at_load_with_triton_names_and_labels() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple", "simple_versions"]).await;
     let text = s.metrics().await;
     for (family, kind) in [
         ("nv_inference_request_success", "counter"),
@@ -91,7 +89,7 @@ async fn series_exist_at_load_with_triton_names_and_labels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_follow_requests_and_agree_with_statistics() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     // Two of one row, one of three rows: 3 requests, 5 inferences, 3 executions.
     for rows in [1i64, 3, 1] {
         let (a, b) = simple_operands(rows as usize, 2);
@@ -179,12 +177,14 @@ fn dynamic_repo(db: &str) -> tempfile::TempDir {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_gauges_timeouts_and_full_queues() {
     let repo = dynamic_repo(
-        "max_queue_delay_microseconds: 5000000 priority_levels: 2 default_priority_level: 2 \
-         default_queue_policy { max_queue_size: 2 default_timeout_microseconds: 1000000 }",
+        "max_queue_delay_microseconds: 3600000000 priority_levels: 2 default_priority_level: 2 \
+         default_queue_policy { max_queue_size: 2 default_timeout_microseconds: 3000000 }",
     );
     let s = TestServer::start(repo.path()).await.owning(repo);
     let labels = r#"model="dyn",version="1""#;
-    // Two requests wait at the default level (2) until their queue timeout expires.
+    // Two requests wait at the default level (2) until their queue timeout (3 s) expires; the
+    // delay (an hour) never releases them. The checks below wait on the gauges, not the clock;
+    // they need only finish within those 3 s, a margin that the server's own clock sets.
     let mut waiting = Vec::new();
     for i in 0..2 {
         let mut c = s.client.clone();
@@ -193,7 +193,7 @@ async fn queue_gauges_timeouts_and_full_queues() {
             c.model_infer(simple_request("dyn", 1, &a, &b)).await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    s.wait_pending("dyn", 2).await;
     let text = s.metrics().await;
     assert_eq!(
         sample(&text, "nv_inference_pending_request_count", labels),
@@ -252,7 +252,8 @@ async fn queue_gauges_timeouts_and_full_queues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_counters_can_be_turned_off_and_the_listener_follows_triton() {
-    let s = TestServer::start_with(&bundled_repo(), |c| c.metrics.counter_latencies = false).await;
+    let s =
+        TestServer::bundled_subset_with(&["simple"], |c| c.metrics.counter_latencies = false).await;
     let text = s.metrics().await;
     assert!(!text.contains("nv_inference_request_duration_us"));
     assert!(text.contains("nv_inference_request_success"));

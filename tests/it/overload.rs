@@ -1,10 +1,15 @@
 //! Overload control over the wire: each rejection reason with Triton's status and message, a
 //! retry hint (gRPC RetryInfo + grpc-retry-pushback-ms, HTTP Retry-After), deadlines, and a
 //! graceful SIGTERM of the real binary under load.
+//!
+//! The queue tests run on the fake backend: its gate holds the one instance busy, so requests
+//! stay queued for as long as the test needs, whatever the machine's speed.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tokio::task::JoinHandle;
 
 use nereid::lifecycle::manager::ControlMode;
 use nereid::pb::inference::infer_parameter::ParameterChoice;
@@ -14,6 +19,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::common::*;
+use crate::process::ServerProcess;
 
 /// `simple` copied as `dyn`, one instance, `dynamic_batching { <db> }`.
 pub(crate) fn repo(db: &str) -> tempfile::TempDir {
@@ -27,6 +33,40 @@ pub(crate) fn repo(db: &str) -> tempfile::TempDir {
         ),
     );
     repo
+}
+
+/// A fake-backend server with `simple` and `dyn` (a copy of `simple` with one instance and
+/// `dynamic_batching { <db> }`), after `edit` adjusted the configuration.
+pub(crate) async fn fake_server(
+    db: &str,
+    edit: impl FnOnce(&mut nereid::cli::ServerConfig),
+) -> TestServer {
+    let repo = fake_repo(&["simple", "dyn"]);
+    let text = read_config(repo.path(), "dyn");
+    write_config(
+        repo.path(),
+        "dyn",
+        &format!(
+            "{text}\ninstance_group [ {{ count: 1 kind: KIND_CPU }} ]\ndynamic_batching {{ {db} }}\n"
+        ),
+    );
+    TestServer::start_fake_with(repo.path(), edit)
+        .await
+        .owning(repo)
+}
+
+/// Closes the fake backend's gate and sends one request of `priority` to `dyn`, which its one
+/// instance takes and holds until the gate opens: returns once it is executing.
+pub(crate) async fn occupy(s: &TestServer, priority: u64) -> JoinHandle<Result<(), tonic::Status>> {
+    s.gate().close();
+    let before = s.fake_log().activity().started;
+    let mut c = s.client.clone();
+    let busy = tokio::spawn(async move { c.model_infer(request(priority)).await.map(|_| ()) });
+    s.wait_fake("the instance holds a request", |a| {
+        a.started > before && a.running == 1
+    })
+    .await;
+    busy
 }
 
 pub(crate) fn request(priority: u64) -> nereid::pb::inference::ModelInferRequest {
@@ -43,7 +83,8 @@ pub(crate) fn request(priority: u64) -> nereid::pb::inference::ModelInferRequest
     r
 }
 
-/// Sends `n` requests that will sit in the queue (the model's delay holds them) and returns their tasks.
+/// Sends `n` requests that will sit in the queue (a busy instance or the model's delay holds
+/// them) and returns their tasks.
 pub(crate) fn queue_up(
     s: &TestServer,
     n: usize,
@@ -91,17 +132,17 @@ fn assert_rejected(r: Result<impl std::fmt::Debug, tonic::Status>, parts: &[&str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_full_is_refused_at_once_with_a_retry_hint_over_grpc_and_http() {
-    let repo =
-        repo("max_queue_delay_microseconds: 500000 default_queue_policy { max_queue_size: 2 }");
-    let s = TestServer::start(repo.path()).await.owning(repo);
+    let s = fake_server("default_queue_policy { max_queue_size: 2 }", |_| {}).await;
+    let busy = occupy(&s, 0).await;
+    let finished = s.fake_log().activity().finished;
     let queued = queue_up(&s, 2, 0);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let t = Instant::now();
+    s.wait_pending("dyn", 2).await;
     assert_rejected(s.infer(request(0)).await, &["Exceeds maximum queue size"]);
-    assert!(
-        t.elapsed() < Duration::from_millis(100),
-        "refused after {:?}",
-        t.elapsed()
+    // At once: refused while the instance still holds its request, not once a place freed up.
+    assert_eq!(
+        s.fake_log().activity().finished,
+        finished,
+        "refused before any execution ended"
     );
     let (a, b) = simple_operands(1, 1);
     let body = serde_json::json!({"inputs": [
@@ -127,31 +168,31 @@ async fn queue_full_is_refused_at_once_with_a_retry_hint_over_grpc_and_http() {
             .unwrap()
             .contains("Exceeds maximum queue size")
     );
+    s.gate().open();
+    busy.await.unwrap().expect("the held request completes");
     for q in queued {
         q.await.unwrap().expect("accepted requests complete");
     }
 }
 
-/// `dyn` with two priority levels (2 the default), batches held 500 ms, and queues of 4 of which
-/// half is kept for priority 1: priority 2 is shed once 2 requests wait.
+/// A fake-backend `dyn` with two priority levels (2 the default) and queues of 4 of which half
+/// is kept for priority 1: priority 2 is shed once 2 requests wait. `occupy` holds its instance.
 pub(crate) async fn shed_server() -> TestServer {
-    let repo =
-        repo("max_queue_delay_microseconds: 500000 priority_levels: 2 default_priority_level: 2");
-    TestServer::start_with(repo.path(), |c| {
+    fake_server("priority_levels: 2 default_priority_level: 2", |c| {
         c.load.queue_limits = QueueLimits {
             capacity: 4,
             priority_reserve: 0.5,
         }
     })
     .await
-    .owning(repo)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lower_priority_is_shed_first_and_the_highest_keeps_its_share() {
     let s = shed_server().await;
+    let busy = occupy(&s, 2).await;
     let low = queue_up(&s, 2, 2);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.wait_pending("dyn", 2).await;
     assert_rejected(
         s.infer(request(2)).await,
         &[
@@ -160,10 +201,12 @@ async fn lower_priority_is_shed_first_and_the_highest_keeps_its_share() {
         ],
     );
     let high = queue_up(&s, 2, 1);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.wait_pending("dyn", 4).await;
     assert_rejected(s.infer(request(1)).await, &["Exceeds maximum queue size"]);
     assert_eq!(rejected_metric(&s, "dyn", "shed_priority").await, 1);
     assert_eq!(rejected_metric(&s, "dyn", "queue_full").await, 1);
+    s.gate().open();
+    busy.await.unwrap().expect("the held request completes");
     for q in low.into_iter().chain(high) {
         q.await.unwrap().expect("accepted requests complete");
     }
@@ -171,25 +214,42 @@ async fn lower_priority_is_shed_first_and_the_highest_keeps_its_share() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_wide_cap_refuses_with_server_busy() {
-    let repo = repo("max_queue_delay_microseconds: 500000");
-    let s = TestServer::start_with(repo.path(), |c| c.inflight.requests = 2)
-        .await
-        .owning(repo);
-    let queued = queue_up(&s, 2, 0);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = fake_server("", |c| c.inflight.requests = 2).await;
+    // Two accepted requests: one executing (held), one queued behind it.
+    let busy = occupy(&s, 0).await;
+    let queued = queue_up(&s, 1, 0);
+    s.wait_pending("dyn", 1).await;
     assert_rejected(
         s.infer(request(0)).await,
         &["Server is busy", "--max-inflight-requests"],
     );
+    s.gate().open();
+    busy.await.unwrap().unwrap();
     for q in queued {
         q.await.unwrap().unwrap();
     }
     s.assert_still_serving().await;
 }
 
+/// `dyn`'s model statistics.
+async fn dyn_stats(s: &TestServer) -> nereid::pb::inference::ModelStatistics {
+    let mut c = s.client.clone();
+    c.model_statistics(ModelStatisticsRequest {
+        name: "dyn".into(),
+        version: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .model_stats
+    .remove(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_that_expires_in_the_queue_is_answered_on_time_and_never_runs() {
-    let repo = repo("max_queue_delay_microseconds: 3000000");
+    // The delay (an hour) outlasts any test run: a single request is answered only by its
+    // deadline, so an answer at all shows that it came at the deadline, not at the delay's end.
+    let repo = repo("max_queue_delay_microseconds: 3600000000");
     let s = TestServer::start(repo.path()).await.owning(repo);
     // HTTP: the deadline header bounds the wait; the reply comes at the deadline.
     let (a, b) = simple_operands(1, 1);
@@ -214,20 +274,14 @@ async fn a_deadline_that_expires_in_the_queue_is_answered_on_time_and_never_runs
             .contains("Request timeout expired")
     );
     assert!(
-        waited >= Duration::from_millis(150) && waited < Duration::from_millis(1500),
+        waited >= Duration::from_millis(150),
         "answered after {waited:?}"
     );
     // gRPC: the client's own deadline (grpc-timeout) travels with the request.
     let mut req = tonic::Request::new(request(0));
     req.set_timeout(Duration::from_millis(150));
     let mut c = s.client.clone();
-    let t = Instant::now();
     let err = c.model_infer(req).await.unwrap_err();
-    assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "answered after {:?}",
-        t.elapsed()
-    );
     assert!(
         matches!(
             err.code(),
@@ -235,17 +289,19 @@ async fn a_deadline_that_expires_in_the_queue_is_answered_on_time_and_never_runs
         ),
         "{err:?}"
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let st = c
-        .model_statistics(ModelStatisticsRequest {
-            name: "dyn".into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model_stats
-        .remove(0);
+    // The server counts the gRPC call once its deadline passes there too.
+    wait_for("both expired requests counted as failures", || async {
+        dyn_stats(&s)
+            .await
+            .inference_stats
+            .unwrap()
+            .fail
+            .unwrap()
+            .count
+            == 2
+    })
+    .await;
+    let st = dyn_stats(&s).await;
     assert_eq!(
         st.execution_count, 0,
         "expired requests never reach ONNX Runtime"
@@ -280,40 +336,34 @@ async fn a_version_that_is_not_ready_is_refused_with_a_retry_hint() {
 }
 
 /// The real binary under load: SIGTERM → NOT_SERVING while still serving for the shutdown
-/// delay → new work refused → every accepted request answered → exit status 0.
+/// delay → new work refused → every accepted request answered → exit status 0. Each step waits
+/// on what the server shows (its pending count, its health, its answers), not on the clock;
+/// only the shutdown delay itself is wall-clock time, as the feature is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
     // The queue delay (2.5 s) outlasts the shutdown delay (1 s): requests are still in flight
     // when new ones start being refused.
     let repo = repo("max_queue_delay_microseconds: 2500000");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nereid"))
-        .args([
-            "--model-repository",
-            repo.path().to_str().unwrap(),
-            "--grpc-port",
-            "0",
-            "--allow-http",
-            "false",
-        ])
-        .args([
-            "--allow-metrics",
-            "false",
-            "--shutdown-delay-secs",
-            "1",
-            "--exit-timeout-secs",
-            "10",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the nereid binary starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server log").unwrap();
-        if let Some(rest) = line.split("Started GRPCInferenceService at ").nth(1) {
-            break rest.trim().replace("0.0.0.0", "127.0.0.1");
-        }
-    };
-    std::thread::spawn(move || for _ in lines {}); // keep draining the log
+    let mut server = ServerProcess::start(&[
+        "--model-repository",
+        repo.path().to_str().unwrap(),
+        "--grpc-address",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--allow-http",
+        "false",
+        "--metrics-address",
+        "127.0.0.1",
+        "--metrics-port",
+        "0",
+        "--shutdown-delay-secs",
+        "1",
+        "--exit-timeout-secs",
+        "10",
+    ]);
+    let addr = server.logged_addr(WAIT_LIMIT, "Started GRPCInferenceService");
+    let metrics = server.logged_addr(WAIT_LIMIT, "Started Metrics Service");
     let client = connect(addr.parse().unwrap()).await;
     let mut health =
         nereid::pb::health::health_client::HealthClient::connect(format!("http://{addr}"))
@@ -327,16 +377,33 @@ async fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
             c.model_infer(request(0)).await.map(|r| r.into_inner())
         }));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = metrics.parse().unwrap();
+    wait_for("the four requests are queued", || async {
+        let (_, text) = http_get(metrics, "GET", "/metrics").await;
+        sample(
+            &text,
+            "nv_inference_pending_request_count",
+            r#"model="dyn",version="1""#,
+        ) == Some(4.0)
+    })
+    .await;
+    server.sigterm();
     // During the shutdown delay: NOT_SERVING, yet requests are still served.
+    let not_serving = nereid::pb::health::health_check_response::ServingStatus::NotServing as i32;
+    wait_for("health turns NOT_SERVING", || {
+        let mut health = health.clone();
+        async move {
+            let h = health
+                .check(nereid::pb::health::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            h.status == not_serving
+        }
+    })
+    .await;
     let h = health
         .check(nereid::pb::health::HealthCheckRequest {
             service: String::new(),
@@ -344,10 +411,7 @@ async fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        h.status,
-        nereid::pb::health::health_check_response::ServingStatus::NotServing as i32
-    );
+    assert_eq!(h.status, not_serving);
     let mut c = client.clone();
     let (a, b) = simple_operands(1, 3);
     let served = c
@@ -357,12 +421,20 @@ async fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
         .into_inner();
     assert_eq!(output_i32(&served, "OUTPUT0"), add(&a, &b));
     // After the delay: refused with Triton's message and a retry hint.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let mut c = client.clone();
-    assert_rejected(
-        c.model_infer(simple_request("simple", 1, &a, &b)).await,
-        &["Server exiting"],
-    );
+    let refused = parking_lot::Mutex::new(None);
+    wait_for("new requests are refused", || async {
+        let mut c = client.clone();
+        match c.model_infer(simple_request("simple", 1, &a, &b)).await {
+            Ok(_) => false,
+            Err(status) => {
+                *refused.lock() = Some(status);
+                true
+            }
+        }
+    })
+    .await;
+    let refused = refused.into_inner().expect("a refusal");
+    assert_rejected(Err::<(), _>(refused), &["Server exiting"]);
     for t in inflight {
         let r = t
             .await
@@ -370,8 +442,10 @@ async fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
             .expect("every accepted request is answered");
         assert_eq!(r.model_name, "dyn");
     }
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(status.success(), "exit status {status:?}");
+    let status = server.wait_exit(WAIT_LIMIT).await;
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        server.log_text()
+    );
 }

@@ -5,7 +5,9 @@
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, channel};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 pub struct ServerProcess {
     child: Child,
@@ -82,6 +84,12 @@ impl ServerProcess {
     /// Sends SIGTERM and waits for the exit, failing the test if it takes longer than `bound`;
     /// the log is complete once this returns.
     pub async fn sigterm_and_wait(&mut self, bound: Duration) -> ExitStatus {
+        self.sigterm();
+        self.wait_exit(bound).await
+    }
+
+    /// Sends SIGTERM (the server starts its graceful stop).
+    pub fn sigterm(&self) {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")
@@ -90,6 +98,11 @@ impl ServerProcess {
                 .unwrap()
                 .success()
         );
+    }
+
+    /// Waits for the exit, failing the test if it takes longer than `bound` (a bound on a hang);
+    /// the log is complete once this returns.
+    pub async fn wait_exit(&mut self, bound: Duration) -> ExitStatus {
         let deadline = Instant::now() + bound;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -48,7 +48,7 @@ fn one(s: &Settings, k: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_settings_global_and_per_model() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let g = trace(&s, "", &[]).await.unwrap();
     assert_eq!(g["trace_level"], ["OFF"]);
     assert_eq!(one(&g, "trace_rate"), "1000");
@@ -89,7 +89,7 @@ async fn trace_settings_global_and_per_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_settings_errors() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&[]).await;
     assert_status(
         trace(&s, "nope", &[]).await,
         Code::InvalidArgument,
@@ -151,7 +151,7 @@ fn value(r: &LogSettingsResponse, k: &str) -> Out {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_settings_read_update_and_errors() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&[]).await;
     let r = log(&s, vec![]).await.unwrap();
     assert_eq!(r.settings.len(), 6);
     assert_eq!(value(&r, "log_file"), Out::StringParam(String::new()));

@@ -27,7 +27,7 @@ fn dur(d: &Option<StatisticDuration>) -> StatisticDuration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_after_successful_requests() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple", "simple_nobatch"]).await;
     let before = stats(&s, "simple", "").await.unwrap();
     assert_eq!(before.len(), 1);
     assert_eq!(before[0].name, "simple");
@@ -119,7 +119,7 @@ async fn counts_after_successful_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_batching_model_counts_one_per_request() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple", "simple_nobatch"]).await;
     for seed in 0..3 {
         let (a, b) = simple_operands(1, seed);
         s.infer(simple_request("simple_nobatch", 0, &a, &b))
@@ -136,7 +136,7 @@ async fn non_batching_model_counts_one_per_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn versions_have_separate_statistics() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple", "simple_versions"]).await;
     let (a, b) = simple_operands(2, 1);
     let mut req = simple_request("simple_versions", 2, &a, &b);
     req.model_version = "2".into();
@@ -155,7 +155,7 @@ async fn versions_have_separate_statistics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_model_or_version() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let st = assert_status(stats(&s, "nope", "").await, Code::InvalidArgument, &[]);
     assert_eq!(st.message(), "requested model 'nope' is not available");
     let st = assert_status(stats(&s, "simple", "2").await, Code::InvalidArgument, &[]);

@@ -1,8 +1,6 @@
 //! ModelStreamInfer (grpc-protocol.md §7): one response per request, in arrival order, errors
 //! in-band unless `triton_grpc_error: true`, OK after the client half-closes.
 
-use std::time::Duration;
-
 use nereid::pb::inference::infer_parameter::ParameterChoice;
 use nereid::pb::inference::{ModelInferRequest, ModelStreamInferResponse};
 use tokio_stream::StreamExt;
@@ -140,7 +138,7 @@ async fn answers_in_arrival_order_with_in_band_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triton_grpc_error_ends_the_stream_with_the_first_error() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple"]).await;
     let mut bad = request("simple", "bad", 2);
     bad.inputs[0].shape = vec![1, 15];
     let reqs = vec![
@@ -159,7 +157,7 @@ async fn triton_grpc_error_ends_the_stream_with_the_first_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_duplex_many_requests_across_models() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple", "simple_identity"]).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<ModelInferRequest>(8);
     let mut c = s.client.clone();
     let mut responses = c
@@ -215,8 +213,10 @@ async fn full_duplex_many_requests_across_models() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_cancels_its_queued_requests() {
-    let repo = stream_repo();
-    let s = TestServer::start(repo.path()).await.owning(repo);
+    // On the fake backend: its gate holds `dyn`'s one instance, so the request stays queued
+    // until the client has gone; the batcher finds it cancelled when the instance frees up.
+    let s = crate::overload::fake_server("", |_| {}).await;
+    let busy = crate::overload::occupy(&s, 0).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<ModelInferRequest>(1);
     let mut c = s.client.clone();
     let responses = c
@@ -224,19 +224,23 @@ async fn a_client_that_goes_away_cancels_its_queued_requests() {
         .await
         .unwrap()
         .into_inner();
-    tx.send(request("slow", "gone", 1)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tx.send(request("dyn", "gone", 1)).await.unwrap();
+    s.wait_pending("dyn", 1).await;
     drop(responses);
     drop(tx);
-    let labels = r#"model="slow",reason="CANCELED",version="1""#;
-    let mut canceled = None;
-    for _ in 0..60 {
-        canceled = sample(&s.metrics().await, "nv_inference_request_failure", labels);
-        if canceled == Some(1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The server has seen the client go: only the held request is still in flight.
+    wait_for("the server drops the abandoned request", || async {
+        s.core().inflight() == 1
+    })
+    .await;
+    s.gate().open();
+    busy.await.unwrap().expect("the held request completes");
+    let labels = r#"model="dyn",reason="CANCELED",version="1""#;
+    wait_for("the cancellation is counted", || async {
+        sample(&s.metrics().await, "nv_inference_request_failure", labels) == Some(1.0)
+    })
+    .await;
+    let canceled = sample(&s.metrics().await, "nv_inference_request_failure", labels);
     assert_eq!(canceled, Some(1.0), "the queued request was cancelled");
     s.assert_still_serving().await;
 }

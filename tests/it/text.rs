@@ -280,9 +280,18 @@ async fn texts_over_http_match_the_numpy_reference() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_texts_of_different_lengths_batch_together_and_match() {
-    let repo = scratch_with(&[LONGER_DELAY], &param("max_padding_ratio", "0"));
-    let s = TestServer::start(repo.path()).await.owning(repo);
+    // All 2n requests leave as one batch once they are all queued (the preferred size), and
+    // not before: the delay (an hour) never ends a wait, however slowly they arrive.
     let n = reference().sentences.len();
+    let all_at_once = format!(
+        "preferred_batch_size: [ {} ] max_queue_delay_microseconds: 3600000000",
+        2 * n
+    );
+    let repo = scratch_with(
+        &[("max_queue_delay_microseconds: 1000", all_at_once.as_str())],
+        &param("max_padding_ratio", "0"),
+    );
+    let s = TestServer::start(repo.path()).await.owning(repo);
     let mut tasks = Vec::new();
     for k in 0..2 * n {
         let mut c = s.client.clone();

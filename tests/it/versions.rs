@@ -54,7 +54,7 @@ fn index_versions(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_two_serves_versions_two_and_three() {
-    let s = TestServer::bundled().await;
+    let s = TestServer::bundled_subset(&["simple_versions"]).await;
     assert_eq!(
         metadata_versions(&s, "simple_versions").await,
         vec!["2", "3"]

@@ -3,6 +3,7 @@
 pub mod convert;
 pub mod early;
 pub mod params;
+pub mod serve;
 pub mod settings;
 pub mod status;
 pub mod stream;

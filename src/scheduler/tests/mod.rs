@@ -1,5 +1,7 @@
 //! The scheduler task around the planner, with a fake backend and (where timing matters)
-//! paused tokio time.
+//! paused tokio time. No test waits on the clock: the fake instances' gates hold executions
+//! for as long as a test needs, and the tests wait on what the fake log and the statistics
+//! show.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +12,7 @@ use tokio::time::Instant;
 use super::load::LoadTracker;
 use super::{BatcherThread, ExecContext, QueueLimits, Reply, Scheduler};
 use crate::backend::instance::{InstanceThread, Recovery};
-use crate::backend::testing::{FakeLog, FakeRunner};
+use crate::backend::testing::{Activity, FakeLog, FakeRunner, Gate};
 use crate::error::{Code, Rejection, Result};
 use crate::model::{DynamicBatching, IoSpec, ModelSpec, OrtOptions, QueuePolicy, TimeoutAction};
 use crate::request::{InferRequest, InferResponse, InputTensor, RequestContext, RequestParams};
@@ -68,6 +70,10 @@ struct Harness {
     scheduler: Scheduler,
     spec: Arc<ModelSpec>,
     log: Arc<FakeLog>,
+    /// Every execution waits here while it is closed.
+    gate: Gate,
+    /// A batch whose first value is `HELD` also waits here while it is closed.
+    hold: Gate,
     stats: Arc<ModelStats>,
     load: Arc<LoadTracker>,
     _alive: Arc<dyn Send + Sync>,
@@ -99,6 +105,7 @@ fn start_with(
     let spec = Arc::new(spec(db));
     let stats = Arc::new(ModelStats::default());
     let log = Arc::new(FakeLog::default());
+    let (gate, hold) = (Gate::default(), Gate::default());
     let load = Arc::new(LoadTracker::new(instances, levels));
     let ctx = Arc::new(ExecContext {
         spec: spec.clone(),
@@ -119,6 +126,9 @@ fn start_with(
                 work: Duration::from_millis(work_ms),
                 fail: fail.then(|| "onnx runtime error: broken instance".to_string()),
                 slow_value: Some(0),
+                gate: gate.clone(),
+                hold: Some((HELD, hold.clone())),
+                ..Default::default()
             };
             let runner = fake(failing.contains(&i));
             let healthy = load.clone();
@@ -156,6 +166,8 @@ fn start_with(
         scheduler,
         spec,
         log,
+        gate,
+        hold,
         stats,
         load,
         _alive: alive,
@@ -163,7 +175,57 @@ fn start_with(
     }
 }
 
+/// The first value of a batch that waits at `Harness::hold`.
+const HELD: i32 = -1;
+
+/// The overall bound of a wait on observable state: it only turns a hang into a failure.
+const WAIT_LIMIT: Duration = Duration::from_secs(120);
+
 impl Harness {
+    /// Waits until the fake instances' activity satisfies `done`. On a paused clock (the
+    /// current-thread tests) there is no safety net: the clock would jump to it as soon as the
+    /// runtime waits for an instance thread.
+    async fn wait(&self, what: &str, done: impl FnMut(&Activity) -> bool) -> Activity {
+        let paused = matches!(
+            tokio::runtime::Handle::current().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        );
+        if paused {
+            return self.log.wait_until(done).await;
+        }
+        match tokio::time::timeout(WAIT_LIMIT, self.log.wait_until(done)).await {
+            Ok(a) => a,
+            Err(_) => panic!("never happened: {what}; {:?}", self.log.activity()),
+        }
+    }
+
+    /// Closes the gate and sends a request of `rows` rows at `priority` (0 = the default) that
+    /// an instance takes and holds there: returns its reply once it is executing.
+    async fn occupy(&self, value: i32, rows: usize, priority: u64) -> Reply {
+        self.gate.close();
+        let running = self.log.activity().running;
+        let params = RequestParams {
+            priority,
+            ..Default::default()
+        };
+        let reply = self.send(value, rows, params).unwrap();
+        self.wait("an instance holds the request", |a| a.running > running)
+            .await;
+        reply
+    }
+
+    /// Polls `done` (the statistics, say) until it holds.
+    async fn eventually(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let poll = async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        if tokio::time::timeout(WAIT_LIMIT, poll).await.is_err() {
+            panic!("never happened: {what}");
+        }
+    }
+
     /// Sends a request whose one input holds `value` in each of its `rows` × 2 elements.
     fn send(&self, value: i32, rows: usize, params: RequestParams) -> Result<Reply> {
         self.send_by(value, rows, params, None)
@@ -201,12 +263,13 @@ fn first_value(r: &InferResponse) -> i32 {
     i32::from_le_bytes(r.outputs[0].data()[..4].try_into().unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn concurrent_requests_within_the_delay_share_executions() {
+    // Paused time: the six requests arrive at one instant, well within the 50 ms delay.
     let h = start(
         Some(batching(50, 1, policy(0, 0, TimeoutAction::Reject))),
         1,
-        1,
+        0,
     );
     let replies: Vec<Reply> = (0..6)
         .map(|i| h.send(i, 1, Default::default()).unwrap())
@@ -248,10 +311,9 @@ async fn a_full_queue_refuses_at_once_and_accepted_requests_complete() {
     let h = start(
         Some(batching(0, 1, policy(3, 0, TimeoutAction::Reject))),
         1,
-        200,
+        0,
     );
-    let mut accepted = vec![h.send(0, 8, Default::default()).unwrap()];
-    tokio::time::sleep(Duration::from_millis(50)).await; // let the batcher hand it to the instance
+    let mut accepted = vec![h.occupy(0, 8, 0).await];
     let mut refused = 0;
     for i in 1..8 {
         match h.send(i, 8, Default::default()) {
@@ -268,6 +330,7 @@ async fn a_full_queue_refuses_at_once_and_accepted_requests_complete() {
         }
     }
     assert_eq!((accepted.len(), refused), (4, 4));
+    h.gate.open();
     for r in accepted {
         r.await.unwrap().unwrap();
     }
@@ -278,19 +341,9 @@ async fn higher_priority_overtakes_lower() {
     let h = start(
         Some(batching(0, 2, policy(0, 0, TimeoutAction::Reject))),
         1,
-        100,
+        0,
     );
-    let busy = h
-        .send(
-            100,
-            8,
-            RequestParams {
-                priority: 2,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    let busy = h.occupy(100, 8, 2).await;
     // Queued while the instance is busy: two low-priority full batches, then one high-priority.
     let low1 = h
         .send(
@@ -322,6 +375,7 @@ async fn higher_priority_overtakes_lower() {
             },
         )
         .unwrap();
+    h.gate.open();
     busy.await.unwrap().unwrap();
     let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
@@ -343,38 +397,37 @@ async fn reject_timeout_answers_when_it_expires() {
     let h = start(
         Some(batching(0, 1, policy(0, 50, TimeoutAction::Reject))),
         1,
-        300,
+        0,
     );
-    let busy = h.send(0, 8, Default::default()).unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let busy = h.occupy(0, 8, 0).await;
     let waiting = h.send(1, 8, Default::default()).unwrap();
-    let t = std::time::Instant::now();
     let err = waiting.await.unwrap().unwrap_err();
-    let waited = t.elapsed();
     assert_eq!(err.code, Code::Unavailable);
     assert!(
         err.message.ends_with("Request timeout expired"),
         "{}",
         err.message
     );
-    // Answered at its deadline (~50 ms), not when the busy instance frees up (~300 ms).
-    assert!(
-        waited < Duration::from_millis(250),
-        "answered after {waited:?}"
+    // Answered at its deadline, not when the busy instance frees up: that one is still held.
+    assert_eq!(
+        h.log.activity().finished,
+        0,
+        "answered while the instance is still busy"
     );
+    h.gate.open();
     busy.await.unwrap().unwrap();
     assert_eq!(h.stats.snapshot().fail.count, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn delay_timeout_still_runs_after_the_others() {
+    // Paused time: the 40 ms sleep passes the 20 ms timeout exactly, whatever the machine.
     let h = start(
         Some(batching(0, 1, policy(0, 20, TimeoutAction::Delay))),
         1,
-        100,
+        0,
     );
-    let busy = h.send(0, 8, Default::default()).unwrap();
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    let busy = h.occupy(0, 8, 0).await;
     let delayed = h.send(1, 8, Default::default()).unwrap();
     tokio::time::sleep(Duration::from_millis(40)).await; // its timeout passes while queued
     let fresh = h
@@ -387,6 +440,7 @@ async fn delay_timeout_still_runs_after_the_others() {
             },
         )
         .unwrap();
+    h.gate.open();
     busy.await.unwrap().unwrap();
     let (d, f) = (
         delayed.await.unwrap().unwrap(),
@@ -402,10 +456,14 @@ async fn two_instances_run_two_batches_at_once() {
     let h = start(
         Some(batching(0, 1, policy(0, 0, TimeoutAction::Reject))),
         2,
-        150,
+        0,
     );
+    h.gate.close();
     let a = h.send(1, 8, Default::default()).unwrap();
     let b = h.send(2, 8, Default::default()).unwrap();
+    h.wait("both instances hold a batch", |a| a.running == 2)
+        .await;
+    h.gate.open();
     a.await.unwrap().unwrap();
     b.await.unwrap().unwrap();
     assert_eq!(
@@ -421,34 +479,52 @@ async fn a_cancelled_request_never_runs_and_is_counted() {
     let h = start(
         Some(batching(0, 1, policy(0, 0, TimeoutAction::Reject))),
         1,
-        100,
+        0,
     );
-    let busy = h.send(0, 8, Default::default()).unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let busy = h.occupy(0, 8, 0).await;
     drop(h.send(1, 8, Default::default()).unwrap()); // the client goes away while queued
+    h.gate.open();
     busy.await.unwrap().unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The batcher finds it cancelled once the instance frees up.
+    h.eventually("the cancelled request is counted", || {
+        h.stats.snapshot().fail.count == 1
+    })
+    .await;
     assert_eq!(h.log.batches(), vec![8]);
     assert_eq!(h.stats.snapshot().fail.count, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preserve_ordering_releases_in_arrival_order() {
-    // Request 0 is slow (5 × 40 ms) on one instance, request 1 fast on the other.
+    // The first request is held on one instance while the second runs on the other.
     for preserve in [false, true] {
         let mut db = batching(0, 1, policy(0, 0, TimeoutAction::Reject));
         db.preserve_ordering = preserve;
-        let h = start(Some(db), 2, 40);
-        let mut slow = h.send(0, 8, Default::default()).unwrap();
-        let fast = h.send(1, 8, Default::default()).unwrap();
-        assert_eq!(first_value(&fast.await.unwrap().unwrap()), 1);
-        // With ordering, the fast reply is held back until the slow one has been released.
+        let h = start(Some(db), 2, 0);
+        h.hold.close();
+        let mut slow = h.send(HELD, 8, Default::default()).unwrap();
+        h.wait("the first request is held", |a| a.running == 1)
+            .await;
+        let mut fast = h.send(1, 8, Default::default()).unwrap();
+        h.wait("the second request has run", |a| a.finished == 1)
+            .await;
+        if preserve {
+            // With ordering, the fast reply is held back until the slow one has been released.
+            assert!(fast.try_recv().is_err(), "held back behind the first");
+            h.hold.open();
+        }
+        let resp = match fast.try_recv() {
+            Ok(r) => r,
+            Err(_) => fast.await.unwrap(),
+        };
+        assert_eq!(first_value(&resp.unwrap()), 1);
         assert_eq!(
             slow.try_recv().is_ok(),
             preserve,
             "preserve_ordering = {preserve}"
         );
         if !preserve {
+            h.hold.open();
             slow.await.unwrap().unwrap();
         }
     }
