@@ -316,6 +316,10 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        // A failing test must not leave executions waiting at the fake backend's gate.
+        if let Some(fake) = &self.fake {
+            fake.gate.open();
+        }
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
