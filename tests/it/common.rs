@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use nereid::backend::testing::{FakeBackend, FakeLog, FakeModel, Gate};
+use nereid::backend::testing::FakeBackend;
 use nereid::cli::ServerConfig;
 use nereid::pb::health::health_client::HealthClient;
 use nereid::pb::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
@@ -26,6 +26,8 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
+
+pub use crate::fake::*;
 
 pub type Client = GrpcInferenceServiceClient<Channel>;
 
@@ -69,7 +71,7 @@ pub struct TestServer {
     stop: Option<oneshot::Sender<()>>,
     server: Option<RunningServer>,
     /// The fake backend the server runs its models on (`start_fake*`); `None` = ONNX Runtime.
-    fake: Option<FakeBackend>,
+    pub(crate) fake: Option<FakeBackend>,
     /// Keeps a scratch repository alive as long as the server.
     _repo: Option<TempDir>,
 }
@@ -117,39 +119,7 @@ impl TestServer {
         Self::start_with(repo.path(), edit).await.owning(repo)
     }
 
-    /// Serves `repo` (fake model files, see `fake_repo`) on the fake backend: no ONNX Runtime,
-    /// and `gate()` / `fake_log()` let the test hold executions and see them.
-    pub async fn start_fake(repo: &Path) -> TestServer {
-        Self::start_fake_with(repo, |_| {}).await
-    }
-
-    /// `start_fake` after `edit` adjusted the default configuration; panics if startup fails.
-    pub async fn start_fake_with(repo: &Path, edit: impl FnOnce(&mut ServerConfig)) -> TestServer {
-        match Self::try_start_on(repo, edit, Some(FakeBackend::default())).await {
-            Ok(s) => s,
-            Err(e) => panic!("server failed to start: {e}"),
-        }
-    }
-
-    /// The fake backend's gate: closed, executions (once begun) wait until it opens.
-    pub fn gate(&self) -> &Gate {
-        &self
-            .fake
-            .as_ref()
-            .expect("a server on the fake backend")
-            .gate
-    }
-
-    /// What the fake backend's instances have executed.
-    pub fn fake_log(&self) -> &FakeLog {
-        &self
-            .fake
-            .as_ref()
-            .expect("a server on the fake backend")
-            .log
-    }
-
-    async fn try_start_on(
+    pub(crate) async fn try_start_on(
         repo: &Path,
         edit: impl FnOnce(&mut ServerConfig),
         fake: Option<FakeBackend>,
@@ -271,37 +241,6 @@ impl TestServer {
         body
     }
 
-    /// `nv_inference_pending_request_count` of version 1 of `model`: requests accepted and not
-    /// yet executing.
-    pub async fn pending(&self, model: &str) -> f64 {
-        let labels = format!("model=\"{model}\",version=\"1\"");
-        sample(
-            &self.metrics().await,
-            "nv_inference_pending_request_count",
-            &labels,
-        )
-        .unwrap_or_else(|| panic!("no pending count for {model}"))
-    }
-
-    /// Waits until `n` requests of `model` (version 1) wait in its queue.
-    pub async fn wait_pending(&self, model: &str, n: usize) {
-        wait_for(&format!("{n} pending requests of '{model}'"), || async {
-            self.pending(model).await == n as f64
-        })
-        .await;
-    }
-
-    /// Waits until the fake instances satisfy `done` (bounded by `WAIT_LIMIT` only).
-    pub async fn wait_fake(
-        &self,
-        what: &str,
-        done: impl FnMut(&nereid::backend::testing::Activity) -> bool,
-    ) {
-        tokio::time::timeout(WAIT_LIMIT, self.fake_log().wait_until(done))
-            .await
-            .unwrap_or_else(|_| panic!("never happened: {what}; {:?}", self.fake_log().activity()));
-    }
-
     /// Proves the server still serves: one `simple` inference with exact results.
     pub async fn assert_still_serving(&self) {
         let (a, b) = simple_operands(1, 7);
@@ -316,6 +255,10 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        // A failing test must not leave executions waiting at the fake backend's gate.
+        if let Some(fake) = &self.fake {
+            fake.gate.open();
+        }
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -341,41 +284,6 @@ pub fn repo_with(models: &[(&str, &str)]) -> TempDir {
         copy_model(dir.path(), name, src);
     }
     dir
-}
-
-/// A temporary repository of copies of `simple` named `names`, each version's model file a
-/// `FakeModel::simple()` (the fake backend computes `simple`'s sums and differences).
-pub fn fake_repo(names: &[&str]) -> TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    for name in names {
-        copy_model(dir.path(), name, "simple");
-        write_fake_model(dir.path(), name, 1, &FakeModel::simple());
-    }
-    dir
-}
-
-/// Writes `model` as version `version`'s model file of `name` in `repo`.
-pub fn write_fake_model(repo: &Path, name: &str, version: i64, model: &FakeModel) {
-    let dir = repo.join(name).join(version.to_string());
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("model.onnx"), model.to_text()).unwrap();
-}
-
-/// Polls `check` until it holds: a wait on observable state (a metric, a statistics counter,
-/// a log line), never on the clock. `WAIT_LIMIT` only turns a hang into a failure.
-pub async fn wait_for<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let poll = async {
-        while !check().await {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    };
-    tokio::time::timeout(WAIT_LIMIT, poll)
-        .await
-        .unwrap_or_else(|_| panic!("never happened: {what}"));
 }
 
 pub fn copy_model(repo: &Path, name: &str, src: &str) {

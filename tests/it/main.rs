@@ -15,6 +15,7 @@ mod early_refusal;
 mod errors;
 mod exit_timeout;
 mod external_data;
+mod fake;
 mod health_metadata;
 mod hostile;
 mod hostile_configs;

@@ -175,6 +175,15 @@ fn start_with(
     }
 }
 
+/// A failing test must fail, not hang: the instance threads are joined when the harness drops,
+/// so nothing may still wait at a gate then.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.gate.open();
+        self.hold.open();
+    }
+}
+
 /// The first value of a batch that waits at `Harness::hold`.
 const HELD: i32 = -1;
 
