@@ -18,15 +18,15 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nereid::backend::ort::OrtBackend;
-use nereid::backend::{Backend, Runner};
-use nereid::model::ModelSpec;
-use nereid::model::config::{fill_server_defaults, normalize, read_config};
-use nereid::model::spec::to_spec;
-use nereid::model::text::ATTENTION_MASK;
-use nereid::preprocess::post;
-use nereid::preprocess::tokenizer::{Encoder, prepare};
-use nereid::tensor::{DataType, Tensor, bytes_codec};
+use nereid::internals::ATTENTION_MASK;
+use nereid::internals::ModelSpec;
+use nereid::internals::OrtBackend;
+use nereid::internals::post;
+use nereid::internals::to_spec;
+use nereid::internals::{DataType, Tensor, bytes_codec};
+use nereid::internals::{Encoder, prepare};
+use nereid::internals::{fill_server_defaults, normalize, read_config};
+use nereid::{Backend, Runner};
 
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; only the positional arguments matter.
@@ -67,7 +67,7 @@ fn run(args: &[String]) -> Result<(), String> {
     };
 
     let backend = OrtBackend::init(None).map_err(|e| e.message)?;
-    let err = |e: nereid::error::Error| e.message;
+    let err = |e: nereid::Error| e.message;
     let mut cfg = read_config(&dir, None, false).map_err(err)?;
     fill_server_defaults(&mut cfg, &args[1], Some(&dir.join("1"))).map_err(err)?;
     normalize(&mut cfg, &[]).map_err(err)?;

@@ -1,20 +1,56 @@
 //! Nereid: a Triton-compatible inference server for ONNX models.
-//! The module map and its rules are in ARCHITECTURE.md (shared/); `unsafe` is allowed only
-//! behind the ONNX Runtime door (`backend::ort`).
+//! The map of the code is `docs/architecture.md`; `unsafe` is allowed only behind the ONNX
+//! Runtime and CUDA doors (`backend::ort`, `backend::devices`).
+//!
+//! Every module is private to the crate (`pub(crate)` by default, `unreachable_pub` warns).
+//! The public API is the short list below: what the binary and the integration tests use.
+//! `internals` lends a few parsers and pieces to the fuzz targets and the benchmarks; it is not
+//! an API.
 #![deny(unsafe_code)]
+#![warn(unreachable_pub)]
 
-pub mod backend;
-pub mod cli;
-pub mod core;
-pub mod error;
-pub mod frontend;
-pub mod lifecycle;
-pub mod model;
+mod backend;
+mod cli;
+mod core;
+mod error;
+mod frontend;
+mod lifecycle;
+mod model;
 pub mod pb;
-pub mod preprocess;
-pub mod request;
-pub mod scheduler;
-pub mod server;
-pub mod telemetry;
-pub mod tensor;
-pub mod validate;
+mod preprocess;
+mod request;
+mod scheduler;
+mod server;
+mod telemetry;
+mod tensor;
+mod validate;
+
+#[cfg(feature = "test-backend")]
+pub use backend::testing;
+pub use backend::{Backend, Runner};
+pub use cli::{Cli, ServerConfig};
+pub use core::Core;
+pub use error::{Code, Error};
+pub use lifecycle::manager::ControlMode;
+pub use scheduler::QueueLimits;
+pub use server::{Listeners, RunningServer, bind};
+pub use telemetry::logging::init as init_logging;
+pub use telemetry::trace::TraceConfig;
+
+/// Not an API: the pieces the fuzz targets (`fuzz/`) and the benchmarks (`benches/`) drive
+/// directly, named here so that the crate's modules can stay private.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::backend::OrtBackend;
+    pub use crate::frontend::grpc::early::{Head, find_head};
+    pub use crate::frontend::http::compress::{Encoding, decompress};
+    pub use crate::frontend::http::convert::{header_length, infer_request};
+    pub use crate::model::ModelSpec;
+    pub use crate::model::config::{fill_server_defaults, normalize, parse_pbtxt, read_config};
+    pub use crate::model::config_json::to_json;
+    pub use crate::model::spec::to_spec;
+    pub use crate::model::text::ATTENTION_MASK;
+    pub use crate::preprocess::post;
+    pub use crate::preprocess::tokenizer::{Encoder, prepare};
+    pub use crate::tensor::{DataType, Tensor, bytes_codec};
+}

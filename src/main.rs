@@ -5,9 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use nereid::cli::Cli;
-use nereid::server::{Listeners, RunningServer};
-use nereid::telemetry::logging;
+use nereid::Cli;
+use nereid::{Listeners, RunningServer};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -31,16 +30,17 @@ fn main() -> ExitCode {
     // The OTLP exporter's channel lives on this runtime, so logging starts inside it.
     let _rt = runtime.enter();
     let rust_log = std::env::var("RUST_LOG").ok();
-    let guard = match logging::init(&config.log.settings(), rust_log.as_deref(), &config.trace) {
-        Ok((control, guard)) => {
-            config.log = control;
-            guard
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let guard =
+        match nereid::init_logging(&config.log.settings(), rust_log.as_deref(), &config.trace) {
+            Ok((control, guard)) => {
+                config.log = control;
+                guard
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
     let result = runtime.block_on(run(config));
     // Export the spans still queued while the runtime (and so the exporter's channel) lives.
     guard.shutdown();
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: nereid::cli::ServerConfig) -> anyhow::Result<()> {
+async fn run(config: nereid::ServerConfig) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config).await?;
     // The first SIGINT/SIGTERM starts a graceful stop; a second one exits at once.
     let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();

@@ -9,8 +9,8 @@ mod params;
 
 use bytes::Bytes;
 
-pub use context::{Origin, Protocol, RequestContext, Schedule, TraceContext};
-pub use params::{Expected, OutputError, ParamError, ParamValue, RequestParams};
+pub(crate) use context::{Origin, Protocol, RequestContext, Schedule, TraceContext};
+pub(crate) use params::{Expected, OutputError, ParamError, ParamValue, RequestParams};
 
 use crate::tensor::Tensor;
 

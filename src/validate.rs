@@ -85,7 +85,7 @@ impl ValidRequest {
 
 /// A text model's token inputs for one request, as the tokenizer made them.
 #[derive(Debug)]
-pub struct TokenInputs {
+pub(crate) struct TokenInputs {
     /// INT64 `[batch_size, seq_len]` each.
     pub inputs: Vec<Tensor>,
     pub seq_len: usize,
@@ -97,7 +97,7 @@ pub struct TokenInputs {
 /// graph's token inputs. Each must be INT64 `[batch_size, seq_len]` and the real tokens must
 /// fit in them; anything else is the tokenizer's bug, refused as an internal error. Time spent
 /// tokenizing is charged to the client's deadline.
-pub fn tokenized(mut req: ValidRequest, tokens: TokenInputs) -> Result<ValidRequest> {
+pub(crate) fn tokenized(mut req: ValidRequest, tokens: TokenInputs) -> Result<ValidRequest> {
     let TokenInputs {
         inputs,
         seq_len,
@@ -142,7 +142,11 @@ pub struct OutputRequest {
 
 /// Checks `req` against `spec`; the request's `ctx` (from `Core::open_request`) moves into the
 /// `ValidRequest` with the request's id and its schedule on the model. Errors carry the id.
-pub fn validate(req: InferRequest, ctx: RequestContext, spec: &ModelSpec) -> Result<ValidRequest> {
+pub(crate) fn validate(
+    req: InferRequest,
+    ctx: RequestContext,
+    spec: &ModelSpec,
+) -> Result<ValidRequest> {
     let id = req.id.clone();
     validate_inner(req, ctx, spec).map_err(|e| e.with_request_id(&id))
 }
@@ -316,7 +320,7 @@ fn validate_inner(
 /// `deadline` allows. Priority 0 means the model's default level; a level the model does not
 /// have, or a timeout override the model does not allow, is refused rather than silently
 /// ignored.
-pub fn schedule(
+pub(crate) fn schedule(
     spec: &ModelSpec,
     params: &RequestParams,
     deadline: Option<tokio::time::Instant>,

@@ -6,7 +6,7 @@
 use cudarc::driver::{CudaContext, sys};
 
 /// Ids of the CUDA devices this process can use; empty without a driver or a device.
-pub fn visible_gpus() -> Vec<i32> {
+pub(crate) fn visible_gpus() -> Vec<i32> {
     // SAFETY: only probes whether libcuda can be loaded; cudarc panics on first use otherwise.
     if !unsafe { sys::is_culib_present() } {
         tracing::debug!("no CUDA driver (libcuda.so) found: CPU only");
@@ -25,7 +25,7 @@ pub fn visible_gpus() -> Vec<i32> {
 }
 
 /// (free, total) bytes of GPU `id`, from the driver.
-pub fn memory_info(id: i32) -> Result<(u64, u64), String> {
+pub(crate) fn memory_info(id: i32) -> Result<(u64, u64), String> {
     // SAFETY: as above; guards cudarc's panic when the driver library is missing.
     if !unsafe { sys::is_culib_present() } {
         return Err("no CUDA driver (libcuda.so) found".into());
@@ -37,7 +37,7 @@ pub fn memory_info(id: i32) -> Result<(u64, u64), String> {
 
 /// Decides whether a load that needs `need` more bytes fits on a GPU with `free` of `total`
 /// bytes, and stays under `limit` (a fraction of `total`, `--model-load-gpu-limit`).
-pub fn admit(
+pub(crate) fn admit(
     device: i32,
     need: u64,
     free: u64,

@@ -17,18 +17,18 @@ use crate::error::{Error, Result};
 
 /// Whether an execution says anything bad about the instance that ran it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunHealth {
+pub(crate) enum RunHealth {
     Ok,
     Failed,
 }
 
 /// Something an instance thread can execute with its runner.
-pub trait Job: Send + 'static {
+pub(crate) trait Job: Send + 'static {
     fn execute(self, runner: &mut dyn Runner) -> RunHealth;
 }
 
 /// How a faulty instance is taken out and restored.
-pub struct Recovery {
+pub(crate) struct Recovery {
     /// Consecutive failed executions that open the breaker.
     pub threshold: u32,
     /// Creates and warms a replacement runner.
@@ -39,13 +39,13 @@ pub struct Recovery {
     pub alive: Weak<dyn Send + Sync>,
 }
 
-pub struct InstanceThread {
+pub(crate) struct InstanceThread {
     pub name: String,
     handle: JoinHandle<()>,
 }
 
 impl InstanceThread {
-    pub fn spawn<J: Job>(
+    pub(crate) fn spawn<J: Job>(
         name: String,
         runner: Box<dyn Runner>,
         jobs: Receiver<J>,
@@ -62,7 +62,7 @@ impl InstanceThread {
     }
 
     /// Waits for the thread to finish. Blocking: call it from a blocking context only.
-    pub fn join(self) {
+    pub(crate) fn join(self) {
         if self.handle.join().is_err() {
             tracing::error!(instance = %self.name, "instance thread panicked");
         }

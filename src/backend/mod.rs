@@ -1,13 +1,13 @@
 //! Backends run models. `Backend` inspects model files and creates `Runner`s; each runner is
 //! one session, owned by one instance thread (`instance`). ONNX Runtime lives in `ort/` only.
 
-pub mod cancel;
-pub mod devices;
-pub mod instance;
-pub mod ort;
+pub(crate) mod cancel;
+pub(crate) mod devices;
+pub(crate) mod instance;
+pub(crate) mod ort;
 
 pub use self::ort::OrtBackend;
-pub use cancel::CancelToken;
+pub(crate) use cancel::CancelToken;
 #[cfg(any(test, feature = "test-backend"))]
 pub mod testing;
 

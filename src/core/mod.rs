@@ -9,7 +9,7 @@
 
 mod admission;
 mod inflight;
-pub mod params;
+pub(crate) mod params;
 mod reports;
 
 use std::sync::Arc;
@@ -29,11 +29,10 @@ use crate::telemetry::metrics::{self, StateRow};
 use crate::telemetry::spans;
 use crate::telemetry::trace::TraceUpdate;
 
-pub use admission::PendingInfer;
 use inflight::Inflight;
-pub use inflight::InflightLimits;
-pub use reports::{
-    MemoryKind, MemoryUsage, ModelMetadata, ModelStatistics, ServerMetadata, TensorMetadata,
+pub(crate) use inflight::InflightLimits;
+pub(crate) use reports::{
+    MemoryUsage, ModelMetadata, ModelStatistics, ServerMetadata, TensorMetadata,
 };
 
 /// How long a client refused because the server is going away should wait: long enough for a
@@ -41,7 +40,7 @@ pub use reports::{
 const DRAINING_RETRY: Duration = Duration::from_secs(1);
 
 /// Extensions this server really implements, in Triton's order (grpc-protocol.md §6).
-pub const EXTENSIONS: &[&str] = &[
+pub(crate) const EXTENSIONS: &[&str] = &[
     "classification",
     "model_configuration",
     "binary_tensor_data",
@@ -60,7 +59,7 @@ const TRACE_KEY_ORDER: &[&str] = &[
 ];
 
 /// Trace settings as `(key, values)`: `trace_level` is a list, every other key one value.
-pub type TraceSettings = Vec<(String, Vec<String>)>;
+pub(crate) type TraceSettings = Vec<(String, Vec<String>)>;
 
 pub struct Core {
     manager: Arc<ModelManager>,

@@ -9,7 +9,7 @@ use crate::telemetry::logging::LogUpdate;
 
 /// A RepositoryModelLoad parameter's value as the wire carried it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoadValue {
+pub(crate) enum LoadValue {
     Str(String),
     /// File contents: gRPC `bytes_param`, HTTP's base64 string once decoded.
     Bytes(Vec<u8>),
@@ -18,7 +18,7 @@ pub enum LoadValue {
 
 /// The load parameters (grpc-protocol.md §4.8, http-protocol.md §9.4): `config` (model-config
 /// JSON in a string) and `file:<path>` (the file's bytes); any other key is refused.
-pub fn load_request(
+pub(crate) fn load_request(
     params: impl IntoIterator<Item = (String, LoadValue)>,
 ) -> Result<LoadRequest, ParamError> {
     let mut load = LoadRequest::default();
@@ -39,7 +39,7 @@ pub fn load_request(
 }
 
 /// The `unload_dependents` parameter of RepositoryModelUnload (absent = false).
-pub fn unload_dependents(value: Option<ParamValue<'_>>) -> Result<bool, ParamError> {
+pub(crate) fn unload_dependents(value: Option<ParamValue<'_>>) -> Result<bool, ParamError> {
     match value {
         None => Ok(false),
         Some(ParamValue::Bool(b)) => Ok(b),
@@ -50,7 +50,7 @@ pub fn unload_dependents(value: Option<ParamValue<'_>>) -> Result<bool, ParamErr
 /// A LogSettings update, `setting` looking a key up among the request's settings (absent =
 /// leave as is). Keys are checked in Triton's order, `log_file` first; any value for
 /// `log_file` is carried so that the update is refused as Triton refuses it.
-pub fn log_update<'a>(
+pub(crate) fn log_update<'a>(
     setting: impl Fn(&str) -> Option<ParamValue<'a>>,
 ) -> Result<LogUpdate, ParamError> {
     let boolean = |key: &str| setting(key).map(|v| v.boolean(key)).transpose();

@@ -1,9 +1,9 @@
 //! Front-ends: wire ↔ core conversion. Each maps the one error vocabulary to its own statuses.
 //! `reports` is the one encoder of model metadata and statistics both use.
 
-pub mod grpc;
-pub mod http;
-pub mod reports;
+pub(crate) mod grpc;
+pub(crate) mod http;
+pub(crate) mod reports;
 
 use tonic::codegen::http::HeaderMap;
 
@@ -22,5 +22,5 @@ pub(crate) fn trace_context(headers: &HeaderMap) -> TraceContext {
 /// Client shared memory is off, as in Triton's newest release without `--allow-client-shm`
 /// (behaviour.md E36); this server does not implement it at all yet. Both front-ends answer
 /// UNSUPPORTED (gRPC UNIMPLEMENTED, HTTP 501) with this text.
-pub const SHM_DISABLED: &str =
+pub(crate) const SHM_DISABLED: &str =
     "Client shared memory is disabled: this server does not support client shared memory yet.";

@@ -11,11 +11,11 @@ use crate::telemetry::logging::LogSettings;
 use crate::telemetry::stats::{BatchDur, Dur, StatsSnapshot};
 
 /// A report message as Triton's HTTP front-end prints it (`name`: its full protobuf name).
-pub fn json<M: prost::Message>(msg: &M, name: &str) -> serde_json::Value {
+pub(crate) fn json<M: prost::Message>(msg: &M, name: &str) -> serde_json::Value {
     config_json::message_to_json(msg, name)
 }
 
-pub fn model_metadata(m: ModelMetadata) -> pb::ModelMetadataResponse {
+pub(crate) fn model_metadata(m: ModelMetadata) -> pb::ModelMetadataResponse {
     let ModelMetadata {
         name,
         versions,
@@ -53,7 +53,7 @@ fn dur(d: Dur) -> Option<pb::StatisticDuration> {
     Some(pb::StatisticDuration { count, ns })
 }
 
-pub fn model_statistics(stats: Vec<ModelStatistics>) -> pb::ModelStatisticsResponse {
+pub(crate) fn model_statistics(stats: Vec<ModelStatistics>) -> pb::ModelStatisticsResponse {
     let model_stats = stats
         .into_iter()
         .map(|m| {
@@ -131,7 +131,7 @@ pub fn model_statistics(stats: Vec<ModelStatistics>) -> pb::ModelStatisticsRespo
 
 /// One log setting's value, as both front-ends report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogValue {
+pub(crate) enum LogValue {
     Bool(bool),
     Uint32(u32),
     Str(String),
@@ -139,7 +139,7 @@ pub enum LogValue {
 
 /// The log settings as Triton reports them: all six keys, always (grpc-protocol.md §4.12,
 /// http-protocol.md §9.9).
-pub fn log_settings(s: LogSettings) -> [(&'static str, LogValue); 6] {
+pub(crate) fn log_settings(s: LogSettings) -> [(&'static str, LogValue); 6] {
     let LogSettings {
         file,
         info,

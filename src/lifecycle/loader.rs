@@ -67,7 +67,7 @@ impl Drop for LoadedModel {
 }
 
 /// A model's resolved config and the versions its policy selects.
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub config: Arc<ModelConfig>,
     pub versions: Vec<i64>,
     io: Option<ModelIo>,
@@ -92,7 +92,7 @@ pub struct LoadOptions {
     pub limits: ConfigLimits,
 }
 
-pub struct Loader {
+pub(crate) struct Loader {
     backend: Arc<dyn Backend>,
     opts: LoadOptions,
     /// Where the loaded versions' batchers run.
@@ -105,7 +105,7 @@ pub struct Loader {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Loader {
-    pub fn new(backend: Arc<dyn Backend>, opts: LoadOptions, reaper: Reaper) -> Self {
+    pub(crate) fn new(backend: Arc<dyn Backend>, opts: LoadOptions, reaper: Reaper) -> Self {
         Loader {
             backend,
             opts,
@@ -114,12 +114,12 @@ impl Loader {
         }
     }
 
-    pub fn reaper(&self) -> &Reaper {
+    pub(crate) fn reaper(&self) -> &Reaper {
         &self.reaper
     }
 
     /// Resolves the config (from `override_config` or the folder) up to the versions to load.
-    pub fn prepare(
+    pub(crate) fn prepare(
         &self,
         name: &str,
         dir: &Path,
@@ -164,7 +164,7 @@ impl Loader {
         clippy::disallowed_types,
         reason = "runs on a blocking thread: the load duration is real time, not the runtime's clock"
     )]
-    pub fn build_version(
+    pub(crate) fn build_version(
         &self,
         prepared: &mut Prepared,
         dir: &Path,
@@ -447,7 +447,7 @@ fn breaker_threshold(cfg: &ModelConfig) -> Result<u32> {
 }
 
 /// `<dir>/<version>/<default_model_filename>`; it may also be a folder holding `model.onnx`.
-pub fn model_file(dir: &Path, version: i64, cfg: &ModelConfig) -> Result<PathBuf> {
+pub(crate) fn model_file(dir: &Path, version: i64, cfg: &ModelConfig) -> Result<PathBuf> {
     let name = &cfg.default_model_filename;
     let path = paths::inside(
         &dir.join(version.to_string()),
@@ -473,7 +473,7 @@ pub fn model_file(dir: &Path, version: i64, cfg: &ModelConfig) -> Result<PathBuf
 
 /// A hash of every file below `dir` (relative path, size, modification time). Equal fingerprints
 /// mean nothing in the folder changed. Blocking (it walks the folder): off the async workers.
-pub fn fingerprint(dir: &Path) -> u64 {
+pub(crate) fn fingerprint(dir: &Path) -> u64 {
     fn walk(dir: &Path, root: &Path, out: &mut Vec<(PathBuf, u64, Option<std::time::SystemTime>)>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;

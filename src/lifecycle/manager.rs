@@ -21,8 +21,7 @@ use crate::model::paths::{scrub, scrub_error};
 use crate::model::state::ModelState;
 use crate::model::{config_json, repository};
 
-pub use super::loader::LoadedModel;
-pub use queries::LookupError;
+pub(crate) use super::loader::LoadedModel;
 
 mod pending;
 mod queries;
@@ -581,7 +580,7 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 /// Parses a request's version string (behaviour.md E5).
-pub fn parse_version(s: &str) -> Result<i64> {
+pub(crate) fn parse_version(s: &str) -> Result<i64> {
     match s.parse::<i64>() {
         Ok(v) if v >= 0 => Ok(v),
         Ok(_) => Err(Error::invalid_arg(format!(

@@ -4,9 +4,9 @@
 //! repository in poll mode; `overrides` writes the files sent with a load request; the
 //! `reaper` joins the threads of versions that are gone, off the async workers.
 
-pub mod loader;
-pub mod manager;
-pub mod overrides;
-pub mod poll;
-pub mod reaper;
-pub mod warmup;
+pub(crate) mod loader;
+pub(crate) mod manager;
+pub(crate) mod overrides;
+pub(crate) mod poll;
+pub(crate) mod reaper;
+pub(crate) mod warmup;

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 
 /// Writes `files` under `<tmp>/<model>/` and returns the temporary folder (removed on drop).
 /// A path that is absolute or climbs out of the model folder is rejected.
-pub fn write_files(model: &str, files: &[(String, Vec<u8>)]) -> Result<tempfile::TempDir> {
+pub(crate) fn write_files(model: &str, files: &[(String, Vec<u8>)]) -> Result<tempfile::TempDir> {
     let tmp = tempfile::Builder::new()
         .prefix("nereid-load-")
         .tempdir()

@@ -15,7 +15,7 @@ use super::manager::ModelManager;
 use crate::error::Result;
 use crate::model::repository;
 
-pub async fn run(manager: Arc<ModelManager>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(manager: Arc<ModelManager>, mut stop: watch::Receiver<bool>) {
     let interval = manager.options().poll_interval;
     let mut state = PollState::default();
     loop {

@@ -17,11 +17,11 @@ use crate::preprocess::tokenizer::TokenizerPool;
 const CAPACITY: usize = 64;
 
 /// Told once a version's threads are joined: model name, version, build id.
-pub type OnTornDown = Arc<dyn Fn(&str, i64, u64) + Send + Sync>;
+pub(crate) type OnTornDown = Arc<dyn Fn(&str, i64, u64) + Send + Sync>;
 
 /// What a version leaves to join once nothing uses it. Dropped unjoined (the runtime is going
 /// away with the remains still queued), its threads end by themselves once their queues close.
-pub struct Remains {
+pub(crate) struct Remains {
     pub model: String,
     pub version: i64,
     /// The build (`LoadedModel::id`) these remains are of.
@@ -57,7 +57,7 @@ impl Remains {
 }
 
 /// One version counted as alive, from its build until its remains are joined (or dropped).
-pub struct Live(Arc<watch::Sender<usize>>);
+pub(crate) struct Live(Arc<watch::Sender<usize>>);
 
 impl Drop for Live {
     fn drop(&mut self) {
@@ -68,7 +68,7 @@ impl Drop for Live {
 /// Handle to a manager's reaper. Every loaded version holds a clone, so that its `Drop` can
 /// hand its remains over.
 #[derive(Clone)]
-pub struct Reaper {
+pub(crate) struct Reaper {
     /// `None` without a runtime (unit tests): every teardown then gets a thread of its own.
     tx: Option<mpsc::Sender<Remains>>,
     on_torn_down: Option<OnTornDown>,
@@ -78,7 +78,7 @@ pub struct Reaper {
 impl Reaper {
     /// Starts the reaper task on the current runtime, if there is one. It ends once every
     /// handle is gone.
-    pub fn start(on_torn_down: Option<OnTornDown>) -> Reaper {
+    pub(crate) fn start(on_torn_down: Option<OnTornDown>) -> Reaper {
         let tx = tokio::runtime::Handle::try_current().ok().map(|runtime| {
             let (tx, mut rx) = mpsc::channel::<Remains>(CAPACITY);
             let tell = on_torn_down.clone();
@@ -103,19 +103,19 @@ impl Reaper {
 
     /// Counts a new version as alive until its `Remains` (which take the returned `Live`)
     /// are joined.
-    pub fn register(&self) -> Live {
+    pub(crate) fn register(&self) -> Live {
         self.live.send_modify(|n| *n += 1);
         Live(self.live.clone())
     }
 
     /// Versions registered and not yet torn down.
-    pub fn alive(&self) -> usize {
+    pub(crate) fn alive(&self) -> usize {
         *self.live.borrow()
     }
 
     /// Tears `remains` down off the async workers. Never blocks and never joins here: it runs
     /// inside `Drop`, often on an async worker.
-    pub fn reap(&self, remains: Remains) {
+    pub(crate) fn reap(&self, remains: Remains) {
         let remains = match &self.tx {
             Some(tx) => match tx.try_send(remains) {
                 Ok(()) => return,
@@ -144,7 +144,7 @@ impl Reaper {
     }
 
     /// Resolves once every registered version has been torn down (at once when none is alive).
-    pub async fn settled(&self) {
+    pub(crate) async fn settled(&self) {
         let mut alive = self.live.subscribe();
         // Cannot fail: `self` holds the sender.
         let _ = alive.wait_for(|n| *n == 0).await;

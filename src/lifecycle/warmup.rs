@@ -14,7 +14,7 @@ use crate::pb::inference::model_warmup::input::InputDataType;
 use crate::tensor::{DataType, Tensor, bytes_codec, checked_byte_len, element_count};
 
 #[derive(Debug, Clone)]
-pub struct WarmupSample {
+pub(crate) struct WarmupSample {
     pub name: String,
     /// Executions of this sample on each instance.
     pub count: u32,
@@ -24,7 +24,7 @@ pub struct WarmupSample {
     pub required: bool,
 }
 
-pub fn samples(
+pub(crate) fn samples(
     cfg: &ModelConfig,
     spec: &ModelSpec,
     model_dir: &Path,

@@ -11,7 +11,7 @@ use super::config::ModelConfig;
 
 /// Fills `max_batch_size`, inputs, outputs and the default dynamic batcher from `io`.
 /// A config that already lists inputs and outputs is left as it is.
-pub fn auto_complete(
+pub(crate) fn auto_complete(
     cfg: &mut ModelConfig,
     io: &ModelIo,
     default_max_batch_size: u32,
@@ -95,7 +95,7 @@ pub fn auto_complete(
 }
 
 /// Checks the config's inputs and outputs against the graph: names, datatypes, shapes, count.
-pub fn check_against_model(cfg: &ModelConfig, io: &ModelIo) -> Result<()> {
+pub(crate) fn check_against_model(cfg: &ModelConfig, io: &ModelIo) -> Result<()> {
     let model = &cfg.name;
     let required = cfg.input.iter().filter(|i| !i.optional).count();
     if io.inputs.len() < required || io.inputs.len() > cfg.input.len() {

@@ -12,11 +12,11 @@ use crate::pb::inference::{
     self as pb, model_config::SchedulingChoice, model_instance_group::Kind, model_version_policy,
 };
 
-pub use crate::pb::inference::ModelConfig;
+pub(crate) use crate::pb::inference::ModelConfig;
 
-pub const ONNX_PLATFORM: &str = "onnxruntime_onnx";
-pub const ONNX_BACKEND: &str = "onnxruntime";
-pub const DEFAULT_MODEL_FILENAME: &str = "model.onnx";
+pub(crate) const ONNX_PLATFORM: &str = "onnxruntime_onnx";
+pub(crate) const ONNX_BACKEND: &str = "onnxruntime";
+pub(crate) const DEFAULT_MODEL_FILENAME: &str = "model.onnx";
 
 pub(crate) fn descriptor_pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
@@ -56,7 +56,7 @@ pub fn parse_pbtxt(path: &Path, text: &str) -> Result<ModelConfig> {
 /// Any text may come here (a config is the operator's, or a client's through a load request's
 /// `config`): the output is the input with `:` inserted before some `[`, no more than
 /// `src.len() + 2 × (number of '[')` bytes, with the same lines.
-pub fn add_list_colons(src: &str) -> String {
+pub(crate) fn add_list_colons(src: &str) -> String {
     let mut out = String::with_capacity(src.len() + 16);
     // The last two significant tokens: an identifier is 'i', other punctuation is itself.
     let (mut last, mut before_last) = (' ', ' ');

@@ -16,7 +16,7 @@ fn descriptor() -> MessageDescriptor {
 /// A protobuf message (`name` its full name, e.g. `inference.ModelConfig`) as Triton prints it
 /// in JSON: proto field names, every scalar, list and map printed even at its default, enums
 /// by name, 64-bit integers as JSON numbers.
-pub fn message_to_json<M: Message>(msg: &M, name: &str) -> serde_json::Value {
+pub(crate) fn message_to_json<M: Message>(msg: &M, name: &str) -> serde_json::Value {
     let desc = descriptor_pool()
         .get_message_by_name(name)
         .unwrap_or_else(|| panic!("{name} in descriptor"));
@@ -37,7 +37,7 @@ pub fn to_json(cfg: &ModelConfig) -> serde_json::Value {
 
 /// Parses a JSON config (proto or lowerCamelCase names, 64-bit values as numbers or strings,
 /// enum names or numbers). Unknown fields are errors.
-pub fn from_json(text: &str) -> Result<ModelConfig> {
+pub(crate) fn from_json(text: &str) -> Result<ModelConfig> {
     let mut de = serde_json::Deserializer::from_str(text);
     let msg =
         DynamicMessage::deserialize_with_options(descriptor(), &mut de, &DeserializeOptions::new())

@@ -7,15 +7,15 @@ use super::ModelSpec;
 use crate::error::{Error, Result};
 
 /// `--max-instances-per-model`: instances of one version, all groups (and GPUs) together.
-pub const DEFAULT_MAX_INSTANCES_PER_MODEL: usize = 64;
+pub(crate) const DEFAULT_MAX_INSTANCES_PER_MODEL: usize = 64;
 /// `--max-model-threads`: ONNX Runtime threads of one version, instances × threads per instance.
-pub const DEFAULT_MAX_MODEL_THREADS: usize = 256;
+pub(crate) const DEFAULT_MAX_MODEL_THREADS: usize = 256;
 /// `--max-tokenizer-threads`: a text model's `tokenizer_threads`.
-pub const DEFAULT_MAX_TOKENIZER_THREADS: usize = 16;
+pub(crate) const DEFAULT_MAX_TOKENIZER_THREADS: usize = 16;
 /// `--max-warmup-bytes`: input bytes of one warmup sample (all inputs, whole batch).
-pub const DEFAULT_MAX_WARMUP_BYTES: usize = 256 << 20;
+pub(crate) const DEFAULT_MAX_WARMUP_BYTES: usize = 256 << 20;
 /// `--max-text-length`: a text model's `max_length` in tokens (config or tokenizer file).
-pub const DEFAULT_MAX_TEXT_LENGTH: usize = 8192;
+pub(crate) const DEFAULT_MAX_TEXT_LENGTH: usize = 8192;
 
 /// The ceilings, from the server's flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

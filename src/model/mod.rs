@@ -6,16 +6,16 @@
 //! `ModelSpec` is the server's own, validated view of an effective config: the scheduler,
 //! the backend and `validate` work from it and never see the protobuf message.
 
-pub mod autocomplete;
-pub mod config;
-pub mod config_json;
-pub mod io;
-pub mod limits;
-pub mod paths;
-pub mod repository;
-pub mod spec;
-pub mod state;
-pub mod text;
+pub(crate) mod autocomplete;
+pub(crate) mod config;
+pub(crate) mod config_json;
+pub(crate) mod io;
+pub(crate) mod limits;
+pub(crate) mod paths;
+pub(crate) mod repository;
+pub(crate) mod spec;
+pub(crate) mod state;
+pub(crate) mod text;
 
 use std::path::PathBuf;
 use std::sync::Arc;

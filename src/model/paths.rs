@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 
 /// `base/name` for a file `name` that the config of `model` gives in `field`, or a load error
 /// when `name` could leave `base`.
-pub fn inside(base: &Path, model: &str, field: &str, name: &str) -> Result<PathBuf> {
+pub(crate) fn inside(base: &Path, model: &str, field: &str, name: &str) -> Result<PathBuf> {
     let escapes = || {
         Error::invalid_arg(format!(
             "model '{model}': {field} '{}' must stay inside the model folder",
@@ -42,7 +42,7 @@ pub fn inside(base: &Path, model: &str, field: &str, name: &str) -> Result<PathB
 
 /// `name` with control characters escaped, so that a hostile name cannot forge log lines or
 /// terminal output; any other name is shown as written.
-pub fn printable(name: &str) -> String {
+pub(crate) fn printable(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_control() {
@@ -57,7 +57,7 @@ pub fn printable(name: &str) -> String {
 /// `message` with every folder in `roots` removed: `<root>/x` becomes `x`, and a bare `<root>`
 /// becomes `.`. Longer roots go first, so a model folder inside a repository becomes the path
 /// relative to the model (`1/model.onnx`), not to the repository.
-pub fn scrub(message: &str, roots: &[&Path]) -> String {
+pub(crate) fn scrub(message: &str, roots: &[&Path]) -> String {
     let mut roots: Vec<String> = roots
         .iter()
         .filter_map(|r| r.to_str())
@@ -74,7 +74,7 @@ pub fn scrub(message: &str, roots: &[&Path]) -> String {
 }
 
 /// `error` with `scrub` applied to its message.
-pub fn scrub_error(mut error: Error, roots: &[&Path]) -> Error {
+pub(crate) fn scrub_error(mut error: Error, roots: &[&Path]) -> Error {
     error.message = scrub(&error.message, roots);
     error
 }

@@ -12,7 +12,7 @@ const RESERVED: &[&str] = &["warmup", "initial_state", "configs"];
 
 /// Every model folder across `repos`, by name. A name found in two repositories maps to an error.
 /// Blocking (it lists folders): callers on an async runtime run it on a blocking thread.
-pub fn scan(repos: &[PathBuf]) -> Result<BTreeMap<String, Result<PathBuf>>> {
+pub(crate) fn scan(repos: &[PathBuf]) -> Result<BTreeMap<String, Result<PathBuf>>> {
     let mut models: BTreeMap<String, Result<PathBuf>> = BTreeMap::new();
     for repo in repos {
         let entries = std::fs::read_dir(repo).map_err(|e| {
@@ -52,7 +52,7 @@ pub fn scan(repos: &[PathBuf]) -> Result<BTreeMap<String, Result<PathBuf>>> {
 }
 
 /// Numeric version folders of a model (no leading zeros), ascending.
-pub fn versions_on_disk(model_dir: &Path) -> Vec<i64> {
+pub(crate) fn versions_on_disk(model_dir: &Path) -> Vec<i64> {
     let mut versions: Vec<i64> = std::fs::read_dir(model_dir)
         .into_iter()
         .flatten()
@@ -72,7 +72,7 @@ pub fn versions_on_disk(model_dir: &Path) -> Vec<i64> {
 }
 
 /// The versions `policy` selects from `on_disk` (ascending). Zero selected is a load error.
-pub fn select_versions(
+pub(crate) fn select_versions(
     model: &str,
     policy: Option<&ModelVersionPolicy>,
     on_disk: &[i64],

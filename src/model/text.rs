@@ -10,14 +10,14 @@ use super::io::ModelIo;
 use crate::error::{Error, Result};
 use crate::tensor::{DataType, shape_string};
 
-pub const INPUT_IDS: &str = "input_ids";
+pub(crate) const INPUT_IDS: &str = "input_ids";
 pub const ATTENTION_MASK: &str = "attention_mask";
-pub const TOKEN_TYPE_IDS: &str = "token_type_ids";
+pub(crate) const TOKEN_TYPE_IDS: &str = "token_type_ids";
 
 /// Used when neither the config (`max_length`) nor the tokenizer file sets a length.
-pub const DEFAULT_MAX_LENGTH: usize = 512;
+pub(crate) const DEFAULT_MAX_LENGTH: usize = 512;
 /// Longest text accepted before tokenizing, in bytes, unless `max_text_bytes` says otherwise.
-pub const DEFAULT_MAX_TEXT_BYTES: usize = 1 << 20;
+pub(crate) const DEFAULT_MAX_TEXT_BYTES: usize = 1 << 20;
 
 /// Every parameter key this module reads; any of them without `tokenizer` is a config error.
 const KEYS: &[&str] = &[

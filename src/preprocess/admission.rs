@@ -23,7 +23,7 @@ const PREFIX_BYTES_PER_TOKEN: usize = 16;
 const WEIGHT: f64 = 1.0 / 8.0;
 
 /// The bytes a request's texts are expected to cost: each text up to two prefixes.
-pub fn cost_bytes(text_lens: impl IntoIterator<Item = usize>, max_length: usize) -> u64 {
+pub(crate) fn cost_bytes(text_lens: impl IntoIterator<Item = usize>, max_length: usize) -> u64 {
     let cap = max_length.saturating_mul(PREFIX_BYTES_PER_TOKEN);
     text_lens
         .into_iter()
@@ -32,12 +32,12 @@ pub fn cost_bytes(text_lens: impl IntoIterator<Item = usize>, max_length: usize)
 }
 
 /// Whether a request of `bytes` goes in the small lane: no more than one text's worth.
-pub fn is_small(bytes: u64, max_length: usize) -> bool {
+pub(crate) fn is_small(bytes: u64, max_length: usize) -> bool {
     bytes <= max_length.saturating_mul(PREFIX_BYTES_PER_TOKEN) as u64
 }
 
 /// The tokenizer's recent speed and backlog, shared by the pool's handle and its threads.
-pub struct TokenizerLoad {
+pub(crate) struct TokenizerLoad {
     /// Nanoseconds per byte, as `f64` bits; 0 until the first job is measured.
     ns_per_byte: AtomicU64,
     /// Estimated nanoseconds of the jobs queued or running.
@@ -46,7 +46,7 @@ pub struct TokenizerLoad {
 }
 
 impl TokenizerLoad {
-    pub fn new(threads: usize) -> Self {
+    pub(crate) fn new(threads: usize) -> Self {
         TokenizerLoad {
             ns_per_byte: AtomicU64::new(0f64.to_bits()),
             backlog_ns: AtomicU64::new(0),
@@ -55,21 +55,21 @@ impl TokenizerLoad {
     }
 
     /// Estimated tokenizer time of `bytes`; zero before the first measurement.
-    pub fn cost(&self, bytes: u64) -> Duration {
+    pub(crate) fn cost(&self, bytes: u64) -> Duration {
         let rate = f64::from_bits(self.ns_per_byte.load(Ordering::Relaxed));
         Duration::from_nanos((rate * bytes as f64).min(u64::MAX as f64) as u64)
     }
 
     /// When a job of `bytes` submitted now would be done: the backlog shared among the
     /// threads, then its own time.
-    pub fn estimate(&self, bytes: u64) -> Duration {
+    pub(crate) fn estimate(&self, bytes: u64) -> Duration {
         let backlog = self.backlog_ns.load(Ordering::Relaxed) / self.threads;
         Duration::from_nanos(backlog).saturating_add(self.cost(bytes))
     }
 
     /// A job of `cost` joins the backlog; it leaves it when the returned charge is dropped
     /// (the job done, skipped, or never queued).
-    pub fn charge(self: &Arc<Self>, cost: Duration) -> Charge {
+    pub(crate) fn charge(self: &Arc<Self>, cost: Duration) -> Charge {
         let ns = u64::try_from(cost.as_nanos()).unwrap_or(u64::MAX);
         self.backlog_ns.fetch_add(ns, Ordering::Relaxed);
         Charge {
@@ -79,7 +79,7 @@ impl TokenizerLoad {
     }
 
     /// A job of `bytes` took `took`.
-    pub fn record(&self, bytes: u64, took: Duration) {
+    pub(crate) fn record(&self, bytes: u64, took: Duration) {
         let sample = took.as_nanos() as f64 / bytes.max(1) as f64;
         let _ = self
             .ns_per_byte
@@ -96,7 +96,7 @@ impl TokenizerLoad {
 }
 
 /// A job's share of the backlog, released when dropped.
-pub struct Charge {
+pub(crate) struct Charge {
     load: Arc<TokenizerLoad>,
     ns: u64,
 }
@@ -114,7 +114,7 @@ impl Drop for Charge {
 }
 
 /// The next job for a tokenizer thread, the small lane first; `None` once the pool is closed.
-pub fn next_job<T>(small: &Receiver<T>, large: &Receiver<T>) -> Option<T> {
+pub(crate) fn next_job<T>(small: &Receiver<T>, large: &Receiver<T>) -> Option<T> {
     if let Ok(job) = small.try_recv() {
         return Some(job);
     }

@@ -12,8 +12,8 @@
 //! it with token tensors (`validate::tokenized`), the scheduler batches requests of
 //! different token lengths together padded to the longest, and the batch applies `post`.
 
-pub mod admission;
+pub(crate) mod admission;
 pub mod post;
-pub mod tokenizer;
+pub(crate) mod tokenizer;
 #[cfg(test)]
 mod tokenizer_tests;

@@ -252,7 +252,7 @@ impl Encoder {
 /// Where a prefix of about `take` bytes of `text` ends: the whole text if it is no longer,
 /// else after the last whitespace in the prefix's second half, else at the char boundary at or
 /// before `take`. Never empty for a non-empty text, always a char boundary.
-pub fn prefix_end(text: &str, take: usize) -> usize {
+pub(crate) fn prefix_end(text: &str, take: usize) -> usize {
     if take >= text.len() {
         return text.len();
     }

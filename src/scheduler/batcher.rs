@@ -29,7 +29,7 @@ use crate::telemetry::stats::FailureReason;
 use crate::validate::ValidRequest;
 
 /// Queue-size bookkeeping shared by the enqueuing callers and the batcher task.
-pub struct Admission {
+pub(crate) struct Admission {
     /// Per level: (queued now, limit; 0 = none).
     levels: Vec<(AtomicUsize, usize)>,
     total: AtomicUsize,
@@ -98,21 +98,13 @@ impl Admission {
             .sum()
     }
 
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.total.load(Ordering::Acquire)
-    }
-
-    /// Queued requests per priority level (level 1 first).
-    pub fn queued_per_level(&self) -> Vec<usize> {
-        self.levels
-            .iter()
-            .map(|(c, _)| c.load(Ordering::Acquire))
-            .collect()
     }
 }
 
 /// The enqueueing side. Dropping every handle ends the task once the queues are drained.
-pub struct DynamicScheduler {
+pub(crate) struct DynamicScheduler {
     tx: mpsc::Sender<Entry>,
     admission: Arc<Admission>,
     order: Option<Arc<Sequencer>>,
@@ -128,7 +120,7 @@ pub struct DynamicScheduler {
 impl DynamicScheduler {
     /// Starts the batcher task on the current runtime. `jobs` reaches the instance threads;
     /// `instances` is how many batches may run at once; `alone` runs every request by itself.
-    pub fn start(
+    pub(crate) fn start(
         ctx: Arc<ExecContext>,
         db: DynamicBatching,
         alone: bool,
@@ -230,7 +222,12 @@ impl DynamicScheduler {
     /// The admission decision for a request known only by its head (level and queue timeout),
     /// before its tensors have arrived: the refusal `enqueue` would give now, or Ok without
     /// holding a place (`enqueue` decides again with the whole request).
-    pub fn precheck(&self, level: usize, queue_timeout: Option<Duration>, id: &str) -> Result<()> {
+    pub(crate) fn precheck(
+        &self,
+        level: usize,
+        queue_timeout: Option<Duration>,
+        id: &str,
+    ) -> Result<()> {
         self.reserve(level, queue_timeout, id)?;
         self.admission.release(level);
         Ok(())
@@ -239,7 +236,7 @@ impl DynamicScheduler {
     /// Queues `req`, whose answer goes to `reply`. A refusal (queue full, shed, deadline, or a
     /// task that has stopped) comes back as an error carrying its `Rejection`; the scheduler
     /// counts no refusals, the caller does.
-    pub fn enqueue(
+    pub(crate) fn enqueue(
         &self,
         req: ValidRequest,
         reply: tokio::sync::oneshot::Sender<Result<crate::request::InferResponse>>,
@@ -286,12 +283,8 @@ impl DynamicScheduler {
         }
     }
 
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.admission.queued()
-    }
-
-    pub fn queued_per_level(&self) -> Vec<usize> {
-        self.admission.queued_per_level()
     }
 }
 

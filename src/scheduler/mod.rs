@@ -6,18 +6,18 @@
 //! owns priority queues and forms batches with the pure `planner`. Either way a full queue is
 //! refused at once with "Exceeds maximum queue size".
 
-pub mod assembly;
-pub mod batch;
-pub mod batcher;
-pub mod classification;
-pub mod entry;
-pub mod load;
-pub mod planner;
-pub mod queue;
-pub mod reply;
+pub(crate) mod assembly;
+pub(crate) mod batch;
+pub(crate) mod batcher;
+pub(crate) mod classification;
+pub(crate) mod entry;
+pub(crate) mod load;
+pub(crate) mod planner;
+pub(crate) mod queue;
+pub(crate) mod reply;
 #[cfg(test)]
 mod tests;
-pub mod thread;
+pub(crate) mod thread;
 
 use std::sync::Arc;
 
@@ -28,15 +28,14 @@ use crate::error::Result;
 use crate::request::InferResponse;
 use crate::validate::ValidRequest;
 
-pub use batch::{Batch, ExecContext};
+pub(crate) use batch::{Batch, ExecContext};
 use batcher::DynamicScheduler;
-pub use entry::Entry;
-pub use thread::{BatcherThread, BatcherThreads};
+pub(crate) use thread::{BatcherThread, BatcherThreads};
 
 /// Requests queued per model version (all priority levels together) before new ones are refused.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 
-pub type Reply = oneshot::Receiver<Result<InferResponse>>;
+pub(crate) type Reply = oneshot::Receiver<Result<InferResponse>>;
 
 /// Queue limits shared by every model: the capacity of one version's queue and the share of it
 /// kept for the highest priority level.

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::queue::{Pending, Queues};
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct PlanConfig {
+pub(crate) struct PlanConfig {
     pub max_batch_size: usize,
     /// Most requests in one batch (1 = Triton's default scheduler: each request alone).
     pub max_requests: usize,
@@ -30,7 +30,7 @@ pub struct PlanConfig {
 }
 
 #[derive(Debug, PartialEq)]
-pub enum Action<E> {
+pub(crate) enum Action<E> {
     /// Run these requests as one batch now.
     Dispatch(Vec<E>),
     /// Nothing to run yet; decide again at this time (or when something arrives).
@@ -41,7 +41,11 @@ pub enum Action<E> {
 
 /// Decides what to run at `now`, given that an instance is free. Dispatched requests are
 /// removed from the queues. Timeouts must have been applied (`Queues::expire`) first.
-pub fn plan<E: Pending>(queues: &mut Queues<E>, now: Instant, cfg: &PlanConfig) -> Action<E> {
+pub(crate) fn plan<E: Pending>(
+    queues: &mut Queues<E>,
+    now: Instant,
+    cfg: &PlanConfig,
+) -> Action<E> {
     let mut iter = queues.iter();
     let Some(head) = iter.next() else {
         return Action::Idle;

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use tokio::time::Instant;
 
 /// What the planner needs to know about a pending request.
-pub trait Pending {
+pub(crate) trait Pending {
     /// Rows this request adds to a batch.
     fn rows(&self) -> usize;
     /// Whether the two can run in one batch (same inputs and non-batch dims; token inputs of
@@ -30,39 +30,39 @@ pub trait Pending {
     fn delay_on_timeout(&self) -> bool;
 }
 
-pub struct Queues<E> {
+pub(crate) struct Queues<E> {
     levels: Vec<VecDeque<E>>,
     delayed: VecDeque<E>,
 }
 
 impl<E: Pending> Queues<E> {
-    pub fn new(levels: usize) -> Self {
+    pub(crate) fn new(levels: usize) -> Self {
         Queues {
             levels: (0..levels.max(1)).map(|_| VecDeque::new()).collect(),
             delayed: VecDeque::new(),
         }
     }
 
-    pub fn push(&mut self, e: E) {
+    pub(crate) fn push(&mut self, e: E) {
         let level = e.level().min(self.levels.len() - 1);
         self.levels[level].push_back(e);
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.levels.iter().map(VecDeque::len).sum::<usize>() + self.delayed.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Pending requests in service order: level 1 first, FIFO within a level, DELAY queue last.
-    pub fn iter(&self) -> impl Iterator<Item = &E> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &E> {
         self.levels.iter().flatten().chain(self.delayed.iter())
     }
 
     /// Removes the first `n` requests in service order.
-    pub fn pop_front(&mut self, mut n: usize) -> Vec<E> {
+    pub(crate) fn pop_front(&mut self, mut n: usize) -> Vec<E> {
         let mut out = Vec::with_capacity(n);
         for q in self
             .levels
@@ -84,7 +84,7 @@ impl<E: Pending> Queues<E> {
 
     /// Handles queue timeouts at `now`: REJECT requests are returned, DELAY ones move to the
     /// DELAY queue (where they no longer time out).
-    pub fn expire(&mut self, now: Instant) -> Vec<E> {
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<E> {
         let mut rejected = Vec::new();
         for q in &mut self.levels {
             if !q.iter().any(|e| e.deadline().is_some_and(|d| d <= now)) {
@@ -104,7 +104,7 @@ impl<E: Pending> Queues<E> {
     }
 
     /// The earliest queue timeout still ahead (DELAY-queue requests have none).
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.levels
             .iter()
             .flatten()
@@ -113,7 +113,7 @@ impl<E: Pending> Queues<E> {
     }
 
     /// Removes every request whose `gone` is true (e.g. its client disconnected).
-    pub fn remove_where(&mut self, mut gone: impl FnMut(&E) -> bool) -> Vec<E> {
+    pub(crate) fn remove_where(&mut self, mut gone: impl FnMut(&E) -> bool) -> Vec<E> {
         let mut removed = Vec::new();
         for q in self
             .levels

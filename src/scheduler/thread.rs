@@ -72,10 +72,10 @@ impl Drop for BatcherThread {
 
 /// Hands out the batcher thread shared by every model version, starting one when none runs.
 #[derive(Default)]
-pub struct BatcherThreads(Mutex<Weak<BatcherThread>>);
+pub(crate) struct BatcherThreads(Mutex<Weak<BatcherThread>>);
 
 impl BatcherThreads {
-    pub fn get(&self) -> Result<Arc<BatcherThread>> {
+    pub(crate) fn get(&self) -> Result<Arc<BatcherThread>> {
         let mut current = self.0.lock();
         if let Some(thread) = current.upgrade() {
             return Ok(thread);

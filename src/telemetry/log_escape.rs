@@ -17,14 +17,14 @@ use tracing_subscriber::fmt::MakeWriter;
 
 /// Wraps a `MakeWriter` so that every record it writes is escaped.
 #[derive(Clone)]
-pub struct Escaping<M> {
+pub(crate) struct Escaping<M> {
     inner: M,
     keep_ansi: bool,
 }
 
 impl<M> Escaping<M> {
     /// `keep_ansi`: the layer colours its output, so `\x1b` stays as it is.
-    pub fn new(inner: M, keep_ansi: bool) -> Self {
+    pub(crate) fn new(inner: M, keep_ansi: bool) -> Self {
         Escaping { inner, keep_ansi }
     }
 }
@@ -47,7 +47,7 @@ impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Escaping<M> {
     }
 }
 
-pub struct EscapingWriter<W> {
+pub(crate) struct EscapingWriter<W> {
     inner: W,
     keep_ansi: bool,
 }
@@ -65,7 +65,7 @@ impl<W: Write> Write for EscapingWriter<W> {
 
 /// `record` with its control characters escaped, except one final newline (and `\x1b` with
 /// `keep_ansi`). Borrowed when there is nothing to escape (the common case).
-pub fn escape_record(record: &[u8], keep_ansi: bool) -> Cow<'_, [u8]> {
+pub(crate) fn escape_record(record: &[u8], keep_ansi: bool) -> Cow<'_, [u8]> {
     let (body, end) = match record.strip_suffix(b"\n") {
         Some(body) => (body, "\n"),
         None => (record, ""),

@@ -21,19 +21,18 @@ use super::system::SystemMetrics;
 use crate::error::{Rejection, label_enum};
 
 // Triton's per-model families.
-pub const REQUEST_SUCCESS: &str = "nv_inference_request_success";
-pub const REQUEST_FAILURE: &str = "nv_inference_request_failure";
-pub const INFERENCE_COUNT: &str = "nv_inference_count";
-pub const EXEC_COUNT: &str = "nv_inference_exec_count";
-pub const REQUEST_DURATION_US: &str = "nv_inference_request_duration_us";
-pub const QUEUE_DURATION_US: &str = "nv_inference_queue_duration_us";
-pub const COMPUTE_INPUT_DURATION_US: &str = "nv_inference_compute_input_duration_us";
-pub const COMPUTE_INFER_DURATION_US: &str = "nv_inference_compute_infer_duration_us";
-pub const COMPUTE_OUTPUT_DURATION_US: &str = "nv_inference_compute_output_duration_us";
-pub const PENDING_REQUEST_COUNT: &str = "nv_inference_pending_request_count";
-pub const MODEL_LOAD_DURATION_SECS: &str = "nv_model_load_duration_secs";
+pub(crate) const REQUEST_SUCCESS: &str = "nv_inference_request_success";
+pub(crate) const REQUEST_FAILURE: &str = "nv_inference_request_failure";
+pub(crate) const INFERENCE_COUNT: &str = "nv_inference_count";
+pub(crate) const EXEC_COUNT: &str = "nv_inference_exec_count";
+pub(crate) const REQUEST_DURATION_US: &str = "nv_inference_request_duration_us";
+pub(crate) const QUEUE_DURATION_US: &str = "nv_inference_queue_duration_us";
+pub(crate) const COMPUTE_INPUT_DURATION_US: &str = "nv_inference_compute_input_duration_us";
+pub(crate) const COMPUTE_INFER_DURATION_US: &str = "nv_inference_compute_infer_duration_us";
+pub(crate) const COMPUTE_OUTPUT_DURATION_US: &str = "nv_inference_compute_output_duration_us";
+pub(crate) const PENDING_REQUEST_COUNT: &str = "nv_inference_pending_request_count";
+pub(crate) const MODEL_LOAD_DURATION_SECS: &str = "nv_model_load_duration_secs";
 // Triton's server-wide CPU families, named beside their collector.
-pub use super::system::{CPU_MEMORY_TOTAL_BYTES, CPU_MEMORY_USED_BYTES, CPU_UTILIZATION};
 
 label_enum! {
     /// Why an accepted request failed: Triton's `reason` label of `nv_inference_request_failure`.
@@ -48,22 +47,22 @@ label_enum! {
     }
 }
 // Ours.
-pub const REQUEST_SECONDS: &str = "nereid_inference_request_duration_seconds";
-pub const QUEUE_SECONDS: &str = "nereid_inference_queue_duration_seconds";
-pub const COMPUTE_SECONDS: &str = "nereid_inference_compute_duration_seconds";
-pub const BATCH_SIZE: &str = "nereid_inference_batch_size";
-pub const QUEUE_DEPTH: &str = "nereid_inference_queue_depth";
-pub const REJECTED: &str = "nereid_inference_request_rejected_total";
-pub const REJECTION_SECONDS: &str = "nereid_inference_rejection_duration_seconds";
-pub const INSTANCES: &str = "nereid_model_instances";
-pub const INSTANCES_BUSY: &str = "nereid_model_instances_busy";
-pub const MODEL_STATE: &str = "nereid_model_state";
+pub(crate) const REQUEST_SECONDS: &str = "nereid_inference_request_duration_seconds";
+pub(crate) const QUEUE_SECONDS: &str = "nereid_inference_queue_duration_seconds";
+pub(crate) const COMPUTE_SECONDS: &str = "nereid_inference_compute_duration_seconds";
+pub(crate) const BATCH_SIZE: &str = "nereid_inference_batch_size";
+pub(crate) const QUEUE_DEPTH: &str = "nereid_inference_queue_depth";
+pub(crate) const REJECTED: &str = "nereid_inference_request_rejected_total";
+pub(crate) const REJECTION_SECONDS: &str = "nereid_inference_rejection_duration_seconds";
+pub(crate) const INSTANCES: &str = "nereid_model_instances";
+pub(crate) const INSTANCES_BUSY: &str = "nereid_model_instances_busy";
+pub(crate) const MODEL_STATE: &str = "nereid_model_state";
 
-pub const LABEL_MODEL: &str = "model";
-pub const LABEL_VERSION: &str = "version";
-pub const LABEL_REASON: &str = "reason";
-pub const LABEL_PRIORITY: &str = "priority_level";
-pub const LABEL_STATE: &str = "state";
+pub(crate) const LABEL_MODEL: &str = "model";
+pub(crate) const LABEL_VERSION: &str = "version";
+pub(crate) const LABEL_REASON: &str = "reason";
+pub(crate) const LABEL_PRIORITY: &str = "priority_level";
+pub(crate) const LABEL_STATE: &str = "state";
 
 /// Latency buckets in seconds: 100 µs .. 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -95,7 +94,7 @@ impl Default for MetricsOptions {
 }
 
 /// One model version's metric objects, labelled `{model, version}`. Updated only by the recorder.
-pub struct ModelMetrics {
+pub(crate) struct ModelMetrics {
     pub success: IntCounter,
     /// One per `FailureReason`, at its `index()`; read through `failure`.
     failures: [IntCounter; FailureReason::ALL.len()],
@@ -147,7 +146,7 @@ fn histogram(name: &str, help: &str, model: &str, version: &str, buckets: &[f64]
 }
 
 impl ModelMetrics {
-    pub fn new(model: &str, version: i64, priority_levels: usize) -> Self {
+    pub(crate) fn new(model: &str, version: i64, priority_levels: usize) -> Self {
         let v = version.to_string();
         let o = |name: &str, help: &str| opts(name, help, model, &v);
         // Series in the order of `ALL`, so that `index()` finds each reason's counter.
@@ -265,17 +264,17 @@ impl ModelMetrics {
     }
 
     /// The counter of failures for `why`.
-    pub fn failure(&self, why: FailureReason) -> &IntCounter {
+    pub(crate) fn failure(&self, why: FailureReason) -> &IntCounter {
         &self.failures[why.index()]
     }
 
     /// The counter of refusals for `why`.
-    pub fn rejected(&self, why: Rejection) -> &IntCounter {
+    pub(crate) fn rejected(&self, why: Rejection) -> &IntCounter {
         &self.rejections[why.index()]
     }
 
     /// The families of this version, as the scrape renders them.
-    pub fn families(&self, opts: &MetricsOptions) -> Vec<MetricFamily> {
+    pub(crate) fn families(&self, opts: &MetricsOptions) -> Vec<MetricFamily> {
         let mut out = Vec::with_capacity(32);
         let mut add = |c: &dyn Collector| out.extend(c.collect());
         add(&self.success);
@@ -306,14 +305,14 @@ impl ModelMetrics {
 
 /// One row of the model-state family: (model, version, state). Version is empty for a model
 /// that failed before any version was tried.
-pub struct StateRow<'a> {
+pub(crate) struct StateRow<'a> {
     pub model: &'a str,
     pub version: String,
     pub state: &'a str,
 }
 
 /// The families of model states (`nereid_model_state{model,version,state} 1`).
-pub fn state_families(rows: &[StateRow<'_>]) -> Vec<MetricFamily> {
+pub(crate) fn state_families(rows: &[StateRow<'_>]) -> Vec<MetricFamily> {
     rows.iter()
         .flat_map(|r| {
             let g = gauge(
@@ -333,7 +332,7 @@ pub fn state_families(rows: &[StateRow<'_>]) -> Vec<MetricFamily> {
 
 /// Renders the Prometheus text exposition of `families` plus the server-wide families.
 /// Families with the same name (one per model version) are merged under one HELP/TYPE.
-pub fn render(
+pub(crate) fn render(
     families: Vec<MetricFamily>,
     system: Option<&SystemMetrics>,
     opts: &MetricsOptions,
@@ -361,7 +360,7 @@ pub fn render(
 
 /// The metrics listener's routes (http-protocol.md §11): `GET /metrics` (and `/metrics/`) is
 /// the exposition; other methods there are 405; any other path is 200 with an empty body.
-pub fn router<F>(render: F) -> axum::Router
+pub(crate) fn router<F>(render: F) -> axum::Router
 where
     F: Fn() -> String + Clone + Send + Sync + 'static,
 {
@@ -392,7 +391,7 @@ where
 }
 
 /// Serves `router(render)` on `listener` until `shutdown` resolves.
-pub async fn serve<F>(
+pub(crate) async fn serve<F>(
     listener: tokio::net::TcpListener,
     render: F,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

@@ -2,14 +2,14 @@
 //! Prometheus series (`metrics`, `system`); request spans and W3C context (`spans`), trace
 //! settings and sampling (`trace`), OTLP export (`otlp`); logging and its settings (`logging`).
 
-pub mod log_escape;
-pub mod logging;
-pub mod metrics;
-pub mod otlp;
-pub mod spans;
-pub mod stats;
-pub mod system;
-pub mod trace;
+pub(crate) mod log_escape;
+pub(crate) mod logging;
+pub(crate) mod metrics;
+pub(crate) mod otlp;
+pub(crate) mod spans;
+pub(crate) mod stats;
+pub(crate) mod system;
+pub(crate) mod trace;
 
 use std::sync::Arc;
 

@@ -16,12 +16,12 @@ use tracing_subscriber::Registry;
 
 use super::trace::OtelConfig;
 
-pub struct Exporter {
+pub(crate) struct Exporter {
     provider: SdkTracerProvider,
 }
 
 impl Exporter {
-    pub fn start(cfg: &OtelConfig) -> Result<Exporter, String> {
+    pub(crate) fn start(cfg: &OtelConfig) -> Result<Exporter, String> {
         let url = if cfg.url.contains("://") {
             cfg.url.clone()
         } else {
@@ -63,7 +63,7 @@ impl Exporter {
     }
 
     /// The tracing layer that turns spans into OpenTelemetry spans for this exporter.
-    pub fn layer(
+    pub(crate) fn layer(
         &self,
     ) -> tracing_opentelemetry::OpenTelemetryLayer<Registry, opentelemetry_sdk::trace::Tracer> {
         tracing_opentelemetry::layer()
@@ -74,7 +74,7 @@ impl Exporter {
     }
 
     /// Exports what is still queued, then stops the processor thread.
-    pub fn shutdown(self) {
+    pub(crate) fn shutdown(self) {
         if let Err(e) = self.provider.shutdown() {
             tracing::warn!("OTLP exporter shutdown: {e}");
         }

@@ -18,15 +18,16 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::request::TraceContext;
 
-pub const TARGET: &str = "nereid::trace";
+pub(crate) const TARGET: &str = "nereid::trace";
 
 /// A valid W3C trace context received with a request (gRPC metadata or HTTP headers).
 #[derive(Debug, Clone)]
-pub struct RemoteParent(opentelemetry::Context);
+pub(crate) struct RemoteParent(opentelemetry::Context);
 
 impl RemoteParent {
     /// The 32-hex-digit trace id.
-    pub fn trace_id(&self) -> String {
+    #[cfg(test)]
+    pub(crate) fn trace_id(&self) -> String {
         self.0.span().span_context().trace_id().to_string()
     }
 }
@@ -51,7 +52,7 @@ impl Extractor for Headers<'_> {
 }
 
 /// The client's context when `trace` holds a valid W3C `traceparent` (and its `tracestate`).
-pub fn parent(trace: &TraceContext) -> Option<RemoteParent> {
+pub(crate) fn parent(trace: &TraceContext) -> Option<RemoteParent> {
     let headers = Headers {
         traceparent: trace.traceparent.as_deref()?,
         tracestate: trace.tracestate.as_deref(),
@@ -65,7 +66,7 @@ pub fn parent(trace: &TraceContext) -> Option<RemoteParent> {
 
 /// The request span of a sampled request (`Core::open_request`). `protocol` is `grpc` or
 /// `http`. Attribute names follow Triton's OpenTelemetry spans.
-pub fn request(
+pub(crate) fn request(
     protocol: &'static str,
     model: &str,
     version: &str,
@@ -90,14 +91,14 @@ pub fn request(
 }
 
 /// Records the request id on a request span.
-pub fn record_id(span: &Span, id: &str) {
+pub(crate) fn record_id(span: &Span, id: &str) {
     if !id.is_empty() {
         span.record("request_id", id);
     }
 }
 
 /// Marks a request span failed.
-pub fn record_error(span: &Span, message: &str) {
+pub(crate) fn record_error(span: &Span, message: &str) {
     span.record("otel.status_code", "ERROR");
     span.record("error", message);
 }
@@ -111,7 +112,7 @@ fn child(parent: &Span, make: impl FnOnce() -> Span) -> Span {
 }
 
 /// Around decoding the wire message into the server's request (the receive side).
-pub fn receive(request: &Span) -> Span {
+pub(crate) fn receive(request: &Span) -> Span {
     child(
         request,
         || tracing::info_span!(target: TARGET, parent: request, "receive"),
@@ -119,7 +120,7 @@ pub fn receive(request: &Span) -> Span {
 }
 
 /// From enqueue until the request's execution starts (or it is answered from the queue).
-pub fn queue(request: &Span) -> Span {
+pub(crate) fn queue(request: &Span) -> Span {
     child(
         request,
         || tracing::info_span!(target: TARGET, parent: request, "queue"),
@@ -127,7 +128,7 @@ pub fn queue(request: &Span) -> Span {
 }
 
 /// Around writing one response.
-pub fn send(request: &Span) -> Span {
+pub(crate) fn send(request: &Span) -> Span {
     child(
         request,
         || tracing::info_span!(target: TARGET, parent: request, "send"),
@@ -135,7 +136,7 @@ pub fn send(request: &Span) -> Span {
 }
 
 /// One execution of `rows` rows for the given requests' spans; none if no request is traced.
-pub fn batch<'a>(requests: impl IntoIterator<Item = &'a Span>, rows: usize) -> Span {
+pub(crate) fn batch<'a>(requests: impl IntoIterator<Item = &'a Span>, rows: usize) -> Span {
     let mut traced = requests.into_iter().filter(|s| !s.is_disabled());
     let Some(first) = traced.next() else {
         return Span::none();
@@ -148,7 +149,7 @@ pub fn batch<'a>(requests: impl IntoIterator<Item = &'a Span>, rows: usize) -> S
 }
 
 /// Around the model run of one batch.
-pub fn compute(batch: &Span) -> Span {
+pub(crate) fn compute(batch: &Span) -> Span {
     child(
         batch,
         || tracing::info_span!(target: TARGET, parent: batch, "compute"),

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::proto::MetricFamily;
 
-pub use super::metrics::FailureReason;
+pub(crate) use super::metrics::FailureReason;
 use super::metrics::{MetricsOptions, ModelMetrics};
 use crate::backend::ComputeTimes;
 use crate::error::Rejection;

@@ -8,9 +8,9 @@ use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 
 // Triton's server-wide CPU families (re-exported by `metrics` with the other names).
-pub const CPU_UTILIZATION: &str = "nv_cpu_utilization";
-pub const CPU_MEMORY_TOTAL_BYTES: &str = "nv_cpu_memory_total_bytes";
-pub const CPU_MEMORY_USED_BYTES: &str = "nv_cpu_memory_used_bytes";
+pub(crate) const CPU_UTILIZATION: &str = "nv_cpu_utilization";
+pub(crate) const CPU_MEMORY_TOTAL_BYTES: &str = "nv_cpu_memory_total_bytes";
+pub(crate) const CPU_MEMORY_USED_BYTES: &str = "nv_cpu_memory_used_bytes";
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct CpuTimes {

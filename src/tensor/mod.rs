@@ -126,7 +126,7 @@ impl DataType {
 
 /// Number of elements of a shape whose dims are all known (≥ 0); `None` when a dim is negative
 /// or the product overflows (a zero dim makes it 0 whatever the others are). Shapes come from clients and configs, so nothing here may wrap.
-pub fn element_count(shape: &[i64]) -> Option<usize> {
+pub(crate) fn element_count(shape: &[i64]) -> Option<usize> {
     if shape.iter().any(|&d| d < 0) {
         return None;
     }
@@ -140,7 +140,7 @@ pub fn element_count(shape: &[i64]) -> Option<usize> {
 
 /// Bytes of `elements` values of a fixed-size type, `None` past what one allocation may hold
 /// (`isize::MAX`): a size computed from untrusted numbers is checked before anything is reserved.
-pub fn checked_byte_len(elements: usize, element_size: usize) -> Option<usize> {
+pub(crate) fn checked_byte_len(elements: usize, element_size: usize) -> Option<usize> {
     elements
         .checked_mul(element_size)
         .filter(|&n| n <= isize::MAX as usize)
@@ -148,12 +148,12 @@ pub fn checked_byte_len(elements: usize, element_size: usize) -> Option<usize> {
 
 /// Bytes of a tensor of `dtype` and `shape`; `None` for BYTES (variable size), for a shape with
 /// a negative dim, and on overflow.
-pub fn fixed_byte_len(dtype: DataType, shape: &[i64]) -> Option<usize> {
+pub(crate) fn fixed_byte_len(dtype: DataType, shape: &[i64]) -> Option<usize> {
     checked_byte_len(element_count(shape)?, dtype.byte_size()?)
 }
 
 /// Formats a shape the way Triton's messages do: `[2,16]`.
-pub fn shape_string(shape: &[i64]) -> String {
+pub(crate) fn shape_string(shape: &[i64]) -> String {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     format!("[{}]", dims.join(","))
 }

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use nereid::backend::testing::FakeBackend;
-use nereid::cli::ServerConfig;
+use nereid::ServerConfig;
 use nereid::pb::health::health_client::HealthClient;
 use nereid::pb::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use nereid::pb::inference::infer_parameter::ParameterChoice;
@@ -21,7 +20,8 @@ use nereid::pb::inference::{
     ModelRepositoryParameter, RepositoryIndexRequest, RepositoryModelLoadRequest,
     repository_index_response::ModelIndex,
 };
-use nereid::server::{Listeners, RunningServer, bind};
+use nereid::testing::FakeBackend;
+use nereid::{Listeners, RunningServer, bind};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -99,7 +99,7 @@ impl TestServer {
     pub async fn try_start_with(
         repo: &Path,
         edit: impl FnOnce(&mut ServerConfig),
-    ) -> Result<TestServer, nereid::error::Error> {
+    ) -> Result<TestServer, nereid::Error> {
         Self::try_start_on(repo, edit, None).await
     }
 
@@ -123,7 +123,7 @@ impl TestServer {
         repo: &Path,
         edit: impl FnOnce(&mut ServerConfig),
         fake: Option<FakeBackend>,
-    ) -> Result<TestServer, nereid::error::Error> {
+    ) -> Result<TestServer, nereid::Error> {
         init_logging();
         let mut config = ServerConfig::new(vec![repo.to_path_buf()]);
         edit(&mut config);
@@ -165,7 +165,7 @@ impl TestServer {
     }
 
     /// The server's core, for state that only the process sees (requests in flight).
-    pub fn core(&self) -> &std::sync::Arc<nereid::core::Core> {
+    pub fn core(&self) -> &std::sync::Arc<nereid::Core> {
         &self.server.as_ref().expect("running").core
     }
 

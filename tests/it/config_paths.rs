@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use nereid::lifecycle::manager::ControlMode;
+use nereid::ControlMode;
 use nereid::pb::inference::model_repository_parameter::ParameterChoice as P;
 use tonic::Code;
 

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use nereid::lifecycle::manager::ControlMode;
+use nereid::ControlMode;
 
 use crate::common::*;
 

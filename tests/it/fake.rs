@@ -1,4 +1,4 @@
-//! The fake backend in the integration tests (`nereid::backend::testing`): servers whose
+//! The fake backend in the integration tests (`nereid::testing`): servers whose
 //! models run on it, repositories of fake model files, and waits on observable state (a
 //! metric, the fake instances' activity) in place of sleeps.
 #![allow(dead_code)]
@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use nereid::backend::testing::{Activity, FakeBackend, FakeLog, FakeModel, Gate};
-use nereid::cli::ServerConfig;
+use nereid::ServerConfig;
+use nereid::testing::{Activity, FakeBackend, FakeLog, FakeModel, Gate};
 use tempfile::TempDir;
 
 use crate::common::{TestServer, WAIT_LIMIT, copy_model, sample};

@@ -3,7 +3,7 @@
 //! fails with a message that names what was wrong (or, for a longer warmup file, succeeds), and
 //! the server goes on serving `simple`.
 
-use nereid::lifecycle::manager::ControlMode;
+use nereid::ControlMode;
 use tonic::Code;
 
 use crate::common::*;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use nereid::lifecycle::manager::ControlMode;
+use nereid::ControlMode;
 use nereid::pb::inference::model_repository_parameter::ParameterChoice as P;
 use nereid::pb::inference::{
     ModelRepositoryParameter, RepositoryModelLoadRequest, RepositoryModelUnloadRequest,

@@ -1,7 +1,7 @@
 //! Integration tests: each test starts the real server in-process on 127.0.0.1:0 and talks to it
 //! over gRPC with the generated client and over HTTP with reqwest (ARCHITECTURE.md house rules 5
 //! and 8). A test loads only the models it uses; scheduling tests that must hold an instance
-//! busy run the server on the fake backend (`nereid::backend::testing`, the `test-backend`
+//! busy run the server on the fake backend (`nereid::testing`, the `test-backend`
 //! feature) and wait on what the server shows, never on the clock.
 
 mod autocomplete;

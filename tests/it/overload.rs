@@ -11,10 +11,10 @@ use tokio::time::Instant;
 
 use tokio::task::JoinHandle;
 
-use nereid::lifecycle::manager::ControlMode;
+use nereid::ControlMode;
+use nereid::QueueLimits;
 use nereid::pb::inference::infer_parameter::ParameterChoice;
 use nereid::pb::inference::{InferParameter, ModelStatisticsRequest, RepositoryModelUnloadRequest};
-use nereid::scheduler::QueueLimits;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -39,7 +39,7 @@ pub(crate) fn repo(db: &str) -> tempfile::TempDir {
 /// `dynamic_batching { <db> }`), after `edit` adjusted the configuration.
 pub(crate) async fn fake_server(
     db: &str,
-    edit: impl FnOnce(&mut nereid::cli::ServerConfig),
+    edit: impl FnOnce(&mut nereid::ServerConfig),
 ) -> TestServer {
     let repo = fake_repo(&["simple", "dyn"]);
     let text = read_config(repo.path(), "dyn");

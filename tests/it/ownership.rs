@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use nereid::cli::ServerConfig;
-use nereid::lifecycle::manager::ControlMode;
+use nereid::ControlMode;
+use nereid::ServerConfig;
 use nereid::pb::inference::{ModelInferResponse, RepositoryModelUnloadRequest};
-use nereid::server::{Listeners, RunningServer, bind};
+use nereid::{Listeners, RunningServer, bind};
 use serde_json::json;
 use tempfile::TempDir;
 use tokio::sync::oneshot;

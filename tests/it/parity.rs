@@ -292,7 +292,7 @@ async fn over_grpc(s: &TestServer, call: &Call) -> Outcome {
                 .await
                 .map_err(grpc_err)?
                 .into_inner();
-            Ok(nereid::model::config_json::to_json(&r.config.unwrap()))
+            Ok(nereid::internals::to_json(&r.config.unwrap()))
         }
         Call::Ready(m, v) => {
             let (m, v) = name(m, v);

@@ -7,7 +7,7 @@ fn main() {
             return;
         };
         let expected = usize::from(count);
-        if let Ok(elements) = nereid::tensor::bytes_codec::decode(data, expected) {
+        if let Ok(elements) = nereid::internals::bytes_codec::decode(data, expected) {
             assert_eq!(elements.len(), expected);
             let range = data.as_ptr_range();
             for e in &elements {
@@ -18,7 +18,7 @@ fn main() {
                 );
             }
             assert_eq!(
-                nereid::tensor::bytes_codec::encode(elements.iter().copied()),
+                nereid::internals::bytes_codec::encode(elements.iter().copied()),
                 data
             );
         }

@@ -1,6 +1,6 @@
 //! HTTP request decompression (gzip, deflate): never panics, and what it returns never exceeds
 //! the limit it was given (a decompression bomb is an error).
-use nereid::frontend::http::compress::{Encoding, decompress};
+use nereid::internals::{Encoding, decompress};
 
 const LIMIT: usize = 64 * 1024;
 

@@ -1,6 +1,6 @@
 //! The early-refusal scan of a gRPC `ModelInferRequest`'s first bytes: it must terminate on any
 //! input, never panic, and a head it reports lies inside the buffer, after the 5-byte prefix.
-use nereid::frontend::grpc::early::{Head, find_head};
+use nereid::internals::{Head, find_head};
 
 fn main() {
     afl::fuzz!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! data and the binary sections after it. The first two bytes of the input are the header length
 //! (0xffff: no header, the whole body is JSON); errors are fine, panics are findings.
 use bytes::Bytes;
-use nereid::frontend::http::convert::{header_length, infer_request};
+use nereid::internals::{header_length, infer_request};
 
 fn main() {
     afl::fuzz!(|data: &[u8]| {

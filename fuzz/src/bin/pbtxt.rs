@@ -7,8 +7,8 @@ fn main() {
         let Ok(text) = std::str::from_utf8(data) else {
             return;
         };
-        if let Ok(mut cfg) = nereid::model::config::parse_pbtxt(Path::new("config.pbtxt"), text) {
-            let _ = nereid::model::config::normalize(&mut cfg, &[]);
+        if let Ok(mut cfg) = nereid::internals::parse_pbtxt(Path::new("config.pbtxt"), text) {
+            let _ = nereid::internals::normalize(&mut cfg, &[]);
         }
     });
 }

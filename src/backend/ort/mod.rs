@@ -22,7 +22,7 @@ use crate::model::{DeviceKind, InstanceSpec, ModelSpec};
 use crate::tensor::{DataType, Tensor, bytes_codec};
 
 /// Default library location, created by `scripts/install-onnxruntime.sh`.
-pub const DEFAULT_DYLIB: &str = ".ort/libonnxruntime.so.1.31.1";
+pub(crate) const DEFAULT_DYLIB: &str = ".ort/libonnxruntime.so.1.31.1";
 
 pub struct OrtBackend {
     env: Environment,

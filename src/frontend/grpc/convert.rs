@@ -14,7 +14,7 @@ use crate::tensor::{DataType, bytes_codec};
 
 /// Decodes a `ModelInferRequest`. Raw entries are taken in input order; typed `contents` are
 /// converted to the same little-endian layout (narrowing 32-bit carriers as Triton does).
-pub fn infer_request(req: pb::ModelInferRequest) -> Result<InferRequest> {
+pub(crate) fn infer_request(req: pb::ModelInferRequest) -> Result<InferRequest> {
     let model = req.model_name.clone();
     let params = params::request_params(&req.parameters)?;
     let use_raw = !req.raw_input_contents.is_empty();
@@ -72,7 +72,7 @@ pub fn infer_request(req: pb::ModelInferRequest) -> Result<InferRequest> {
 }
 
 /// Parses a `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n).
-pub fn grpc_timeout(v: &str) -> Option<std::time::Duration> {
+pub(crate) fn grpc_timeout(v: &str) -> Option<std::time::Duration> {
     use std::time::Duration;
     let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
@@ -194,7 +194,7 @@ fn populated_field(c: &pb::InferTensorContents) -> Option<&'static str> {
 }
 
 /// Outputs go in `raw_output_contents`, one entry per output at the same index.
-pub fn infer_response(resp: InferResponse) -> pb::ModelInferResponse {
+pub(crate) fn infer_response(resp: InferResponse) -> pb::ModelInferResponse {
     let mut outputs = Vec::with_capacity(resp.outputs.len());
     let mut raw = Vec::with_capacity(resp.outputs.len());
     for t in resp.outputs {
@@ -217,7 +217,7 @@ pub fn infer_response(resp: InferResponse) -> pb::ModelInferResponse {
     }
 }
 
-pub fn repository_index(rows: Vec<IndexEntry>) -> pb::RepositoryIndexResponse {
+pub(crate) fn repository_index(rows: Vec<IndexEntry>) -> pb::RepositoryIndexResponse {
     pb::RepositoryIndexResponse {
         models: rows
             .into_iter()

@@ -110,13 +110,13 @@ fn more_or_skip(truncated: bool, buffered: usize) -> Head {
 
 /// The gRPC service, wrapped so that overload refusals need only the request's head.
 #[derive(Clone)]
-pub struct EarlyRefusal<S> {
+pub(crate) struct EarlyRefusal<S> {
     inner: S,
     core: Arc<Core>,
 }
 
 impl<S> EarlyRefusal<S> {
-    pub fn new(inner: S, core: Arc<Core>) -> Self {
+    pub(crate) fn new(inner: S, core: Arc<Core>) -> Self {
         EarlyRefusal { inner, core }
     }
 }

@@ -1,12 +1,12 @@
 //! The KServe v2 gRPC front-end (`inference.GRPCInferenceService`) and `grpc.health.v1.Health`.
 
-pub mod convert;
-pub mod early;
-pub mod params;
-pub mod serve;
-pub mod settings;
-pub mod status;
-pub mod stream;
+pub(crate) mod convert;
+pub(crate) mod early;
+pub(crate) mod params;
+pub(crate) mod serve;
+pub(crate) mod settings;
+pub(crate) mod status;
+pub(crate) mod stream;
 
 use std::sync::Arc;
 
@@ -22,15 +22,15 @@ use crate::request::{Origin, Protocol};
 use crate::telemetry::spans;
 
 /// Triton's fixed gRPC message limit (INT32_MAX bytes).
-pub const MAX_MESSAGE_BYTES: usize = i32::MAX as usize;
+pub(crate) const MAX_MESSAGE_BYTES: usize = i32::MAX as usize;
 
 #[derive(Clone)]
-pub struct GrpcService {
+pub(crate) struct GrpcService {
     core: Arc<Core>,
 }
 
 impl GrpcService {
-    pub fn new(core: Arc<Core>) -> Self {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
         GrpcService { core }
     }
 }
@@ -282,12 +282,12 @@ fn shm_disabled() -> Status {
 }
 
 #[derive(Clone)]
-pub struct HealthService {
+pub(crate) struct HealthService {
     core: Arc<Core>,
 }
 
 impl HealthService {
-    pub fn new(core: Arc<Core>) -> Self {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
         HealthService { core }
     }
 }

@@ -72,13 +72,13 @@ fn param_error(e: ParamError, map: &HashMap<String, pb::InferParameter>) -> Erro
 }
 
 /// A `ModelInferRequest`'s parameters.
-pub fn request_params(map: &HashMap<String, pb::InferParameter>) -> Result<RequestParams> {
+pub(crate) fn request_params(map: &HashMap<String, pb::InferParameter>) -> Result<RequestParams> {
     RequestParams::parse(map.iter().map(|(k, v)| (k.as_str(), infer_value(k, v))))
         .map_err(|e| param_error(e, map))
 }
 
 /// One requested output with its parameters (`classification`; shared memory is refused).
-pub fn requested_output(o: InferRequestedOutputTensor) -> Result<RequestedOutput> {
+pub(crate) fn requested_output(o: InferRequestedOutputTensor) -> Result<RequestedOutput> {
     let map = &o.parameters;
     let parsed = RequestedOutput::parse(o.name.clone(), |k| map.get(k).map(|v| infer_value(k, v)));
     parsed.map_err(|e| match e {
@@ -105,7 +105,9 @@ pub fn requested_output(o: InferRequestedOutputTensor) -> Result<RequestedOutput
 }
 
 /// The `config` and `file:<path>` parameters of RepositoryModelLoad (grpc-protocol.md §4.8).
-pub fn load_request(params: HashMap<String, pb::ModelRepositoryParameter>) -> Result<LoadRequest> {
+pub(crate) fn load_request(
+    params: HashMap<String, pb::ModelRepositoryParameter>,
+) -> Result<LoadRequest> {
     use model_repository_parameter::ParameterChoice as R;
     let values = params.into_iter().map(|(k, v)| {
         let v = match v.parameter_choice {
@@ -127,7 +129,9 @@ pub fn load_request(params: HashMap<String, pb::ModelRepositoryParameter>) -> Re
 }
 
 /// The `unload_dependents` parameter of RepositoryModelUnload.
-pub fn unload_dependents(params: &HashMap<String, pb::ModelRepositoryParameter>) -> Result<bool> {
+pub(crate) fn unload_dependents(
+    params: &HashMap<String, pb::ModelRepositoryParameter>,
+) -> Result<bool> {
     use model_repository_parameter::ParameterChoice as R;
     let value = params
         .get("unload_dependents")
@@ -141,7 +145,7 @@ pub fn unload_dependents(params: &HashMap<String, pb::ModelRepositoryParameter>)
 }
 
 /// A LogSettings request's update, with Triton's messages for a wrong value kind.
-pub fn log_update(
+pub(crate) fn log_update(
     settings: &HashMap<String, log_settings_request::SettingValue>,
 ) -> Result<LogUpdate> {
     use log_settings_request::setting_value::ParameterChoice as L;

@@ -22,7 +22,7 @@ const MAX_STREAMS: u32 = 1024;
 /// Serves both services on `listener` until `shutdown` resolves, then lets in-flight calls
 /// finish (the caller bounds that wait with the exit timeout). `max_message_bytes` bounds a
 /// decoded request and an encoded response. The error is the transport's, as text.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     core: Arc<Core>,
     max_message_bytes: usize,

@@ -11,7 +11,7 @@ use crate::pb::inference::{
 use crate::telemetry::logging::LogSettings;
 
 /// A request's settings as `(key, values)` pairs; an empty list clears the key.
-pub fn trace_pairs(
+pub(crate) fn trace_pairs(
     settings: &HashMap<String, trace_setting_request::SettingValue>,
 ) -> Vec<(&str, Option<Vec<String>>)> {
     settings
@@ -20,7 +20,7 @@ pub fn trace_pairs(
         .collect()
 }
 
-pub fn trace_response(settings: TraceSettings) -> pb::TraceSettingResponse {
+pub(crate) fn trace_response(settings: TraceSettings) -> pb::TraceSettingResponse {
     let mut out: HashMap<String, trace_setting_response::SettingValue> = HashMap::new();
     for (k, v) in settings {
         // A repeated key (several `resource` attributes) lists all its values.
@@ -29,7 +29,7 @@ pub fn trace_response(settings: TraceSettings) -> pb::TraceSettingResponse {
     pb::TraceSettingResponse { settings: out }
 }
 
-pub fn log_response(s: LogSettings) -> pb::LogSettingsResponse {
+pub(crate) fn log_response(s: LogSettings) -> pb::LogSettingsResponse {
     use log_settings_response::{SettingValue, setting_value::ParameterChoice as P};
     let settings = reports::log_settings(s)
         .into_iter()

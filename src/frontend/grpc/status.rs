@@ -6,7 +6,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::error::{Code, Error};
 
-pub fn grpc_code(code: Code) -> GrpcCode {
+pub(crate) fn grpc_code(code: Code) -> GrpcCode {
     match code {
         Code::Unknown => GrpcCode::Unknown,
         Code::Internal => GrpcCode::Internal,

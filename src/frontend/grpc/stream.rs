@@ -32,9 +32,10 @@ use crate::request::{InferResponse, Origin, Protocol, TraceContext};
 use crate::telemetry::spans;
 
 /// Requests read from one stream and not yet answered; reading waits beyond this.
-pub const MAX_IN_FLIGHT: usize = 256;
+pub(crate) const MAX_IN_FLIGHT: usize = 256;
 
-pub type ResponseStream = ReceiverStream<std::result::Result<pb::ModelStreamInferResponse, Status>>;
+pub(crate) type ResponseStream =
+    ReceiverStream<std::result::Result<pb::ModelStreamInferResponse, Status>>;
 
 /// The outcome of one request, ready to be written.
 struct Done {
@@ -47,7 +48,7 @@ struct Done {
 }
 
 /// Starts the task serving one stream and returns the responses it writes.
-pub fn serve(
+pub(crate) fn serve(
     core: Arc<Core>,
     inbound: Streaming<pb::ModelInferRequest>,
     trace: TraceContext,

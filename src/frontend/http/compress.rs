@@ -29,7 +29,7 @@ impl Encoding {
 
 /// The request's `Content-Encoding`: absent, empty or `identity` = none; `gzip`; `deflate`;
 /// anything else is `None` (the caller answers 501 with `Accept-Encoding: gzip, deflate`).
-pub fn request_encoding(content_encoding: Option<&str>) -> Option<Encoding> {
+pub(crate) fn request_encoding(content_encoding: Option<&str>) -> Option<Encoding> {
     match content_encoding.map(str::trim) {
         None | Some("") | Some("identity") => Some(Encoding::Identity),
         Some("gzip") => Some(Encoding::Gzip),
@@ -40,7 +40,7 @@ pub fn request_encoding(content_encoding: Option<&str>) -> Option<Encoding> {
 
 /// Triton's choice among identity/gzip/deflate from `Accept-Encoding`: the highest q-weight
 /// wins, ties keep the first listed, unknown codings and malformed entries are skipped.
-pub fn response_encoding(accept_encoding: Option<&str>) -> Encoding {
+pub(crate) fn response_encoding(accept_encoding: Option<&str>) -> Encoding {
     let Some(accept) = accept_encoding else {
         return Encoding::Identity;
     };
@@ -93,7 +93,7 @@ pub fn decompress(encoding: Encoding, data: &[u8], limit: usize) -> Result<Optio
 }
 
 /// Compresses a response body; `None` if compression failed (Triton then sends it as is).
-pub fn compress(encoding: Encoding, data: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn compress(encoding: Encoding, data: &[u8]) -> Option<Vec<u8>> {
     match encoding {
         Encoding::Identity => None,
         Encoding::Gzip => {

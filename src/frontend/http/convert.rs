@@ -206,7 +206,7 @@ fn input_tensor(v: &Value, model: &str, binary: &mut Bytes) -> Result<InputTenso
 /// A header-less request (`Inference-Header-Content-Length: 0`): the whole body is the data of
 /// the model's only input; its shape is deduced from the config (http-protocol.md §6.3).
 /// Every output comes back binary.
-pub fn raw_infer_request(
+pub(crate) fn raw_infer_request(
     spec: &ModelSpec,
     version: &str,
     body: Bytes,
@@ -290,7 +290,7 @@ fn deduce_shape(input: &IoSpec, model: &str, elem: usize, len: usize) -> Result<
 }
 
 /// The response body and, when some output went binary, the JSON header's length.
-pub fn infer_response(
+pub(crate) fn infer_response(
     resp: InferResponse,
     format: &OutputFormat,
 ) -> Result<(Bytes, Option<usize>)> {

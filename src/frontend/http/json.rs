@@ -39,7 +39,7 @@ pub(super) fn as_object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String,
 }
 
 /// Parses a JSON document, with Triton's message prefix.
-pub fn parse_json(text: &[u8]) -> Result<Value> {
+pub(super) fn parse_json(text: &[u8]) -> Result<Value> {
     serde_json::from_slice(text)
         .map_err(|e| Error::invalid_arg(format!("failed to parse the request JSON buffer: {e}")))
 }

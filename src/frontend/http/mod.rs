@@ -2,16 +2,16 @@
 //! request bodies (size limit, compression) and replies. It calls the same `Core` as gRPC;
 //! `convert` does the JSON/binary ↔ core translation and `status` the error mapping.
 
-pub mod compress;
-pub mod convert;
+pub(crate) mod compress;
+pub(crate) mod convert;
 mod json;
 mod params;
 #[cfg(test)]
 mod proptests;
-pub mod settings;
-pub mod shapes;
-pub mod status;
-pub mod tensor_json;
+pub(crate) mod settings;
+pub(crate) mod shapes;
+pub(crate) mod status;
+pub(crate) mod tensor_json;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,10 +39,10 @@ use crate::request::{Origin, Protocol};
 use crate::telemetry::spans;
 
 /// Triton's default `--http-max-input-size` (64 MiB).
-pub const DEFAULT_MAX_INPUT_SIZE: usize = 64 << 20;
+pub(crate) const DEFAULT_MAX_INPUT_SIZE: usize = 64 << 20;
 
 /// The binary tensor extension's header (http-protocol.md §6.2).
-pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+pub(crate) const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
 
 /// How much of an over-limit body is read and thrown away so that the client, still sending,
 /// gets the 400 instead of a reset connection. Past this the connection is simply closed.
@@ -56,7 +56,7 @@ struct Http {
 
 /// Serves the routes on `listener` until `shutdown` resolves, then lets in-flight requests
 /// finish (the caller bounds that wait with the exit timeout).
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     core: Arc<Core>,
     max_input_size: usize,
@@ -77,7 +77,7 @@ pub async fn serve(
 }
 
 /// Every route of http-protocol.md §2 that this server implements or answers with an error.
-pub fn router(core: Arc<Core>, max_input_size: usize) -> Router {
+pub(crate) fn router(core: Arc<Core>, max_input_size: usize) -> Router {
     let model_routes = |r: Router<Http>, base: &str| {
         r.route(base, get(model_metadata))
             .route(&format!("{base}/ready"), get(model_ready))
@@ -456,7 +456,7 @@ fn request_deadline(headers: &HeaderMap, arrival: Instant) -> Result<Option<Inst
 }
 
 /// Header carrying an HTTP client's deadline in milliseconds.
-pub const REQUEST_TIMEOUT_MS: &str = "request-timeout-ms";
+pub(crate) const REQUEST_TIMEOUT_MS: &str = "request-timeout-ms";
 
 fn infer_reply(body: Bytes, header_len: Option<usize>, encoding: Encoding) -> Response {
     let (body, encoding) = match compress::compress(encoding, &body) {

@@ -24,7 +24,7 @@ fn settings_object(body: &[u8]) -> Result<Map<String, Value>> {
 /// `trace_level` is an array of strings, `trace_rate`, `trace_count` and `log_frequency` a
 /// string each, and JSON `null` clears a key. `trace_file` is refused by the core whatever its
 /// value; keys Triton does not know are ignored, as Triton does.
-pub fn trace_update(body: &[u8]) -> Result<Vec<(String, Option<Vec<String>>)>> {
+pub(crate) fn trace_update(body: &[u8]) -> Result<Vec<(String, Option<Vec<String>>)>> {
     let mut pairs = Vec::new();
     for (key, v) in settings_object(body)? {
         let values = match (key.as_str(), &v) {
@@ -47,7 +47,7 @@ pub fn trace_update(body: &[u8]) -> Result<Vec<(String, Option<Vec<String>>)>> {
 
 /// The settings as Triton's JSON: `trace_level` an array, every other key a string (a key
 /// with several values, such as OpenTelemetry `resource` attributes, an array of them).
-pub fn trace_json(settings: TraceSettings) -> Value {
+pub(crate) fn trace_json(settings: TraceSettings) -> Value {
     let mut out = Map::new();
     for (k, v) in settings {
         let values = match out.remove(&k) {
@@ -69,12 +69,12 @@ pub fn trace_json(settings: TraceSettings) -> Value {
 }
 
 /// A log settings update; JSON `null` values are ignored, as Triton does.
-pub fn log_update(body: &[u8]) -> Result<LogUpdate> {
+pub(crate) fn log_update(body: &[u8]) -> Result<LogUpdate> {
     let settings = settings_object(body)?;
     params::log_update(|k| settings.get(k).filter(|v| !v.is_null()).map(value)).map_err(param_error)
 }
 
-pub fn log_json(s: LogSettings) -> Value {
+pub(crate) fn log_json(s: LogSettings) -> Value {
     let settings = reports::log_settings(s)
         .into_iter()
         .map(|(k, v)| {

@@ -11,11 +11,11 @@ use crate::error::Result;
 use crate::frontend::reports;
 use crate::lifecycle::manager::{IndexEntry, LoadRequest};
 
-pub fn server_metadata(m: ServerMetadata) -> Value {
+pub(crate) fn server_metadata(m: ServerMetadata) -> Value {
     json!({ "name": m.name, "version": m.version, "extensions": m.extensions })
 }
 
-pub fn model_metadata(m: ModelMetadata) -> Value {
+pub(crate) fn model_metadata(m: ModelMetadata) -> Value {
     reports::json(
         &reports::model_metadata(m),
         "inference.ModelMetadataResponse",
@@ -24,7 +24,7 @@ pub fn model_metadata(m: ModelMetadata) -> Value {
 
 /// Every member always present, every count/ns a JSON number: perf_analyzer reads them with
 /// unsigned accessors and fails on absent members (http-protocol.md §9.2).
-pub fn model_statistics(stats: Vec<ModelStatistics>) -> Value {
+pub(crate) fn model_statistics(stats: Vec<ModelStatistics>) -> Value {
     reports::json(
         &reports::model_statistics(stats),
         "inference.ModelStatisticsResponse",
@@ -32,7 +32,7 @@ pub fn model_statistics(stats: Vec<ModelStatistics>) -> Value {
 }
 
 /// A JSON array; `version`/`state` only when known, `reason` only when non-empty.
-pub fn repository_index(rows: Vec<IndexEntry>) -> Value {
+pub(crate) fn repository_index(rows: Vec<IndexEntry>) -> Value {
     Value::Array(
         rows.into_iter()
             .map(|r| {
@@ -54,7 +54,7 @@ pub fn repository_index(rows: Vec<IndexEntry>) -> Value {
 }
 
 /// The optional body of the index route: `{"ready": bool}` (default false).
-pub fn index_request(body: &[u8]) -> Result<bool> {
+pub(crate) fn index_request(body: &[u8]) -> Result<bool> {
     if body.is_empty() {
         return Ok(false);
     }
@@ -74,7 +74,7 @@ fn body_parameters(doc: &Value) -> Result<Option<&Map<String, Value>>> {
 
 /// The optional body of the load route: `config` (model-config JSON in a string) and
 /// `file:<path>` (base64 contents) parameters.
-pub fn load_request(body: &[u8]) -> Result<LoadRequest> {
+pub(crate) fn load_request(body: &[u8]) -> Result<LoadRequest> {
     if body.is_empty() {
         return Ok(LoadRequest::default());
     }
@@ -82,7 +82,7 @@ pub fn load_request(body: &[u8]) -> Result<LoadRequest> {
 }
 
 /// The optional body of the unload route: `unload_dependents` (default false).
-pub fn unload_request(body: &[u8]) -> Result<bool> {
+pub(crate) fn unload_request(body: &[u8]) -> Result<bool> {
     if body.is_empty() {
         return Ok(false);
     }

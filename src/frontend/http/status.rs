@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::{Code, Error, Rejection};
 
-pub fn http_status(code: Code) -> StatusCode {
+pub(crate) fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         Code::NotFound => StatusCode::NOT_FOUND,
@@ -19,7 +19,7 @@ pub fn http_status(code: Code) -> StatusCode {
 }
 
 /// `{"error": "<message>"}` with `Content-Type: application/json` and the given status.
-pub fn error_response(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
     let body = serde_json::json!({ "error": message }).to_string();
     let mut resp = (status, body).into_response();
     resp.headers_mut().insert(
@@ -46,7 +46,7 @@ impl IntoResponse for Error {
 
 /// `--http-overload-status=429`: refusals for load (queue full, shed, deadline, server busy)
 /// become 429 Too Many Requests; a draining server or a model that is not ready stays 503.
-pub async fn overload_as_429(mut resp: Response) -> Response {
+pub(crate) async fn overload_as_429(mut resp: Response) -> Response {
     let load = matches!(
         resp.extensions().get::<Rejection>(),
         Some(
@@ -63,12 +63,12 @@ pub async fn overload_as_429(mut resp: Response) -> Response {
 }
 
 /// An unknown path: 404 `{"error":"Not Found"}`, as Triton.
-pub fn not_found() -> Response {
+pub(crate) fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "Not Found")
 }
 
 /// A known path with the wrong method: 405 `{"error":"Method Not Allowed"}`, as Triton.
-pub fn method_not_allowed() -> Response {
+pub(crate) fn method_not_allowed() -> Response {
     error_response(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
 }
 

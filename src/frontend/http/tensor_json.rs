@@ -9,14 +9,14 @@ use crate::error::{Error, Result};
 use crate::tensor::{DataType, Tensor, bytes_codec};
 
 /// Deepest nesting of a `data` array, as Triton.
-pub const MAX_DEPTH: usize = 100;
+pub(crate) const MAX_DEPTH: usize = 100;
 
 fn shape_mismatch() -> Error {
     Error::invalid_arg("Unable to parse 'data': Shape does not match true shape of 'data' field")
 }
 
 /// The JSON kind of a value, for messages.
-pub fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "boolean",
@@ -29,7 +29,12 @@ pub fn kind(v: &Value) -> &'static str {
 }
 
 /// Encodes input `name`'s JSON `data` (which must be an array) as `count` elements of `dtype`.
-pub fn decode_input(name: &str, dtype: DataType, count: usize, data: &Value) -> Result<Bytes> {
+pub(crate) fn decode_input(
+    name: &str,
+    dtype: DataType,
+    count: usize,
+    data: &Value,
+) -> Result<Bytes> {
     if matches!(dtype, DataType::Fp16 | DataType::Bf16) {
         return Err(Error::invalid_arg(format!(
             "receiving {} data via JSON is not supported. Please use the binary data format for input {name}",
@@ -156,7 +161,7 @@ fn push(dtype: DataType, v: &Value, out: &mut Vec<u8>) -> std::result::Result<()
 
 /// An output tensor as a flat JSON array. Non-finite floats become `null` (JSON has no NaN);
 /// BYTES elements that are not UTF-8 are converted lossily.
-pub fn encode_output(t: &Tensor) -> Result<Value> {
+pub(crate) fn encode_output(t: &Tensor) -> Result<Value> {
     let count = t.element_count();
     let mismatch = || {
         Error::internal(format!(

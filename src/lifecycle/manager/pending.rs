@@ -10,12 +10,12 @@ use super::LoadedModel;
 use crate::backend::CancelToken;
 use crate::error::{Error, Result};
 
-pub const SUPERSEDED: &str = "superseded by a newer load";
-pub const UNLOADED: &str = "unloaded";
-pub const SHUTTING_DOWN: &str = "the server is shutting down";
+pub(super) const SUPERSEDED: &str = "superseded by a newer load";
+pub(super) const UNLOADED: &str = "unloaded";
+pub(super) const SHUTTING_DOWN: &str = "the server is shutting down";
 
 #[derive(Default)]
-pub struct PendingLoads {
+pub(super) struct PendingLoads {
     loads: Mutex<HashMap<String, Vec<CancelToken>>>,
     /// Set once at shutdown: every later load is cancelled from its start.
     stopping: AtomicBool,
@@ -23,7 +23,7 @@ pub struct PendingLoads {
 
 impl PendingLoads {
     /// Registers a new load of `name`. `supersede`: cancel the loads of `name` already in flight.
-    pub fn begin(&self, name: &str, supersede: bool) -> CancelToken {
+    pub(super) fn begin(&self, name: &str, supersede: bool) -> CancelToken {
         let token = CancelToken::default();
         let mut loads = self.lock();
         if self.stopping.load(Ordering::SeqCst) {
@@ -40,7 +40,7 @@ impl PendingLoads {
     }
 
     /// Forgets a finished load.
-    pub fn end(&self, name: &str, token: &CancelToken) {
+    pub(super) fn end(&self, name: &str, token: &CancelToken) {
         let mut loads = self.lock();
         if let Some(list) = loads.get_mut(name) {
             list.retain(|t| !t.same(token));
@@ -51,7 +51,7 @@ impl PendingLoads {
     }
 
     /// Stops every load of `name` in flight.
-    pub fn cancel(&self, name: &str, reason: &str) {
+    pub(super) fn cancel(&self, name: &str, reason: &str) {
         if let Some(list) = self.lock().get(name) {
             for t in list {
                 t.cancel(reason);
@@ -60,7 +60,7 @@ impl PendingLoads {
     }
 
     /// Stops every load in flight and every later one (server shutdown).
-    pub fn cancel_all(&self) {
+    pub(super) fn cancel_all(&self) {
         let loads = self.lock();
         self.stopping.store(true, Ordering::SeqCst);
         for t in loads.values().flatten() {
@@ -68,7 +68,7 @@ impl PendingLoads {
         }
     }
 
-    pub fn stopping(&self) -> bool {
+    pub(super) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
 

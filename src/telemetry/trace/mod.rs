@@ -10,7 +10,7 @@ mod control;
 
 use std::time::Duration;
 
-pub use control::TraceControl;
+pub(crate) use control::TraceControl;
 
 use crate::error::{Error, Result};
 

@@ -1,13 +1,13 @@
 //! The parity rows that are not inferences: statistics in full, trace and log settings, and the
 //! client's W3C trace context, which both front-ends must honour alike.
 
+use nereid::TraceConfig;
 use nereid::pb::inference::log_settings_request::{self, setting_value::ParameterChoice as In};
 use nereid::pb::inference::log_settings_response::setting_value::ParameterChoice as Out;
 use nereid::pb::inference::{
     LogSettingsRequest, ModelStatisticsResponse, StatisticDuration, TraceSettingRequest,
     trace_setting_request,
 };
-use nereid::telemetry::trace::TraceConfig;
 use serde_json::{Map, Value, json};
 
 use super::{Call, Outcome, grpc_err};
