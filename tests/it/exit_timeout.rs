@@ -14,24 +14,10 @@ const BOUND: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_an_inference_that_never_ends_exits_0() {
     let repo = spin_repo(false);
-    let mut server = ServerProcess::start(&[
-        "--model-repository",
-        repo.path().to_str().unwrap(),
-        "--grpc-address",
-        "127.0.0.1",
-        "--grpc-port",
-        "0",
-        "--allow-http",
-        "false",
-        "--metrics-address",
-        "127.0.0.1",
-        "--metrics-port",
-        "0",
-        "--exit-timeout-secs",
-        "1",
-        "--shutdown-delay-secs",
-        "0",
-    ]);
+    let mut server = ServerProcess::grpc_and_metrics(
+        repo.path(),
+        &["--exit-timeout-secs", "1", "--shutdown-delay-secs", "0"],
+    );
     let grpc = server.logged_addr(BOUND, "Started GRPCInferenceService");
     let metrics = server.logged_addr(BOUND, "Started Metrics Service");
 

@@ -344,24 +344,10 @@ async fn sigterm_under_load_answers_every_accepted_request_and_exits_0() {
     // The queue delay (2.5 s) outlasts the shutdown delay (1 s): requests are still in flight
     // when new ones start being refused.
     let repo = repo("max_queue_delay_microseconds: 2500000");
-    let mut server = ServerProcess::start(&[
-        "--model-repository",
-        repo.path().to_str().unwrap(),
-        "--grpc-address",
-        "127.0.0.1",
-        "--grpc-port",
-        "0",
-        "--allow-http",
-        "false",
-        "--metrics-address",
-        "127.0.0.1",
-        "--metrics-port",
-        "0",
-        "--shutdown-delay-secs",
-        "1",
-        "--exit-timeout-secs",
-        "10",
-    ]);
+    let mut server = ServerProcess::grpc_and_metrics(
+        repo.path(),
+        &["--shutdown-delay-secs", "1", "--exit-timeout-secs", "10"],
+    );
     let addr = server.logged_addr(WAIT_LIMIT, "Started GRPCInferenceService");
     let metrics = server.logged_addr(WAIT_LIMIT, "Started Metrics Service");
     let client = connect(addr.parse().unwrap()).await;

@@ -47,6 +47,28 @@ impl ServerProcess {
         }
     }
 
+    /// Starts the binary on `repo` with gRPC and metrics on ephemeral loopback ports, no HTTP,
+    /// and `extra` flags after those.
+    pub fn grpc_and_metrics(repo: &std::path::Path, extra: &[&str]) -> ServerProcess {
+        let repo = repo.to_str().expect("a UTF-8 temporary path");
+        let mut args = vec![
+            "--model-repository",
+            repo,
+            "--grpc-address",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--allow-http",
+            "false",
+            "--metrics-address",
+            "127.0.0.1",
+            "--metrics-port",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        ServerProcess::start(&args)
+    }
+
     /// The whole log so far, for failure messages.
     pub fn log_text(&self) -> String {
         self.log.join("\n")
