@@ -3,7 +3,9 @@
 
 pub mod grpc;
 pub mod http;
+pub mod listen;
 pub mod reports;
+pub mod tls;
 
 use tonic::codegen::http::HeaderMap;
 

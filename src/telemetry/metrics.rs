@@ -360,12 +360,15 @@ pub fn render(
 }
 
 /// The metrics listener's routes (http-protocol.md §11): `GET /metrics` (and `/metrics/`) is
-/// the exposition; other methods there are 405; any other path is 200 with an empty body.
+/// the exposition; any other method, on any path, is 405 as in Triton; a GET of any other path
+/// is 404 (Triton answers 200 with an empty body; a 404 makes a health check aimed at the
+/// metrics port fail instead of passing by mistake). Served by the front-ends' accept layer.
 pub fn router<F>(render: F) -> axum::Router
 where
     F: Fn() -> String + Clone + Send + Sync + 'static,
 {
-    use axum::http::{StatusCode, header};
+    use axum::http::{Method, StatusCode, header};
+    use axum::response::IntoResponse;
     use axum::routing::get;
 
     let handler = move || {
@@ -388,21 +391,18 @@ where
     axum::Router::new()
         .route("/metrics", route.clone())
         .route("/metrics/", route)
-        .fallback(|| async { "" })
-}
-
-/// Serves `router(render)` on `listener` until `shutdown` resolves.
-pub async fn serve<F>(
-    listener: tokio::net::TcpListener,
-    render: F,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    F: Fn() -> String + Clone + Send + Sync + 'static,
-{
-    axum::serve(listener, router(render))
-        .with_graceful_shutdown(shutdown)
-        .await
+        .fallback(move |method: Method| async move {
+            if method == Method::GET {
+                (
+                    StatusCode::NOT_FOUND,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    r#"{"error":"Not Found"}"#,
+                )
+                    .into_response()
+            } else {
+                not_allowed().await.into_response()
+            }
+        })
 }
 
 #[cfg(test)]
