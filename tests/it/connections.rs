@@ -260,3 +260,44 @@ async fn header_caps_refuse_oversized_heads_on_both_protocols() {
     s.assert_still_serving().await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_closes_the_connection_and_others_are_served() {
+    let repo = fake_repo(&["simple"]);
+    let s = TestServer::start_fake_with(repo.path(), |c| {
+        c.connections.http2.max_pending_accept_reset_streams = 5;
+    })
+    .await;
+    let tcp = TcpStream::connect(s.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    // Streams opened and cancelled at once, written in one burst: the server sees each one
+    // reset before it could accept it, and past the limit calls it a flood (GOAWAY).
+    for _ in 0..500 {
+        let head = http::Request::post(format!(
+            "http://{}/inference.GRPCInferenceService/ServerLive",
+            s.addr
+        ))
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+        match client.send_request(head, false) {
+            Ok((_, mut body)) => body.send_reset(h2::Reason::CANCEL),
+            Err(_) => break,
+        }
+    }
+    let ended = tokio::time::timeout(WAIT_LIMIT, conn)
+        .await
+        .expect("the server closes the flooding connection")
+        .unwrap();
+    // GOAWAY(ENHANCE_YOUR_CALM), or, when the client was still writing as the server closed,
+    // the broken pipe of that close.
+    let e = ended.expect_err("the connection ends in an error");
+    assert!(
+        e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(),
+        "{e}"
+    );
+    s.assert_still_serving().await;
+    s.stop().await;
+}
