@@ -241,3 +241,66 @@ impl ConnectionArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::Cli;
+
+    fn parse(args: &[&str]) -> Result<super::ConnectionOptions, String> {
+        let repo = env!("CARGO_MANIFEST_DIR").to_string() + "/model_repository";
+        let mut argv = vec!["nereid".to_string(), format!("--model-repository={repo}")];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .into_config()
+            .map(|c| c.connections)
+    }
+
+    #[test]
+    fn defaults_are_tritons_and_this_servers() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.max_connections, 1024);
+        assert_eq!(c.listen.handshake_timeout.as_secs(), 10);
+        assert_eq!(c.http1.header_timeout.as_secs(), 30);
+        assert_eq!(c.http1.idle_timeout.as_secs(), 60);
+        assert_eq!(c.http2.keepalive_time.as_millis(), 7_200_000);
+        assert_eq!(c.http2.keepalive_timeout.as_millis(), 20_000);
+        assert_eq!(c.http2.max_connection_age, None);
+        assert!(c.grpc_tls.is_none() && c.http_tls.is_none() && c.metrics_tls.is_none());
+    }
+
+    #[test]
+    fn tls_flags_need_their_files() {
+        let e = parse(&["--grpc-use-ssl"]).unwrap_err();
+        assert!(e.contains("--grpc-server-cert"), "{e}");
+        let e = parse(&[
+            "--http-use-ssl-mutual=true",
+            "--http-server-cert=c.pem",
+            "--http-server-key=k.pem",
+        ])
+        .unwrap_err();
+        assert!(e.contains("--http-root-cert"), "{e}");
+        let c = parse(&[
+            "--metrics-use-ssl=1",
+            "--metrics-server-cert=c.pem",
+            "--metrics-server-key=k.pem",
+        ])
+        .unwrap();
+        let tls = c.metrics_tls.unwrap();
+        assert!(!tls.mutual && tls.cert.ends_with("c.pem"));
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        for flag in [
+            "--max-connections=0",
+            "--http-idle-timeout-secs=0",
+            "--grpc-handshake-timeout-secs=0",
+            "--grpc-keepalive-time=0",
+        ] {
+            assert!(parse(&[flag]).is_err(), "{flag}");
+        }
+    }
+}
