@@ -47,6 +47,9 @@ pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-leng
 /// client, still sending, reads the 400 instead of a reset connection. Past this the
 /// connection is simply closed.
 const DRAIN_LIMIT: usize = 1 << 30;
+/// How long the rest of a refused body is drained: a client that dribbles it cannot hold the
+/// connection longer than this (the idle timer cannot close a connection mid-body).
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Clone)]
 struct Http {
@@ -225,15 +228,19 @@ async fn read_body(
     Ok(buf.freeze())
 }
 
-/// Reads and discards what the client still sends, up to `DRAIN_LIMIT` bytes.
+/// Reads and discards what the client still sends, up to `DRAIN_LIMIT` bytes or `DRAIN_TIME`;
+/// dropping the stream then ends the connection (the reply said `Connection: close`).
 async fn drain(mut stream: axum::body::BodyDataStream) {
-    let mut seen = 0usize;
-    while let Some(Ok(chunk)) = stream.next().await {
-        seen += chunk.len();
-        if seen > DRAIN_LIMIT {
-            break;
+    let read = async {
+        let mut seen = 0usize;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen = seen.saturating_add(chunk.len());
+            if seen > DRAIN_LIMIT {
+                break;
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
 async fn live(State(s): State<Http>) -> Reply {
