@@ -335,3 +335,24 @@ async fn a_certificate_swapped_on_disk_is_served_after_sighup() {
     assert_eq!(peer_cert(&old), first);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_handshake_is_closed() {
+    let pki = Pki::new();
+    pki.leaf("server", false);
+    let s = TlsServer::start(|c| {
+        c.connections.listen.handshake_timeout = std::time::Duration::from_secs(1);
+        c.connections.grpc_tls = Some(pki.files("server", false));
+    })
+    .await
+    .unwrap();
+    let addr = s.running().grpc_addr.unwrap();
+    // Connected, no ClientHello: closed after the handshake timeout.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(WAIT_LIMIT, silent.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the server closes the silent connection");
+    // Meanwhile and after, TLS clients are served.
+    assert_eq!(live(addr, pki.client(None, b"h2")).await, Ok(true));
+    s.stop().await;
+}
