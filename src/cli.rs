@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
+mod connections;
+pub(crate) use connections::ConnectionOptions;
+
 use crate::lifecycle::loader::LoadOptions;
 use crate::lifecycle::manager::{ControlMode, ManagerOptions};
 use crate::model::limits::{self, ConfigLimits};
@@ -295,6 +298,10 @@ pub struct Cli {
     /// Write the log to this file (appending) instead of standard error.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+
+    /// Connection limits, keepalive and TLS of the listeners (`cli/connections.rs`).
+    #[command(flatten)]
+    pub connections: connections::ConnectionArgs,
 }
 
 #[derive(Debug, Clone)]
@@ -326,6 +333,8 @@ pub struct ServerConfig {
     pub log: LogControl,
     /// Flags accepted for compatibility but not acted on, to be logged at startup.
     pub ignored: Vec<String>,
+    /// Connection limits, keepalive and TLS of the listeners.
+    pub connections: ConnectionOptions,
 }
 
 impl ServerConfig {
@@ -513,6 +522,7 @@ impl Cli {
             trace,
             log,
             ignored,
+            connections: self.connections.into_options()?,
         })
     }
 

@@ -15,6 +15,8 @@ use crate::backend::OrtBackend;
 use crate::cli::ServerConfig;
 use crate::core::Core;
 use crate::error::{Error, Result};
+use crate::frontend::listen::{H2_PREFACE_LEN, Listener};
+use crate::frontend::tls::{Tls, TlsFiles};
 use crate::lifecycle::manager::{ControlMode, ModelManager};
 use crate::telemetry::{Telemetry, metrics, trace::TraceControl};
 
@@ -174,8 +176,28 @@ impl RunningServer {
             tracing::warn!("ignoring {flag}");
         }
 
+        let conn = &config.connections;
+        let load_tls = |files: &Option<TlsFiles>, alpn: &[&[u8]], what| {
+            files
+                .clone()
+                .map(|f| Tls::load(f, alpn, what))
+                .transpose()
+                .map_err(Error::invalid_arg)
+        };
+        let grpc_tls = load_tls(&conn.grpc_tls, &[b"h2"], "gRPC")?;
+        let http_tls = load_tls(&conn.http_tls, &[b"http/1.1"], "HTTP")?;
+        let metrics_tls = load_tls(&conn.metrics_tls, &[b"http/1.1"], "metrics")?;
+
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop_rx_poll = stop_rx.clone();
+        let reloadable: Vec<Arc<Tls>> = [&grpc_tls, &http_tls, &metrics_tls]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        if !reloadable.is_empty() {
+            reload_tls_on_sighup(reloadable, stop_rx.clone())?;
+        }
         tokio::spawn(drain(
             core.clone(),
             shutdown,
@@ -191,11 +213,13 @@ impl RunningServer {
                 .local_addr()
                 .map_err(|e| Error::internal(e.to_string()))?;
             grpc_addr = Some(addr);
+            let listener = Listener::new(listener, conn.listen, H2_PREFACE_LEN, grpc_tls);
             let serve = crate::frontend::grpc::serve::serve(
                 listener,
                 core.clone(),
                 config.grpc_max_message_bytes,
-                stopped(stop_rx.clone()),
+                conn.http2,
+                stop_rx.clone(),
             );
             grpc = Some(supervise(
                 "gRPC",
@@ -211,12 +235,14 @@ impl RunningServer {
                 .local_addr()
                 .map_err(|e| Error::internal(e.to_string()))?;
             http_addr = Some(addr);
+            let listener = Listener::new(listener, conn.listen, 0, http_tls);
             let serve = crate::frontend::http::serve(
                 listener,
                 core.clone(),
                 config.http_max_input_size,
                 config.http_overload_429,
-                stopped(stop_rx.clone()),
+                conn.http1,
+                stop_rx.clone(),
             );
             http = Some(supervise(
                 "HTTP",
@@ -234,7 +260,8 @@ impl RunningServer {
                     .map_err(|e| Error::internal(e.to_string()))?,
             );
             metrics = Some(serve_metrics(
-                listener,
+                Listener::new(listener, conn.listen, 0, metrics_tls),
+                conn.http1,
                 core.clone(),
                 config.metrics_interval,
                 stop_rx.clone(),
@@ -331,7 +358,8 @@ fn supervise(
 /// Serves `/metrics` until the stop signal, refreshing the machine-wide CPU and memory figures
 /// every `interval`.
 fn serve_metrics(
-    listener: TcpListener,
+    listener: Listener,
+    http1: crate::frontend::listen::Http1Options,
     core: Arc<Core>,
     interval: std::time::Duration,
     stop: watch::Receiver<bool>,
@@ -349,8 +377,34 @@ fn serve_metrics(
         }
     });
     tokio::spawn(async move {
-        metrics::serve(listener, move || core.metrics_text(), stopped(stop))
+        let app = metrics::router(move || core.metrics_text());
+        listener
+            .serve_http1(app, http1, stop)
             .await
             .map_err(|e| Error::internal(format!("metrics server failed: {e}")))
     })
+}
+
+/// Re-reads every listener's certificate files on SIGHUP until the stop signal: new handshakes
+/// get the new certificate, established connections keep theirs, and a file that fails to load
+/// leaves that listener's current certificate in place (logged).
+fn reload_tls_on_sighup(tls: Vec<Arc<Tls>>, mut stop: watch::Receiver<bool>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())
+        .map_err(|e| Error::internal(format!("cannot watch SIGHUP: {e}")))?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                got = hangup.recv() => if got.is_none() { return },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            for t in &tls {
+                match t.reload() {
+                    Ok(()) => tracing::info!("{}: TLS certificate reloaded", t.what()),
+                    Err(e) => tracing::error!("{e}; keeping the current certificate"),
+                }
+            }
+        }
+    });
+    Ok(())
 }

@@ -3,7 +3,9 @@
 
 pub(crate) mod grpc;
 pub(crate) mod http;
+pub(crate) mod listen;
 pub(crate) mod reports;
+pub(crate) mod tls;
 
 use tonic::codegen::http::HeaderMap;
 

@@ -32,7 +32,6 @@ pub(crate) const COMPUTE_INFER_DURATION_US: &str = "nv_inference_compute_infer_d
 pub(crate) const COMPUTE_OUTPUT_DURATION_US: &str = "nv_inference_compute_output_duration_us";
 pub(crate) const PENDING_REQUEST_COUNT: &str = "nv_inference_pending_request_count";
 pub(crate) const MODEL_LOAD_DURATION_SECS: &str = "nv_model_load_duration_secs";
-// Triton's server-wide CPU families, named beside their collector.
 
 label_enum! {
     /// Why an accepted request failed: Triton's `reason` label of `nv_inference_request_failure`.
@@ -359,12 +358,15 @@ pub(crate) fn render(
 }
 
 /// The metrics listener's routes (http-protocol.md §11): `GET /metrics` (and `/metrics/`) is
-/// the exposition; other methods there are 405; any other path is 200 with an empty body.
+/// the exposition; any other method, on any path, is 405 as in Triton; a GET of any other path
+/// is 404 (Triton answers 200 with an empty body; a 404 makes a health check aimed at the
+/// metrics port fail instead of passing by mistake). Served by the front-ends' accept layer.
 pub(crate) fn router<F>(render: F) -> axum::Router
 where
     F: Fn() -> String + Clone + Send + Sync + 'static,
 {
-    use axum::http::{StatusCode, header};
+    use axum::http::{Method, StatusCode, header};
+    use axum::response::IntoResponse;
     use axum::routing::get;
 
     let handler = move || {
@@ -387,21 +389,18 @@ where
     axum::Router::new()
         .route("/metrics", route.clone())
         .route("/metrics/", route)
-        .fallback(|| async { "" })
-}
-
-/// Serves `router(render)` on `listener` until `shutdown` resolves.
-pub(crate) async fn serve<F>(
-    listener: tokio::net::TcpListener,
-    render: F,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    F: Fn() -> String + Clone + Send + Sync + 'static,
-{
-    axum::serve(listener, router(render))
-        .with_graceful_shutdown(shutdown)
-        .await
+        .fallback(move |method: Method| async move {
+            if method == Method::GET {
+                (
+                    StatusCode::NOT_FOUND,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    r#"{"error":"Not Found"}"#,
+                )
+                    .into_response()
+            } else {
+                not_allowed().await.into_response()
+            }
+        })
 }
 
 #[cfg(test)]

@@ -266,5 +266,7 @@ async fn latency_counters_can_be_turned_off_and_the_listener_follows_triton() {
         (405, r#"{"error":"Method Not Allowed"}"#)
     );
     let (status, body) = http_get(s.metrics_addr, "GET", "/elsewhere").await;
-    assert_eq!((status, body.as_str()), (200, ""));
+    assert_eq!((status, body.as_str()), (404, r#"{"error":"Not Found"}"#));
+    let (status, _) = http_get(s.metrics_addr, "DELETE", "/elsewhere").await;
+    assert_eq!(status, 405);
 }

@@ -1,14 +1,15 @@
 //! The gRPC listener: `inference.GRPCInferenceService` behind the early overload refusal, and
 //! `grpc.health.v1.Health`, on one HTTP/2 server with this server's flow-control settings.
 
-use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use super::early::EarlyRefusal;
 use super::{GrpcService, HealthService};
 use crate::core::Core;
+use crate::frontend::listen::Listener;
 use crate::pb::health::health_server::HealthServer;
 use crate::pb::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 
@@ -19,14 +20,36 @@ const CONNECTION_WINDOW: u32 = 32 << 20;
 /// Requests one gRPC connection may have open at once.
 const MAX_STREAMS: u32 = 1024;
 
-/// Serves both services on `listener` until `shutdown` resolves, then lets in-flight calls
+/// The HTTP/2 settings of the gRPC listener (Triton's keepalive flags and this server's caps).
+#[derive(Debug, Clone, Copy)]
+pub struct Http2Options {
+    /// `--grpc-keepalive-time`: PING an idle connection this often.
+    pub keepalive_time: Duration,
+    /// `--grpc-keepalive-timeout`: close it when the PING is not answered in this time.
+    pub keepalive_timeout: Duration,
+    /// `--grpc-max-connection-age`: GOAWAY a connection this old (None: never).
+    pub max_connection_age: Option<Duration>,
+    /// `--grpc-max-connection-age-grace`: then close it after this long (None: wait forever).
+    pub max_connection_age_grace: Option<Duration>,
+    /// `--grpc-max-header-list-size`: largest header block of one request, in bytes.
+    pub max_header_list_size: u32,
+    /// `--grpc-max-pending-reset-streams`: streams the client opened and reset before they
+    /// were served, kept at once; more is a flood and the connection is closed.
+    pub max_pending_accept_reset_streams: usize,
+    /// `--grpc-max-local-reset-streams`: streams the server itself had to reset for the
+    /// client's protocol errors; more is a flood and the connection is closed.
+    pub max_local_error_reset_streams: usize,
+}
+
+/// Serves both services on `listener` until `stop` turns true, then lets in-flight calls
 /// finish (the caller bounds that wait with the exit timeout). `max_message_bytes` bounds a
 /// decoded request and an encoded response. The error is the transport's, as text.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     core: Arc<Core>,
     max_message_bytes: usize,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    http2: Http2Options,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let svc = GrpcInferenceServiceServer::new(GrpcService::new(core.clone()))
         .max_decoding_message_size(max_message_bytes)
@@ -34,9 +57,19 @@ pub(crate) async fn serve(
     // Overload refusals from the request's head, before its tensors arrive.
     let svc = EarlyRefusal::new(svc, core.clone());
     let health = HealthServer::new(HealthService::new(core));
-    // Small responses must not wait for Nagle's algorithm (40 ms stalls with delayed ACKs).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut stopped = stop.clone();
+    let shutdown = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let incoming = listener.incoming(stop);
+    let mut server = tonic::transport::Server::builder();
+    if let Some(age) = http2.max_connection_age {
+        server = server.max_connection_age(age);
+    }
+    if let Some(grace) = http2.max_connection_age_grace {
+        server = server.max_connection_age_grace(grace);
+    }
+    server
         // HTTP/2 flow control. An overload refusal needs only the first DATA frame
         // (early.rs), so the stream window is what a refused call still pushes through
         // the connection before its reset, ahead of other calls' heads: 256 KiB rather
@@ -50,6 +83,11 @@ pub(crate) async fn serve(
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .max_concurrent_streams(Some(MAX_STREAMS))
+        .http2_keepalive_interval(Some(http2.keepalive_time))
+        .http2_keepalive_timeout(Some(http2.keepalive_timeout))
+        .http2_max_header_list_size(http2.max_header_list_size)
+        .http2_max_pending_accept_reset_streams(Some(http2.max_pending_accept_reset_streams))
+        .http2_max_local_error_reset_streams(Some(http2.max_local_error_reset_streams))
         .add_service(svc)
         .add_service(health)
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -14,7 +14,6 @@ pub(crate) mod status;
 pub(crate) mod tensor_json;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
@@ -24,16 +23,16 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
-use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 
 use self::compress::Encoding;
 use crate::core::Core;
 use crate::error::Error;
+use crate::frontend::listen::{Http1Options, Listener};
 use crate::model::config_json;
 use crate::request::{Origin, Protocol};
 use crate::telemetry::spans;
@@ -44,9 +43,13 @@ pub(crate) const DEFAULT_MAX_INPUT_SIZE: usize = 64 << 20;
 /// The binary tensor extension's header (http-protocol.md §6.2).
 pub(crate) const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
 
-/// How much of an over-limit body is read and thrown away so that the client, still sending,
-/// gets the 400 instead of a reset connection. Past this the connection is simply closed.
+/// How much of an over-limit body is read and thrown away, after the 400 is sent, so that the
+/// client, still sending, reads the 400 instead of a reset connection. Past this the
+/// connection is simply closed.
 const DRAIN_LIMIT: usize = 1 << 30;
+/// How long the rest of a refused body is drained: a client that dribbles it cannot hold the
+/// connection longer than this (the idle timer cannot close a connection mid-body).
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Clone)]
 struct Http {
@@ -54,26 +57,21 @@ struct Http {
     max_input_size: usize,
 }
 
-/// Serves the routes on `listener` until `shutdown` resolves, then lets in-flight requests
+/// Serves the routes on `listener` until `stop` turns true, then lets in-flight requests
 /// finish (the caller bounds that wait with the exit timeout).
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     core: Arc<Core>,
     max_input_size: usize,
     overload_429: bool,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    http1: Http1Options,
+    stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    // Small responses must not wait for Nagle's algorithm (40 ms stalls with delayed ACKs).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let mut app = router(core, max_input_size);
     if overload_429 {
         app = app.layer(axum::middleware::map_response(status::overload_as_429));
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    listener.serve_http1(app, http1, stop).await
 }
 
 /// Every route of http-protocol.md §2 that this server implements or answers with an error.
@@ -210,8 +208,10 @@ async fn read_body(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         Failure::Reply(Box::new(resp))
     };
+    // Refused at once, while the client may still be sending: the rest of the body is read
+    // and thrown away beside the reply (`Connection: close` ends the connection after it).
     if declared.is_some_and(|n| n > limit as u64) {
-        drain(stream).await;
+        tokio::spawn(drain(stream));
         return Err(over(declared));
     }
     let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
@@ -219,8 +219,8 @@ async fn read_body(
         let chunk = chunk
             .map_err(|e| Error::invalid_arg(format!("failed to read the request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
-            let seen = (buf.len() + chunk.len()) as u64;
-            drain(stream).await;
+            let seen = (buf.len() as u64).saturating_add(chunk.len() as u64);
+            tokio::spawn(drain(stream));
             return Err(over(declared.or(Some(seen)).filter(|&n| n > limit as u64)));
         }
         buf.extend_from_slice(&chunk);
@@ -228,15 +228,19 @@ async fn read_body(
     Ok(buf.freeze())
 }
 
-/// Reads and discards what the client still sends, up to `DRAIN_LIMIT` bytes.
+/// Reads and discards what the client still sends, up to `DRAIN_LIMIT` bytes or `DRAIN_TIME`;
+/// dropping the stream then ends the connection (the reply said `Connection: close`).
 async fn drain(mut stream: axum::body::BodyDataStream) {
-    let mut seen = 0usize;
-    while let Some(Ok(chunk)) = stream.next().await {
-        seen += chunk.len();
-        if seen > DRAIN_LIMIT {
-            break;
+    let read = async {
+        let mut seen = 0usize;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen = seen.saturating_add(chunk.len());
+            if seen > DRAIN_LIMIT {
+                break;
+            }
         }
-    }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
 async fn live(State(s): State<Http>) -> Reply {
