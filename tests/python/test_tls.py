@@ -1,6 +1,6 @@
 """TLS with the official tritonclient: gRPC `ssl=True` with the root certificate and a client key and
-certificate (mutual TLS), and HTTPS with `ssl=True`. Certificates are generated at run time with the
-`openssl` command (a CA, and server and client certificates it signs), so no Python package is added.
+certificate (mutual TLS), and HTTPS with `ssl=True`. Certificates are generated at run time by
+tools/gen_certs.rs (a CA, and server and client certificates it signs), so no Python package is added.
 Run with: .venv/bin/python -m pytest tests/python/test_tls.py
 """
 
@@ -22,27 +22,16 @@ from test_tritonclient import ROOT, launch
 HTTP_STARTED = re.compile(r"Started HTTPService at (\S+):(\d+)")
 
 
-def openssl(*args: str, cwd: str) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+GEN_CERTS = os.environ.get("NEREID_GEN_CERTS", os.path.join(ROOT, "target", "debug", "examples", "gen_certs"))
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to generate the test certificates")
+    # A CA, and server and client certificates it signs, from tools/gen_certs.rs (built by
+    # `cargo test`; `cargo build --example gen_certs` builds it alone).
+    assert os.access(GEN_CERTS, os.X_OK), f"no certificate generator at {GEN_CERTS}: cargo build --example gen_certs"
     d = str(tmp_path_factory.mktemp("pki"))
-    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=d)
-    openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=nereid-test-ca", "-days", "2", "-out", "ca.pem", cwd=d)
-    for name in ("server", "client"):
-        openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key", cwd=d)
-        openssl(
-            "req", "-new", "-key", f"{name}.key", "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-out", f"{name}.csr", cwd=d,
-        )
-        openssl(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-copy_extensions", "copy", "-out", f"{name}.pem", cwd=d,
-        )
+    subprocess.run([GEN_CERTS, d], check=True)
     return d
 
 
