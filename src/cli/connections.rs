@@ -40,6 +40,10 @@ pub struct ConnectionArgs {
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub http_idle_timeout_secs: u64,
 
+    /// Time an HTTP client has to send a request's whole body once its headers are in; a body still arriving then is answered 408 and the connection closed.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub http_body_timeout_secs: u64,
+
     /// Largest HTTP request head (request line and headers) in bytes (at least 8192); a larger one is answered 431.
     #[arg(long, default_value_t = 65536, value_name = "BYTES")]
     pub http_max_header_size: usize,
@@ -179,8 +183,9 @@ impl ConnectionArgs {
         if self.grpc_handshake_timeout_secs == 0
             || self.http_header_timeout_secs == 0
             || self.http_idle_timeout_secs == 0
+            || self.http_body_timeout_secs == 0
         {
-            return Err("--grpc-handshake-timeout-secs, --http-header-timeout-secs and --http-idle-timeout-secs must be at least 1".into());
+            return Err("--grpc-handshake-timeout-secs, --http-header-timeout-secs, --http-idle-timeout-secs and --http-body-timeout-secs must be at least 1".into());
         }
         if self.grpc_keepalive_time == 0 || self.grpc_keepalive_timeout == 0 {
             return Err(
@@ -200,6 +205,7 @@ impl ConnectionArgs {
             http1: Http1Options {
                 header_timeout: Duration::from_secs(self.http_header_timeout_secs),
                 idle_timeout: Duration::from_secs(self.http_idle_timeout_secs),
+                body_timeout: Duration::from_secs(self.http_body_timeout_secs),
                 max_header_bytes: self.http_max_header_size.max(8192),
                 max_headers: self.http_max_headers,
             },

@@ -44,6 +44,9 @@ pub struct Http1Options {
     pub header_timeout: Duration,
     /// A kept-alive connection with no request in progress for this long is closed.
     pub idle_timeout: Duration,
+    /// Time a request's whole body may take to arrive once its headers are in (a body sent a
+    /// byte at a time cannot hold the connection longer); past it: 408 and `Connection: close`.
+    pub body_timeout: Duration,
     /// Largest request head (request line + headers) in bytes; more is answered 431.
     pub max_header_bytes: usize,
     /// Most header fields in one request; more is answered 431.

@@ -221,6 +221,57 @@ async fn an_over_limit_chunked_body_is_refused_while_it_is_still_sent() {
     s.stop().await;
 }
 
+/// A body dribbled a byte at a time: answered 408 with `Connection: close` once
+/// `--http-body-timeout-secs` has passed, while other clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_a_byte_at_a_time_is_cut_off_at_the_body_timeout() {
+    let repo = fake_repo(&["simple"]);
+    let s = TestServer::start_fake_with(repo.path(), |c| {
+        c.connections.http1.body_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut conn = TcpStream::connect(s.http_addr).await.unwrap();
+    conn.write_all(
+        b"POST /v2/models/simple/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // One byte at a time, until the server answers (each write keeps the connection busy, so
+    // neither the header nor the idle timer can be what ends it).
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answer = async {
+        loop {
+            tokio::select! {
+                n = conn.read(&mut buf) => {
+                    let n = n.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    if String::from_utf8_lossy(&got).contains("--http-body-timeout-secs") {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if conn.write_all(b" ").await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(WAIT_LIMIT, answer)
+        .await
+        .expect("the server answers the dribbled body");
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 408"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(live_over_http(&s).await, "other clients are served");
+    drop(conn);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_caps_refuse_oversized_heads_on_both_protocols() {
     let repo = fake_repo(&["simple"]);

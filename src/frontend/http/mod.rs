@@ -55,6 +55,8 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 struct Http {
     core: Arc<Core>,
     max_input_size: usize,
+    /// `--http-body-timeout-secs`: the whole body must arrive within it.
+    body_timeout: std::time::Duration,
 }
 
 /// Serves the routes on `listener` until `stop` turns true, then lets in-flight requests
@@ -67,7 +69,7 @@ pub(crate) async fn serve(
     http1: Http1Options,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let mut app = router(core, max_input_size);
+    let mut app = router(core, max_input_size, http1.body_timeout);
     if overload_429 {
         app = app.layer(axum::middleware::map_response(status::overload_as_429));
     }
@@ -75,7 +77,11 @@ pub(crate) async fn serve(
 }
 
 /// Every route of http-protocol.md §2 that this server implements or answers with an error.
-pub(crate) fn router(core: Arc<Core>, max_input_size: usize) -> Router {
+pub(crate) fn router(
+    core: Arc<Core>,
+    max_input_size: usize,
+    body_timeout: std::time::Duration,
+) -> Router {
     let model_routes = |r: Router<Http>, base: &str| {
         r.route(base, get(model_metadata))
             .route(&format!("{base}/ready"), get(model_ready))
@@ -132,6 +138,7 @@ pub(crate) fn router(core: Arc<Core>, max_input_size: usize) -> Router {
         .with_state(Http {
             core,
             max_input_size,
+            body_timeout,
         })
 }
 
@@ -197,9 +204,10 @@ fn too_large(size: Option<u64>, limit: usize, what: &str) -> Error {
 async fn read_body(
     body: Body,
     headers: &HeaderMap,
-    limit: usize,
+    s: &Http,
     what: &str,
 ) -> Result<Bytes, Failure> {
+    let (limit, within) = (s.max_input_size, s.body_timeout);
     let declared = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
     let mut stream = body.into_data_stream();
     let over = |size| {
@@ -215,7 +223,15 @@ async fn read_body(
         return Err(over(declared));
     }
     let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
-    while let Some(chunk) = stream.next().await {
+    // The whole body must arrive within `within`: a client that sends it a byte at a time
+    // cannot hold the request (and its connection) open for longer.
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let next = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(next) => next,
+            Err(_) => return Err(body_too_slow(within)),
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk
             .map_err(|e| Error::invalid_arg(format!("failed to read the request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
@@ -226,6 +242,20 @@ async fn read_body(
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// 408 for a body that did not arrive in time; the connection is closed after the reply.
+fn body_too_slow(within: std::time::Duration) -> Failure {
+    let mut resp = status::error_response(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        &format!(
+            "the request body did not arrive within {} s (--http-body-timeout-secs)",
+            within.as_secs()
+        ),
+    );
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Failure::Reply(Box::new(resp))
 }
 
 /// Reads and discards what the client still sends, up to `DRAIN_LIMIT` bytes or `DRAIN_TIME`;
@@ -298,7 +328,7 @@ async fn model_stats(State(s): State<Http>, params: Params) -> Reply {
 }
 
 async fn repository_index(State(s): State<Http>, headers: HeaderMap, body: Body) -> Reply {
-    let body = read_body(body, &headers, s.max_input_size, "JSON ").await?;
+    let body = read_body(body, &headers, &s, "JSON ").await?;
     let ready = shapes::index_request(&body)?;
     Ok(json(&shapes::repository_index(
         s.core.repository_index(ready).await?,
@@ -312,7 +342,7 @@ async fn repository_name() -> Reply {
 
 async fn load(State(s): State<Http>, params: Params, headers: HeaderMap, body: Body) -> Reply {
     let (model, _) = model_path(params)?;
-    let body = read_body(body, &headers, s.max_input_size, "JSON ").await?;
+    let body = read_body(body, &headers, &s, "JSON ").await?;
     let req = shapes::load_request(&body)?;
     s.core.load_model(&model, req).await?;
     Ok(ok_empty())
@@ -320,7 +350,7 @@ async fn load(State(s): State<Http>, params: Params, headers: HeaderMap, body: B
 
 async fn unload(State(s): State<Http>, params: Params, headers: HeaderMap, body: Body) -> Reply {
     let (model, _) = model_path(params)?;
-    let body = read_body(body, &headers, s.max_input_size, "JSON ").await?;
+    let body = read_body(body, &headers, &s, "JSON ").await?;
     let unload_dependents = shapes::unload_request(&body)?;
     s.core.unload_model(&model, unload_dependents).await?;
     Ok(ok_empty())
@@ -356,7 +386,7 @@ async fn model_trace(
 /// the call.
 async fn trace(s: &Http, model: &str, method: Method, headers: &HeaderMap, body: Body) -> Reply {
     let current = if method == Method::POST {
-        let body = read_body(body, headers, s.max_input_size, "JSON ").await?;
+        let body = read_body(body, headers, &s, "JSON ").await?;
         let pairs = settings::trace_update(&body)?;
         let pairs = pairs.iter().map(|(k, v)| (k.as_str(), v.clone()));
         s.core.update_trace_settings(model, pairs)?
@@ -369,7 +399,7 @@ async fn trace(s: &Http, model: &str, method: Method, headers: &HeaderMap, body:
 /// GET or POST the log settings; POST updates the keys its body names first.
 async fn logging(State(s): State<Http>, method: Method, headers: HeaderMap, body: Body) -> Reply {
     let current = if method == Method::POST {
-        let body = read_body(body, &headers, s.max_input_size, "JSON ").await?;
+        let body = read_body(body, &headers, &s, "JSON ").await?;
         s.core.update_log_settings(&settings::log_update(&body)?)?
     } else {
         s.core.log_settings()
@@ -424,7 +454,7 @@ async fn infer_body(
 ) -> Result<(Bytes, Option<usize>), Failure> {
     let header_value = header_str(headers, INFERENCE_HEADER_CONTENT_LENGTH);
     let what = if header_value.is_none() { "JSON " } else { "" };
-    let body = read_body(body, headers, s.max_input_size, what).await?;
+    let body = read_body(body, headers, &s, what).await?;
     // Triton looks the model up before it looks at the body.
     s.core.model_ready(model, version)?;
     let body = match compress::request_encoding(header_str(headers, header::CONTENT_ENCODING)) {
