@@ -386,7 +386,7 @@ async fn model_trace(
 /// the call.
 async fn trace(s: &Http, model: &str, method: Method, headers: &HeaderMap, body: Body) -> Reply {
     let current = if method == Method::POST {
-        let body = read_body(body, headers, &s, "JSON ").await?;
+        let body = read_body(body, headers, s, "JSON ").await?;
         let pairs = settings::trace_update(&body)?;
         let pairs = pairs.iter().map(|(k, v)| (k.as_str(), v.clone()));
         s.core.update_trace_settings(model, pairs)?
@@ -454,7 +454,7 @@ async fn infer_body(
 ) -> Result<(Bytes, Option<usize>), Failure> {
     let header_value = header_str(headers, INFERENCE_HEADER_CONTENT_LENGTH);
     let what = if header_value.is_none() { "JSON " } else { "" };
-    let body = read_body(body, headers, &s, what).await?;
+    let body = read_body(body, headers, s, what).await?;
     // Triton looks the model up before it looks at the body.
     s.core.model_ready(model, version)?;
     let body = match compress::request_encoding(header_str(headers, header::CONTENT_ENCODING)) {
