@@ -195,6 +195,7 @@ impl RunningServer {
                 listener,
                 core.clone(),
                 config.grpc_max_message_bytes,
+                config.grpc_response_compression,
                 stopped(stop_rx.clone()),
             );
             grpc = Some(supervise(

@@ -31,7 +31,7 @@ use crate::telemetry::trace::TraceUpdate;
 
 pub use admission::PendingInfer;
 use inflight::Inflight;
-pub use inflight::InflightLimits;
+pub use inflight::{InflightBytes, InflightLimits};
 pub use reports::{
     MemoryKind, MemoryUsage, ModelMetadata, ModelStatistics, ServerMetadata, TensorMetadata,
 };
@@ -102,6 +102,12 @@ impl Core {
     /// Requests (queued or running) in the server now.
     pub fn inflight(&self) -> usize {
         self.inflight.requests()
+    }
+
+    /// A count of request bytes that grows as a compressed request is expanded, against
+    /// `--max-inflight-bytes` (see `InflightBytes`).
+    pub fn inflight_bytes(&self) -> InflightBytes {
+        InflightBytes::new(self.inflight.clone(), &self.limits)
     }
 
     /// Resolves once no request is in flight (at once when none is): woken by the last

@@ -1,5 +1,6 @@
 //! The KServe v2 gRPC front-end (`inference.GRPCInferenceService`) and `grpc.health.v1.Health`.
 
+pub mod compression;
 pub mod convert;
 pub mod early;
 pub mod params;

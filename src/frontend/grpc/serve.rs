@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use tonic::codec::CompressionEncoding;
+
+use super::compression::ResponseCompression;
 use super::early::EarlyRefusal;
 use super::{GrpcService, HealthService};
 use crate::core::Core;
@@ -26,13 +29,17 @@ pub async fn serve(
     listener: TcpListener,
     core: Arc<Core>,
     max_message_bytes: usize,
+    response_compression: ResponseCompression,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let svc = GrpcInferenceServiceServer::new(GrpcService::new(core.clone()))
         .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
-    // Overload refusals from the request's head, before its tensors arrive.
-    let svc = EarlyRefusal::new(svc, core.clone());
+        .max_encoding_message_size(max_message_bytes)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate);
+    // Overload refusals from the request's head, before its tensors arrive; `ModelInfer`'s
+    // compression (compression.rs).
+    let svc = EarlyRefusal::new(svc, core.clone(), max_message_bytes, response_compression);
     let health = HealthServer::new(HealthService::new(core));
     // Small responses must not wait for Nagle's algorithm (40 ms stalls with delayed ACKs).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
