@@ -10,6 +10,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 mod connections;
 pub(crate) use connections::ConnectionOptions;
 
+use crate::frontend::grpc::compression::ResponseCompression;
 use crate::lifecycle::loader::LoadOptions;
 use crate::lifecycle::manager::{ControlMode, ManagerOptions};
 use crate::model::limits::{self, ConfigLimits};
@@ -41,6 +42,26 @@ impl From<ControlModeArg> for ControlMode {
             ControlModeArg::None => ControlMode::None,
             ControlModeArg::Poll => ControlMode::Poll,
             ControlModeArg::Explicit => ControlMode::Explicit,
+        }
+    }
+}
+
+/// `--grpc-infer-response-compression-level`, in Triton's spellings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionLevelArg {
+    None,
+    Low,
+    Medium,
+    High,
+}
+
+impl From<CompressionLevelArg> for ResponseCompression {
+    fn from(l: CompressionLevelArg) -> Self {
+        match l {
+            CompressionLevelArg::None => ResponseCompression::None,
+            CompressionLevelArg::Low => ResponseCompression::Low,
+            CompressionLevelArg::Medium => ResponseCompression::Medium,
+            CompressionLevelArg::High => ResponseCompression::High,
         }
     }
 }
@@ -159,6 +180,11 @@ pub struct Cli {
     /// Address the gRPC server binds.
     #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
     pub grpc_address: IpAddr,
+
+    /// Compress gRPC infer responses: the level picks gzip or deflate among the encodings the
+    /// client accepts, as Triton (gRPC core) does.
+    #[arg(long, value_enum, default_value_t = CompressionLevelArg::None, value_name = "LEVEL")]
+    pub grpc_infer_response_compression_level: CompressionLevelArg,
 
     /// Serve the HTTP/REST protocol.
     #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
@@ -312,6 +338,8 @@ pub struct ServerConfig {
     /// None when gRPC is turned off.
     pub grpc_addr: Option<SocketAddr>,
     pub grpc_max_message_bytes: usize,
+    /// `--grpc-infer-response-compression-level`.
+    pub grpc_response_compression: ResponseCompression,
     /// None when HTTP/REST is turned off.
     pub http_addr: Option<SocketAddr>,
     /// `--http-max-input-size`: the largest request body, compressed or not.
@@ -501,6 +529,7 @@ impl Cli {
                 .allow_grpc
                 .then_some(SocketAddr::new(self.grpc_address, self.grpc_port)),
             grpc_max_message_bytes: crate::frontend::grpc::MAX_MESSAGE_BYTES,
+            grpc_response_compression: self.grpc_infer_response_compression_level.into(),
             http_addr: self
                 .allow_http
                 .then_some(SocketAddr::new(self.http_address, self.http_port)),

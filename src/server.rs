@@ -218,6 +218,7 @@ impl RunningServer {
                 listener,
                 core.clone(),
                 config.grpc_max_message_bytes,
+                config.grpc_response_compression,
                 conn.http2,
                 stop_rx.clone(),
             );

@@ -106,6 +106,64 @@ impl Inflight {
     }
 }
 
+/// Bytes of a request being decompressed, counted against `--max-inflight-bytes` chunk by chunk
+/// before each chunk is allocated (a compressed message says nothing of its expanded size). It
+/// is not a request: the request is counted again, in full, when it is submitted, so the front
+/// end drops this once the expanded message is handed on.
+pub struct InflightBytes {
+    counts: Arc<Inflight>,
+    limit: usize,
+    bytes: usize,
+}
+
+impl InflightBytes {
+    pub(super) fn new(counts: Arc<Inflight>, limits: &InflightLimits) -> Self {
+        InflightBytes {
+            counts,
+            limit: limits.bytes,
+            bytes: 0,
+        }
+    }
+
+    /// A count of its own, shared with no server (unit tests of a front-end's expansion).
+    pub fn alone(limits: &InflightLimits) -> Self {
+        InflightBytes::new(Arc::default(), limits)
+    }
+
+    /// Counts `n` more bytes. A request that alone passes the cap is refused as one whose size
+    /// is known would be (invalid, no retry hint); one that passes it with the others in flight
+    /// is "busy". Either way nothing more is counted (the bytes are released on drop).
+    pub fn grow(&mut self, n: usize) -> Result<()> {
+        let total = self.bytes.checked_add(n).filter(|&t| t <= self.limit);
+        let Some(total) = total else {
+            return Err(Error::invalid_arg(format!(
+                "request of more than {} bytes (decompressed) is larger than the server accepts in flight ({} bytes, --max-inflight-bytes)",
+                self.limit, self.limit
+            ))
+            .refused(Rejection::TooLarge, None));
+        };
+        let all = self.counts.bytes.fetch_add(n, Ordering::AcqRel) + n;
+        self.bytes = total;
+        if all > self.limit {
+            return Err(Error::rejected(
+                Rejection::ServerBusy,
+                Duration::from_millis(10),
+                format!(
+                    "Server is busy: more than {} bytes of requests in flight (--max-inflight-bytes)",
+                    self.limit
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for InflightBytes {
+    fn drop(&mut self) {
+        self.counts.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

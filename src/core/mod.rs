@@ -30,7 +30,7 @@ use crate::telemetry::spans;
 use crate::telemetry::trace::TraceUpdate;
 
 use inflight::Inflight;
-pub(crate) use inflight::InflightLimits;
+pub(crate) use inflight::{InflightBytes, InflightLimits};
 pub(crate) use reports::{
     MemoryUsage, ModelMetadata, ModelStatistics, ServerMetadata, TensorMetadata,
 };
@@ -101,6 +101,12 @@ impl Core {
     /// Requests (queued or running) in the server now.
     pub fn inflight(&self) -> usize {
         self.inflight.requests()
+    }
+
+    /// A count of request bytes that grows as a compressed request is expanded, against
+    /// `--max-inflight-bytes` (see `InflightBytes`).
+    pub fn inflight_bytes(&self) -> InflightBytes {
+        InflightBytes::new(self.inflight.clone(), &self.limits)
     }
 
     /// Resolves once no request is in flight (at once when none is): woken by the last

@@ -7,6 +7,7 @@
 mod autocomplete;
 mod batching;
 mod common;
+mod compression;
 mod concurrency;
 mod config_paths;
 mod connections;

@@ -10,7 +10,10 @@
 //! with the same status, message, retry hint and metric as a refusal after the whole body; the
 //! rest of the body is dropped unread (HTTP/2 resets the stream, the client stops sending).
 //! Every other request goes on, its buffered frames first, and is decided again in full by the
-//! handler. Compressed messages, heads that do not parse, and fields out of order pass through.
+//! handler. Heads that do not parse, and fields out of order pass through. A compressed request
+//! is read whole and expanded here under the message limit and the in-flight byte cap
+//! (`compression.rs`), then scanned like an uncompressed one; its response is compressed as
+//! `--grpc-infer-response-compression-level` says.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -27,6 +30,7 @@ use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::server::NamedService;
 
+use super::compression::{self, Encoding, PREFIX, ResponseCompression};
 use super::params;
 use crate::core::Core;
 use crate::error::Error;
@@ -37,8 +41,8 @@ use crate::request::{Origin, RequestHead};
 const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 /// Most body bytes read while looking for the head; a longer head is left to the handler.
 const HEAD_LIMIT: usize = 64 << 10;
-/// The gRPC message prefix: a compression flag and a 4-byte big-endian length.
-const PREFIX: usize = 5;
+/// The request and response header naming a message encoding.
+const GRPC_ENCODING: &str = "grpc-encoding";
 /// The first field after the head (`inputs`).
 const FIRST_TENSOR_FIELD: u64 = 5;
 
@@ -113,11 +117,25 @@ fn more_or_skip(truncated: bool, buffered: usize) -> Head {
 pub(crate) struct EarlyRefusal<S> {
     inner: S,
     core: Arc<Core>,
+    /// The largest request message, expanded (tonic's `max_decoding_message_size`).
+    max_message_bytes: usize,
+    /// How `ModelInfer` responses are compressed.
+    response: ResponseCompression,
 }
 
 impl<S> EarlyRefusal<S> {
-    pub(crate) fn new(inner: S, core: Arc<Core>) -> Self {
-        EarlyRefusal { inner, core }
+    pub(crate) fn new(
+        inner: S,
+        core: Arc<Core>,
+        max_message_bytes: usize,
+        response: ResponseCompression,
+    ) -> Self {
+        EarlyRefusal {
+            inner,
+            core,
+            max_message_bytes,
+            response,
+        }
     }
 }
 
@@ -150,10 +168,30 @@ where
             return Box::pin(inner.call(req));
         }
         let core = self.core.clone();
+        let limit = self.max_message_bytes;
+        let respond_with = self.response.choose(req.headers());
         Box::pin(async move {
             let origin = super::call_origin(req.headers());
-            let (parts, mut body) = req.into_parts();
-            let read = read_head(&mut body).await;
+            let encoding = req
+                .headers()
+                .get(GRPC_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Encoding::parse);
+            let (mut parts, mut body) = req.into_parts();
+            let read = match encoding {
+                None => read_head(&mut body).await,
+                Some(encoding) => {
+                    // The expanded message replaces the compressed one: tonic sees no encoding.
+                    parts.headers.remove(GRPC_ENCODING);
+                    match read_compressed(&core, body, encoding, limit).await {
+                        Ok(read) => {
+                            body = Body::empty();
+                            read
+                        }
+                        Err(status) => return Ok(status.into_http()),
+                    }
+                }
+            };
             if let Some(head) = &read.head
                 && let Err(e) = decide(&core, &origin, head)
             {
@@ -164,7 +202,11 @@ where
                 error: read.error,
                 rest: Some(body),
             });
-            inner.call(http::Request::from_parts(parts, body)).await
+            let resp = inner.call(http::Request::from_parts(parts, body)).await?;
+            Ok(match respond_with {
+                Some(encoding) => compress_response(resp, encoding).await,
+                None => resp,
+            })
         })
     }
 }
@@ -213,6 +255,96 @@ async fn read_head(body: &mut Body) -> HeadRead {
             Head::Skip => return read,
         }
     }
+}
+
+/// Reads a whole compressed unary request and expands it under the message limit and the
+/// in-flight byte cap (`compression::inflate_body`, on a blocking thread: expanding is CPU
+/// work). The expanded message is replayed to tonic as one uncompressed frame, its head found
+/// as for an uncompressed request. The bytes counted while expanding are released once the
+/// message is handed on: `submit` counts the request's tensors again.
+async fn read_compressed(
+    core: &Arc<Core>,
+    mut body: Body,
+    encoding: Encoding,
+    limit: usize,
+) -> Result<HeadRead, Status> {
+    let mut packed = BytesMut::new();
+    let mut frames = VecDeque::new();
+    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame?;
+        match frame.data_ref() {
+            Some(chunk) => {
+                // One message, compressed: never more than the limit plus its prefix.
+                if packed.len().saturating_add(chunk.len()) > limit.saturating_add(PREFIX) {
+                    return Err(compression::too_large(&format!("more than {limit}"), limit));
+                }
+                packed.extend_from_slice(chunk);
+            }
+            None => frames.push_back(frame),
+        }
+    }
+    let mut charge = core.inflight_bytes();
+    let expanded = tokio::task::spawn_blocking(move || {
+        let expanded = compression::inflate_body(&packed, encoding, limit, &mut charge);
+        drop(charge);
+        expanded
+    })
+    .await
+    .map_err(|e| Status::internal(format!("Error decompressing: {e}")))??;
+    let data = Bytes::from(expanded);
+    let head = match find_head(&data) {
+        Head::Ready(range) => Some(data.slice(range)),
+        Head::NeedMore | Head::Skip => None,
+    };
+    frames.push_front(Frame::data(data));
+    Ok(HeadRead {
+        frames,
+        head,
+        error: None,
+    })
+}
+
+/// Compresses a unary response's message with `encoding` and says so in `grpc-encoding`. A
+/// response without a message (an error in the headers) or whose body fails is left as it is.
+async fn compress_response(resp: http::Response<Body>, encoding: Encoding) -> http::Response<Body> {
+    let (mut parts, mut body) = resp.into_parts();
+    let mut data = BytesMut::new();
+    let mut frames = VecDeque::new();
+    let mut error = None;
+    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        match frame {
+            Ok(frame) => match frame.data_ref() {
+                Some(chunk) => data.extend_from_slice(chunk),
+                None => frames.push_back(frame),
+            },
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    let packed = (error.is_none() && !data.is_empty())
+        .then(|| compression::deflate_body(&data, encoding))
+        .flatten();
+    let data = match packed {
+        Some(packed) => {
+            parts.headers.insert(
+                GRPC_ENCODING,
+                http::HeaderValue::from_static(encoding.name()),
+            );
+            Bytes::from(packed)
+        }
+        None => data.freeze(),
+    };
+    if !data.is_empty() {
+        frames.push_front(Frame::data(data));
+    }
+    let body = Body::new(Prefixed {
+        frames,
+        error,
+        rest: None,
+    });
+    http::Response::from_parts(parts, body)
 }
 
 /// Decodes the head and asks the core whether to refuse now. Errors other than an overload

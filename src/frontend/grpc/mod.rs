@@ -1,5 +1,6 @@
 //! The KServe v2 gRPC front-end (`inference.GRPCInferenceService`) and `grpc.health.v1.Health`.
 
+pub(crate) mod compression;
 pub(crate) mod convert;
 pub(crate) mod early;
 pub(crate) mod params;

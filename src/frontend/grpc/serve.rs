@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use tonic::codec::CompressionEncoding;
+
+use super::compression::ResponseCompression;
 use super::early::EarlyRefusal;
 use super::{GrpcService, HealthService};
 use crate::core::Core;
@@ -48,14 +51,18 @@ pub(crate) async fn serve(
     listener: Listener,
     core: Arc<Core>,
     max_message_bytes: usize,
+    response_compression: ResponseCompression,
     http2: Http2Options,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let svc = GrpcInferenceServiceServer::new(GrpcService::new(core.clone()))
         .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
-    // Overload refusals from the request's head, before its tensors arrive.
-    let svc = EarlyRefusal::new(svc, core.clone());
+        .max_encoding_message_size(max_message_bytes)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate);
+    // Overload refusals from the request's head, before its tensors arrive; `ModelInfer`'s
+    // compression (compression.rs).
+    let svc = EarlyRefusal::new(svc, core.clone(), max_message_bytes, response_compression);
     let health = HealthServer::new(HealthService::new(core));
     let mut stopped = stop.clone();
     let shutdown = async move {
