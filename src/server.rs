@@ -195,6 +195,7 @@ impl RunningServer {
                 listener,
                 core.clone(),
                 config.grpc_max_message_bytes,
+                config.grpc_restrictions.clone(),
                 stopped(stop_rx.clone()),
             );
             grpc = Some(supervise(
@@ -216,6 +217,7 @@ impl RunningServer {
                 core.clone(),
                 config.http_max_input_size,
                 config.http_overload_429,
+                config.http_restrictions.clone(),
                 stopped(stop_rx.clone()),
             );
             http = Some(supervise(

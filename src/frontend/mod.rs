@@ -1,9 +1,11 @@
 //! Front-ends: wire ↔ core conversion. Each maps the one error vocabulary to its own statuses.
-//! `reports` is the one encoder of model metadata and statistics both use.
+//! `reports` is the one encoder of model metadata and statistics both use; `restrict` gates the
+//! restricted API groups of both.
 
 pub mod grpc;
 pub mod http;
 pub mod reports;
+pub mod restrict;
 
 use tonic::codegen::http::HeaderMap;
 

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use super::early::EarlyRefusal;
 use super::{GrpcService, HealthService};
 use crate::core::Core;
+use crate::frontend::restrict::{Restricted, Restrictions};
 use crate::pb::health::health_server::HealthServer;
 use crate::pb::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 
@@ -21,11 +22,13 @@ const MAX_STREAMS: u32 = 1024;
 
 /// Serves both services on `listener` until `shutdown` resolves, then lets in-flight calls
 /// finish (the caller bounds that wait with the exit timeout). `max_message_bytes` bounds a
-/// decoded request and an encoded response. The error is the transport's, as text.
+/// decoded request and an encoded response; `restrictions` gate their groups' calls before
+/// anything else sees them. The error is the transport's, as text.
 pub async fn serve(
     listener: TcpListener,
     core: Arc<Core>,
     max_message_bytes: usize,
+    restrictions: Restrictions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let svc = GrpcInferenceServiceServer::new(GrpcService::new(core.clone()))
@@ -34,6 +37,11 @@ pub async fn serve(
     // Overload refusals from the request's head, before its tensors arrive.
     let svc = EarlyRefusal::new(svc, core.clone());
     let health = HealthServer::new(HealthService::new(core));
+    let restrictions = Arc::new(restrictions);
+    let (svc, health) = (
+        Restricted::new(svc, restrictions.clone()),
+        Restricted::new(health, restrictions),
+    );
     // Small responses must not wait for Nagle's algorithm (40 ms stalls with delayed ACKs).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()

@@ -34,6 +34,7 @@ use tokio_stream::StreamExt;
 use self::compress::Encoding;
 use crate::core::Core;
 use crate::error::Error;
+use crate::frontend::restrict::{self, Restrictions};
 use crate::model::config_json;
 use crate::request::{Origin, Protocol};
 use crate::telemetry::spans;
@@ -55,12 +56,14 @@ struct Http {
 }
 
 /// Serves the routes on `listener` until `shutdown` resolves, then lets in-flight requests
-/// finish (the caller bounds that wait with the exit timeout).
+/// finish (the caller bounds that wait with the exit timeout). `restrictions` gate their
+/// groups' routes before anything else (outermost layer: no body is read for a refusal).
 pub async fn serve(
     listener: TcpListener,
     core: Arc<Core>,
     max_input_size: usize,
     overload_429: bool,
+    restrictions: Restrictions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Small responses must not wait for Nagle's algorithm (40 ms stalls with delayed ACKs).
@@ -71,9 +74,31 @@ pub async fn serve(
     if overload_429 {
         app = app.layer(axum::middleware::map_response(status::overload_as_429));
     }
+    if !restrictions.is_empty() {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            Arc::new(restrictions),
+            restricted,
+        ));
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// `--http-restricted-api`: a request on a restricted group's route without the group's
+/// header (or with another value) gets Triton's 403.
+async fn restricted(
+    State(rules): State<Arc<Restrictions>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let refused = restrict::http_group(req.uri().path())
+        .map(|g| rules.check(g, req.headers()))
+        .and_then(Result::err);
+    match refused {
+        Some(message) => status::error_response(StatusCode::FORBIDDEN, &message),
+        None => next.run(req).await,
+    }
 }
 
 /// Every route of http-protocol.md §2 that this server implements or answers with an error.
