@@ -11,6 +11,7 @@ mod connections;
 pub(crate) use connections::ConnectionOptions;
 
 use crate::frontend::grpc::compression::ResponseCompression;
+use crate::frontend::restrict::{Api, Restrictions};
 use crate::lifecycle::loader::LoadOptions;
 use crate::lifecycle::manager::{ControlMode, ManagerOptions};
 use crate::model::limits::{self, ConfigLimits};
@@ -211,6 +212,18 @@ pub struct Cli {
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub http_thread_count: usize,
 
+    /// Serve the gRPC calls of GROUPS only to clients sending metadata
+    /// `triton-grpc-protocol-<KEY>: <VALUE>` (others get UNAVAILABLE). GROUPS, comma-separated:
+    /// health, metadata, inference, shared-memory, model-config, model-repository, statistics,
+    /// trace, logging. Repeatable; a group may appear in one flag only. Default: none restricted.
+    #[arg(long, value_name = "GROUPS:KEY=VALUE")]
+    pub grpc_restricted_protocol: Vec<String>,
+
+    /// Serve the HTTP routes of GROUPS only to clients sending header `<KEY>: <VALUE>` (others
+    /// get 403). Groups and rules as --grpc-restricted-protocol. Default: none restricted.
+    #[arg(long, value_name = "GROUPS:KEY=VALUE")]
+    pub http_restricted_api: Vec<String>,
+
     /// Serve Prometheus metrics (`/metrics`) on their own port.
     #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
     pub allow_metrics: bool,
@@ -346,6 +359,9 @@ pub struct ServerConfig {
     pub http_max_input_size: usize,
     /// Answer load rejections over HTTP with 429 instead of 503.
     pub http_overload_429: bool,
+    /// `--grpc-restricted-protocol` and `--http-restricted-api`.
+    pub grpc_restrictions: Restrictions,
+    pub http_restrictions: Restrictions,
     pub exit_on_error: bool,
     pub exit_timeout: Duration,
     pub shutdown_delay: Duration,
@@ -495,6 +511,8 @@ impl Cli {
             ));
         }
         let trace = TraceConfig::parse(&self.trace_config)?;
+        let grpc_restrictions = Restrictions::parse(Api::Grpc, &self.grpc_restricted_protocol)?;
+        let http_restrictions = Restrictions::parse(Api::Http, &self.http_restricted_api)?;
         let log = LogControl::detached(self.log_settings()?);
         Ok(ServerConfig {
             manager: ManagerOptions {
@@ -535,6 +553,8 @@ impl Cli {
                 .then_some(SocketAddr::new(self.http_address, self.http_port)),
             http_max_input_size: self.http_max_input_size,
             http_overload_429: self.http_overload_status == OverloadStatus::TooManyRequests,
+            grpc_restrictions,
+            http_restrictions,
             exit_on_error: self.exit_on_error,
             exit_timeout: Duration::from_secs(self.exit_timeout_secs),
             shutdown_delay: Duration::from_secs(self.shutdown_delay_secs),

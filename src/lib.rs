@@ -32,6 +32,7 @@ pub use cli::{Cli, ServerConfig};
 pub use core::Core;
 pub use error::{Code, Error};
 pub use frontend::grpc::compression::ResponseCompression;
+pub use frontend::restrict::{Api, Group, Restrictions};
 pub use frontend::tls::TlsFiles;
 pub use lifecycle::manager::ControlMode;
 pub use scheduler::QueueLimits;

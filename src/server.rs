@@ -219,6 +219,7 @@ impl RunningServer {
                 core.clone(),
                 config.grpc_max_message_bytes,
                 config.grpc_response_compression,
+                config.grpc_restrictions.clone(),
                 conn.http2,
                 stop_rx.clone(),
             );
@@ -242,6 +243,7 @@ impl RunningServer {
                 core.clone(),
                 config.http_max_input_size,
                 config.http_overload_429,
+                config.http_restrictions.clone(),
                 conn.http1,
                 stop_rx.clone(),
             );

@@ -1,10 +1,12 @@
 //! Front-ends: wire ↔ core conversion. Each maps the one error vocabulary to its own statuses.
-//! `reports` is the one encoder of model metadata and statistics both use.
+//! `reports` is the one encoder of model metadata and statistics both use; `restrict` gates the
+//! restricted API groups of both.
 
 pub(crate) mod grpc;
 pub(crate) mod http;
 pub(crate) mod listen;
 pub(crate) mod reports;
+pub(crate) mod restrict;
 pub(crate) mod tls;
 
 use tonic::codegen::http::HeaderMap;

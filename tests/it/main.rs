@@ -34,6 +34,7 @@ mod parity;
 mod process;
 mod repository;
 mod rest;
+mod restricted;
 mod settings;
 mod statistics;
 mod streaming;

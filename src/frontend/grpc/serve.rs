@@ -13,6 +13,7 @@ use super::early::EarlyRefusal;
 use super::{GrpcService, HealthService};
 use crate::core::Core;
 use crate::frontend::listen::Listener;
+use crate::frontend::restrict::{Restricted, Restrictions};
 use crate::pb::health::health_server::HealthServer;
 use crate::pb::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 
@@ -46,12 +47,14 @@ pub struct Http2Options {
 
 /// Serves both services on `listener` until `stop` turns true, then lets in-flight calls
 /// finish (the caller bounds that wait with the exit timeout). `max_message_bytes` bounds a
-/// decoded request and an encoded response. The error is the transport's, as text.
+/// decoded request and an encoded response; `restrictions` gate their groups' calls before
+/// anything else sees them. The error is the transport's, as text.
 pub(crate) async fn serve(
     listener: Listener,
     core: Arc<Core>,
     max_message_bytes: usize,
     response_compression: ResponseCompression,
+    restrictions: Restrictions,
     http2: Http2Options,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -64,6 +67,11 @@ pub(crate) async fn serve(
     // compression (compression.rs).
     let svc = EarlyRefusal::new(svc, core.clone(), max_message_bytes, response_compression);
     let health = HealthServer::new(HealthService::new(core));
+    let restrictions = Arc::new(restrictions);
+    let (svc, health) = (
+        Restricted::new(svc, restrictions.clone()),
+        Restricted::new(health, restrictions),
+    );
     let mut stopped = stop.clone();
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;

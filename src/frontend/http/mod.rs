@@ -33,6 +33,7 @@ use self::compress::Encoding;
 use crate::core::Core;
 use crate::error::Error;
 use crate::frontend::listen::{Http1Options, Listener};
+use crate::frontend::restrict::{self, Restrictions};
 use crate::model::config_json;
 use crate::request::{Origin, Protocol};
 use crate::telemetry::spans;
@@ -60,12 +61,14 @@ struct Http {
 }
 
 /// Serves the routes on `listener` until `stop` turns true, then lets in-flight requests
-/// finish (the caller bounds that wait with the exit timeout).
+/// finish (the caller bounds that wait with the exit timeout). `restrictions` gate their
+/// groups' routes before anything else (outermost layer: no body is read for a refusal).
 pub(crate) async fn serve(
     listener: Listener,
     core: Arc<Core>,
     max_input_size: usize,
     overload_429: bool,
+    restrictions: Restrictions,
     http1: Http1Options,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -73,7 +76,29 @@ pub(crate) async fn serve(
     if overload_429 {
         app = app.layer(axum::middleware::map_response(status::overload_as_429));
     }
+    if !restrictions.is_empty() {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            Arc::new(restrictions),
+            restricted,
+        ));
+    }
     listener.serve_http1(app, http1, stop).await
+}
+
+/// `--http-restricted-api`: a request on a restricted group's route without the group's
+/// header (or with another value) gets Triton's 403.
+async fn restricted(
+    State(rules): State<Arc<Restrictions>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let refused = restrict::http_group(req.uri().path())
+        .map(|g| rules.check(g, req.headers()))
+        .and_then(Result::err);
+    match refused {
+        Some(message) => status::error_response(StatusCode::FORBIDDEN, &message),
+        None => next.run(req).await,
+    }
 }
 
 /// Every route of http-protocol.md §2 that this server implements or answers with an error.
