@@ -36,6 +36,9 @@ pub struct Activity {
 pub struct FakeLog {
     /// Rows of each successful execution, in completion order.
     pub batches: Mutex<Vec<usize>>,
+    /// The first INT32 element of each execution's first input, in the order executions
+    /// started (past the gate): which request a batch led with.
+    pub leaders: Mutex<Vec<i32>>,
     running: AtomicUsize,
     /// Most executions seen running at the same moment.
     pub max_concurrent: AtomicUsize,
@@ -46,6 +49,7 @@ impl Default for FakeLog {
     fn default() -> Self {
         FakeLog {
             batches: Mutex::default(),
+            leaders: Mutex::default(),
             running: AtomicUsize::new(0),
             max_concurrent: AtomicUsize::new(0),
             activity: watch::Sender::new(Activity::default()),
@@ -163,6 +167,9 @@ impl Runner for FakeRunner {
             .and_then(|t| t.data().get(..4))
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
             .map(i32::from_le_bytes);
+        if let Some(value) = first {
+            self.log.leaders.lock().push(value);
+        }
         if let Some((value, gate)) = &self.hold
             && first == Some(*value)
         {
