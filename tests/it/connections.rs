@@ -45,6 +45,36 @@ fn server_sockets(port: u16) -> usize {
         .unwrap_or(0)
 }
 
+/// Whether the server (this process) still holds its end of the connection from the client
+/// port `peer` to the listener on `port`: a socket with that local and remote port whose inode
+/// is one of this process's descriptors (a closed one lingers, if at all, with inode 0).
+fn server_holds(port: u16, peer: u16) -> bool {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 10 {
+                continue;
+            }
+            let port_of = |col: &str| {
+                col.rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+            };
+            if port_of(cols[1]) == Some(port) && port_of(cols[2]) == Some(peer) {
+                inodes.insert(format!("socket:[{}]", cols[9]));
+            }
+        }
+    }
+    std::fs::read_dir("/proc/self/fd").is_ok_and(|dir| {
+        dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|l| inodes.contains(l.to_string_lossy().as_ref()))
+    })
+}
+
 /// Reads until the server closes the connection (EOF or reset); returns what was read.
 async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
@@ -82,8 +112,6 @@ async fn slow_idle_and_silent_connections_are_closed_while_others_are_served() {
     let repo = fake_repo(&["simple"]);
     let s = TestServer::start_fake_with(repo.path(), quick_limits).await;
     let (http_port, grpc_port) = (s.http_addr.port(), s.addr.port());
-    // The fixture's own gRPC client holds one connection; reqwest's pool may hold HTTP ones.
-    let grpc_base = server_sockets(grpc_port);
 
     // Headers sent a byte at a time, then nothing: the header timeout.
     let mut slow = TcpStream::connect(s.http_addr).await.unwrap();
@@ -97,8 +125,11 @@ async fn slow_idle_and_silent_connections_are_closed_while_others_are_served() {
         .unwrap();
     // A gRPC connection that never sends the HTTP/2 preface: the handshake timeout.
     let mut silent = TcpStream::connect(s.addr).await.unwrap();
+    // The server's end of the silent connection, followed by the client's port (the
+    // fixture's own gRPC client holds other connections to the same listener).
+    let silent_port = silent.local_addr().unwrap().port();
     wait_for("the three connections are accepted", || async {
-        server_sockets(grpc_port) > grpc_base && server_sockets(http_port) >= 2
+        server_holds(grpc_port, silent_port) && server_sockets(http_port) >= 2
     })
     .await;
 
@@ -117,7 +148,7 @@ async fn slow_idle_and_silent_connections_are_closed_while_others_are_served() {
     drop((slow, idle, silent));
 
     wait_for("the server released the gRPC connection", || async {
-        server_sockets(grpc_port) <= grpc_base
+        !server_holds(grpc_port, silent_port)
     })
     .await;
     // reqwest's pooled connection is itself closed by the idle timeout in the end.
