@@ -45,7 +45,7 @@ pub use telemetry::trace::TraceConfig;
 #[doc(hidden)]
 pub mod internals {
     pub use crate::backend::OrtBackend;
-    pub use crate::frontend::grpc::early::{Head, find_head};
+    pub use crate::frontend::grpc::head::{Head, find_head};
     pub use crate::frontend::http::compress::{Encoding, decompress};
     pub use crate::frontend::http::convert::{header_length, infer_request};
     pub use crate::model::ModelSpec;

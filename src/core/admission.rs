@@ -155,6 +155,22 @@ impl Core {
             .or_else(overload)
     }
 
+    /// Counts a refusal met before the request could be read whole (the in-flight byte cap
+    /// refused its compressed message while it was being expanded) against the model its head
+    /// names, when that model is serving: as `submit` counts the same refusal of a request
+    /// that came uncompressed. `e` is that refusal.
+    pub fn count_unread_refusal(
+        &self,
+        model_name: &str,
+        model_version: &str,
+        arrival: Instant,
+        e: &Error,
+    ) {
+        if let Ok(model) = self.manager.get(model_name, model_version) {
+            count_refusal(&model.stats, arrival, e);
+        }
+    }
+
     /// Validates and queues one request at once; errors here mean it was never accepted (the
     /// model did not run). `ctx` is the request's, from `open_request`. The returned future
     /// resolves with the model's answer.

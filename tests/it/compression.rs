@@ -235,6 +235,8 @@ async fn expanded_bytes_count_against_the_inflight_cap() {
             (input("INPUT1", "INT32", &[1, 16]), big),
         ],
     );
+    let counted = || crate::overload::rejected_metric(&s, "simple", "too_large");
+    let before = counted().await;
     let plain = s.infer(req.clone()).await.expect_err("over the cap");
     assert_eq!(plain.code(), Code::InvalidArgument, "{plain:?}");
     assert!(
@@ -252,6 +254,9 @@ async fn expanded_bytes_count_against_the_inflight_cap() {
             "{name}: {st:?}"
         );
     }
+    // Each refusal is counted against the model, compressed or not: the compressed ones by the
+    // head read from the first expanded bytes.
+    assert_eq!(counted().await, before + 3);
     // Nothing stays counted: a request under the cap, compressed, still infers.
     let (a, b) = simple_operands(1, 1);
     let mut c = s
@@ -263,4 +268,76 @@ async fn expanded_bytes_count_against_the_inflight_cap() {
         .await
         .unwrap();
     assert_eq!(output_i32(&resp.into_inner(), "OUTPUT0"), add(&a, &b));
+}
+
+/// A compressed `ModelStreamInfer` stream: its messages are expanded one at a time under the
+/// in-flight byte cap. A message under the cap is answered; one that expands past it ends the
+/// stream with the refusal (the requests before it answered), counted against the model, and
+/// nothing stays counted: a new compressed stream is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_stream_messages_expand_under_the_inflight_cap() {
+    use tokio_stream::StreamExt;
+    let s = TestServer::bundled_subset_with(&["simple"], |c| c.inflight.bytes = 1 << 20).await;
+    let big = Bytes::from(vec![0u8; 2 << 20]);
+    let mut over = raw_request(
+        "simple",
+        vec![
+            (input("INPUT0", "INT32", &[1, 16]), big.clone()),
+            (input("INPUT1", "INT32", &[1, 16]), big),
+        ],
+    );
+    over.id = "over".into();
+    let (a, b) = simple_operands(1, 4);
+    let mut small = simple_request("simple", 1, &a, &b);
+    small.id = "small".into();
+    for (encoding, name) in encodings() {
+        let before = crate::overload::rejected_metric(&s, "simple", "too_large").await;
+        let mut c = s.new_client().await.send_compressed(encoding);
+        let requests = tokio_stream::iter([small.clone(), over.clone(), small.clone()]);
+        let mut responses = c
+            .model_stream_infer(requests)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"))
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(r) = tokio::time::timeout(RPC_TIMEOUT, responses.next())
+            .await
+            .expect("progress")
+        {
+            out.push(r);
+        }
+        assert_eq!(out.len(), 2, "{name}: {out:?}");
+        let first = out[0].as_ref().expect("the small request is answered");
+        assert!(first.error_message.is_empty(), "{name}: {first:?}");
+        let resp = first.infer_response.as_ref().unwrap();
+        assert_eq!(resp.id, "small", "{name}");
+        assert_eq!(output_i32(resp, "OUTPUT0"), add(&a, &b), "{name}");
+        let st = out[1].as_ref().expect_err("the refusal ends the stream");
+        assert_eq!(st.code(), Code::InvalidArgument, "{name}: {st:?}");
+        // Refused while expanding, before any of it was decoded (a decoded request's refusal
+        // would be in-band and name its size).
+        assert!(
+            st.message().contains("(decompressed)")
+                && st.message().contains("--max-inflight-bytes"),
+            "{name}: {st:?}"
+        );
+        assert_eq!(
+            crate::overload::rejected_metric(&s, "simple", "too_large").await,
+            before + 1,
+            "{name}"
+        );
+        // Nothing stays counted: a new compressed stream is served.
+        let mut c = s.new_client().await.send_compressed(encoding);
+        let mut responses = c
+            .model_stream_infer(tokio_stream::iter([small.clone()]))
+            .await
+            .unwrap()
+            .into_inner();
+        let r = responses
+            .next()
+            .await
+            .expect("a response")
+            .expect("in-band");
+        assert!(r.error_message.is_empty(), "{name}: {r:?}");
+    }
 }

@@ -1,7 +1,8 @@
 //! Connection hygiene of the one accept layer: slow and idle connections are closed after their
 //! limit while other clients are served, the server's descriptors for them are released, the
 //! per-listener connection cap holds, an over-limit chunked body is refused while it is still
-//! being sent, and the header caps answer as configured.
+//! being sent, the header caps answer as configured, and the HTTP/2 reset limits close a
+//! connection that passes them.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -380,6 +381,166 @@ async fn a_rapid_reset_flood_closes_the_connection_and_others_are_served() {
         e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || e.is_io(),
         "{e}"
     );
+    s.assert_still_serving().await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_on_the_grpc_listener() {
+    let repo = fake_repo(&["simple"]);
+    let s = TestServer::start_fake_with(repo.path(), |c| {
+        c.connections.listen.max_connections = 2;
+    })
+    .await;
+    let port = s.addr.port();
+    // The fixture's own client holds one of the two slots.
+    s.assert_still_serving().await;
+    assert_eq!(server_sockets(port), 1);
+    let second = TcpStream::connect(s.addr).await.unwrap();
+    let (second, conn) = h2::client::handshake(second).await.unwrap();
+    let second_conn = tokio::spawn(conn);
+    let second = second.ready().await.unwrap();
+    let accepted = async {
+        while server_sockets(port) < 2 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(WAIT_LIMIT, accepted)
+        .await
+        .expect("the second connection is accepted");
+    // The third connection completes in the kernel's backlog but is not taken while two are
+    // held: its call waits.
+    let addr = s.addr;
+    let third = tokio::spawn(async move {
+        let mut c = connect(addr).await;
+        c.server_live(nereid::pb::inference::ServerLiveRequest {})
+            .await
+            .map(|r| r.into_inner().live)
+    });
+    assert_eq!(server_sockets(port), 2);
+    assert!(!third.is_finished());
+    // The second connection closes: the third is accepted and answered.
+    drop(second);
+    second_conn.abort();
+    let live = tokio::time::timeout(WAIT_LIMIT, third)
+        .await
+        .expect("the third connection is served once a slot frees")
+        .unwrap();
+    assert!(live.expect("ServerLive answers"));
+    assert!(server_sockets(port) <= 2);
+    s.stop().await;
+}
+
+/// One HTTP/2 frame: its 9-byte header, then `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The HPACK block of a `ServerLive` call that also carries `connection: keep-alive`, a field
+/// HTTP/2 forbids (RFC 9113 §8.2.2): a malformed request the server must reset itself. Every
+/// field is a literal without indexing, so the blocks share no decoder state.
+fn malformed_call_headers() -> Vec<u8> {
+    let mut b = vec![0x83, 0x86]; // :method POST, :scheme http (static table)
+    let literal = |b: &mut Vec<u8>, first: &[u8], value: &str| {
+        b.extend_from_slice(first);
+        b.push(u8::try_from(value.len()).unwrap());
+        b.extend_from_slice(value.as_bytes());
+    };
+    literal(
+        &mut b,
+        &[0x04], // :path, static index 4
+        "/inference.GRPCInferenceService/ServerLive",
+    );
+    literal(&mut b, &[0x01], "x"); // :authority, static index 1
+    literal(&mut b, &[0x0f, 0x10], "application/grpc"); // content-type, static index 31
+    literal(&mut b, &[0x00], "connection"); // a new name...
+    literal(&mut b, &[], "keep-alive"); // ...and its value
+    b
+}
+
+/// Reads the server's HTTP/2 frames as `(type, stream, payload)` until `done` says so or the
+/// connection closes; returns every frame read.
+async fn read_frames(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    mut done: impl FnMut(u8, u32, &[u8]) -> bool,
+) -> Vec<(u8, u32, Vec<u8>)> {
+    let mut frames = Vec::new();
+    let read = async {
+        loop {
+            while let Some((head, after)) = buf.split_first_chunk::<9>() {
+                let len =
+                    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                let Some(payload) = after.get(..len) else {
+                    break;
+                };
+                let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+                let (kind, payload) = (head[3], payload.to_vec());
+                buf.drain(..9 + len);
+                let stop = done(kind, id, &payload);
+                frames.push((kind, id, payload));
+                if stop {
+                    return;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT_LIMIT, read)
+        .await
+        .expect("the server answers");
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_the_server_must_reset_are_capped_per_connection() {
+    const RST_STREAM: u8 = 0x3;
+    const GOAWAY: u8 = 0x7;
+    let repo = fake_repo(&["simple"]);
+    let s = TestServer::start_fake_with(repo.path(), |c| {
+        c.connections.http2.max_local_error_reset_streams = 5;
+    })
+    .await;
+    let mut conn = TcpStream::connect(s.addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+    let block = malformed_call_headers();
+    // Under the cap: four malformed calls are reset one by one, and a good call on the same
+    // connection (the same fields without `connection`; the last one left out) is answered.
+    for id in [1, 3, 5, 7] {
+        // HEADERS with END_STREAM | END_HEADERS.
+        out.extend(h2_frame(0x1, 0x5, id, &block));
+    }
+    let good = &block[..block.len() - 1 - 10 - 1 - 10 - 1];
+    out.extend(h2_frame(0x1, 0x4, 9, good)); // HEADERS with END_HEADERS
+    out.extend(h2_frame(0x0, 0x1, 9, &[0, 0, 0, 0, 0])); // an empty message, END_STREAM
+    conn.write_all(&out).await.unwrap();
+    let mut buf = Vec::new();
+    let frames = read_frames(&mut conn, &mut buf, |kind, id, _| kind == 0x1 && id == 9).await;
+    let resets: Vec<u32> = frames
+        .iter()
+        .filter(|f| f.0 == RST_STREAM)
+        .map(|f| f.1)
+        .collect();
+    assert_eq!(resets, [1, 3, 5, 7], "{frames:?}");
+    assert!(frames.iter().all(|f| f.0 != GOAWAY), "{frames:?}");
+    // Past the cap, the connection is closed with GOAWAY(ENHANCE_YOUR_CALM).
+    let mut out = Vec::new();
+    for i in 0..20u32 {
+        out.extend(h2_frame(0x1, 0x5, 11 + 2 * i, &block));
+    }
+    conn.write_all(&out).await.unwrap();
+    let frames = read_frames(&mut conn, &mut buf, |kind, _, _| kind == GOAWAY).await;
+    let goaway = frames.iter().find(|f| f.0 == GOAWAY).expect("a GOAWAY");
+    assert_eq!(goaway.2.get(4..8), Some(&[0, 0, 0, 0xb][..]), "{frames:?}");
     s.assert_still_serving().await;
     s.stop().await;
 }

@@ -6,8 +6,10 @@
 //! unary `ModelInfer` call with `grpc-encoding: gzip|deflate` is expanded here instead, in
 //! 64 KiB steps, each counted against the message limit and against `--max-inflight-bytes`
 //! before it is written: a small message that would expand to gigabytes is refused after at most
-//! the limit's worth of work and memory. tonic then receives an uncompressed message. Other
-//! methods (and the stream) keep tonic's own bounded inflation (`accept_compressed`).
+//! the limit's worth of work and memory. tonic then receives an uncompressed message.
+//! `ModelStreamInfer` messages are expanded the same way, one message at a time as each arrives
+//! (`inflating.rs`). Other methods keep tonic's own inflation (`accept_compressed`), bounded by
+//! the message limit: their messages are small and go to no model.
 //!
 //! Responses: gRPC core, which Triton uses, maps a compression *level* to an *algorithm* among
 //! those the client accepts (`grpc-accept-encoding`), ranked gzip then deflate: low takes the
@@ -23,6 +25,7 @@ use tonic::Status;
 use tonic::codegen::http::HeaderMap;
 
 use crate::core::InflightBytes;
+use crate::error::Error;
 
 /// The gRPC message prefix: a compression flag and a 4-byte big-endian length.
 pub(crate) const PREFIX: usize = 5;
@@ -93,6 +96,30 @@ impl ResponseCompression {
     }
 }
 
+/// Why a message could not be expanded.
+#[derive(Debug)]
+pub(crate) enum InflateError {
+    /// The message itself: malformed, or over the message limit (answered as gRPC core does).
+    Wire(Status),
+    /// The in-flight byte cap refused it: a refusal the model's metrics count.
+    Cap(Error),
+}
+
+impl From<InflateError> for Status {
+    fn from(e: InflateError) -> Status {
+        match e {
+            InflateError::Wire(s) => s,
+            InflateError::Cap(e) => Status::from(e),
+        }
+    }
+}
+
+impl From<Status> for InflateError {
+    fn from(s: Status) -> InflateError {
+        InflateError::Wire(s)
+    }
+}
+
 /// The refusal of a message over the limit, in gRPC core's words (what Triton answers).
 pub(crate) fn too_large(found: &str, limit: usize) -> Status {
     Status::resource_exhausted(format!(
@@ -108,25 +135,25 @@ pub(crate) fn inflate_body(
     encoding: Encoding,
     limit: usize,
     charge: &mut InflightBytes,
-) -> Result<Vec<u8>, Status> {
+) -> Result<Vec<u8>, InflateError> {
     let mut out = Vec::new();
     let mut rest = body;
     while !rest.is_empty() {
         let Some((prefix, after)) = rest.split_first_chunk::<PREFIX>() else {
-            return Err(Status::internal("a gRPC message prefix was cut short"));
+            return Err(Status::internal("a gRPC message prefix was cut short").into());
         };
         let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
         if len > limit {
-            return Err(too_large(&len.to_string(), limit));
+            return Err(too_large(&len.to_string(), limit).into());
         }
         let Some((msg, next)) = after.split_at_checked(len) else {
-            return Err(Status::internal("a gRPC message was cut short"));
+            return Err(Status::internal("a gRPC message was cut short").into());
         };
         let start = out.len();
         out.extend_from_slice(&[0; PREFIX]);
         match prefix[0] {
             0 => {
-                charge.grow(len).map_err(Status::from)?;
+                charge.grow(len).map_err(InflateError::Cap)?;
                 out.extend_from_slice(msg);
             }
             1 => match encoding {
@@ -136,12 +163,13 @@ pub(crate) fn inflate_body(
             f => {
                 return Err(Status::internal(format!(
                     "protocol error: received message with invalid compression flag: {f}"
-                )));
+                ))
+                .into());
             }
         }
         let expanded = out.len() - start - PREFIX;
         let Ok(expanded) = u32::try_from(expanded) else {
-            return Err(too_large(&format!("more than {}", u32::MAX), limit));
+            return Err(too_large(&format!("more than {}", u32::MAX), limit).into());
         };
         out[start + 1..start + PREFIX].copy_from_slice(&expanded.to_be_bytes());
         rest = next;
@@ -156,7 +184,7 @@ fn expand(
     limit: usize,
     charge: &mut InflightBytes,
     out: &mut Vec<u8>,
-) -> Result<(), Status> {
+) -> Result<(), InflateError> {
     let mut step = vec![0u8; STEP];
     let mut total = 0usize;
     loop {
@@ -168,11 +196,40 @@ fn expand(
         }
         total = match total.checked_add(n).filter(|&t| t <= limit) {
             Some(t) => t,
-            None => return Err(too_large(&format!("more than {limit}"), limit)),
+            None => return Err(too_large(&format!("more than {limit}"), limit).into()),
         };
-        charge.grow(n).map_err(Status::from)?;
+        charge.grow(n).map_err(InflateError::Cap)?;
         out.extend_from_slice(&step[..n]);
     }
+}
+
+/// The first `max` expanded bytes of the first message of a gRPC-framed body, framed again as a
+/// message of that many bytes (or of its whole length, when it is shorter): enough for
+/// `early::find_head` to name the model of a request whose expansion was refused. Counted
+/// against nothing (at most `max` bytes); `None` when the body does not expand.
+pub(crate) fn peek_first(body: &[u8], encoding: Encoding, max: usize) -> Option<Vec<u8>> {
+    let (prefix, after) = body.split_first_chunk::<PREFIX>()?;
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    let msg = after.get(..len).unwrap_or(after);
+    let mut head = Vec::new();
+    let read = match (prefix[0], encoding) {
+        (0, _) => {
+            head.extend_from_slice(&msg[..msg.len().min(max)]);
+            Ok(head.len())
+        }
+        (1, Encoding::Gzip) => GzDecoder::new(msg).take(max as u64).read_to_end(&mut head),
+        (1, Encoding::Deflate) => ZlibDecoder::new(msg)
+            .take(max as u64)
+            .read_to_end(&mut head),
+        _ => return None,
+    };
+    read.ok()?;
+    let n = u32::try_from(head.len()).ok()?;
+    let mut framed = Vec::with_capacity(PREFIX + head.len());
+    framed.push(0);
+    framed.extend_from_slice(&n.to_be_bytes());
+    framed.extend_from_slice(&head);
+    Some(framed)
 }
 
 /// Compresses every message of a gRPC-framed body (tonic's encoding of a response) with
@@ -255,8 +312,10 @@ mod tests {
                 framed
             );
             let mut charge = core();
-            let e = inflate_body(&packed, enc, 10, &mut charge).unwrap_err();
+            let e = Status::from(inflate_body(&packed, enc, 10, &mut charge).unwrap_err());
             assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+            let peeked = peek_first(&packed, enc, 5).unwrap();
+            assert_eq!(peeked, b"\0\0\0\0\x05hello");
         }
     }
 }

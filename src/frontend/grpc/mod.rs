@@ -3,6 +3,8 @@
 pub(crate) mod compression;
 pub(crate) mod convert;
 pub(crate) mod early;
+pub(crate) mod head;
+pub(crate) mod inflating;
 pub(crate) mod params;
 pub(crate) mod serve;
 pub(crate) mod settings;
