@@ -50,13 +50,12 @@ KUSTOMIZE_COMMANDS = {
     "cpu": ["kubectl", "kustomize", "deploy/kustomize/overlays/cpu"],
     "gpu": ["kubectl", "kustomize", "deploy/kustomize/overlays/gpu"],
 }
+# The README's `helm template` commands, as values (the SDK renders the same templates).
 HELM_VALUES = {
+    # helm template nereid deploy/helm/nereid
     "cpu": {},
-    "gpu": {
-        "image": {"tag": "gpu"},
-        "gpu": {"enabled": True},
-        "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "16Gi"}},
-    },
+    # helm template nereid deploy/helm/nereid --set gpu.enabled=true --set image.tag=gpu
+    "gpu": {"image": {"tag": "gpu"}, "gpu": {"enabled": True}},
 }
 
 # Not schema-checked: the prometheus-adapter rule and the Grafana dashboard are ConfigMap

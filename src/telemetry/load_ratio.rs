@@ -215,7 +215,10 @@ mod tests {
         assert!(close(r2.values().0, want));
         let text = super::super::metrics::render(r.families(), None, &Default::default());
         assert!(text.contains("# TYPE nereid_load_ratio gauge"), "{text}");
-        assert!(text.contains("nereid_load_ratio{model=\"m\"} 0.63"), "{text}");
+        assert!(
+            text.contains("nereid_load_ratio{model=\"m\"} 0.63"),
+            "{text}"
+        );
         assert!(text.contains("\nnereid_load_ratio 0.63"), "{text}");
     }
 }

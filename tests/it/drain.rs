@@ -164,8 +164,7 @@ async fn after_the_delay_connections_close_gracefully_and_nothing_open_is_refuse
     }
     let trailers = resp_body.trailers().await.unwrap().expect("trailers");
     assert_eq!(trailers.get("grpc-status").unwrap(), "0", "{trailers:?}");
-    let reply =
-        nereid::pb::inference::ModelInferResponse::decode(&data[5..]).expect("a response");
+    let reply = nereid::pb::inference::ModelInferResponse::decode(&data[5..]).expect("a response");
     assert_eq!(output_i32(&reply, "OUTPUT0"), add(&a, &b));
     let mut got = Vec::new();
     tokio::time::timeout(WAIT_LIMIT, busy_http.read_to_end(&mut got))

@@ -34,10 +34,7 @@ async fn the_load_ratio_counts_busy_instances_and_queued_batches() {
     let text = s.metrics().await;
     assert_eq!(ratio(&text, Some(r#"model="busy""#)), Some(0.0), "{text}");
     assert_eq!(ratio(&text, None), Some(0.0), "{text}");
-    assert!(
-        text.contains("# TYPE nereid_load_ratio gauge"),
-        "{text}"
-    );
+    assert!(text.contains("# TYPE nereid_load_ratio gauge"), "{text}");
 
     // One execution held at the gate, then four requests queued behind it.
     s.gate().close();
