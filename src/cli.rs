@@ -290,6 +290,14 @@ pub struct Cli {
     #[arg(long, default_value_t = 2000.0, value_name = "MS")]
     pub metrics_interval_ms: f64,
 
+    /// Window of nereid_load_ratio, the autoscaling signal, in seconds. The ratio is (busy
+    /// instances + queued requests / max(1, max_batch_size)) / healthy instances, per model
+    /// and summed over the server (no model label); it is reported as an exponentially
+    /// weighted moving average with this time constant, so one burst shorter than the window
+    /// does not scale a deployment out. 0 reports each sample unsmoothed.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub load_ratio_window_secs: u64,
+
     /// Metrics settings `<key>=<value>`: `counter_latencies=<bool>` (the nv_*_duration_us counters). Repeatable.
     #[arg(long, value_name = "SETTING")]
     pub metrics_config: Vec<String>,
@@ -371,6 +379,8 @@ pub struct ServerConfig {
     /// None when metrics are turned off.
     pub metrics_addr: Option<SocketAddr>,
     pub metrics_interval: Duration,
+    /// `--load-ratio-window-secs`: the EWMA time constant of `nereid_load_ratio`.
+    pub load_ratio_window: Duration,
     pub metrics: MetricsOptions,
     pub trace: TraceConfig,
     /// The live log settings; `main` swaps in the handle of the installed subscriber.
@@ -567,6 +577,7 @@ impl Cli {
                 .allow_metrics
                 .then_some(SocketAddr::new(self.metrics_address, self.metrics_port)),
             metrics_interval: Duration::from_secs_f64(self.metrics_interval_ms / 1000.0),
+            load_ratio_window: Duration::from_secs(self.load_ratio_window_secs),
             metrics,
             trace,
             log,

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::frontend::listen::{H2_PREFACE_LEN, Listener};
 use crate::frontend::tls::{Tls, TlsFiles};
 use crate::lifecycle::manager::{ControlMode, ModelManager};
-use crate::telemetry::{Telemetry, metrics, trace::TraceControl};
+use crate::telemetry::{Telemetry, load_ratio::LoadRatio, metrics, trace::TraceControl};
 
 pub struct RunningServer {
     pub grpc_addr: Option<SocketAddr>,
@@ -65,16 +65,33 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
+/// The two moments of a graceful stop, as the front-ends see them.
+struct DrainSignals {
+    /// Turns true once the shutdown delay is over: the gRPC listener sends HTTP/2 GOAWAY on
+    /// every connection (streams already opened finish; later ones are refused at the HTTP/2
+    /// level, which a client or proxy may safely retry elsewhere), the HTTP listener closes
+    /// idle kept-alive connections and each busy one after its response, and both stop
+    /// accepting (their sockets close, so new connections are refused).
+    closing: watch::Sender<bool>,
+    /// Turns true at the very end (every request answered, or the exit timeout): the metrics
+    /// listener and background tasks stop.
+    stop: watch::Sender<bool>,
+    /// Closed (every sender dropped) once the gRPC and HTTP front-ends have ended, i.e. their
+    /// last connection closed.
+    frontends: tokio::sync::mpsc::Receiver<()>,
+}
+
 /// Graceful stop, once `signal` resolves: health and readiness turn false while requests are
-/// still served for `delay` (so load balancers notice), then new requests are refused with
-/// "Server exiting" and a retry hint, in-flight ones get up to `exit_timeout` to finish, and
-/// the front-ends stop.
+/// still served for `delay` (so load balancers notice), then the front-ends close their
+/// connections gracefully (`DrainSignals::closing`), in-flight requests get up to
+/// `exit_timeout` to finish, and the server stops. Requests that still reach the core after
+/// that are refused with "Server exiting" and a retry hint.
 async fn drain(
     core: Arc<Core>,
     signal: impl Future<Output = ()>,
     delay: std::time::Duration,
     exit_timeout: std::time::Duration,
-    stop: watch::Sender<bool>,
+    mut signals: DrainSignals,
 ) {
     signal.await;
     // Loads in flight are no longer wanted: they stop at their next step, and startup returns.
@@ -87,18 +104,24 @@ async fn drain(
         );
         tokio::time::sleep(delay).await;
     }
-    core.begin_shutdown();
-    // Woken by the last in-flight request's guard as it drops; the ticks only log progress.
+    tracing::info!("shutting down: GOAWAY on gRPC connections, idle HTTP connections closed");
+    let _ = signals.closing.send(true);
+    // Woken by the last in-flight request's guard as it drops and by the front-ends' last
+    // connection closing (a stream opened just before the GOAWAY still counts); the ticks
+    // only log progress.
     let deadline = tokio::time::Instant::now() + exit_timeout;
-    let idle = core.idle();
+    let done = async {
+        while signals.frontends.recv().await.is_some() {}
+        core.idle().await;
+    };
     let timeout = tokio::time::sleep_until(deadline);
-    tokio::pin!(idle, timeout);
+    tokio::pin!(done, timeout);
     let second = std::time::Duration::from_secs(1);
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
     let answered = loop {
         tokio::select! {
             biased;
-            _ = &mut idle => break true,
+            _ = &mut done => break true,
             _ = &mut timeout => break false,
             _ = progress.tick() => {
                 let left = deadline
@@ -111,6 +134,7 @@ async fn drain(
             }
         }
     };
+    core.begin_shutdown();
     if answered {
         tracing::info!("shutting down: every accepted request was answered");
     } else {
@@ -119,7 +143,7 @@ async fn drain(
             "exit timeout reached with requests still in flight"
         );
     }
-    let _ = stop.send(true);
+    let _ = signals.stop.send(true);
 }
 
 impl RunningServer {
@@ -167,6 +191,7 @@ impl RunningServer {
             log: config.log.clone(),
             system: Default::default(),
             metrics: config.metrics,
+            load_ratio: Arc::new(LoadRatio::new(config.load_ratio_window)),
         };
         let core = Arc::new(
             Core::new(manager.clone(), config.server_id.clone(), config.inflight)
@@ -189,6 +214,9 @@ impl RunningServer {
         let metrics_tls = load_tls(&conn.metrics_tls, &[b"http/1.1"], "metrics")?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (closing_tx, closing_rx) = watch::channel(false);
+        // Each supervised front-end holds a sender until it ends; the drain waits for all.
+        let (frontend_tx, frontend_rx) = tokio::sync::mpsc::channel::<()>(1);
         let stop_rx_poll = stop_rx.clone();
         let reloadable: Vec<Arc<Tls>> = [&grpc_tls, &http_tls, &metrics_tls]
             .into_iter()
@@ -203,7 +231,11 @@ impl RunningServer {
             shutdown,
             config.shutdown_delay,
             config.exit_timeout,
-            stop_tx,
+            DrainSignals {
+                closing: closing_tx,
+                stop: stop_tx,
+                frontends: frontend_rx,
+            },
         ));
 
         let mut grpc_addr = None;
@@ -221,13 +253,14 @@ impl RunningServer {
                 config.grpc_response_compression,
                 config.grpc_restrictions.clone(),
                 conn.http2,
-                stop_rx.clone(),
+                closing_rx.clone(),
             );
             grpc = Some(supervise(
                 "gRPC",
                 serve,
-                stop_rx.clone(),
+                closing_rx.clone(),
                 config.exit_timeout,
+                frontend_tx.clone(),
             ));
         }
         let mut http_addr = None;
@@ -245,15 +278,17 @@ impl RunningServer {
                 config.http_overload_429,
                 config.http_restrictions.clone(),
                 conn.http1,
-                stop_rx.clone(),
+                closing_rx.clone(),
             );
             http = Some(supervise(
                 "HTTP",
                 async move { serve.await.map_err(|e| e.to_string()) },
-                stop_rx.clone(),
+                closing_rx.clone(),
                 config.exit_timeout,
+                frontend_tx.clone(),
             ));
         }
+        drop(frontend_tx);
         let mut metrics_addr = None;
         let mut metrics = None;
         if let Some(listener) = metrics_listener {
@@ -338,19 +373,22 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Runs a front-end until it ends by itself (graceful stop: in-flight requests finished) or
-/// `exit_timeout` after the stop signal, whichever comes first.
+/// Runs a front-end until it ends by itself (graceful close: its connections finished their
+/// requests and closed) or `exit_timeout` after `closing` turned, whichever comes first.
+/// `ended` is held until then, so the drain sees the front-end end.
 fn supervise(
     what: &'static str,
     serve: impl Future<Output = std::result::Result<(), String>> + Send + 'static,
-    stop: watch::Receiver<bool>,
+    closing: watch::Receiver<bool>,
     exit_timeout: Duration,
+    ended: tokio::sync::mpsc::Sender<()>,
 ) -> JoinHandle<Result<()>> {
     tokio::spawn(async move {
+        let _ended = ended;
         tokio::pin!(serve);
         tokio::select! {
             r = &mut serve => r.map_err(|e| Error::internal(format!("{what} server failed: {e}"))),
-            _ = async { stopped(stop).await; tokio::time::sleep(exit_timeout).await } => {
+            _ = async { stopped(closing).await; tokio::time::sleep(exit_timeout).await } => {
                 tracing::warn!("{what}: exit timeout reached with requests still in flight");
                 Ok(())
             }
@@ -359,7 +397,7 @@ fn supervise(
 }
 
 /// Serves `/metrics` until the stop signal, refreshing the machine-wide CPU and memory figures
-/// every `interval`.
+/// and sampling the load ratio every `interval` (each scrape samples it too).
 fn serve_metrics(
     listener: Listener,
     http1: crate::frontend::listen::Http1Options,
@@ -368,13 +406,17 @@ fn serve_metrics(
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<Result<()>> {
     let system = core.telemetry().system.clone();
+    let sampled = core.clone();
     let mut refresh_stop = stop.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval.max(std::time::Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => system.refresh(),
+                _ = tick.tick() => {
+                    system.refresh();
+                    sampled.sample_load();
+                }
                 _ = refresh_stop.wait_for(|s| *s) => break,
             }
         }

@@ -4,11 +4,13 @@
 //!
 //! - `admission`: the request path from a front-end to a model's queue, and `PendingInfer`.
 //! - `inflight`: the server-wide in-flight caps.
+//! - `load`: samples of every loaded version's load for `nereid_load_ratio`.
 //! - `params`: the repository and log settings parameters, parsed once for both front-ends.
 //! - `reports`: metadata and statistics in neutral types both front-ends encode.
 
 mod admission;
 mod inflight;
+mod load;
 pub(crate) mod params;
 mod reports;
 
@@ -332,7 +334,8 @@ impl Core {
     /// server-wide families.
     pub fn metrics_text(&self) -> String {
         let opts = &self.telemetry.metrics;
-        let mut families = Vec::new();
+        self.sample_load();
+        let mut families = self.telemetry.load_ratio.families();
         for m in self.manager.ready_versions("") {
             families.extend(m.stats.families(opts));
         }

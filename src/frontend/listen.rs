@@ -157,11 +157,6 @@ impl Listener {
         }
     }
 
-    /// Resolves once every connection of this listener has closed.
-    async fn closed(&self) {
-        let _ = self.permits.acquire_many(self.max).await;
-    }
-
     /// The gRPC side: ready connections as a stream for tonic's `serve_with_incoming`. The
     /// stream ends when `stop` turns true.
     pub(crate) fn incoming(
@@ -199,7 +194,13 @@ impl Listener {
             ));
         })
         .await;
-        self.closed().await;
+        // The socket closes now, so new connections are refused instead of waiting in the
+        // backlog while the open ones finish.
+        let Listener {
+            tcp, permits, max, ..
+        } = self;
+        drop(tcp);
+        let _ = permits.acquire_many(max).await;
         Ok(())
     }
 }

@@ -56,6 +56,8 @@ pub(crate) const REJECTION_SECONDS: &str = "nereid_inference_rejection_duration_
 pub(crate) const INSTANCES: &str = "nereid_model_instances";
 pub(crate) const INSTANCES_BUSY: &str = "nereid_model_instances_busy";
 pub(crate) const MODEL_STATE: &str = "nereid_model_state";
+/// The scaling signal (`load_ratio.rs`).
+pub(crate) const LOAD_RATIO: &str = "nereid_load_ratio";
 
 pub(crate) const LABEL_MODEL: &str = "model";
 pub(crate) const LABEL_VERSION: &str = "version";

@@ -1,7 +1,9 @@
 //! Telemetry: the per-version stats recorder (`stats`) that feeds both ModelStatistics and the
 //! Prometheus series (`metrics`, `system`); request spans and W3C context (`spans`), trace
-//! settings and sampling (`trace`), OTLP export (`otlp`); logging and its settings (`logging`).
+//! settings and sampling (`trace`), OTLP export (`otlp`); logging and its settings (`logging`);
+//! the smoothed load ratio, the autoscaling signal (`load_ratio`).
 
+pub(crate) mod load_ratio;
 pub(crate) mod log_escape;
 pub(crate) mod logging;
 pub(crate) mod metrics;
@@ -21,4 +23,6 @@ pub struct Telemetry {
     pub log: logging::LogControl,
     pub system: Arc<system::SystemMetrics>,
     pub metrics: metrics::MetricsOptions,
+    /// `nereid_load_ratio`, smoothed over `--load-ratio-window-secs`.
+    pub load_ratio: Arc<load_ratio::LoadRatio>,
 }

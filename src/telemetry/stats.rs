@@ -133,6 +133,11 @@ impl ModelStats {
         Busy(self)
     }
 
+    /// Instances executing a batch now.
+    pub fn busy_instances(&self) -> usize {
+        self.metrics.instances_busy.get().max(0) as usize
+    }
+
     /// One model execution of `batch_size` rows (the sum over its requests).
     pub fn record_execution(&self, batch_size: usize, times: ComputeTimes) {
         let now_ms = SystemTime::now()

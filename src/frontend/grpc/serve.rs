@@ -45,8 +45,11 @@ pub struct Http2Options {
     pub max_local_error_reset_streams: usize,
 }
 
-/// Serves both services on `listener` until `stop` turns true, then lets in-flight calls
-/// finish (the caller bounds that wait with the exit timeout). `max_message_bytes` bounds a
+/// Serves both services on `listener` until `stop` turns true, then stops accepting (the
+/// socket closes) and sends HTTP/2 GOAWAY on every connection: calls already opened finish,
+/// later streams are refused at the HTTP/2 level (safe for a client or proxy to retry
+/// elsewhere), and the result resolves once the last connection has closed (the caller
+/// bounds that wait with the exit timeout). `max_message_bytes` bounds a
 /// decoded request and an encoded response; `restrictions` gate their groups' calls before
 /// anything else sees them. The error is the transport's, as text.
 pub(crate) async fn serve(
