@@ -156,7 +156,7 @@ impl ModelManager {
             ControlMode::Explicit if !opts.startup_models.iter().any(|m| m == "*") => {
                 opts.startup_models.clone()
             }
-            _ => repos::scan(&opts.repositories, &opts.remotes)
+            _ => repos::scan(&opts.repositories, &opts.remotes, repos::Use::ForLoads)
                 .await?
                 .into_keys()
                 .collect(),

@@ -33,7 +33,7 @@ pub(crate) async fn run(manager: Arc<ModelManager>, mut stop: watch::Receiver<bo
 /// for a name found in two repositories). A folder's files are walked on a blocking thread; a
 /// remote repository costs one listing, its models fingerprinted by their objects' ETags.
 async fn look(opts: &ManagerOptions) -> Result<BTreeMap<String, Option<u64>>> {
-    let found = repos::scan(&opts.repositories, &opts.remotes).await?;
+    let found = repos::scan(&opts.repositories, &opts.remotes, repos::Use::ForLoads).await?;
     tokio::task::spawn_blocking(move || {
         found
             .into_iter()

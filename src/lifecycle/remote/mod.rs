@@ -38,6 +38,9 @@ pub struct RemoteRepo {
     /// The snapshot last handed to the loader per model: kept by the next prune, as the
     /// version it loaded may still be serving.
     handed: parking_lot::Mutex<HashMap<String, PathBuf>>,
+    /// Listings from the last startup or poll survey, each used once by the load it started
+    /// (that load then loads what the survey saw, with no second listing).
+    primed: parking_lot::Mutex<HashMap<String, ModelObjects>>,
 }
 
 /// The objects of one model: its key prefix and the listing under it.
@@ -79,6 +82,7 @@ impl RemoteRepo {
             url,
             store,
             handed: parking_lot::Mutex::new(HashMap::new()),
+            primed: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -124,8 +128,18 @@ impl RemoteRepo {
         Ok(models)
     }
 
-    /// The objects of model `name` (one listing of its prefix); `None` when it has none.
+    /// Keeps `models` (a survey's result) for the loads that survey starts: each listing is
+    /// used once, by `model`. Replaces what an earlier survey left unused.
+    pub(crate) fn prime(&self, models: &BTreeMap<String, ModelObjects>) {
+        *self.primed.lock() = models.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    }
+
+    /// The objects of model `name`: the primed listing if a survey left one, else one listing
+    /// of its prefix; `None` when it has none.
     pub(crate) async fn model(&self, name: &str) -> Result<Option<ModelObjects>> {
+        if let Some(objects) = self.primed.lock().remove(name) {
+            return Ok(Some(objects));
+        }
         let prefix = self.url.model_prefix(name);
         let objects = self
             .store
@@ -322,6 +336,7 @@ impl RemoteRepo {
             url: RemoteUrl::parse(given).expect("test URL"),
             store,
             handed: parking_lot::Mutex::new(HashMap::new()),
+            primed: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 }

@@ -15,12 +15,21 @@ pub(crate) enum Found {
     Remote(ModelObjects),
 }
 
+/// Whether a scan's listings are kept for the loads it starts (startup, poll) or not (the
+/// index: a later explicit load must list anew).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    ForLoads,
+    Look,
+}
+
 /// Every model across `locals` (folders, listed on a blocking thread) and `remotes` (one
 /// listing each). Any repository that cannot be read fails the whole scan: a model must not
 /// look removed because its store was unreachable.
 pub(crate) async fn scan(
     locals: &[PathBuf],
     remotes: &[Arc<RemoteRepo>],
+    usage: Use,
 ) -> Result<BTreeMap<String, Result<Found>>> {
     let repos = locals.to_vec();
     let local = tokio::task::spawn_blocking(move || repository::scan(&repos))
@@ -31,7 +40,11 @@ pub(crate) async fn scan(
         .map(|(name, dir)| (name, dir.map(Found::Local)))
         .collect();
     for remote in remotes {
-        for (name, objects) in remote.survey().await? {
+        let models = remote.survey().await?;
+        if usage == Use::ForLoads {
+            remote.prime(&models);
+        }
+        for (name, objects) in models {
             let dup = found.contains_key(&name);
             let entry = if dup {
                 Err(twice())

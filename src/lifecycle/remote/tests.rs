@@ -110,3 +110,17 @@ async fn an_unsafe_key_is_refused() {
     }
     assert!(!repo.cache.parent().unwrap().join("escape").exists());
 }
+
+#[tokio::test]
+async fn a_primed_listing_serves_one_load() {
+    let (repo, mem, _cache) = repo_with_model().await;
+    let surveyed = repo.survey().await.unwrap();
+    repo.prime(&surveyed);
+    put(&mem, "repo/m/1/model.onnx", b"graph v2").await;
+    // The load the survey started gets what the survey saw, without a second listing ...
+    let first = repo.model("m").await.unwrap().unwrap();
+    assert_eq!(first.fingerprint(), surveyed["m"].fingerprint());
+    // ... and only that load: the next one lists again.
+    let second = repo.model("m").await.unwrap().unwrap();
+    assert_ne!(second.fingerprint(), first.fingerprint());
+}
