@@ -1,5 +1,6 @@
 //! The command line, with `tritonserver`'s flag names, turned into a validated `ServerConfig`.
-//! Pure: no I/O beyond checking that repositories exist.
+//! Pure: no I/O beyond checking that repository folders exist (object-store repositories are
+//! only parsed and opened; their first request is the first listing).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, ValueEnum};
 
 mod connections;
+mod repos;
 pub(crate) use connections::ConnectionOptions;
 
 use crate::frontend::grpc::compression::ResponseCompression;
@@ -110,14 +112,18 @@ fn parse_verbose(s: &str) -> Result<u32, String> {
     long_about = "Nereid serves a Triton model repository of ONNX models over the KServe v2 HTTP/REST and gRPC protocols with Triton's extensions. Flags follow tritonserver's names; boolean flags take true/false, on/off or 1/0."
 )]
 pub struct Cli {
-    /// Model repository folder (<repo>/<model>/config.pbtxt, <repo>/<model>/<version>/model.onnx). Repeatable.
+    /// Model repository folder (<repo>/<model>/config.pbtxt, <repo>/<model>/<version>/model.onnx), or an object store: s3://bucket/path, s3://host:port/bucket/path, s3://https://host:port/bucket/path, gs://bucket/path, as://account/container/path. Repeatable.
     #[arg(
         long = "model-repository",
         alias = "model-store",
-        value_name = "DIR",
+        value_name = "DIR|URL",
         required = true
     )]
     pub model_repository: Vec<PathBuf>,
+
+    /// `--model-cache-dir` (`cli/repos.rs`).
+    #[command(flatten)]
+    pub repos: repos::RepoArgs,
 
     /// Model control mode: `none` (load every model at startup), `poll` (also apply repository
     /// changes every --repository-poll-secs) or `explicit` (load --load-model models at startup;
@@ -483,14 +489,8 @@ impl Cli {
                 _ => ignored.push(format!("--backend-config={setting}")),
             }
         }
-        for r in &self.model_repository {
-            if !r.is_dir() {
-                return Err(format!(
-                    "model repository '{}' does not exist or is not a folder",
-                    r.display()
-                ));
-            }
-        }
+        let (repositories, remotes) =
+            repos::split(self.model_repository.clone(), &self.repos.model_cache_dir)?;
         if self.http_max_input_size == 0 {
             return Err("--http-max-input-size must be at least 1".into());
         }
@@ -526,7 +526,8 @@ impl Cli {
         let log = LogControl::detached(self.log_settings()?);
         Ok(ServerConfig {
             manager: ManagerOptions {
-                repositories: self.model_repository,
+                repositories,
+                remotes,
                 control_mode,
                 startup_models: self.load_model,
                 poll_interval: Duration::from_secs(self.repository_poll_secs),

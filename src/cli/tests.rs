@@ -227,3 +227,30 @@ fn config_limit_flags() {
         );
     }
 }
+
+#[test]
+fn object_store_repositories() {
+    let c = parse(&[
+        "--model-repository=s3://127.0.0.1:9000/bucket/models",
+        "--model-repository=s3://bucket/path",
+        "--model-cache-dir=/tmp/nereid-cache-test",
+    ])
+    .unwrap();
+    assert_eq!(c.manager.repositories, vec![std::env::temp_dir()]);
+    assert_eq!(c.manager.remotes.len(), 2);
+    // A malformed URL is refused at startup, naming it (and never a credential in it).
+    let e = parse(&["--model-repository=s3://key:secret@host:9000/b"]).unwrap_err();
+    assert!(
+        e.contains("s3://***@host:9000/b") && !e.contains("secret"),
+        "{e}"
+    );
+    let e = parse(&["--model-repository=s3://host:port/b"]).unwrap_err();
+    assert!(e.contains("neither a bucket nor host:port"), "{e}");
+    let help = <Cli as clap::CommandFactory>::command()
+        .render_long_help()
+        .to_string();
+    assert!(
+        help.contains("nereid-model-cache"),
+        "--model-cache-dir shows its default"
+    );
+}

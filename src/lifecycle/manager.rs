@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use super::loader::{LoadOptions, Loader, fingerprint};
 use super::overrides;
 use super::reaper::{OnTornDown, Reaper};
+use super::remote::{RemoteRepo, repos};
 use crate::backend::{Backend, CancelToken};
 use crate::error::{Error, Result};
 use crate::model::paths::{scrub, scrub_error};
@@ -48,7 +49,10 @@ pub enum ControlMode {
 
 #[derive(Debug, Clone)]
 pub struct ManagerOptions {
+    /// The repository folders.
     pub repositories: Vec<PathBuf>,
+    /// The repositories in object stores (`s3://`, `gs://`, `as://`).
+    pub remotes: Vec<Arc<RemoteRepo>>,
     pub control_mode: ControlMode,
     /// `--load-model` names for explicit mode (`*` = all).
     pub startup_models: Vec<String>,
@@ -146,14 +150,16 @@ impl ModelManager {
     /// Startup loads for the control mode. Returns the models that failed, with their reasons.
     pub async fn load_startup(&self) -> Result<Vec<(String, String)>> {
         let opts = &self.opts;
-        let repos = opts.repositories.clone();
-        let found = blocking(move || repository::scan(&repos)).await?;
+        // Explicit mode with named models reads no listing (a remote store may not answer
+        // yet; each load reports its own repository errors).
         let names: Vec<String> = match opts.control_mode {
-            ControlMode::None | ControlMode::Poll => found.keys().cloned().collect(),
-            ControlMode::Explicit if opts.startup_models.iter().any(|m| m == "*") => {
-                found.keys().cloned().collect()
+            ControlMode::Explicit if !opts.startup_models.iter().any(|m| m == "*") => {
+                opts.startup_models.clone()
             }
-            ControlMode::Explicit => opts.startup_models.clone(),
+            _ => repos::scan(&opts.repositories, &opts.remotes, repos::Use::ForLoads)
+                .await?
+                .into_keys()
+                .collect(),
         };
         let me = self
             .me
@@ -244,7 +250,13 @@ impl ModelManager {
         }
         let plain = override_config.is_none() && req.files.is_empty();
         // The folder: found in the repositories (and fingerprinted), or written from the request.
-        let (dir, override_dir, source) = {
+        let remote = match req.files.is_empty() {
+            true => repos::locate(&self.opts.repositories, &self.opts.remotes, name).await?,
+            false => None,
+        };
+        let (dir, override_dir, source) = if let Some((dir, source)) = remote {
+            (dir, None, Some(source))
+        } else {
             let (repos, n, files) = (self.opts.repositories.clone(), name.to_string(), req.files);
             blocking(move || {
                 if files.is_empty() {

@@ -1,19 +1,18 @@
 //! `--model-control-mode=poll`: re-reads the repositories every `--repository-poll-secs`.
 //! New folders load, removed ones unload, changed ones reload without downtime. A change is
-//! acted on only once the folder looked the same on two polls in a row, so a half-copied drop
-//! is never loaded; a drop that fails to load leaves the serving version in place and is not
+//! acted on only once the folder (or a remote model's listing) looked the same on two polls in
+//! a row, so a half-copied drop is never loaded; a drop that fails to load leaves the serving version in place and is not
 //! retried until the folder changes again.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use super::loader::fingerprint;
-use super::manager::ModelManager;
-use crate::error::Result;
-use crate::model::repository;
+use super::manager::{ManagerOptions, ModelManager};
+use super::remote::repos::{self, Found};
+use crate::error::{Error, Result};
 
 pub(crate) async fn run(manager: Arc<ModelManager>, mut stop: watch::Receiver<bool>) {
     let interval = manager.options().poll_interval;
@@ -23,22 +22,33 @@ pub(crate) async fn run(manager: Arc<ModelManager>, mut stop: watch::Receiver<bo
             _ = tokio::time::sleep(interval) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let repos = manager.options().repositories.clone();
-        match tokio::task::spawn_blocking(move || look(&repos)).await {
-            Ok(Ok(found)) => state.apply(&manager, &found),
-            Ok(Err(e)) => tracing::warn!(error = %e, "repository poll failed"),
-            Err(e) => tracing::warn!(error = %e, "repository poll task failed"),
+        match look(manager.options()).await {
+            Ok(found) => state.apply(&manager, &found),
+            Err(e) => tracing::warn!(error = %e, "repository poll failed"),
         }
     }
 }
 
-/// What one poll sees: every model folder with the fingerprint of its files (`None` for a
-/// name found in two repositories). Blocking: it walks every folder.
-fn look(repos: &[PathBuf]) -> Result<BTreeMap<String, Option<u64>>> {
-    Ok(repository::scan(repos)?
-        .into_iter()
-        .map(|(name, dir)| (name, dir.ok().map(|d| fingerprint(&d))))
-        .collect())
+/// What one poll sees: every model with the fingerprint of what its repository holds (`None`
+/// for a name found in two repositories). A folder's files are walked on a blocking thread; a
+/// remote repository costs one listing, its models fingerprinted by their objects' ETags.
+async fn look(opts: &ManagerOptions) -> Result<BTreeMap<String, Option<u64>>> {
+    let found = repos::scan(&opts.repositories, &opts.remotes, repos::Use::ForLoads).await?;
+    tokio::task::spawn_blocking(move || {
+        found
+            .into_iter()
+            .map(|(name, at)| {
+                let fp = match at {
+                    Ok(Found::Local(dir)) => Some(fingerprint(&dir)),
+                    Ok(Found::Remote(objects)) => Some(objects.fingerprint()),
+                    Err(_) => None,
+                };
+                (name, fp)
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| Error::internal(format!("repository poll task failed: {e}")))
 }
 
 #[derive(Default)]

@@ -86,8 +86,8 @@ impl ModelManager {
     /// repositories are listed at each call (a folder added since is there, name only, as in
     /// Triton), on a blocking thread.
     pub async fn index(&self, ready_only: bool) -> Result<Vec<IndexEntry>> {
-        let repos = self.opts.repositories.clone();
-        let on_disk = blocking(move || repository::scan(&repos)).await?;
+        let (locals, remotes) = (&self.opts.repositories, &self.opts.remotes);
+        let on_disk = super::repos::scan(locals, remotes, super::repos::Use::Look).await?;
         Ok(self.rows(on_disk.into_keys().collect(), ready_only))
     }
 
