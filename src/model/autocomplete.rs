@@ -97,11 +97,14 @@ pub(crate) fn auto_complete(
 /// Checks the config's inputs and outputs against the graph: names, datatypes, shapes, count.
 pub(crate) fn check_against_model(cfg: &ModelConfig, io: &ModelIo) -> Result<()> {
     let model = &cfg.name;
-    let required = cfg.input.iter().filter(|i| !i.optional).count();
-    if io.inputs.len() < required || io.inputs.len() > cfg.input.len() {
+    // Sequence control inputs are graph inputs the server fills: each must be in the graph.
+    let controls = super::sequence::from_config(cfg)?.map_or(Vec::new(), |s| s.controls);
+    super::sequence::check_controls(model, &controls, cfg.max_batch_size > 0, &io.inputs)?;
+    let required = cfg.input.iter().filter(|i| !i.optional).count() + controls.len();
+    let most = cfg.input.len() + controls.len();
+    if io.inputs.len() < required || io.inputs.len() > most {
         return Err(Error::invalid_arg(format!(
-            "unable to load model '{model}', configuration expects {} inputs, model provides {}",
-            cfg.input.len(),
+            "unable to load model '{model}', configuration expects {most} inputs, model provides {}",
             io.inputs.len()
         )));
     }
