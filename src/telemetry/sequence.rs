@@ -71,6 +71,6 @@ mod tests {
         );
         let labels = f[0].get_metric()[0].get_label();
         assert_eq!(labels.len(), 2);
-        assert_eq!(f[0].get_metric()[0].get_gauge().value(), 3.0);
+        assert_eq!(f[0].get_metric()[0].get_gauge().get_value(), 3.0);
     }
 }

@@ -35,6 +35,8 @@ mod process;
 mod repository;
 mod rest;
 mod restricted;
+mod sequence;
+mod sequence_errors;
 mod settings;
 mod statistics;
 mod streaming;
