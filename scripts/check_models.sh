@@ -29,3 +29,21 @@ if [ "$status" -ne 0 ]; then
   exit 1
 fi
 echo "check_models: model_repository/ matches scripts/gen_models.py"
+
+# The sequence models of Triton's client examples (client_examples_repository/), same rule.
+seq="$tmp/sequence"
+"$py" scripts/gen_sequence_models.py --out "$seq" >/dev/null
+while read -r model; do
+  if [ ! -d "client_examples_repository/$model" ]; then
+    echo "check_models: client_examples_repository/$model is missing" >&2
+    status=1
+  elif ! diff -r "$seq/$model" "client_examples_repository/$model" >&2; then
+    status=1
+  fi
+done < <("$py" scripts/gen_sequence_models.py --list)
+if [ "$status" -ne 0 ]; then
+  echo "check_models: client_examples_repository/ differs from what scripts/gen_sequence_models.py generates." >&2
+  echo "check_models: run '.venv/bin/python scripts/gen_sequence_models.py --verify' and commit the result." >&2
+  exit 1
+fi
+echo "check_models: client_examples_repository/ sequence models match scripts/gen_sequence_models.py"

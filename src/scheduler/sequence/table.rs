@@ -474,3 +474,7 @@ impl Table {
         out
     }
 }
+
+#[cfg(test)]
+#[path = "table_tests.rs"]
+mod tests;
