@@ -142,15 +142,19 @@ impl Table {
 
     /// Routes one request (§5.2): to its sequence's slot or backlog queue, a new START to the
     /// lowest free slot or a new backlog queue. An END forgets the id at once. On refusal the
-    /// entry comes back with the reason.
-    pub(crate) fn route(&mut self, e: SeqEntry, now: Instant) -> Result<(), (Refused, SeqEntry)> {
+    /// entry comes back (boxed: it is large) with the reason.
+    pub(crate) fn route(
+        &mut self,
+        e: SeqEntry,
+        now: Instant,
+    ) -> Result<(), (Refused, Box<SeqEntry>)> {
         let cap = self.caps.per_sequence.max(1);
         match self.routes.get(&e.id).copied() {
             Some(Route::Slot(sid)) => {
                 let end = e.end;
                 let slot = self.slot(sid);
                 if slot.queue.len() >= cap {
-                    return Err((Refused::Full, e));
+                    return Err((Refused::Full, Box::new(e)));
                 }
                 slot.last_arrival = Some(now);
                 if end {
@@ -166,10 +170,10 @@ impl Table {
                 let Some(b) = self.backlog.iter_mut().find(|b| b.key == key) else {
                     // Unreachable: a backlog route always names a queue in the backlog.
                     self.routes.remove(&e.id);
-                    return Err((Refused::NotStarted, e));
+                    return Err((Refused::NotStarted, Box::new(e)));
                 };
                 if b.entries.len() >= cap {
-                    return Err((Refused::Full, e));
+                    return Err((Refused::Full, Box::new(e)));
                 }
                 let (end, id) = (e.end, e.id.clone());
                 b.entries.push_back(e);
@@ -177,7 +181,7 @@ impl Table {
                     self.routes.remove(&id);
                 }
             }
-            None if !e.start => return Err((Refused::NotStarted, e)),
+            None if !e.start => return Err((Refused::NotStarted, Box::new(e))),
             None => {
                 let id = e.id.clone();
                 let end = e.end;
@@ -192,7 +196,7 @@ impl Table {
                     }
                 } else {
                     if self.backlog.len() >= self.caps.backlog {
-                        return Err((Refused::Full, e));
+                        return Err((Refused::Full, Box::new(e)));
                     }
                     let key = self.next_key;
                     self.next_key += 1;
