@@ -15,7 +15,6 @@ Usage: gen_sequence_models.py [--out DIR] [--verify] [--list]
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -23,7 +22,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gen_models import ROOT, Model, Tensor, assert_equal, onnx_model, run, verify_all, write_all  # noqa: E402
+from gen_models import ROOT, Model, Tensor, assert_equal, main, onnx_model, run  # noqa: E402
 
 MAX_BATCH = 8
 
@@ -124,22 +123,5 @@ def all_models() -> list[Model]:
     return [simple_sequence(), simple_dyna_sequence()]
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=os.path.join(ROOT, "client_examples_repository"), help="repository root to write")
-    parser.add_argument("--verify", action="store_true", help="run every model through onnxruntime before writing")
-    parser.add_argument("--list", action="store_true", help="print the model folders this script owns and exit")
-    args = parser.parse_args(argv)
-
-    models = all_models()
-    if args.list:
-        print("\n".join(m.name for m in models))
-        return 0
-    if args.verify:
-        verify_all(models)
-    write_all(models, args.out)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(models_of=all_models, default_out=os.path.join(ROOT, "client_examples_repository"), doc=__doc__))

@@ -63,104 +63,70 @@ async fn bad_sequence_requests_get_tritons_answers_over_both_protocols() {
         .await
         .unwrap();
 
-    // gRPC, in Triton's order of checks.
-    let g = |r| async { s.infer(r).await };
-    let exact = |st: tonic::Status, code: Code, text: &str| {
-        assert_eq!((st.code(), st.message()), (code, text));
-    };
-    let st = assert_status(
-        g(seq_request("seq", 1, Id::None, false, false)).await,
-        Code::InvalidArgument,
-        &[],
-    );
-    exact(st, Code::InvalidArgument, E27);
-    let st = assert_status(
-        g(seq_request("seq", 1, Id::Int(0), true, false)).await,
-        Code::InvalidArgument,
-        &[],
-    );
-    exact(st, Code::InvalidArgument, E27);
-    let st = assert_status(
-        g(seq_request("seq", 1, Id::Int(31337), false, false)).await,
-        Code::InvalidArgument,
-        &[],
-    );
-    exact(
-        st,
-        Code::InvalidArgument,
-        "inference request for sequence 31337 to model 'seq' must specify the START flag on the first request of the sequence",
-    );
+    // gRPC, in Triton's order of checks: (request, status, exact message).
     let mut batch2 = seq_request("seq", 1, Id::Int(9), true, false);
     batch2.inputs[0].shape = vec![2, 1];
     batch2.raw_input_contents[0] = i32_bytes(&[1, 2]);
-    let st = assert_status(g(batch2).await, Code::InvalidArgument, &[]);
-    exact(st, Code::InvalidArgument, E29);
     let mut control = seq_request("seq", 1, Id::Int(9), true, false);
     control.inputs.push(input("START", "INT32", &[1, 1]));
     control.raw_input_contents.push(i32_bytes(&[1]));
-    assert_status(
-        g(control).await,
-        Code::InvalidArgument,
-        &["unexpected inference input 'START' for model 'seq'"],
-    );
-    assert_status(
-        g(seq_request("seq", 1, Id::Str("abc"), true, false)).await,
-        Code::InvalidArgument,
-        &[
-            "[request id: seq-1] sequence batching control 'CORRID' data-type is 'BYTES', but model 'seq' expects 'UINT64'",
-        ],
-    );
-    let st = assert_status(
-        g(with_param(
-            seq_request("seq", 1, Id::None, true, false),
-            "sequence_id",
-            P::BoolParam(true),
-        ))
-        .await,
-        Code::InvalidArgument,
-        &[],
-    );
-    exact(
-        st,
-        Code::InvalidArgument,
-        "invalid value type for 'sequence_id' parameter, expected int64_param or string_param.",
-    );
-    assert_status(
-        g(with_param(
-            seq_request("seq", 1, Id::None, true, false),
-            "sequence_id",
-            P::Uint64Param(5),
-        ))
-        .await,
-        Code::InvalidArgument,
-        &["expected int64_param or string_param."],
-    );
-    let st = assert_status(
-        g(with_param(
-            seq_request("seq", 1, Id::Int(9), true, false),
-            "sequence_start",
-            P::Int64Param(1),
-        ))
-        .await,
-        Code::InvalidArgument,
-        &[],
-    );
-    exact(
-        st,
-        Code::InvalidArgument,
-        "invalid value type for 'sequence_start' parameter, expected bool_param.",
-    );
+    let param = |id, key, p| with_param(seq_request("seq", 1, id, true, false), key, p);
     let long: &'static str = Box::leak("x".repeat(129).into_boxed_str());
-    let st = assert_status(
-        g(seq_request("seq", 1, Id::Str(long), true, false)).await,
-        Code::Unimplemented,
-        &[],
-    );
-    exact(
-        st,
-        Code::Unimplemented,
-        "string correlation ID cannot be longer than 128 characters",
-    );
+    let not_started = "inference request for sequence 31337 to model 'seq' must specify the START flag on the first request of the sequence";
+    let id_kind =
+        "invalid value type for 'sequence_id' parameter, expected int64_param or string_param.";
+    let cases = [
+        (
+            seq_request("seq", 1, Id::None, false, false),
+            Code::InvalidArgument,
+            E27,
+        ),
+        (
+            seq_request("seq", 1, Id::Int(0), true, false),
+            Code::InvalidArgument,
+            E27,
+        ),
+        (
+            seq_request("seq", 1, Id::Int(31337), false, false),
+            Code::InvalidArgument,
+            not_started,
+        ),
+        (batch2, Code::InvalidArgument, E29),
+        (
+            control,
+            Code::InvalidArgument,
+            "[request id: seq-1] unexpected inference input 'START' for model 'seq'",
+        ),
+        (
+            seq_request("seq", 1, Id::Str("abc"), true, false),
+            Code::InvalidArgument,
+            "[request id: seq-1] sequence batching control 'CORRID' data-type is 'BYTES', but model 'seq' expects 'UINT64'",
+        ),
+        (
+            param(Id::None, "sequence_id", P::BoolParam(true)),
+            Code::InvalidArgument,
+            id_kind,
+        ),
+        (
+            param(Id::None, "sequence_id", P::Uint64Param(5)),
+            Code::InvalidArgument,
+            id_kind,
+        ),
+        (
+            param(Id::Int(9), "sequence_start", P::Int64Param(1)),
+            Code::InvalidArgument,
+            "invalid value type for 'sequence_start' parameter, expected bool_param.",
+        ),
+        (
+            seq_request("seq", 1, Id::Str(long), true, false),
+            Code::Unimplemented,
+            "string correlation ID cannot be longer than 128 characters",
+        ),
+    ];
+    for (req, code, text) in cases {
+        let st = assert_status(s.infer(req).await, code, &[]);
+        assert_eq!(st.message(), text);
+    }
 
     // HTTP: the same refusals, as 400 (501 for the long id) with Triton's texts.
     let cases = [
