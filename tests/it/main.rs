@@ -37,6 +37,7 @@ mod rest;
 mod restricted;
 mod sequence;
 mod sequence_errors;
+mod sequence_stream;
 mod settings;
 mod statistics;
 mod streaming;
