@@ -67,8 +67,15 @@ pub(crate) fn auto_complete(
             ))
         })
     };
+    // Sequence control inputs are graph inputs the server fills, never config inputs.
+    let controls: Vec<String> = match &cfg.scheduling_choice {
+        Some(SchedulingChoice::SequenceBatching(sb)) => {
+            sb.control_input.iter().map(|c| c.name.clone()).collect()
+        }
+        _ => Vec::new(),
+    };
     if cfg.input.is_empty() {
-        for d in &io.inputs {
+        for d in io.inputs.iter().filter(|d| !controls.contains(&d.name)) {
             let (dims, reshape) = dims_of(d);
             cfg.input.push(pb::ModelInput {
                 name: d.name.clone(),
@@ -243,6 +250,26 @@ mod tests {
         let err = auto_complete(&mut cfg, &io(&[3, 4]), 4).unwrap_err();
         assert!(
             err.message.contains("does not support batching"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn control_inputs_are_not_config_inputs() {
+        let mut cfg = crate::model::config::parse_pbtxt(
+            std::path::Path::new("c"),
+            "name: \"m\" max_batch_size: 4 sequence_batching { control_input [ { name: \"y\" control [ { kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ] } ] } ] }",
+        )
+        .unwrap();
+        auto_complete(&mut cfg, &io(&[-1, 1]), 4).unwrap();
+        let names: Vec<&str> = cfg.input.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["x"]);
+        check_against_model(&cfg, &io(&[-1, 1])).unwrap();
+        cfg.input.clear();
+        let err = check_against_model(&cfg, &io(&[-1, 1])).unwrap_err();
+        assert!(
+            err.message.contains("expects 1 inputs, model provides 2"),
             "{}",
             err.message
         );

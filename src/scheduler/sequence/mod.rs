@@ -136,12 +136,6 @@ impl SequenceScheduler {
                 "request to sequence model '{model}' reached its scheduler without a sequence id"
             )));
         };
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Err(Error::unavailable(
-                "Server is stopping, scheduler for model has stopped accepting new inference requests",
-            )
-            .refused(Rejection::Stopping, None));
-        }
         let enqueued = Instant::now();
         let entry = Entry {
             queue_span: spans::queue(req.context().span()),
