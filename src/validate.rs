@@ -387,6 +387,15 @@ pub(crate) fn schedule(
 }
 
 fn queue_policy(spec: &ModelSpec, params: &RequestParams) -> Result<Schedule> {
+    if spec.sequence.is_some() {
+        // The sequence batcher applies any non-zero `timeout` to a sequence while it waits in
+        // the backlog for a slot (sequence-batching.md §6.2); one priority level.
+        return Ok(Schedule {
+            level: 0,
+            queue_timeout: (params.timeout_us > 0)
+                .then(|| Duration::from_micros(params.timeout_us)),
+        });
+    }
     let Some(db) = &spec.dynamic_batching else {
         return Ok(Schedule::default());
     };

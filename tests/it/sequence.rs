@@ -486,3 +486,37 @@ async fn a_sequence_keeps_its_order_across_connections_and_protocols() {
     );
     assert_eq!(*s.fake_log().leaders.lock(), vec![1, 2, 3]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlogged_sequence_times_out_by_its_timeout_parameter() {
+    let repo = seq_repo();
+    write_seq_model(repo.path(), "seq", 1, 1, "", &[START, READY]);
+    let s = TestServer::start_fake(repo.path()).await.owning(repo);
+    s.infer(seq_request("seq", 1, Id::Int(1), true, false))
+        .await
+        .unwrap();
+    let mut waiting = seq_request("seq", 2, Id::Int(2), true, false);
+    waiting.parameters.insert(
+        "timeout".to_string(),
+        InferParameter {
+            parameter_choice: Some(P::Int64Param(20_000)),
+        },
+    );
+    let st = assert_status(s.infer(waiting).await, tonic::Code::Unavailable, &[]);
+    assert_eq!(
+        st.message(),
+        "[request id: seq-2] timeout of the corresponding sequence has been expired"
+    );
+    let failed = sample(
+        &s.metrics().await,
+        "nv_inference_request_failure",
+        "model=\"seq\",reason=\"REJECTED\",version=\"1\"",
+    );
+    assert_eq!(failed, Some(1.0));
+    // The running sequence never timed out.
+    let r = s
+        .infer(seq_request("seq", 3, Id::Int(1), false, true))
+        .await
+        .unwrap();
+    assert_eq!(output_i32(&r, "OUTPUT"), vec![3]);
+}

@@ -137,12 +137,14 @@ impl SequenceScheduler {
             )));
         };
         let enqueued = Instant::now();
+        // Applies only while the sequence waits in the backlog (`Table::expire_backlog`).
+        let deadline = req.queue_timeout().map(|t| enqueued + t);
         let entry = Entry {
             queue_span: spans::queue(req.context().span()),
             req,
             reply: Replier::Direct(reply),
+            deadline,
             enqueued,
-            deadline: None,
             delay_on_timeout: false,
         };
         let seq = SeqEntry {
@@ -240,9 +242,10 @@ impl Task {
         let mut batches = Vec::new();
         let mut wake: Option<Instant> = None;
         let mut later = |t: Instant| wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
-        let (cancelled, expired) = {
+        let (cancelled, expired, timed_out) = {
             let mut t = self.shared.table.lock();
             let expired = t.expire_idle(now);
+            let timed_out = t.expire_backlog(now);
             for instance in 0..t.instances() {
                 if t.is_busy(instance) {
                     continue;
@@ -284,12 +287,22 @@ impl Task {
                     Form::Idle => {}
                 }
             }
-            if let Some(at) = t.next_expiry() {
+            for at in [t.next_expiry(), t.next_backlog_deadline()]
+                .into_iter()
+                .flatten()
+            {
                 later(at);
             }
             self.ctx.stats.sequences(t.active(), t.backlogged());
-            (t.take_cancelled(), expired)
+            (t.take_cancelled(), expired, timed_out)
         };
+        for e in timed_out {
+            self.fail(
+                e,
+                Error::unavailable("timeout of the corresponding sequence has been expired"),
+                FailureReason::Rejected,
+            );
+        }
         if expired > 0 {
             self.ctx.stats.idle_released(expired);
         }

@@ -67,6 +67,11 @@ struct Instance {
     slots: Vec<Slot>,
 }
 
+/// A backlog queue's deadline: the earliest of its requests' deadlines.
+fn deadline(b: &Backlogged) -> Option<Instant> {
+    b.entries.iter().filter_map(|e| e.entry.deadline).min()
+}
+
 /// Why a request was not routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refused {
@@ -271,6 +276,32 @@ impl Table {
             self.drop_sequence(sid);
         }
         expired.len()
+    }
+
+    /// Drops the backlog queues whose deadline (the earliest of their requests' arrival +
+    /// `timeout`) has passed (§6.2): every request of such a queue is handed back, to be
+    /// answered with Triton's backlog timeout error, and its id forgotten. Sequences that hold
+    /// a slot are never timed out this way.
+    pub(crate) fn expire_backlog(&mut self, now: Instant) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.backlog.len());
+        for b in self.backlog.drain(..) {
+            if deadline(&b).is_some_and(|d| d <= now) {
+                if self.routes.get(&b.id) == Some(&Route::Backlog(b.key)) {
+                    self.routes.remove(&b.id);
+                }
+                out.extend(b.entries.into_iter().map(|e| e.entry));
+            } else {
+                kept.push_back(b);
+            }
+        }
+        self.backlog = kept;
+        out
+    }
+
+    /// When the next backlog queue times out, if any has a deadline.
+    pub(crate) fn next_backlog_deadline(&self) -> Option<Instant> {
+        self.backlog.iter().filter_map(deadline).min()
     }
 
     /// When the next idle timeout falls due, if any sequence is running.

@@ -284,3 +284,31 @@ fn a_sequence_queue_has_a_cap() {
     assert_eq!(t.queued(), 2);
     assert_eq!(t.drain().len(), 2);
 }
+
+#[test]
+fn a_backlogged_sequence_times_out_by_its_requests_timeout() {
+    let now = Instant::now();
+    let mut t = Table::new(1, 1, caps(), IDLE);
+    let (e, _rx1) = entry(1, 0, true, false);
+    assert!(t.route(e, now).is_ok());
+    let (mut e, _rx2) = entry(2, 0, true, false);
+    e.entry.deadline = Some(now + Duration::from_millis(5));
+    assert!(t.route(e, now).is_ok());
+    let (e, _rx3) = entry(2, 1, false, false);
+    assert!(t.route(e, now).is_ok());
+    assert_eq!(
+        t.next_backlog_deadline(),
+        Some(now + Duration::from_millis(5))
+    );
+    assert!(t.expire_backlog(now).is_empty());
+    // Every request of the backlog queue goes, and the id with them.
+    assert_eq!(t.expire_backlog(now + Duration::from_millis(5)).len(), 2);
+    assert_eq!(t.backlogged(), 0);
+    let (e, _rx4) = entry(2, 2, false, false);
+    assert_eq!(
+        t.route(e, now).err().map(|(r, _)| r),
+        Some(Refused::NotStarted)
+    );
+    // A sequence that holds a slot is never timed out this way.
+    assert_eq!(t.active(), 1);
+}
