@@ -324,14 +324,15 @@ def write_all(models: list[Model], out: str):
     print(f"gen_models: wrote {len(models)} models to {out}")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=os.path.join(ROOT, "model_repository"), help="repository root to write")
+def main(argv=None, models_of=None, default_out=None, doc=None) -> int:
+    """The command line; another generator passes its own models, output folder and doc."""
+    parser = argparse.ArgumentParser(description=doc or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=default_out or os.path.join(ROOT, "model_repository"), help="repository root to write")
     parser.add_argument("--verify", action="store_true", help="run every model through onnxruntime before writing")
     parser.add_argument("--list", action="store_true", help="print the model folders this script owns and exit")
     args = parser.parse_args(argv)
 
-    models = all_models()
+    models = (models_of or all_models)()
     if args.list:
         print("\n".join(m.name for m in models))
         return 0

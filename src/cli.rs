@@ -256,6 +256,16 @@ pub struct Cli {
     #[arg(long, default_value_t = 20.0, value_name = "PERCENT")]
     pub priority_reserve_percent: f64,
 
+    /// Sequence models: requests one sequence may have queued (in its slot or waiting for one)
+    /// before more are refused with "Exceeds maximum queue size".
+    #[arg(long, default_value_t = crate::scheduler::sequence::DEFAULT_PER_SEQUENCE, value_name = "N")]
+    pub sequence_max_queue_size: usize,
+
+    /// Sequence models: new sequences that may wait for a free slot (per model version) before
+    /// a new START is refused with "Exceeds maximum queue size".
+    #[arg(long, default_value_t = crate::scheduler::sequence::DEFAULT_BACKLOG, value_name = "N")]
+    pub sequence_max_backlog: usize,
+
     /// Requests in flight in the whole server (queued or running) before new ones are refused.
     #[arg(long, default_value_t = 8192, value_name = "N")]
     pub max_inflight_requests: usize,
@@ -541,6 +551,8 @@ impl Cli {
                 queue_limits: QueueLimits {
                     capacity: self.max_queue_size_per_model,
                     priority_reserve: self.priority_reserve_percent / 100.0,
+                    sequence_queue: self.sequence_max_queue_size.max(1),
+                    sequence_backlog: self.sequence_max_backlog,
                 },
                 gpus: Vec::new(),
                 gpu_limits,

@@ -10,7 +10,9 @@ mod params;
 use bytes::Bytes;
 
 pub(crate) use context::{Origin, Protocol, RequestContext, Schedule, TraceContext};
-pub(crate) use params::{Expected, OutputError, ParamError, ParamValue, RequestParams};
+pub(crate) use params::{
+    CorrelationId, Expected, OutputError, ParamError, ParamValue, RequestParams, SequenceParams,
+};
 
 use crate::tensor::Tensor;
 

@@ -7,8 +7,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::model::{IoSpec, ModelSpec};
-use crate::request::{InferRequest, RequestContext, RequestParams, Schedule};
+use crate::model::{IoSpec, ModelSpec, SequenceSpec};
+use crate::request::{
+    CorrelationId, InferRequest, RequestContext, RequestParams, Schedule, SequenceParams,
+};
 use crate::tensor::{DataType, Tensor, bytes_codec, checked_byte_len, element_count, shape_string};
 
 /// A request checked against one model version. Its fields are private: only this module
@@ -25,6 +27,9 @@ pub struct ValidRequest {
     outputs: Vec<OutputRequest>,
     /// Text models, once tokenized.
     tokens: Option<Tokens>,
+    /// Sequence models: the request's sequence id and flags (a non-zero id, checked
+    /// against the model's CORRID control).
+    sequence: Option<SequenceParams>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +85,11 @@ impl ValidRequest {
     /// Text models, once tokenized: the real (unpadded) tokens of all rows.
     pub fn real_tokens(&self) -> usize {
         self.tokens.map_or(0, |t| t.real)
+    }
+
+    /// Sequence models: the sequence id and START/END flags (`None` for other models).
+    pub fn sequence(&self) -> Option<&SequenceParams> {
+        self.sequence.as_ref()
     }
 }
 
@@ -148,7 +158,54 @@ pub(crate) fn validate(
     spec: &ModelSpec,
 ) -> Result<ValidRequest> {
     let id = req.id.clone();
-    validate_inner(req, ctx, spec).map_err(|e| e.with_request_id(&id))
+    let sequence = req.params.sequence.clone();
+    let mut valid = validate_inner(req, ctx, spec).map_err(|e| e.with_request_id(&id))?;
+    if let Some(seq) = &spec.sequence {
+        check_sequence(spec, seq, &sequence, valid.batch_size, &id)?;
+        valid.sequence = Some(sequence);
+    }
+    Ok(valid)
+}
+
+/// The sequence checks that need only the model (sequence-batching.md §2, steps 3–5, in that
+/// order): the id's kind fits the CORRID control, one row, a non-zero id. Only the CORRID
+/// message carries the request id, as in Triton. Whether a continuation's sequence is running
+/// is the scheduler's check (step 6).
+fn check_sequence(
+    spec: &ModelSpec,
+    seq: &SequenceSpec,
+    params: &SequenceParams,
+    batch_size: usize,
+    id: &str,
+) -> Result<()> {
+    let model = &spec.name;
+    if let Some(corrid) = seq.corrid() {
+        let want = corrid.dtype();
+        let got = match params.id {
+            CorrelationId::Str(_) => DataType::Bytes,
+            CorrelationId::Uint(_) => DataType::Uint64,
+        };
+        if (got == DataType::Bytes) != (want == DataType::Bytes) {
+            return Err(Error::invalid_arg(format!(
+                "sequence batching control '{}' data-type is '{}', but model '{model}' expects '{}'",
+                corrid.name,
+                got.as_str(),
+                want.as_str()
+            ))
+            .with_request_id(id));
+        }
+    }
+    if batch_size > 1 {
+        return Err(Error::invalid_arg(format!(
+            "inference request to model '{model}' must specify batch-size 1 due to requirements of sequence batcher"
+        )));
+    }
+    if params.id.is_none() {
+        return Err(Error::invalid_arg(format!(
+            "inference request to model '{model}' must specify a non-zero or non-empty correlation ID"
+        )));
+    }
+    Ok(())
 }
 
 fn validate_inner(
@@ -313,6 +370,7 @@ fn validate_inner(
         batch_size,
         outputs,
         tokens: None,
+        sequence: None,
     })
 }
 
@@ -329,6 +387,15 @@ pub(crate) fn schedule(
 }
 
 fn queue_policy(spec: &ModelSpec, params: &RequestParams) -> Result<Schedule> {
+    if spec.sequence.is_some() {
+        // The sequence batcher applies any non-zero `timeout` to a sequence while it waits in
+        // the backlog for a slot (sequence-batching.md §6.2); one priority level.
+        return Ok(Schedule {
+            level: 0,
+            queue_timeout: (params.timeout_us > 0)
+                .then(|| Duration::from_micros(params.timeout_us)),
+        });
+    }
     let Some(db) = &spec.dynamic_batching else {
         return Ok(Schedule::default());
     };

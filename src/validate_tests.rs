@@ -25,6 +25,7 @@ fn spec(max_batch_size: u32) -> ModelSpec {
         ort: OrtOptions::default(),
         dynamic_batching: None,
         text: None,
+        sequence: None,
     }
 }
 

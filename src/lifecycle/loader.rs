@@ -262,7 +262,11 @@ impl Loader {
             .dynamic_batching
             .as_ref()
             .map_or(1, |d| d.priority_levels);
-        let stats = Arc::new(ModelStats::new(&spec.name, version, levels));
+        let mut stats = ModelStats::new(&spec.name, version, levels);
+        if spec.sequence.is_some() {
+            stats = stats.with_sequences(&spec.name, version);
+        }
+        let stats = Arc::new(stats);
         let load = Arc::new(LoadTracker::new(total, levels));
         let ctx = Arc::new(ExecContext {
             spec: spec.clone(),

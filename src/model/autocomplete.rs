@@ -67,8 +67,15 @@ pub(crate) fn auto_complete(
             ))
         })
     };
+    // Sequence control inputs are graph inputs the server fills, never config inputs.
+    let controls: Vec<String> = match &cfg.scheduling_choice {
+        Some(SchedulingChoice::SequenceBatching(sb)) => {
+            sb.control_input.iter().map(|c| c.name.clone()).collect()
+        }
+        _ => Vec::new(),
+    };
     if cfg.input.is_empty() {
-        for d in &io.inputs {
+        for d in io.inputs.iter().filter(|d| !controls.contains(&d.name)) {
             let (dims, reshape) = dims_of(d);
             cfg.input.push(pb::ModelInput {
                 name: d.name.clone(),
@@ -97,11 +104,14 @@ pub(crate) fn auto_complete(
 /// Checks the config's inputs and outputs against the graph: names, datatypes, shapes, count.
 pub(crate) fn check_against_model(cfg: &ModelConfig, io: &ModelIo) -> Result<()> {
     let model = &cfg.name;
-    let required = cfg.input.iter().filter(|i| !i.optional).count();
-    if io.inputs.len() < required || io.inputs.len() > cfg.input.len() {
+    // Sequence control inputs are graph inputs the server fills: each must be in the graph.
+    let controls = super::sequence::from_config(cfg)?.map_or(Vec::new(), |s| s.controls);
+    super::sequence::check_controls(model, &controls, cfg.max_batch_size > 0, &io.inputs)?;
+    let required = cfg.input.iter().filter(|i| !i.optional).count() + controls.len();
+    let most = cfg.input.len() + controls.len();
+    if io.inputs.len() < required || io.inputs.len() > most {
         return Err(Error::invalid_arg(format!(
-            "unable to load model '{model}', configuration expects {} inputs, model provides {}",
-            cfg.input.len(),
+            "unable to load model '{model}', configuration expects {most} inputs, model provides {}",
             io.inputs.len()
         )));
     }
@@ -240,6 +250,26 @@ mod tests {
         let err = auto_complete(&mut cfg, &io(&[3, 4]), 4).unwrap_err();
         assert!(
             err.message.contains("does not support batching"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn control_inputs_are_not_config_inputs() {
+        let mut cfg = crate::model::config::parse_pbtxt(
+            std::path::Path::new("c"),
+            "name: \"m\" max_batch_size: 4 sequence_batching { control_input [ { name: \"y\" control [ { kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ] } ] } ] }",
+        )
+        .unwrap();
+        auto_complete(&mut cfg, &io(&[-1, 1]), 4).unwrap();
+        let names: Vec<&str> = cfg.input.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["x"]);
+        check_against_model(&cfg, &io(&[-1, 1])).unwrap();
+        cfg.input.clear();
+        let err = check_against_model(&cfg, &io(&[-1, 1])).unwrap_err();
+        assert!(
+            err.message.contains("expects 1 inputs, model provides 2"),
             "{}",
             err.message
         );

@@ -213,6 +213,14 @@ pub fn normalize(cfg: &mut ModelConfig, gpus: &[i32]) -> Result<()> {
     {
         sb.max_sequence_idle_microseconds = 1_000_000;
     }
+    if let Some(SchedulingChoice::SequenceBatching(sb)) = cfg.scheduling_choice.as_mut()
+        && let Some(pb::model_sequence_batching::StrategyChoice::Oldest(o)) =
+            sb.strategy_choice.as_mut()
+        && o.preferred_batch_size.is_empty()
+        && cfg.max_batch_size > 0
+    {
+        o.preferred_batch_size = vec![cfg.max_batch_size];
+    }
     let opt = cfg.optimization.get_or_insert_with(Default::default);
     let pinned = pb::model_optimization_policy::PinnedMemoryBuffer { enable: true };
     opt.input_pinned_memory.get_or_insert(pinned);

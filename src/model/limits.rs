@@ -127,6 +127,7 @@ mod tests {
             model_path: "model.onnx".into(),
             dynamic_batching: None,
             text: None,
+            sequence: None,
         }
     }
 

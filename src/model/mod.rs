@@ -13,6 +13,7 @@ pub(crate) mod io;
 pub(crate) mod limits;
 pub(crate) mod paths;
 pub(crate) mod repository;
+pub(crate) mod sequence;
 pub(crate) mod spec;
 pub(crate) mod state;
 pub(crate) mod text;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::tensor::DataType;
+pub(crate) use sequence::SequenceSpec;
 use text::TextSpec;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +42,8 @@ pub struct ModelSpec {
     pub dynamic_batching: Option<DynamicBatching>,
     /// Server-side tokenization and post-processing (a config that names a `tokenizer`).
     pub text: Option<TextSpec>,
+    /// The sequence batcher's settings (`sequence_batching`); `None` = not a sequence model.
+    pub sequence: Option<sequence::SequenceSpec>,
 }
 
 impl ModelSpec {

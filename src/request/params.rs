@@ -73,6 +73,8 @@ pub enum ParamError {
     Reserved { key: String },
     /// A key this kind of request does not have (load parameters).
     Unknown { key: String },
+    /// A string `sequence_id` longer than `MAX_STRING_CORRELATION_ID` bytes.
+    CorrelationIdTooLong,
 }
 
 impl ParamError {
@@ -82,6 +84,53 @@ impl ParamError {
             expected,
         }
     }
+}
+
+/// Longest string `sequence_id` Triton accepts, in bytes.
+pub(crate) const MAX_STRING_CORRELATION_ID: usize = 128;
+
+/// A sequence's correlation id: an unsigned integer or a string. The kind is part of the
+/// identity (`5` and `"5"` are two sequences); `0` and `""` mean "not part of a sequence".
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CorrelationId {
+    Uint(u64),
+    Str(String),
+}
+
+impl Default for CorrelationId {
+    /// A request without `sequence_id` has the integer id 0.
+    fn default() -> Self {
+        CorrelationId::Uint(0)
+    }
+}
+
+impl CorrelationId {
+    /// `0` or `""`: the request names no sequence.
+    pub fn is_none(&self) -> bool {
+        match self {
+            CorrelationId::Uint(n) => *n == 0,
+            CorrelationId::Str(s) => s.is_empty(),
+        }
+    }
+}
+
+impl std::fmt::Display for CorrelationId {
+    /// The decimal integer or the raw string, as Triton prints an id in its messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CorrelationId::Uint(n) => write!(f, "{n}"),
+            CorrelationId::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The sequence parameters of a request (`sequence_id`, `sequence_start`, `sequence_end`).
+/// Only a model with `sequence_batching` reads them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SequenceParams {
+    pub id: CorrelationId,
+    pub start: bool,
+    pub end: bool,
 }
 
 /// Keys with the `triton_` prefix a client may send (Triton's reserved request parameters).
@@ -97,6 +146,7 @@ pub struct RequestParams {
     /// `binary_data_output` (HTTP's binary tensor extension): the format of outputs that do
     /// not name their own. gRPC answers every output raw.
     pub binary_output: bool,
+    pub sequence: SequenceParams,
 }
 
 impl RequestParams {
@@ -112,14 +162,22 @@ impl RequestParams {
             match key {
                 "priority" => p.priority = v.unsigned().ok_or_else(|| want(Expected::Priority))?,
                 "timeout" => p.timeout_us = v.unsigned().ok_or_else(|| want(Expected::Timeout))?,
-                "sequence_id" => match v {
-                    ParamValue::Int(_) | ParamValue::Uint(_) | ParamValue::Str(_) => {}
-                    _ => return Err(want(Expected::IntOrString)),
-                },
-                "binary_data_output" => p.binary_output = v.boolean(key)?,
-                "sequence_start" | "sequence_end" => {
-                    v.boolean(key)?;
+                "sequence_id" => {
+                    p.sequence.id = match v {
+                        // gRPC's int64_param is stored as uint64: a negative value wraps, as in
+                        // Triton (a front-end that refuses negative ids maps them to `Other`).
+                        ParamValue::Int(n) => CorrelationId::Uint(n as u64),
+                        ParamValue::Uint(n) => CorrelationId::Uint(n),
+                        ParamValue::Str(s) if s.len() > MAX_STRING_CORRELATION_ID => {
+                            return Err(ParamError::CorrelationIdTooLong);
+                        }
+                        ParamValue::Str(s) => CorrelationId::Str(s.to_string()),
+                        _ => return Err(want(Expected::IntOrString)),
+                    }
                 }
+                "binary_data_output" => p.binary_output = v.boolean(key)?,
+                "sequence_start" => p.sequence.start = v.boolean(key)?,
+                "sequence_end" => p.sequence.end = v.boolean(key)?,
                 k if RESERVED_ALLOWED.contains(&k) => {
                     v.boolean(key)?;
                 }
@@ -220,9 +278,26 @@ mod tests {
             RequestParams {
                 priority: 2,
                 timeout_us: 100,
-                binary_output: true
+                binary_output: true,
+                sequence: SequenceParams {
+                    id: CorrelationId::Str("s".into()),
+                    start: true,
+                    end: false,
+                },
             }
         );
+        let wrapped = parse(&[("sequence_id", V::Int(-1)), ("sequence_end", V::Bool(true))])
+            .unwrap()
+            .sequence;
+        assert_eq!(wrapped.id, CorrelationId::Uint(u64::MAX));
+        assert!(wrapped.end && !wrapped.start);
+        let long = "x".repeat(MAX_STRING_CORRELATION_ID + 1);
+        assert_eq!(
+            RequestParams::parse([("sequence_id", V::Str(&long))]),
+            Err(ParamError::CorrelationIdTooLong)
+        );
+        let most = "x".repeat(MAX_STRING_CORRELATION_ID);
+        assert!(RequestParams::parse([("sequence_id", V::Str(&most))]).is_ok());
         let kind = |key: &str, expected| {
             Err(ParamError::Kind {
                 key: key.into(),

@@ -7,11 +7,22 @@ use crate::model::text::{Pooling, TextSpec};
 use crate::model::{IoSpec, ModelSpec};
 use crate::preprocess::post;
 use crate::tensor::{DataType, Tensor};
+use crate::validate::ValidRequest;
 
 use super::entry::Entry;
 
 /// Builds the model's input tensors from the entries, and the sorted set of outputs any entry wants.
 pub(super) fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tensor>, Vec<usize>)> {
+    let reqs: Vec<&ValidRequest> = entries.iter().map(|e| &e.req).collect();
+    assemble_rows(spec, &reqs)
+}
+
+/// `assemble` over requests in row order; a request may appear more than once (the sequence
+/// batcher's padding rows repeat a real request's inputs).
+pub(super) fn assemble_rows(
+    spec: &ModelSpec,
+    entries: &[&ValidRequest],
+) -> Result<(Vec<Tensor>, Vec<usize>)> {
     let inputs = match &spec.text {
         Some(text) => token_inputs(spec, text, entries)?,
         None => {
@@ -19,7 +30,7 @@ pub(super) fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tenso
             for io in &spec.inputs {
                 let parts: Vec<&Tensor> = entries
                     .iter()
-                    .filter_map(|e| e.req.inputs().iter().find(|t| t.name() == io.name))
+                    .filter_map(|e| e.inputs().iter().find(|t| t.name() == io.name))
                     .collect();
                 if parts.is_empty() {
                     continue; // an optional input nobody sent
@@ -42,7 +53,7 @@ pub(super) fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tenso
     };
     let mut wanted: Vec<usize> = entries
         .iter()
-        .flat_map(|e| e.req.outputs().iter().map(|o| o.index))
+        .flat_map(|e| e.outputs().iter().map(|o| o.index))
         .collect();
     wanted.sort_unstable();
     wanted.dedup();
@@ -51,12 +62,16 @@ pub(super) fn assemble(spec: &ModelSpec, entries: &[Entry]) -> Result<(Vec<Tenso
 
 /// A text model's token inputs (the tokenizer replaced the text): every request's rows, padded
 /// to the longest row of the batch.
-fn token_inputs(spec: &ModelSpec, text: &TextSpec, entries: &[Entry]) -> Result<Vec<Tensor>> {
+fn token_inputs(
+    spec: &ModelSpec,
+    text: &TextSpec,
+    entries: &[&ValidRequest],
+) -> Result<Vec<Tensor>> {
     let mut inputs = Vec::with_capacity(3);
-    for t in entries[0].req.inputs() {
+    for t in entries[0].inputs() {
         let parts: Vec<&Tensor> = entries
             .iter()
-            .filter_map(|e| e.req.inputs().iter().find(|p| p.name() == t.name()))
+            .filter_map(|e| e.inputs().iter().find(|p| p.name() == t.name()))
             .filter(|p| p.dtype() == DataType::Int64 && p.shape().len() == 2)
             .collect();
         if parts.len() != entries.len() {
@@ -142,7 +157,7 @@ pub(super) fn scatter(
 
 /// Each output in `wanted` order, split into one piece of `rows[i]` rows per request, in the
 /// config's data type and `dims`.
-fn split(
+pub(super) fn split(
     spec: &ModelSpec,
     wanted: &[usize],
     tensors: Vec<Tensor>,

@@ -37,6 +37,20 @@ pub struct Batch {
     _permit: Option<OwnedSemaphorePermit>,
     /// When the batch took its slot.
     formed: Instant,
+    /// A batch with its own way of executing (the sequence batcher's rows, padding rows and
+    /// control inputs); `None` = the plain execution below.
+    custom: Option<Box<dyn Execution>>,
+}
+
+/// How a batch executes when it is not a plain batch of requests. Implemented by the
+/// sequence batcher, which this module does not know.
+pub(crate) trait Execution: Send + 'static {
+    fn execute(
+        self: Box<Self>,
+        ctx: Arc<ExecContext>,
+        entries: Vec<Entry>,
+        runner: &mut dyn Runner,
+    ) -> RunHealth;
 }
 
 impl Batch {
@@ -50,6 +64,22 @@ impl Batch {
             entries,
             _permit: permit,
             formed: Instant::now(),
+            custom: None,
+        }
+    }
+
+    /// A batch that `exec` executes (the sequence batcher's).
+    pub(super) fn custom(
+        ctx: Arc<ExecContext>,
+        entries: Vec<Entry>,
+        exec: Box<dyn Execution>,
+    ) -> Self {
+        Batch {
+            ctx,
+            entries,
+            _permit: None,
+            formed: Instant::now(),
+            custom: Some(exec),
         }
     }
 
@@ -68,7 +98,11 @@ impl Job for Batch {
             entries,
             _permit,
             formed,
+            custom,
         } = self;
+        if let Some(exec) = custom {
+            return exec.execute(ctx, entries, runner);
+        }
         let start = Instant::now();
         let _busy = ctx.stats.busy();
         // Work whose client has gone is never run.
@@ -148,7 +182,7 @@ impl Job for Batch {
 }
 
 /// Answers every entry of a batch that left the queue (so no `left_queue`) with `err`.
-fn fail_all(stats: &ModelStats, entries: Vec<Entry>, err: &Error, why: FailureReason) {
+pub(super) fn fail_all(stats: &ModelStats, entries: Vec<Entry>, err: &Error, why: FailureReason) {
     let now = Instant::now();
     for entry in entries {
         stats.record_failure(now - entry.enqueued, why);
@@ -159,7 +193,7 @@ fn fail_all(stats: &ModelStats, entries: Vec<Entry>, err: &Error, why: FailureRe
 }
 
 /// Answers each entry of an executed batch with its outputs (or the error that kept them).
-fn respond(
+pub(super) fn respond(
     ctx: &ExecContext,
     entries: Vec<Entry>,
     wanted: &[usize],

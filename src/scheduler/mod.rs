@@ -15,6 +15,7 @@ pub(crate) mod load;
 pub(crate) mod planner;
 pub(crate) mod queue;
 pub(crate) mod reply;
+pub(crate) mod sequence;
 #[cfg(test)]
 mod tests;
 pub(crate) mod thread;
@@ -45,6 +46,10 @@ pub struct QueueLimits {
     /// Fraction of `capacity` that only the highest priority may fill (lower levels are shed
     /// in order as the queue passes its high-water marks).
     pub priority_reserve: f64,
+    /// Sequence models: requests one sequence may have queued.
+    pub sequence_queue: usize,
+    /// Sequence models: new sequences that may wait for a slot.
+    pub sequence_backlog: usize,
 }
 
 impl Default for QueueLimits {
@@ -52,13 +57,22 @@ impl Default for QueueLimits {
         QueueLimits {
             capacity: DEFAULT_QUEUE_CAPACITY,
             priority_reserve: 0.2,
+            sequence_queue: sequence::DEFAULT_PER_SEQUENCE,
+            sequence_backlog: sequence::DEFAULT_BACKLOG,
         }
     }
 }
 
 /// Handle to a model version's scheduler. Dropping it closes the queue: what was queued still
 /// runs, then the instance threads exit.
-pub struct Scheduler(DynamicScheduler);
+pub struct Scheduler(Kind);
+
+/// A model with `sequence_batching` gets the sequence batcher; every other model the dynamic
+/// batcher (which also runs Triton's default scheduler).
+enum Kind {
+    Dynamic(DynamicScheduler),
+    Sequence(sequence::SequenceScheduler),
+}
 
 impl Scheduler {
     /// Creates the scheduler for `ctx.spec` with `instances` instance threads to feed; returns
@@ -73,14 +87,19 @@ impl Scheduler {
     ) -> (Scheduler, Receiver<Batch>) {
         // Permits bound the batches in flight to `instances`, so this never fills.
         let (jobs, rx) = crossbeam_channel::bounded(instances.max(1));
+        if let Some(seq) = ctx.spec.sequence.clone() {
+            let caps = (limits.sequence_queue, limits.sequence_backlog);
+            let s = sequence::SequenceScheduler::start(ctx, seq, instances, caps, jobs, thread);
+            return (Scheduler(Kind::Sequence(s)), rx);
+        }
         let (db, alone) = match ctx.spec.dynamic_batching.clone() {
             Some(db) => (db, false),
             None => (crate::model::DynamicBatching::default_scheduler(), true),
         };
         (
-            Scheduler(DynamicScheduler::start(
+            Scheduler(Kind::Dynamic(DynamicScheduler::start(
                 ctx, db, alone, instances, limits, jobs, thread,
-            )),
+            ))),
             rx,
         )
     }
@@ -90,23 +109,33 @@ impl Scheduler {
     /// A refusal is an error carrying its `Rejection`, for the caller to count.
     pub fn enqueue(&self, req: ValidRequest) -> Result<Reply> {
         let (tx, rx) = oneshot::channel();
-        self.0.enqueue(req, tx)?;
+        match &self.0 {
+            Kind::Dynamic(d) => d.enqueue(req, tx)?,
+            Kind::Sequence(s) => s.enqueue(req, tx)?,
+        }
         Ok(rx)
     }
 
     /// Refuses now what `enqueue` would refuse for a request at `level` with `queue_timeout`
     /// (queue full, shed by priority, deadline unmeetable); holds no place when it admits.
+    /// A sequence model decides with the whole request (its id), so it admits here.
     pub fn precheck(
         &self,
         level: usize,
         queue_timeout: Option<std::time::Duration>,
         id: &str,
     ) -> Result<()> {
-        self.0.precheck(level, queue_timeout, id)
+        match &self.0 {
+            Kind::Dynamic(d) => d.precheck(level, queue_timeout, id),
+            Kind::Sequence(_) => Ok(()),
+        }
     }
 
     /// Requests waiting for an instance.
     pub fn queued(&self) -> usize {
-        self.0.queued()
+        match &self.0 {
+            Kind::Dynamic(d) => d.queued(),
+            Kind::Sequence(s) => s.queued(),
+        }
     }
 }

@@ -8,6 +8,7 @@ pub(crate) mod log_escape;
 pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod otlp;
+pub(crate) mod sequence;
 pub(crate) mod spans;
 pub(crate) mod stats;
 pub(crate) mod system;

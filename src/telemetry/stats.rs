@@ -22,6 +22,7 @@ use prometheus::proto::MetricFamily;
 
 pub(crate) use super::metrics::FailureReason;
 use super::metrics::{MetricsOptions, ModelMetrics};
+use super::sequence::SequenceMetrics;
 use crate::backend::ComputeTimes;
 use crate::error::Rejection;
 
@@ -64,6 +65,8 @@ pub struct StatsSnapshot {
 pub struct ModelStats {
     inner: Mutex<StatsSnapshot>,
     metrics: ModelMetrics,
+    /// Versions with `sequence_batching` only.
+    sequence: Option<SequenceMetrics>,
 }
 
 impl Default for ModelStats {
@@ -92,6 +95,28 @@ impl ModelStats {
         ModelStats {
             inner: Mutex::new(StatsSnapshot::default()),
             metrics: ModelMetrics::new(model, version, priority_levels),
+            sequence: None,
+        }
+    }
+
+    /// Adds the sequence batcher's series (`nereid_sequence_*`), at 0 from the load on.
+    pub fn with_sequences(mut self, model: &str, version: i64) -> Self {
+        self.sequence = Some(SequenceMetrics::new(model, version));
+        self
+    }
+
+    /// The sequence batcher's occupancy now: sequences holding a slot and backlogged ones.
+    pub fn sequences(&self, active: usize, backlog: usize) {
+        if let Some(m) = &self.sequence {
+            m.active.set(active as i64);
+            m.backlog.set(backlog as i64);
+        }
+    }
+
+    /// `n` sequence slots were released by the idle timeout.
+    pub fn idle_released(&self, n: usize) {
+        if let Some(m) = &self.sequence {
+            m.idle_released.inc_by(n as u64);
         }
     }
 
@@ -197,7 +222,11 @@ impl ModelStats {
 
     /// This version's Prometheus families.
     pub fn families(&self, opts: &MetricsOptions) -> Vec<MetricFamily> {
-        self.metrics.families(opts)
+        let mut out = self.metrics.families(opts);
+        if let Some(m) = &self.sequence {
+            out.extend(m.families());
+        }
+        out
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {

@@ -182,6 +182,7 @@ pub(crate) async fn shed_server() -> TestServer {
         c.load.queue_limits = QueueLimits {
             capacity: 4,
             priority_reserve: 0.5,
+            ..Default::default()
         }
     })
     .await

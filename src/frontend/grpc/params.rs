@@ -68,8 +68,12 @@ fn param_error(e: ParamError, map: &HashMap<String, pb::InferParameter>) -> Erro
         ParamError::Unknown { key } => {
             Error::invalid_arg(format!("unrecognized parameter '{key}'."))
         }
+        ParamError::CorrelationIdTooLong => Error::unsupported(TOO_LONG),
     }
 }
+
+/// Triton's message for a string `sequence_id` over 128 bytes (UNSUPPORTED).
+const TOO_LONG: &str = "string correlation ID cannot be longer than 128 characters";
 
 /// A `ModelInferRequest`'s parameters.
 pub(crate) fn request_params(map: &HashMap<String, pb::InferParameter>) -> Result<RequestParams> {
@@ -125,6 +129,7 @@ pub(crate) fn load_request(
         ParamError::Unknown { key } | ParamError::Reserved { key } => {
             Error::invalid_arg(format!("unrecognized load parameter '{key}'."))
         }
+        ParamError::CorrelationIdTooLong => Error::unsupported(TOO_LONG),
     })
 }
 
@@ -168,6 +173,7 @@ pub(crate) fn log_update(
                 },
             ),
             ParamError::Reserved { key } | ParamError::Unknown { key } => (key.as_str(), "string"),
+            ParamError::CorrelationIdTooLong => ("sequence_id", "string"),
         };
         Error::invalid_arg(format!("expect {what} for '{key}'"))
     })

@@ -53,12 +53,23 @@ pub(super) fn param_error(e: ParamError) -> Error {
         ParamError::Unknown { key } => {
             Error::invalid_arg(format!("unrecognized parameter '{key}'."))
         }
+        ParamError::CorrelationIdTooLong => {
+            Error::unsupported("string correlation ID cannot be longer than 128 characters")
+        }
     }
 }
 
-/// A request's `parameters` object.
+/// A request's `parameters` object. JSON's `sequence_id` is an unsigned integer or a string:
+/// a negative number does not wrap as gRPC's int64_param does, it is refused.
 pub(super) fn request_params(p: &Map<String, Value>) -> Result<RequestParams> {
-    RequestParams::parse(p.iter().map(|(k, v)| (k.as_str(), value(v)))).map_err(param_error)
+    RequestParams::parse(p.iter().map(|(k, v)| {
+        let v = match (k.as_str(), value(v)) {
+            ("sequence_id", ParamValue::Int(n)) if n < 0 => ParamValue::Other,
+            (_, v) => v,
+        };
+        (k.as_str(), v)
+    }))
+    .map_err(param_error)
 }
 
 /// One `$request_output`: `name` and optional `parameters` (`binary_data`, `classification`;
@@ -127,6 +138,7 @@ pub(super) fn load_request(params: Option<&Map<String, Value>>) -> Result<LoadRe
         ParamError::Unknown { key } | ParamError::Reserved { key } => {
             Error::invalid_arg(format!("unrecognized load parameter '{key}'."))
         }
+        ParamError::CorrelationIdTooLong => param_error(ParamError::CorrelationIdTooLong),
     })
 }
 

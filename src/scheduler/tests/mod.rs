@@ -63,6 +63,7 @@ fn spec(db: Option<DynamicBatching>) -> ModelSpec {
         ort: OrtOptions::default(),
         dynamic_batching: db,
         text: None,
+        sequence: None,
     }
 }
 
@@ -88,6 +89,7 @@ fn start(db: Option<DynamicBatching>, instances: usize, work_ms: u64) -> Harness
         QueueLimits {
             capacity: 64,
             priority_reserve: 0.2,
+            ..Default::default()
         },
         &[],
     )

@@ -9,6 +9,7 @@ async fn rejections_name_their_reason_and_carry_a_retry_hint() {
     let limits = QueueLimits {
         capacity: 10,
         priority_reserve: 0.5,
+        ..Default::default()
     };
     let h = start_with(
         Some(batching(0, 2, policy(0, 0, TimeoutAction::Reject))),
@@ -175,6 +176,7 @@ async fn a_faulty_instance_is_taken_out_and_restored_while_the_model_serves() {
         QueueLimits {
             capacity: 64,
             priority_reserve: 0.2,
+            ..Default::default()
         },
         &[0],
     );

@@ -177,6 +177,7 @@ fn spec(inputs: Vec<IoSpec>, max_batch_size: u32) -> ModelSpec {
         ort: OrtOptions::default(),
         dynamic_batching: None,
         text: None,
+        sequence: None,
     }
 }
 
