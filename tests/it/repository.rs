@@ -154,8 +154,7 @@ async fn unimplemented_rpcs_fail_promptly() {
 
     // Client shared memory is off by default (E36): register and unregister are refused with
     // Triton's text, status answers; CUDA register answers as a build without GPU support.
-    let disabled =
-        "Client shared memory is disabled. Start the server with '--allow-client-shm=true' to enable.";
+    let disabled = "Client shared memory is disabled. Start the server with '--allow-client-shm=true' to enable.";
     let off = [
         refused(
             "SystemSharedMemoryRegister",
