@@ -253,17 +253,42 @@ impl ModelManager {
                 if files.is_empty() {
                     let dir = find(&repos, &n)?;
                     let source = fingerprint(&dir);
-                    let config = read_disk
-                        .then(|| loader.read_config(&dir).map_err(|e| poll_failure(&n, e)))
-                        .transpose()?;
+                    let config = read_disk.then(|| loader.read_config(&dir)).transpose();
                     Ok((dir, None, Some(source), config))
                 } else {
-                    let tmp =
-                        overrides::write_files(&n, &files).map_err(|e| poll_failure(&n, e))?;
-                    Ok((tmp.path().join(&n), Some(tmp), None, None))
+                    // A path refused as unsafe stays the client's error; one the file
+                    // system cannot take (too long) is a poll failure, as in Triton.
+                    let tmp = overrides::write_files(&n, &files).map_err(|e| match e.code {
+                        crate::error::Code::Internal => poll_failure(&n, e),
+                        _ => e,
+                    })?;
+                    Ok((tmp.path().join(&n), Some(tmp), None, Ok(None)))
                 }
             })
             .await?
+        };
+        // A config that cannot be read is a poll failure for the client; the index keeps the
+        // reason (relative to the model folder) as a failed load's.
+        let disk_config = match disk_config {
+            Ok(c) => c,
+            Err(e) => {
+                let roots: Vec<&std::path::Path> = self
+                    .opts
+                    .repositories
+                    .iter()
+                    .map(PathBuf::as_path)
+                    .chain([dir.as_path()])
+                    .collect();
+                let reason = scrub_error(e.clone(), &roots).reason();
+                let mut models = self.write();
+                let entry = models.entry(name.to_string()).or_default();
+                if entry.serving() {
+                    entry.reload_error = Some(reason);
+                } else {
+                    entry.failure = Some(reason);
+                }
+                return Err(poll_failure(name, e));
+            }
         };
         let override_config = override_config.or(disk_config);
         {

@@ -34,98 +34,118 @@ pub(super) fn tensor_ref(params: Option<&Map<String, Value>>) -> Result<Option<S
     }))
 }
 
-/// The shared-memory routes of both kinds.
-pub(super) fn routes(r: Router<Http>) -> Router<Http> {
-    r.route("/v2/systemsharedmemory/status", get(system_status_all))
-        .route(
-            "/v2/systemsharedmemory/region/{region}/status",
-            get(system_status),
-        )
-        .route(
-            "/v2/systemsharedmemory/register",
-            post(system_register_unnamed),
-        )
-        .route(
-            "/v2/systemsharedmemory/region/{region}/register",
-            post(system_register),
-        )
-        .route(
-            "/v2/systemsharedmemory/unregister",
-            post(system_unregister_all),
-        )
-        .route(
-            "/v2/systemsharedmemory/region/{region}/unregister",
-            post(system_unregister),
-        )
-        .route("/v2/cudasharedmemory/status", get(cuda_status_all))
-        .route(
-            "/v2/cudasharedmemory/region/{region}/status",
-            get(cuda_status),
-        )
-        .route("/v2/cudasharedmemory/register", post(cuda_register_unnamed))
-        .route(
-            "/v2/cudasharedmemory/region/{region}/register",
-            post(cuda_register),
-        )
-        .route("/v2/cudasharedmemory/unregister", post(cuda_unregister_all))
-        .route(
-            "/v2/cudasharedmemory/region/{region}/unregister",
-            post(cuda_unregister),
-        )
+/// Which of the two route families a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    System,
+    Cuda,
 }
 
-fn system_json(s: &Http, name: &str) -> Reply {
-    let rows: Vec<Value> = s
-        .core
-        .shm()
-        .system_status(name)?
-        .into_iter()
-        .map(
-            |r| json!({"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}),
-        )
-        .collect();
+impl Kind {
+    fn segment(self) -> &'static str {
+        match self {
+            Kind::System => "systemsharedmemory",
+            Kind::Cuda => "cudasharedmemory",
+        }
+    }
+}
+
+/// The shared-memory routes of both kinds: status, register and unregister, each for all
+/// regions and for one named region.
+pub(super) fn routes(mut r: Router<Http>) -> Router<Http> {
+    for kind in [Kind::System, Kind::Cuda] {
+        let base = format!("/v2/{}", kind.segment());
+        r = r
+            .route(
+                &format!("{base}/status"),
+                get(move |State(s): State<Http>| async move { status(&s, kind, "") }),
+            )
+            .route(
+                &format!("{base}/region/{{region}}/status"),
+                get(
+                    move |State(s): State<Http>, Path(region): Path<String>| async move {
+                        status(&s, kind, &region)
+                    },
+                ),
+            )
+            .route(
+                &format!("{base}/register"),
+                post(move || async move { register_unnamed(kind) }),
+            )
+            .route(
+                &format!("{base}/region/{{region}}/register"),
+                post(
+                    move |State(s): State<Http>,
+                          Path(region): Path<String>,
+                          headers: HeaderMap,
+                          body: Body| async move {
+                        register(&s, kind, &region, &headers, body).await
+                    },
+                ),
+            )
+            .route(
+                &format!("{base}/unregister"),
+                post(move |State(s): State<Http>| async move { unregister(&s, kind, "") }),
+            )
+            .route(
+                &format!("{base}/region/{{region}}/unregister"),
+                post(
+                    move |State(s): State<Http>, Path(region): Path<String>| async move {
+                        unregister(&s, kind, &region)
+                    },
+                ),
+            );
+    }
+    r
+}
+
+/// Status as a JSON array (`[]` when none).
+fn status(s: &Http, kind: Kind, name: &str) -> Reply {
+    let shm = s.core.shm();
+    let rows: Vec<Value> = match kind {
+        Kind::System => shm
+            .system_status(name)?
+            .into_iter()
+            .map(|r| json!({"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}))
+            .collect(),
+        Kind::Cuda => shm
+            .cuda_status(name)?
+            .into_iter()
+            .map(|r| json!({"name": r.name, "device_id": r.device_id, "byte_size": r.byte_size}))
+            .collect(),
+    };
     Ok(json(&Value::Array(rows)))
 }
 
-fn cuda_json(s: &Http, name: &str) -> Reply {
-    let rows: Vec<Value> = s
-        .core
-        .shm()
-        .cuda_status(name)?
-        .into_iter()
-        .map(|r| json!({"name": r.name, "device_id": r.device_id, "byte_size": r.byte_size}))
-        .collect();
-    Ok(json(&Value::Array(rows)))
+fn register_unnamed(kind: Kind) -> Reply {
+    let what = match kind {
+        Kind::System => "system",
+        Kind::Cuda => "cuda",
+    };
+    Err(Error::invalid_arg(format!(
+        "'region name' is necessary to register {what} shared memory region"
+    ))
+    .into())
 }
 
-async fn system_status_all(State(s): State<Http>) -> Reply {
-    system_json(&s, "")
+fn unregister(s: &Http, kind: Kind, name: &str) -> Reply {
+    match kind {
+        Kind::System => s.core.shm().unregister_system(name)?,
+        Kind::Cuda => s.core.shm().unregister_cuda(name)?,
+    }
+    Ok(ok_empty())
 }
 
-async fn system_status(State(s): State<Http>, Path(region): Path<String>) -> Reply {
-    system_json(&s, &region)
-}
-
-async fn cuda_status_all(State(s): State<Http>) -> Reply {
-    cuda_json(&s, "")
-}
-
-async fn cuda_status(State(s): State<Http>, Path(region): Path<String>) -> Reply {
-    cuda_json(&s, &region)
-}
-
-async fn system_register_unnamed() -> Reply {
-    Err(
-        Error::invalid_arg("'region name' is necessary to register system shared memory region")
-            .into(),
-    )
-}
-
-async fn cuda_register_unnamed() -> Reply {
-    Err(
-        Error::invalid_arg("'region name' is necessary to register cuda shared memory region")
-            .into(),
-    )
+/// Register: refused first when client shared memory is off, then the body is read and
+/// checked as Triton checks it.
+async fn register(s: &Http, kind: Kind, region: &str, headers: &HeaderMap, body: Body) -> Reply {
+    s.core.shm().check_allowed()?;
+    let body = read_body(body, headers, s, "JSON ").await?;
+    let b = register_body(&body)?;
+    match kind {
+        Kind::System => register_system(s, region, &b),
+        Kind::Cuda => register_cuda(s, region, &b),
+    }
 }
 
 /// The register body as a JSON object; `member` reads a required member with Triton's text.
@@ -140,15 +160,7 @@ fn missing(field: &str) -> Error {
     ))
 }
 
-async fn system_register(
-    State(s): State<Http>,
-    Path(region): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Reply {
-    s.core.shm().check_allowed()?;
-    let body = read_body(body, &headers, &s, "JSON ").await?;
-    let b = register_body(&body)?;
+fn register_system(s: &Http, region: &str, b: &Map<String, Value>) -> Reply {
     let key = as_str(b.get("key").ok_or_else(|| missing("key"))?, "key")?;
     let byte_size = as_u64(
         b.get("byte_size").ok_or_else(|| missing("byte_size"))?,
@@ -157,21 +169,13 @@ async fn system_register(
     let offset = b.get("offset").map_or(Ok(0), |v| as_u64(v, "offset"))?;
     s.core
         .shm()
-        .register_system(&region, key, offset, byte_size)?;
+        .register_system(region, key, offset, byte_size)?;
     Ok(ok_empty())
 }
 
-/// CUDA register: the body is checked as Triton checks it, then this build (no GPU support)
-/// refuses it as Triton built without GPU support does.
-async fn cuda_register(
-    State(s): State<Http>,
-    Path(region): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Reply {
-    s.core.shm().check_allowed()?;
-    let body = read_body(body, &headers, &s, "JSON ").await?;
-    let b = register_body(&body)?;
+/// CUDA register: the body checked as Triton checks it, then refused as Triton built without
+/// GPU support refuses it (`SharedMemory::register_cuda`).
+fn register_cuda(s: &Http, region: &str, b: &Map<String, Value>) -> Reply {
     let absent = |m: &str| {
         Error::internal(format!(
             "attempt to access non-existing object member '{m}'"
@@ -191,37 +195,17 @@ async fn cuda_register(
         b.get("device_id").ok_or_else(|| absent("device_id"))?,
         "device_id",
     )?;
-    let raw = base64::engine::general_purpose::STANDARD
+    let handle = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .ok()
         .filter(|h| h.len() == 64);
-    if raw.is_none() {
+    if handle.is_none() {
         return Err(Error::invalid_arg(
             "'raw_handle' must be a valid base64 encoded cudaIpcMemHandle_t",
         )
         .into());
     }
     let device_id = i64::try_from(device_id).unwrap_or(i64::MAX);
-    s.core.shm().register_cuda(&region, device_id, byte_size)?;
-    Ok(ok_empty())
-}
-
-async fn system_unregister_all(State(s): State<Http>) -> Reply {
-    s.core.shm().unregister_system("")?;
-    Ok(ok_empty())
-}
-
-async fn system_unregister(State(s): State<Http>, Path(region): Path<String>) -> Reply {
-    s.core.shm().unregister_system(&region)?;
-    Ok(ok_empty())
-}
-
-async fn cuda_unregister_all(State(s): State<Http>) -> Reply {
-    s.core.shm().unregister_cuda("")?;
-    Ok(ok_empty())
-}
-
-async fn cuda_unregister(State(s): State<Http>, Path(region): Path<String>) -> Reply {
-    s.core.shm().unregister_cuda(&region)?;
+    s.core.shm().register_cuda(region, device_id, byte_size)?;
     Ok(ok_empty())
 }
