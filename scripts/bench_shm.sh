@@ -40,8 +40,8 @@ pid=$!
 trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null' EXIT
 grpc=""
 for _ in $(seq 600); do
-  grpc="$(sed -n 's/.*Started GRPCInferenceService at \([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -1)"
-  http="$(sed -n 's/.*Started HTTPService at [0-9.]*:\([0-9]*\).*/\1/p' "$log" | head -1)"
+  grpc="$(sed -n '/Started GRPCInferenceService at/{s/.* at \([0-9.]*:[0-9]*\).*/\1/p;q}' "$log")"
+  http="$(sed -n '/Started HTTPService at/{s/.* at [0-9.]*:\([0-9]*\).*/\1/p;q}' "$log")"
   if [ -n "$grpc" ] && [ -n "$http" ] && curl -sf -o /dev/null "http://127.0.0.1:$http/v2/health/ready"; then
     break
   fi

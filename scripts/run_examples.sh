@@ -68,8 +68,8 @@ start() {
   local pid=$!
   GRPC="" HTTP=""
   for _ in $(seq 600); do
-    GRPC="$(sed -n 's/.*Started GRPCInferenceService at [0-9.]*:\([0-9]*\).*/\1/p' "$log" | head -1)"
-    HTTP="$(sed -n 's/.*Started HTTPService at [0-9.]*:\([0-9]*\).*/\1/p' "$log" | head -1)"
+    GRPC="$(sed -n '/Started GRPCInferenceService at/{s/.* at [0-9.]*:\([0-9]*\).*/\1/p;q}' "$log")"
+    HTTP="$(sed -n '/Started HTTPService at/{s/.* at [0-9.]*:\([0-9]*\).*/\1/p;q}' "$log")"
     if [ -n "$GRPC" ] && [ -n "$HTTP" ] &&
       curl -sf -o /dev/null "http://127.0.0.1:$HTTP/v2/health/ready"; then
       return 0
