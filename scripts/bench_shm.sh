@@ -6,6 +6,8 @@
 #   NEREID_BIN       server binary (default: cargo build --release, then target/release/nereid)
 #   BENCH_WINDOW_MS  perf_analyzer -p (default 3000)
 #   BENCH_SHM_CONCURRENCY  concurrencies, space-separated (default "1 8")
+#   BENCH_STABILITY  perf_analyzer -s, the stability percentage (default 30; a busy shared machine
+#                    needs more)
 #
 # Output files (server log, perf_analyzer output and CSVs) go to .bench/shm/.
 set -euo pipefail
@@ -14,6 +16,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 window_ms="${BENCH_WINDOW_MS:-3000}"
 concurrency="${BENCH_SHM_CONCURRENCY:-1 8}"
+stability="${BENCH_STABILITY:-30}"
 
 if [ -n "${NEREID_BIN:-}" ]; then
   bin="$NEREID_BIN"
@@ -55,7 +58,7 @@ for model in simple alexnet; do
     for c in $concurrency; do
       csv="$out/$model-$shm-$c.csv"
       "$pa" -m "$model" -i grpc -u "$grpc" -b 1 --shared-memory "$shm" \
-        --concurrency-range "$c:$c" -p "$window_ms" -s 30 -f "$csv" >"$out/$model-$shm-$c.txt" 2>&1 || {
+        --concurrency-range "$c:$c" -p "$window_ms" -s "$stability" -f "$csv" >"$out/$model-$shm-$c.txt" 2>&1 || {
         echo "bench_shm: perf_analyzer failed for $model shm=$shm c=$c:" >&2
         tail -n 20 "$out/$model-$shm-$c.txt" >&2
         exit 1
