@@ -25,6 +25,7 @@ LAYERS = [
     ["tensor"],
     ["request"],
     ["model"],
+    ["shm"],
     ["validate", "backend"],
     ["preprocess", "telemetry"],
     ["scheduler"],

@@ -7,7 +7,11 @@ and checked with onnx.checker before anything is written; --verify also runs eac
 onnxruntime and compares its outputs with numpy. Only the folders of the models listed here are
 replaced; anything else under <out> is left alone.
 
-Usage: gen_models.py [--out DIR] [--verify] [--list]
+With --examples it writes the models Triton's client examples need beyond model_repository/
+(simple_int8, densenet_onnx) into client_examples_repository/ instead (scripts/run_examples.sh
+serves both folders).
+
+Usage: gen_models.py [--examples] [--out DIR] [--verify] [--list]
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class Model:
     config: str | None
     # verify(session, version) raises AssertionError on a wrong result; needs onnxruntime.
     verify: Callable
+    # Other files of the model folder (name -> text), e.g. a labels file.
+    files: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,10 +157,15 @@ def assert_strings_equal(got, want, what: str):
 # The models
 
 
-def int32_add_sub(name: str, batching: bool, offsets: dict[int, int] | None = None, extra_config: str = "") -> Model:
+def int32_add_sub(name: str, batching: bool, offsets: dict[int, int] | None = None, extra_config: str = "",
+                  element: str = "int32") -> Model:
+    config_type, onnx_type, np_name = {
+        "int32": ("TYPE_INT32", TensorProto.INT32, "int32"),
+        "int8": ("TYPE_INT8", TensorProto.INT8, "int8"),
+    }[element]
     shape = ["N", 16] if batching else [16]
-    ins = [Tensor(n, "TYPE_INT32", TensorProto.INT32, shape, [16]) for n in ("INPUT0", "INPUT1")]
-    outs = [Tensor(n, "TYPE_INT32", TensorProto.INT32, shape, [16]) for n in ("OUTPUT0", "OUTPUT1")]
+    ins = [Tensor(n, config_type, onnx_type, shape, [16]) for n in ("INPUT0", "INPUT1")]
+    outs = [Tensor(n, config_type, onnx_type, shape, [16]) for n in ("OUTPUT0", "OUTPUT1")]
     offsets = offsets or {1: 0}
     versions = {}
     for version, offset in offsets.items():
@@ -162,13 +173,15 @@ def int32_add_sub(name: str, batching: bool, offsets: dict[int, int] | None = No
             nodes, inits = add_sub_nodes("INPUT0", "INPUT1", "OUTPUT0", "OUTPUT1"), []
         else:
             nodes = add_sub_nodes("INPUT0", "INPUT1", "OUTPUT0", "OUTPUT1", offset="version_offset")
-            inits = [helper.make_tensor("version_offset", TensorProto.INT32, [], [offset])]
+            inits = [helper.make_tensor("version_offset", onnx_type, [], [offset])]
         versions[version] = onnx_model(name, nodes, ins, outs, inits)
 
     def verify(session, version):
         a, b = int32_pair((3, 16) if batching else (16,), seed=version)
+        # Small values: int8 sums and differences must not wrap.
+        a, b = (a % 50).astype(np_name), (b % 50).astype(np_name)
         got = run(session, {"INPUT0": a, "INPUT1": b})
-        assert_equal(got["OUTPUT0"], a + b + np.int32(offsets[version]), f"{name} v{version} OUTPUT0")
+        assert_equal(got["OUTPUT0"], a + b + np.dtype(np_name).type(offsets[version]), f"{name} v{version} OUTPUT0")
         assert_equal(got["OUTPUT1"], a - b, f"{name} v{version} OUTPUT1")
 
     config = config_pbtxt(name, MAX_BATCH if batching else 0, ins, outs, extra_config)
@@ -293,6 +306,54 @@ def all_models() -> list[Model]:
     ]
 
 
+DENSENET_SOURCE = os.path.join("backend", "test", "data", "light", "light_densenet121.onnx")
+
+
+def densenet_onnx() -> Model:
+    """onnx's own light DenseNet-121 test model as Triton's image examples know it: data_0 FP32
+    [3,224,224] (NCHW) reshaped to the graph's [1,3,224,224], fc6_1 [1000] from [1,1000,1,1], and a
+    labels file of 1000 lines. The graph lists its initializers as inputs (IR 3); they are dropped from
+    the inputs (IR 4) so data_0 is the only one."""
+    name = "densenet_onnx"
+    source = onnx.load(os.path.join(os.path.dirname(onnx.__file__), DENSENET_SOURCE))
+    weights = {t.name for t in source.graph.initializer}
+    keep = [i for i in source.graph.input if i.name not in weights]
+    del source.graph.input[:]
+    source.graph.input.extend(keep)
+    source.ir_version = max(source.ir_version, 4)
+    source.producer_name, source.producer_version = PRODUCER_NAME, PRODUCER_VERSION
+    onnx.checker.check_model(source)
+    config = (
+        f'name: "{name}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        "max_batch_size: 0\n"
+        "input [\n  {\n"
+        '    name: "data_0"\n    data_type: TYPE_FP32\n    format: FORMAT_NCHW\n'
+        "    dims: [ 3, 224, 224 ]\n    reshape: { shape: [ 1, 3, 224, 224 ] }\n"
+        "  }\n]\n"
+        "output [\n  {\n"
+        '    name: "fc6_1"\n    data_type: TYPE_FP32\n    dims: [ 1000 ]\n'
+        "    reshape: { shape: [ 1, 1000, 1, 1 ] }\n"
+        '    label_filename: "densenet_labels.txt"\n'
+        "  }\n]\n"
+    )
+    labels = "".join(f"CLASS_{i:04d}\n" for i in range(1000))
+
+    def verify(session, version):
+        x = np.linspace(0, 1, 3 * 224 * 224, dtype=np.float32).reshape(1, 3, 224, 224)
+        got = run(session, {"data_0": x})["fc6_1"]
+        assert got.shape == (1, 1000, 1, 1) and got.dtype == np.float32, (got.shape, got.dtype)
+
+    return Model(name, {1: source}, config, verify, {"densenet_labels.txt": labels})
+
+
+def example_models() -> list[Model]:
+    return [
+        int32_add_sub("simple_int8", batching=True, element="int8"),
+        densenet_onnx(),
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -321,18 +382,29 @@ def write_all(models: list[Model], out: str):
         if m.config is not None:
             with open(os.path.join(model_dir, "config.pbtxt"), "w", encoding="utf-8", newline="\n") as f:
                 f.write(m.config)
+        for file_name, text in m.files.items():
+            with open(os.path.join(model_dir, file_name), "w", encoding="utf-8", newline="\n") as f:
+                f.write(text)
     print(f"gen_models: wrote {len(models)} models to {out}")
 
 
 def main(argv=None, models_of=None, default_out=None, doc=None) -> int:
     """The command line; another generator passes its own models, output folder and doc."""
     parser = argparse.ArgumentParser(description=doc or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=default_out or os.path.join(ROOT, "model_repository"), help="repository root to write")
+    if models_of is None:
+        parser.add_argument("--examples", action="store_true", help="the client examples' models (default --out: client_examples_repository)")
+    parser.add_argument("--out", default=None, help="repository root to write (default: %s)" % os.path.relpath(default_out or os.path.join(ROOT, "model_repository"), ROOT))
     parser.add_argument("--verify", action="store_true", help="run every model through onnxruntime before writing")
     parser.add_argument("--list", action="store_true", help="print the model folders this script owns and exit")
     args = parser.parse_args(argv)
 
-    models = (models_of or all_models)()
+    examples = getattr(args, "examples", False)
+    if models_of is not None:
+        models = models_of()
+    else:
+        models = example_models() if examples else all_models()
+    if args.out is None:
+        args.out = default_out or os.path.join(ROOT, "client_examples_repository" if examples else "model_repository")
     if args.list:
         print("\n".join(m.name for m in models))
         return 0

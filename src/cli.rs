@@ -193,6 +193,11 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = CompressionLevelArg::None, value_name = "LEVEL")]
     pub grpc_infer_response_compression_level: CompressionLevelArg,
 
+    /// Let clients register system shared-memory regions and name them in requests (as
+    /// Triton's flag); when false, register and unregister are refused and status answers.
+    #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "false", value_name = "BOOL")]
+    pub allow_client_shm: bool,
+
     /// Serve the HTTP/REST protocol.
     #[arg(long, action = ArgAction::Set, value_parser = parse_bool, default_value = "true", value_name = "BOOL")]
     pub allow_http: bool,
@@ -405,6 +410,8 @@ pub struct ServerConfig {
     pub ignored: Vec<String>,
     /// Connection limits, keepalive and TLS of the listeners.
     pub connections: ConnectionOptions,
+    /// `--allow-client-shm`.
+    pub allow_client_shm: bool,
 }
 
 impl ServerConfig {
@@ -596,6 +603,7 @@ impl Cli {
             log,
             ignored,
             connections: self.connections.into_options()?,
+            allow_client_shm: self.allow_client_shm,
         })
     }
 

@@ -21,6 +21,7 @@ mod preprocess;
 mod request;
 mod scheduler;
 mod server;
+mod shm;
 mod telemetry;
 mod tensor;
 mod validate;

@@ -195,7 +195,8 @@ impl RunningServer {
         };
         let core = Arc::new(
             Core::new(manager.clone(), config.server_id.clone(), config.inflight)
-                .with_telemetry(telemetry),
+                .with_telemetry(telemetry)
+                .with_client_shm(config.allow_client_shm),
         );
         for flag in &config.ignored {
             tracing::warn!("ignoring {flag}");

@@ -25,6 +25,7 @@ use crate::lifecycle::manager::{IndexEntry, LoadRequest, ModelManager, parse_ver
 use crate::model::ModelSpec;
 use crate::model::config::ModelConfig;
 use crate::request::{Origin, RequestContext};
+use crate::shm::SharedMemory;
 use crate::telemetry::Telemetry;
 use crate::telemetry::logging::{LogSettings, LogUpdate};
 use crate::telemetry::metrics::{self, StateRow};
@@ -44,8 +45,14 @@ const DRAINING_RETRY: Duration = Duration::from_secs(1);
 /// Extensions this server really implements, in Triton's order (grpc-protocol.md §6).
 pub(crate) const EXTENSIONS: &[&str] = &[
     "classification",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
     "model_configuration",
+    "system_shared_memory",
+    "cuda_shared_memory",
     "binary_tensor_data",
+    "parameters",
     "statistics",
     "trace",
     "logging",
@@ -77,6 +84,8 @@ pub struct Core {
     telemetry: Telemetry,
     limits: InflightLimits,
     inflight: Arc<Inflight>,
+    /// Client shared-memory regions (`--allow-client-shm`).
+    shm: SharedMemory,
 }
 
 impl Core {
@@ -91,7 +100,20 @@ impl Core {
             telemetry: Telemetry::default(),
             limits,
             inflight: Arc::default(),
+            shm: SharedMemory::new(false),
         }
+    }
+
+    /// Client shared memory on (`--allow-client-shm=true`) or off (register and unregister
+    /// refused; status answers).
+    pub fn with_client_shm(mut self, allow: bool) -> Self {
+        self.shm = SharedMemory::new(allow);
+        self
+    }
+
+    /// The client shared-memory regions.
+    pub fn shm(&self) -> &SharedMemory {
+        &self.shm
     }
 
     /// First step of a graceful stop: readiness and health turn false so load balancers move
@@ -162,12 +184,16 @@ impl Core {
             && self.manager.all_ready())
     }
 
-    /// Ready when the version resolves to a READY one with at least one healthy instance;
-    /// lookups fail with Triton's errors.
+    /// Ready when the version resolves to a READY one with at least one healthy instance.
+    /// A model or version that is unknown, loading, failed or unloaded is simply not ready
+    /// (Triton's `ModelIsReady` swallows the lookup failure, behaviour.md §2 notes): only a
+    /// stopping server is an error.
     pub fn model_ready(&self, name: &str, version: &str) -> Result<bool> {
         self.check_running()?;
-        let m = self.manager.get(name, version)?;
-        Ok(m.load.healthy.load(Ordering::Acquire) > 0)
+        Ok(self
+            .manager
+            .get(name, version)
+            .is_ok_and(|m| m.load.healthy.load(Ordering::Acquire) > 0))
     }
 
     pub fn server_metadata(&self) -> ServerMetadata {

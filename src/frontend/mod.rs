@@ -22,9 +22,3 @@ pub(crate) fn trace_context(headers: &HeaderMap) -> TraceContext {
             .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
     )
 }
-
-/// Client shared memory is off, as in Triton's newest release without `--allow-client-shm`
-/// (behaviour.md E36); this server does not implement it at all yet. Both front-ends answer
-/// UNSUPPORTED (gRPC UNIMPLEMENTED, HTTP 501) with this text.
-pub(crate) const SHM_DISABLED: &str =
-    "Client shared memory is disabled: this server does not support client shared memory yet.";

@@ -119,6 +119,16 @@ impl Loader {
     }
 
     /// Resolves the config (from `override_config` or the folder) up to the versions to load.
+    /// The config of the model folder `dir` as the server options name it (`--model-config-name`,
+    /// auto-complete of a folder without one).
+    pub(crate) fn read_config(&self, dir: &Path) -> Result<ModelConfig> {
+        config::read_config(
+            dir,
+            self.opts.config_name.as_deref(),
+            self.opts.auto_complete,
+        )
+    }
+
     pub(crate) fn prepare(
         &self,
         name: &str,

@@ -18,7 +18,7 @@ use super::reaper::{OnTornDown, Reaper};
 use super::remote::{RemoteRepo, repos};
 use crate::backend::{Backend, CancelToken};
 use crate::error::{Error, Result};
-use crate::model::paths::{scrub, scrub_error};
+use crate::model::paths::scrub_error;
 use crate::model::state::ModelState;
 use crate::model::{config_json, repository};
 
@@ -242,7 +242,8 @@ impl ModelManager {
             .config
             .as_deref()
             .map(config_json::from_json)
-            .transpose()?;
+            .transpose()
+            .map_err(|e| poll_failure(name, e))?;
         if !req.files.is_empty() && override_config.is_none() {
             return Err(Error::invalid_arg(format!(
                 "failed to load '{name}': the 'config' parameter must be given with 'file:' parameters"
@@ -254,22 +255,56 @@ impl ModelManager {
             true => repos::locate(&self.opts.repositories, &self.opts.remotes, name).await?,
             false => None,
         };
-        let (dir, override_dir, source) = if let Some((dir, source)) = remote {
-            (dir, None, Some(source))
-        } else {
+        // A config on disk (or in the cache copy of a remote model) is read here, as Triton
+        // reads it when it polls the repository.
+        let (dir, override_dir, source, disk_config) = {
             let (repos, n, files) = (self.opts.repositories.clone(), name.to_string(), req.files);
+            let (loader, read_disk) = (self.loader.clone(), override_config.is_none());
             blocking(move || {
-                if files.is_empty() {
+                if let Some((dir, source)) = remote {
+                    let config = read_disk.then(|| loader.read_config(&dir)).transpose();
+                    Ok((dir, None, Some(source), config))
+                } else if files.is_empty() {
                     let dir = find(&repos, &n)?;
                     let source = fingerprint(&dir);
-                    Ok((dir, None, Some(source)))
+                    let config = read_disk.then(|| loader.read_config(&dir)).transpose();
+                    Ok((dir, None, Some(source), config))
                 } else {
-                    let tmp = overrides::write_files(&n, &files)?;
-                    Ok((tmp.path().join(&n), Some(tmp), None))
+                    // A path refused as unsafe stays the client's error; one the file
+                    // system cannot take (too long) is a poll failure, as in Triton.
+                    let tmp = overrides::write_files(&n, &files).map_err(|e| match e.code {
+                        crate::error::Code::Internal => poll_failure(&n, e),
+                        _ => e,
+                    })?;
+                    Ok((tmp.path().join(&n), Some(tmp), None, Ok(None)))
                 }
             })
             .await?
         };
+        // A config that cannot be read is a poll failure for the client; the index keeps the
+        // reason (relative to the model folder) as a failed load's.
+        let disk_config = match disk_config {
+            Ok(c) => c,
+            Err(e) => {
+                let roots: Vec<&std::path::Path> = self
+                    .opts
+                    .repositories
+                    .iter()
+                    .map(PathBuf::as_path)
+                    .chain([dir.as_path()])
+                    .collect();
+                let reason = scrub_error(e.clone(), &roots).reason();
+                let mut models = self.write();
+                let entry = models.entry(name.to_string()).or_default();
+                if entry.serving() {
+                    entry.reload_error = Some(reason);
+                } else {
+                    entry.failure = Some(reason);
+                }
+                return Err(poll_failure(name, e));
+            }
+        };
+        let override_config = override_config.or(disk_config);
         {
             let mut models = self.write();
             let entry = models.entry(name.to_string()).or_default();
@@ -546,31 +581,26 @@ impl VersionSlot {
 
 /// The model folder of `name` in `repos`. Blocking (it scans them).
 fn find(repos: &[PathBuf], name: &str) -> Result<PathBuf> {
-    let found = repository::scan(repos).map_err(|e| {
-        tracing::error!(model = name, error = %e, "cannot read the model repositories");
-        Error::internal(format!(
-            "failed to load '{name}', failed to poll from model repository"
-        ))
-    })?;
-    let roots: Vec<&std::path::Path> = repos.iter().map(PathBuf::as_path).collect();
+    let found = repository::scan(repos)
+        .map_err(|e| poll_failure(name, format!("cannot read the model repositories: {e}")))?;
     match found.get(name) {
         Some(Ok(dir)) => Ok(dir.clone()),
-        Some(Err(e)) => Err(Error::internal(format!(
-            "failed to load '{name}', failed to poll from model repository: {}",
-            scrub(&e.message, &roots)
-        ))),
-        None => {
-            // The repositories' paths go to the log only (behaviour.md E31).
-            tracing::warn!(
-                model = name,
-                repositories = ?repos,
-                "load of a model that no repository holds"
-            );
-            Err(Error::internal(format!(
-                "failed to load '{name}', failed to poll from model repository: no folder '{name}' in the model repositories"
-            )))
-        }
+        Some(Err(e)) => Err(poll_failure(name, &e.message)),
+        None => Err(poll_failure(
+            name,
+            format!("no folder '{name}' in the model repositories {repos:?}"),
+        )),
     }
+}
+
+/// A load that cannot be polled from the repositories (no such folder, an unreadable or
+/// unparsable config, a config override or `file:` that cannot be used): Triton's text, with
+/// the reason in the log only (behaviour.md E31).
+fn poll_failure(name: &str, reason: impl std::fmt::Display) -> Error {
+    tracing::error!(model = name, error = %reason, "failed to poll from model repository");
+    Error::internal(format!(
+        "failed to load '{name}', failed to poll from model repository"
+    ))
 }
 
 /// Runs blocking filesystem work (a scan, a fingerprint, writing override files) on a

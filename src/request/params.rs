@@ -198,14 +198,6 @@ impl RequestParams {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputError {
     Param(ParamError),
-    /// The output asks to be written to client shared memory, which this server does not
-    /// have. `region` is the region's name when it is a string; `classification` and `binary`
-    /// say whether those parameters, which cannot go with shared memory, came with it.
-    SharedMemory {
-        region: Option<String>,
-        classification: bool,
-        binary: bool,
-    },
 }
 
 impl From<ParamError> for OutputError {
@@ -216,8 +208,8 @@ impl From<ParamError> for OutputError {
 
 impl RequestedOutput {
     /// Parses one requested output's parameters, `param` looking a key up among them:
-    /// `binary_data`, then `classification` (0 = the tensor itself), then the shared memory
-    /// keys, which are refused.
+    /// `binary_data`, then `classification` (0 = the tensor itself). The shared memory keys are
+    /// each front-end's (their kinds and defaults differ by protocol).
     pub fn parse<'a>(
         name: String,
         param: impl Fn(&str) -> Option<ParamValue<'a>>,
@@ -234,16 +226,6 @@ impl RequestedOutput {
                 (k > 0).then(|| u32::try_from(k).unwrap_or(u32::MAX))
             }
         };
-        if let Some(region) = param("shared_memory_region") {
-            return Err(OutputError::SharedMemory {
-                region: match region {
-                    ParamValue::Str(s) => Some(s.to_string()),
-                    _ => None,
-                },
-                classification: param("classification").is_some(),
-                binary: binary == Some(true),
-            });
-        }
         Ok(RequestedOutput {
             name,
             classification,
@@ -364,17 +346,6 @@ mod tests {
                 "classification",
                 Expected::Classes
             )))
-        );
-        assert_eq!(
-            output(&[
-                ("shared_memory_region", V::Str("r")),
-                ("binary_data", V::Bool(true))
-            ]),
-            Err(OutputError::SharedMemory {
-                region: Some("r".into()),
-                classification: false,
-                binary: true
-            })
         );
     }
 }

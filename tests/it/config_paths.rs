@@ -206,15 +206,18 @@ async fn load_errors_name_files_relative_to_the_model() {
     write_config(repo.path(), "badcfg", "name: \"badcfg\" max_batch_size: {");
     let s = explicit(repo.path()).await;
 
+    // A config that does not parse is a load that cannot be polled: Triton's text for the
+    // client, the file named (relative to the model) in the index's reason.
     let err = load_model(&s, "badcfg")
         .await
         .expect_err("config does not parse");
-    assert!(
-        err.message().contains("'config.pbtxt'"),
-        "{}",
-        err.message()
+    assert_eq!(
+        err.message(),
+        "failed to load 'badcfg', failed to poll from model repository"
     );
-    assert_no_server_path(err.message(), repo.path());
+    let reason = rows(&s.index(false).await, "badcfg")[0].reason.clone();
+    assert!(reason.contains("'config.pbtxt'"), "{reason}");
+    assert_no_server_path(&reason, repo.path());
 
     let err = load_model(&s, "broken")
         .await

@@ -29,7 +29,8 @@ async fn health_and_server_metadata() {
     for want in ["binary_tensor_data", "statistics", "model_configuration"] {
         assert!(ext.contains(&want), "{ext:?} lacks {want}");
     }
-    assert!(!ext.contains(&"model_repository"), "{ext:?}");
+    assert!(ext.contains(&"system_shared_memory"), "{ext:?}");
+    assert!(!ext.contains(&"sequence"), "{ext:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,14 +76,15 @@ async fn model_metadata_and_ready() {
     let r = s.get("/v2/models/nope").await;
     assert_eq!(r.status, 400);
     assert_eq!(r.error(), "Request for unknown model: 'nope' is not found");
-    let r = s.get("/v2/models/nope/ready").await;
-    assert_eq!(r.status, 400);
-    let r = s.get("/v2/models/simple_versions/versions/1/ready").await;
-    assert_eq!(r.status, 404);
-    assert_eq!(
-        r.error(),
-        "Request for unknown model: 'simple_versions' version 1 is not found"
-    );
+    // Readiness of an unknown model or version is "not ready", not a lookup error.
+    for path in [
+        "/v2/models/nope/ready",
+        "/v2/models/simple_versions/versions/1/ready",
+    ] {
+        let r = s.get(path).await;
+        assert_eq!(r.status, 400, "{path}");
+        assert_eq!(r.error(), "Model version not ready");
+    }
     // A version segment that is not digits is not a route.
     let r = s.get("/v2/models/simple/versions/latest").await;
     assert_eq!(r.status, 404);
@@ -416,20 +418,19 @@ async fn repository_index_load_unload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unimplemented_extensions_and_routing() {
     let s = TestServer::bundled_subset(&["simple"]).await;
-    for (get, path) in [
-        (true, "/v2/systemsharedmemory/status"),
-        (false, "/v2/systemsharedmemory/region/r/register"),
-        (false, "/v2/cudasharedmemory/unregister"),
-        (true, "/v2/cudasharedmemory/region/r/status"),
+    // Client shared memory is off by default: register and unregister refused, status answers.
+    for path in [
+        "/v2/systemsharedmemory/region/r/register",
+        "/v2/cudasharedmemory/unregister",
     ] {
-        let r = if get {
-            s.get(path).await
-        } else {
-            s.post(path, "{}").await
-        };
+        let r = s.post(path, "{}").await;
         assert_eq!(r.status, 501, "{path}");
         assert!(r.error().starts_with("Client shared memory is disabled"));
     }
+    let r = s.get("/v2/systemsharedmemory/status").await;
+    assert_eq!((r.status, r.body.as_ref()), (200, &b"[]"[..]));
+    let r = s.get("/v2/cudasharedmemory/region/r/status").await;
+    assert_eq!(r.status, 404);
     for path in [
         "/v2/trace/setting",
         "/v2/logging",

@@ -69,6 +69,11 @@ impl ServerProcess {
         ServerProcess::start(&args)
     }
 
+    /// The child's process id (its /proc entries).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The whole log so far, for failure messages.
     pub fn log_text(&self) -> String {
         self.log.join("\n")

@@ -152,13 +152,10 @@ async fn unimplemented_rpcs_fail_promptly() {
         "'repository_name' specification is not supported"
     );
 
-    // Client shared memory is not offered (E36: UNSUPPORTED → UNIMPLEMENTED).
-    let shm = [
-        refused(
-            "SystemSharedMemoryStatus",
-            c.system_shared_memory_status(SystemSharedMemoryStatusRequest::default()),
-        )
-        .await,
+    // Client shared memory is off by default (E36): register and unregister are refused with
+    // Triton's text, status answers; CUDA register answers as a build without GPU support.
+    let disabled = "Client shared memory is disabled. Start the server with '--allow-client-shm=true' to enable.";
+    let off = [
         refused(
             "SystemSharedMemoryRegister",
             c.system_shared_memory_register(SystemSharedMemoryRegisterRequest {
@@ -175,25 +172,38 @@ async fn unimplemented_rpcs_fail_promptly() {
         )
         .await,
         refused(
-            "CudaSharedMemoryStatus",
-            c.cuda_shared_memory_status(CudaSharedMemoryStatusRequest::default()),
-        )
-        .await,
-        refused(
-            "CudaSharedMemoryRegister",
-            c.cuda_shared_memory_register(CudaSharedMemoryRegisterRequest::default()),
-        )
-        .await,
-        refused(
             "CudaSharedMemoryUnregister",
             c.cuda_shared_memory_unregister(CudaSharedMemoryUnregisterRequest::default()),
         )
         .await,
     ];
-    for st in shm {
+    for st in off {
         assert_eq!(st.code(), Code::Unimplemented, "{st:?}");
-        assert!(st.message().contains("shared memory"), "{st:?}");
+        assert_eq!(st.message(), disabled);
     }
+    let st = refused(
+        "CudaSharedMemoryRegister",
+        c.cuda_shared_memory_register(CudaSharedMemoryRegisterRequest {
+            name: "g".into(),
+            ..Default::default()
+        }),
+    )
+    .await;
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert_eq!(
+        st.message(),
+        "failed to register CUDA shared memory region: 'g', GPUs not supported"
+    );
+    let system = c
+        .system_shared_memory_status(SystemSharedMemoryStatusRequest::default())
+        .await
+        .unwrap();
+    assert!(system.into_inner().regions.is_empty());
+    let cuda = c
+        .cuda_shared_memory_status(CudaSharedMemoryStatusRequest::default())
+        .await
+        .unwrap();
+    assert!(cuda.into_inner().regions.is_empty());
 
     s.assert_still_serving().await;
 }

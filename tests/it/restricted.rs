@@ -100,9 +100,9 @@ fn table() -> Vec<Row> {
         row(
             SharedMemory,
             Rpc::SystemSharedMemoryStatus,
-            Code::Unimplemented,
+            Code::Ok,
             (Method::GET, "/v2/systemsharedmemory/status"),
-            501,
+            200,
         ),
         row(
             ModelConfig,

@@ -11,9 +11,9 @@ use ort::environment::Environment;
 use ort::memory::Allocator;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{RunOptions, Session};
-use ort::value::{
-    DynTensor, DynTensorValueType, DynValue, Tensor as OrtTensor, TensorElementType, ValueType,
-};
+mod strings;
+
+use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType, ValueType};
 
 use super::{Backend, CancelToken, ComputeTimes, RunOutput, Runner};
 use crate::error::{Error, Result};
@@ -267,22 +267,7 @@ fn to_ort(t: &Tensor) -> Result<DynValue> {
     if t.dtype() == DataType::Bytes {
         let elements = bytes_codec::decode(t.data(), t.element_count())
             .map_err(|e| Error::invalid_arg(format!("input '{}': {e}", t.name())))?;
-        let strings = elements
-            .into_iter()
-            .map(|e| {
-                let text = std::str::from_utf8(e).ok().filter(|s| !s.contains('\0'));
-                text.map(str::to_owned).ok_or_else(|| {
-                    Error::invalid_arg(format!(
-                        "input '{}': ONNX Runtime string tensors need UTF-8 text without NUL bytes",
-                        t.name()
-                    ))
-                })
-            })
-            .collect::<Result<Vec<String>>>()?;
-        let shape: Vec<i64> = t.shape().to_vec();
-        return Ok(OrtTensor::from_string_array((shape, strings.as_slice()))
-            .map_err(ort_err)?
-            .into_dyn());
+        return strings::to_ort(t.shape(), &elements);
     }
     let mut value = DynTensor::new(
         &Allocator::default(),
@@ -333,8 +318,12 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor> {
     })?;
     let shape: Vec<i64> = shape.iter().copied().collect();
     let data = if dtype == DataType::Bytes {
-        let (_, strings) = value.try_extract_strings().map_err(ort_err)?;
-        bytes_codec::encode(strings.iter().map(|s| s.as_bytes()))
+        let count = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
+            .ok_or_else(|| Error::internal(format!("output '{name}' has an invalid shape")))?;
+        let elements = strings::from_ort(value, count)?;
+        bytes_codec::encode(elements.iter().map(Vec::as_slice))
     } else {
         let tensor = value
             .view()

@@ -6,39 +6,34 @@ use super::params;
 use crate::error::{Error, Result};
 use crate::lifecycle::manager::IndexEntry;
 use crate::pb::inference::{
-    self as pb, infer_parameter::ParameterChoice, model_infer_request::InferInputTensor,
-    model_infer_response::InferOutputTensor,
+    self as pb, model_infer_request::InferInputTensor, model_infer_response::InferOutputTensor,
 };
 use crate::request::{InferRequest, InferResponse, InputTensor};
+use crate::shm::ShmRefs;
 use crate::tensor::{DataType, bytes_codec};
 
-/// Decodes a `ModelInferRequest`. Raw entries are taken in input order; typed `contents` are
-/// converted to the same little-endian layout (narrowing 32-bit carriers as Triton does).
-pub(crate) fn infer_request(req: pb::ModelInferRequest) -> Result<InferRequest> {
+/// Decodes a `ModelInferRequest`. Raw entries are taken in input order by the inputs that are
+/// not in shared memory; typed `contents` are converted to the same little-endian layout
+/// (narrowing 32-bit carriers as Triton does). Inputs and outputs placed in shared memory are
+/// listed in the `ShmRefs` (such an input's data is left empty for `SharedMemory::place`).
+pub(crate) fn infer_request(req: pb::ModelInferRequest) -> Result<(InferRequest, ShmRefs)> {
     let model = req.model_name.clone();
     let params = params::request_params(&req.parameters)?;
     let use_raw = !req.raw_input_contents.is_empty();
     let mut raw = req.raw_input_contents.into_iter();
     let mut inputs = Vec::with_capacity(req.inputs.len());
+    let mut refs = ShmRefs::default();
     for input in req.inputs {
-        if let Some(p) = input.parameters.get("shared_memory_region") {
-            let region = match &p.parameter_choice {
-                Some(ParameterChoice::StringParam(s)) => s.clone(),
-                _ => String::new(),
-            };
-            return Err(Error::not_found(format!(
-                "Unable to find shared memory region: '{region}'"
-            )));
-        }
-        for key in ["shared_memory_offset", "shared_memory_byte_size"] {
-            if input.parameters.contains_key(key) {
+        let data = if let Some(r) = params::shm_ref(&input.name, &input.parameters)? {
+            if input.contents.is_some() {
                 return Err(Error::invalid_arg(format!(
-                    "'{key}' can not be specified without 'shared_memory_region' for input '{}'",
+                    "unexpected 'content' provided when using shared memory for input tensor '{}' for model '{model}'",
                     input.name
                 )));
             }
-        }
-        let data = if use_raw {
+            refs.inputs.push((inputs.len(), r));
+            Bytes::new()
+        } else if use_raw {
             if input.contents.is_some() {
                 return Err(Error::invalid_arg(format!(
                     "contents field must not be specified when using raw_input_contents for '{}' for model '{model}'",
@@ -56,19 +51,28 @@ pub(crate) fn infer_request(req: pb::ModelInferRequest) -> Result<InferRequest> 
             data,
         });
     }
-    let outputs = req
-        .outputs
-        .into_iter()
-        .map(params::requested_output)
-        .collect::<Result<_>>()?;
-    Ok(InferRequest {
+    let mut outputs = Vec::with_capacity(req.outputs.len());
+    for o in req.outputs {
+        let placed = params::shm_ref(&o.name, &o.parameters)?;
+        if placed.is_some() && o.parameters.contains_key("classification") {
+            return Err(Error::invalid_arg(
+                "output can't set both 'shared_memory_region' and 'classification'",
+            ));
+        }
+        if let Some(r) = placed {
+            refs.outputs.push((o.name.clone(), r));
+        }
+        outputs.push(params::requested_output(o)?);
+    }
+    let req = InferRequest {
         model_name: req.model_name,
         model_version: req.model_version,
         id: req.id,
         inputs,
         outputs,
         params,
-    })
+    };
+    Ok((req, refs))
 }
 
 /// Parses a `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n).

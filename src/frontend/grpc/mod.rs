@@ -8,6 +8,7 @@ pub(crate) mod inflating;
 pub(crate) mod params;
 pub(crate) mod serve;
 pub(crate) mod settings;
+mod shm;
 pub(crate) mod status;
 pub(crate) mod stream;
 
@@ -129,10 +130,13 @@ impl GrpcInferenceService for GrpcService {
             .core
             .open_request(origin, &msg.model_name, &msg.model_version);
         let span = ctx.span().clone();
-        let decoded = self.core.receive(&ctx, || convert::infer_request(msg))?;
+        let (decoded, placement) = self.core.receive(&ctx, || shm::decode(&self.core, msg))?;
         let resp = self.core.submit(decoded, ctx)?.await?;
+        placement.write_outputs(&resp)?;
         let _send = spans::send(&span).entered();
-        Ok(Response::new(convert::infer_response(resp)))
+        let mut reply = convert::infer_response(resp);
+        shm::clear_placed(&mut reply, &placement);
+        Ok(Response::new(reply))
     }
 
     type ModelStreamInferStream = stream::ResponseStream;
@@ -210,44 +214,52 @@ impl GrpcInferenceService for GrpcService {
 
     async fn system_shared_memory_status(
         &self,
-        _: Request<pb::SystemSharedMemoryStatusRequest>,
+        req: Request<pb::SystemSharedMemoryStatusRequest>,
     ) -> Reply<pb::SystemSharedMemoryStatusResponse> {
-        Err(shm_disabled())
+        let r = req.into_inner();
+        Ok(Response::new(shm::system_status(&self.core, &r.name)?))
     }
 
     async fn system_shared_memory_register(
         &self,
-        _: Request<pb::SystemSharedMemoryRegisterRequest>,
+        req: Request<pb::SystemSharedMemoryRegisterRequest>,
     ) -> Reply<pb::SystemSharedMemoryRegisterResponse> {
-        Err(shm_disabled())
+        let r = req.into_inner();
+        self.core
+            .shm()
+            .register_system(&r.name, &r.key, r.offset, r.byte_size)?;
+        Ok(Response::new(pb::SystemSharedMemoryRegisterResponse {}))
     }
 
     async fn system_shared_memory_unregister(
         &self,
-        _: Request<pb::SystemSharedMemoryUnregisterRequest>,
+        req: Request<pb::SystemSharedMemoryUnregisterRequest>,
     ) -> Reply<pb::SystemSharedMemoryUnregisterResponse> {
-        Err(shm_disabled())
+        self.core.shm().unregister_system(&req.into_inner().name)?;
+        Ok(Response::new(pb::SystemSharedMemoryUnregisterResponse {}))
     }
 
     async fn cuda_shared_memory_status(
         &self,
-        _: Request<pb::CudaSharedMemoryStatusRequest>,
+        req: Request<pb::CudaSharedMemoryStatusRequest>,
     ) -> Reply<pb::CudaSharedMemoryStatusResponse> {
-        Err(shm_disabled())
+        let r = req.into_inner();
+        Ok(Response::new(shm::cuda_status(&self.core, &r.name)?))
     }
 
     async fn cuda_shared_memory_register(
         &self,
-        _: Request<pb::CudaSharedMemoryRegisterRequest>,
+        req: Request<pb::CudaSharedMemoryRegisterRequest>,
     ) -> Reply<pb::CudaSharedMemoryRegisterResponse> {
-        Err(shm_disabled())
+        Err(shm::cuda_register(&req.into_inner()).into())
     }
 
     async fn cuda_shared_memory_unregister(
         &self,
-        _: Request<pb::CudaSharedMemoryUnregisterRequest>,
+        req: Request<pb::CudaSharedMemoryUnregisterRequest>,
     ) -> Reply<pb::CudaSharedMemoryUnregisterResponse> {
-        Err(shm_disabled())
+        self.core.shm().unregister_cuda(&req.into_inner().name)?;
+        Ok(Response::new(pb::CudaSharedMemoryUnregisterResponse {}))
     }
 
     async fn trace_setting(
@@ -277,11 +289,6 @@ impl GrpcInferenceService for GrpcService {
         };
         Ok(Response::new(settings::log_response(current)))
     }
-}
-
-/// See `frontend::SHM_DISABLED`.
-fn shm_disabled() -> Status {
-    Status::unimplemented(crate::frontend::SHM_DISABLED)
 }
 
 #[derive(Clone)]

@@ -14,6 +14,7 @@ use crate::pb::inference::{
 use crate::request::{
     Expected, OutputError, ParamError, ParamValue, RequestParams, RequestedOutput,
 };
+use crate::shm::ShmRef;
 use crate::telemetry::logging::LogUpdate;
 
 /// An `InferParameter` as a neutral value. gRPC takes `uint64_param` for `priority` only; for
@@ -81,7 +82,7 @@ pub(crate) fn request_params(map: &HashMap<String, pb::InferParameter>) -> Resul
         .map_err(|e| param_error(e, map))
 }
 
-/// One requested output with its parameters (`classification`; shared memory is refused).
+/// One requested output with its parameters (`classification`; shared memory is `shm`'s).
 pub(crate) fn requested_output(o: InferRequestedOutputTensor) -> Result<RequestedOutput> {
     let map = &o.parameters;
     let parsed = RequestedOutput::parse(o.name.clone(), |k| map.get(k).map(|v| infer_value(k, v)));
@@ -94,17 +95,6 @@ pub(crate) fn requested_output(o: InferRequestedOutputTensor) -> Result<Requeste
             o.name
         )),
         OutputError::Param(e) => param_error(e, map),
-        OutputError::SharedMemory {
-            classification: true,
-            ..
-        } => Error::invalid_arg(format!(
-            "output '{}' can not request classification when using shared memory",
-            o.name
-        )),
-        OutputError::SharedMemory { .. } => Error::not_found(format!(
-            "Unable to find shared memory region for output '{}'",
-            o.name
-        )),
     })
 }
 
@@ -177,6 +167,62 @@ pub(crate) fn log_update(
         };
         Error::invalid_arg(format!("expect {what} for '{key}'"))
     })
+}
+
+/// The place `params` give tensor `tensor` in a region, with gRPC's member kinds: the region
+/// a `string_param`, offset and byte size `int64_param`s; byte size required with a region,
+/// neither without one.
+pub(crate) fn shm_ref(
+    tensor: &str,
+    params: &HashMap<String, pb::InferParameter>,
+) -> Result<Option<ShmRef>> {
+    let kind = |key: &str, member: &str| {
+        Error::invalid_arg(format!(
+            "invalid value type for '{key}' parameter for tensor '{tensor}', expected {member}."
+        ))
+    };
+    let int = |key: &str| -> Result<Option<u64>> {
+        match params.get(key).map(|p| &p.parameter_choice) {
+            None => Ok(None),
+            Some(Some(P::Int64Param(n))) => u64::try_from(*n)
+                .map(Some)
+                .map_err(|_| kind(key, "int64_param")),
+            Some(_) => Err(kind(key, "int64_param")),
+        }
+    };
+    let region = match params
+        .get("shared_memory_region")
+        .map(|p| &p.parameter_choice)
+    {
+        None => None,
+        Some(Some(P::StringParam(s))) => Some(s.clone()),
+        Some(_) => return Err(kind("shared_memory_region", "string_param")),
+    };
+    let offset = int("shared_memory_offset")?;
+    let byte_size = int("shared_memory_byte_size")?;
+    let Some(region) = region else {
+        for (key, v) in [
+            ("shared_memory_offset", offset),
+            ("shared_memory_byte_size", byte_size),
+        ] {
+            if v.is_some() {
+                return Err(Error::invalid_arg(format!(
+                    "'{key}' can not be specified without 'shared_memory_region' parameter for tensor '{tensor}'"
+                )));
+            }
+        }
+        return Ok(None);
+    };
+    let Some(byte_size) = byte_size else {
+        return Err(Error::invalid_arg(format!(
+            "'shared_memory_byte_size' must be specified along with 'shared_memory_region' parameter for tensor '{tensor}'"
+        )));
+    };
+    Ok(Some(ShmRef {
+        region,
+        offset: offset.unwrap_or(0),
+        byte_size,
+    }))
 }
 
 #[cfg(test)]

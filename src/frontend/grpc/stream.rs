@@ -113,14 +113,18 @@ fn start(
     let id = req.id.clone();
     let ctx = core.open_request(origin, &req.model_name, &req.model_version);
     let span = ctx.span().clone();
+    // Outputs placed in shared memory are written there; a stream's reply still carries
+    // their bytes as well.
     let submitted = core
-        .receive(&ctx, || convert::infer_request(req))
-        .and_then(|r| core.submit(r, ctx));
+        .receive(&ctx, || super::shm::decode(core, req))
+        .and_then(|(r, placement)| Ok((core.submit(r, ctx)?, placement)));
     match submitted {
-        Ok(pending) => async move {
+        Ok((pending, placement)) => async move {
             Done {
                 id,
-                result: pending.await,
+                result: pending
+                    .await
+                    .and_then(|r| placement.write_outputs(&r).map(|()| r)),
                 executed: true,
                 span,
             }

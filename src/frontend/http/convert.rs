@@ -14,6 +14,7 @@ use super::tensor_json::{self, kind};
 use crate::error::{Error, Result};
 use crate::model::{IoSpec, ModelSpec};
 use crate::request::{InferRequest, InferResponse, InputTensor, RequestParams};
+use crate::shm::{ShmRef, ShmRefs};
 use crate::tensor::{DataType, shape_string};
 
 /// How each output goes back: binary section or JSON `data` (http-protocol.md §6.1).
@@ -23,6 +24,9 @@ pub struct OutputFormat {
     pub default_binary: bool,
     /// `binary_data` of the outputs the request listed.
     pub per_output: HashMap<String, bool>,
+    /// The request's tensors in client shared memory: placed outputs come back as name,
+    /// datatype and shape only.
+    pub shm: ShmRefs,
 }
 
 impl OutputFormat {
@@ -35,7 +39,13 @@ impl OutputFormat {
                 .iter()
                 .filter_map(|o| Some((o.name.clone(), o.binary?)))
                 .collect(),
+            shm: ShmRefs::default(),
         }
+    }
+
+    /// Whether the output `name` is written to shared memory instead of the reply.
+    pub fn in_shm(&self, name: &str) -> bool {
+        self.shm.outputs.iter().any(|(n, _)| n == name)
     }
 
     pub fn is_binary(&self, name: &str) -> bool {
@@ -98,8 +108,13 @@ pub fn infer_request(
         .get("inputs")
         .ok_or_else(|| unable("inputs", "the request has no 'inputs' member"))?;
     let mut inputs = Vec::new();
+    let mut shm = ShmRefs::default();
     for input in as_array(inputs_json, "inputs")? {
-        inputs.push(input_tensor(input, model, &mut binary)?);
+        let (tensor, placed) = input_tensor(input, model, &mut binary)?;
+        if let Some(r) = placed {
+            shm.inputs.push((inputs.len(), r));
+        }
+        inputs.push(tensor);
     }
     if !binary.is_empty() {
         return Err(Error::invalid_arg(format!(
@@ -109,7 +124,11 @@ pub fn infer_request(
     let mut outputs = Vec::new();
     if let Some(list) = root.get("outputs") {
         for o in as_array(list, "outputs")? {
-            outputs.push(params::requested_output(o)?);
+            let (output, placed) = params::requested_output(o)?;
+            if let Some(r) = placed {
+                shm.outputs.push((output.name.clone(), r));
+            }
+            outputs.push(output);
         }
     }
     let req = InferRequest {
@@ -120,7 +139,10 @@ pub fn infer_request(
         outputs,
         params,
     };
-    let format = OutputFormat::of(&req);
+    let format = OutputFormat {
+        shm,
+        ..OutputFormat::of(&req)
+    };
     Ok((req, format))
 }
 
@@ -148,7 +170,12 @@ fn check_one_source(input: &Map<String, Value>, params: Option<&Map<String, Valu
     )))
 }
 
-fn input_tensor(v: &Value, model: &str, binary: &mut Bytes) -> Result<InputTensor> {
+/// One input and, when its data is in shared memory, where (its data is then left empty).
+fn input_tensor(
+    v: &Value,
+    model: &str,
+    binary: &mut Bytes,
+) -> Result<(InputTensor, Option<ShmRef>)> {
     let input = as_object(v, "inputs")?;
     let params = match input.get("parameters") {
         Some(p) => Some(as_object(p, "parameters")?),
@@ -164,7 +191,10 @@ fn input_tensor(v: &Value, model: &str, binary: &mut Bytes) -> Result<InputTenso
         shape.push(i64::try_from(d).map_err(|_| unable("shape", "dimension too large"))?);
     }
     let param = |k: &str| params.and_then(|p| p.get(k));
-    let data = if let Some(size) = param("binary_data_size") {
+    let placed = super::shm::tensor_ref(params)?;
+    let data = if placed.is_some() {
+        Bytes::new()
+    } else if let Some(size) = param("binary_data_size") {
         let size = as_u64(size, "binary_data_size")?;
         if size > binary.len() as u64 {
             return Err(Error::invalid_arg(format!(
@@ -173,11 +203,6 @@ fn input_tensor(v: &Value, model: &str, binary: &mut Bytes) -> Result<InputTenso
             )));
         }
         binary.split_to(size as usize)
-    } else if let Some(region) = param("shared_memory_region") {
-        let region = as_str(region, "shared_memory_region")?;
-        return Err(Error::not_found(format!(
-            "Unable to find shared memory region: '{region}'"
-        )));
     } else {
         let Some(dtype) = DataType::from_wire(&datatype) else {
             return Err(Error::invalid_arg(format!(
@@ -195,12 +220,13 @@ fn input_tensor(v: &Value, model: &str, binary: &mut Bytes) -> Result<InputTenso
             })?;
         tensor_json::decode_input(&name, dtype, count, &input["data"])?
     };
-    Ok(InputTensor {
+    let tensor = InputTensor {
         name,
         datatype,
         shape,
         data,
-    })
+    };
+    Ok((tensor, placed))
 }
 
 /// A header-less request (`Inference-Header-Content-Length: 0`): the whole body is the data of
@@ -301,7 +327,9 @@ pub(crate) fn infer_response(
         o.insert("name".into(), t.name().into());
         o.insert("datatype".into(), t.dtype().as_str().into());
         o.insert("shape".into(), t.shape().to_vec().into());
-        if format.is_binary(t.name()) {
+        if format.in_shm(t.name()) {
+            // Written to the client's region: name, datatype and shape only.
+        } else if format.is_binary(t.name()) {
             o.insert(
                 "parameters".into(),
                 json!({ "binary_data_size": t.data().len() }),

@@ -10,6 +10,7 @@ mod params;
 mod proptests;
 pub(crate) mod settings;
 pub(crate) mod shapes;
+mod shm;
 pub(crate) mod status;
 pub(crate) mod tensor_json;
 
@@ -134,23 +135,7 @@ pub(crate) fn router(
             "/v2/repository/{repo}/models/{model}/unload",
             post(repository_name),
         );
-    for kind in ["systemsharedmemory", "cudasharedmemory"] {
-        for (path, status) in [
-            ("status", true),
-            ("region/{region}/status", true),
-            ("register", false),
-            ("region/{region}/register", false),
-            ("unregister", false),
-            ("region/{region}/unregister", false),
-        ] {
-            let method = if status {
-                get(shared_memory)
-            } else {
-                post(shared_memory)
-            };
-            r = r.route(&format!("/v2/{kind}/{path}"), method);
-        }
-    }
+    r = shm::routes(r);
     r.route("/v2/trace/setting", get(global_trace).post(global_trace))
         .route(
             "/v2/models/{model}/trace/setting",
@@ -381,10 +366,6 @@ async fn unload(State(s): State<Http>, params: Params, headers: HeaderMap, body:
     Ok(ok_empty())
 }
 
-async fn shared_memory() -> Reply {
-    Err(Error::unsupported(super::SHM_DISABLED).into())
-}
-
 /// GET or POST `/v2/trace/setting`: the global trace settings.
 async fn global_trace(
     State(s): State<Http>,
@@ -453,15 +434,18 @@ async fn infer(State(s): State<Http>, params: Params, headers: HeaderMap, body: 
                 spans::record_error(&span, &e.message);
             }
         })?;
-    let (req, format) = s.core.receive(&ctx, || {
-        if header_len == Some(0) {
+    let (req, format, placement) = s.core.receive(&ctx, || {
+        let (mut req, format) = if header_len == Some(0) {
             let spec = s.core.model_spec(&model, &version)?;
-            convert::raw_infer_request(&spec, &version, body)
+            convert::raw_infer_request(&spec, &version, body)?
         } else {
-            convert::infer_request(&model, &version, body, header_len)
-        }
+            convert::infer_request(&model, &version, body, header_len)?
+        };
+        let placement = s.core.shm().place(&mut req, &format.shm)?;
+        Ok((req, format, placement))
     })?;
     let resp = s.core.submit(req, ctx)?.await?;
+    placement.write_outputs(&resp)?;
     let _send = spans::send(&span).entered();
     let (body, header_len) = convert::infer_response(resp, &format)?;
     let encoding = compress::response_encoding(header_str(&headers, header::ACCEPT_ENCODING));
@@ -481,7 +465,7 @@ async fn infer_body(
     let what = if header_value.is_none() { "JSON " } else { "" };
     let body = read_body(body, headers, s, what).await?;
     // Triton looks the model up before it looks at the body.
-    s.core.model_ready(model, version)?;
+    s.core.model_spec(model, version)?;
     let body = match compress::request_encoding(header_str(headers, header::CONTENT_ENCODING)) {
         Some(Encoding::Identity) => body,
         Some(enc) => compress::decompress(enc, &body, s.max_input_size)?

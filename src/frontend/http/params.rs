@@ -13,6 +13,7 @@ use crate::lifecycle::manager::LoadRequest;
 use crate::request::{
     Expected, OutputError, ParamError, ParamValue, RequestParams, RequestedOutput,
 };
+use crate::shm::ShmRef;
 
 /// A JSON value as a neutral one: integers as `Int` when an i64 holds them.
 pub(super) fn value(v: &Value) -> ParamValue<'_> {
@@ -72,9 +73,9 @@ pub(super) fn request_params(p: &Map<String, Value>) -> Result<RequestParams> {
     .map_err(param_error)
 }
 
-/// One `$request_output`: `name` and optional `parameters` (`binary_data`, `classification`;
-/// shared memory is refused).
-pub(super) fn requested_output(v: &Value) -> Result<RequestedOutput> {
+/// One `$request_output`: `name` and optional `parameters` (`binary_data`, `classification`,
+/// and the place in shared memory it is written to, which goes with neither).
+pub(super) fn requested_output(v: &Value) -> Result<(RequestedOutput, Option<ShmRef>)> {
     let o = as_object(v, "outputs")?;
     let name = as_str(
         o.get("name")
@@ -85,27 +86,24 @@ pub(super) fn requested_output(v: &Value) -> Result<RequestedOutput> {
         Some(p) => Some(as_object(p, "parameters")?),
         None => None,
     };
+    let placed = super::shm::tensor_ref(params)?;
     let param = |k: &str| params.and_then(|p| p.get(k)).map(value);
-    RequestedOutput::parse(name.to_string(), param).map_err(|e| match e {
+    if placed.is_some() {
+        if param("classification").is_some() {
+            return Err(Error::invalid_arg(
+                "Output can't set both 'shared_memory_region' and 'classification'",
+            ));
+        }
+        if param("binary_data") == Some(ParamValue::Bool(true)) {
+            return Err(Error::invalid_arg(
+                "Output can't set both 'shared_memory_region' and 'binary_data'",
+            ));
+        }
+    }
+    let output = RequestedOutput::parse(name.to_string(), param).map_err(|e| match e {
         OutputError::Param(e) => param_error(e),
-        OutputError::SharedMemory {
-            classification: true,
-            ..
-        } => {
-            Error::invalid_arg("Output can't set both 'shared_memory_region' and 'classification'")
-        }
-        OutputError::SharedMemory { binary: true, .. } => {
-            Error::invalid_arg("Output can't set both 'shared_memory_region' and 'binary_data'")
-        }
-        OutputError::SharedMemory {
-            region: Some(region),
-            ..
-        } => Error::not_found(format!("Unable to find shared memory region: '{region}'")),
-        OutputError::SharedMemory { region: None, .. } => unable(
-            "shared_memory_region",
-            "attempt to access JSON non-string as string",
-        ),
-    })
+    })?;
+    Ok((output, placed))
 }
 
 /// The load route's `parameters`: `config` (model-config JSON in a string) and `file:<path>`

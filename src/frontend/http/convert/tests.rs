@@ -147,18 +147,35 @@ fn malformed_requests_name_the_field() {
 }
 
 #[test]
-fn shared_memory_is_not_found() {
-    let e = err(
-        br#"{"inputs":[{"name":"x","datatype":"INT32","shape":[1],"parameters":{"shared_memory_region":"r"}}]}"#,
-        None,
-    );
-    assert_eq!(e.code, Code::NotFound);
-    assert_eq!(e.message, "Unable to find shared memory region: 'r'");
+fn shared_memory_places_are_listed_for_the_handler() {
+    let body = br#"{"inputs":[{"name":"x","datatype":"INT32","shape":[1],"parameters":{"shared_memory_region":"r","shared_memory_byte_size":4,"shared_memory_offset":8}}],"outputs":[{"name":"y","parameters":{"binary_data":false,"shared_memory_region":"o","shared_memory_byte_size":16}}]}"#;
+    let (req, fmt) = infer_request("m", "", Bytes::from_static(body), None).unwrap();
+    assert!(req.inputs[0].data.is_empty());
+    let at = |region: &str, offset, byte_size| crate::shm::ShmRef {
+        region: region.into(),
+        offset,
+        byte_size,
+    };
+    assert_eq!(fmt.shm.inputs, vec![(0, at("r", 8, 4))]);
+    assert_eq!(fmt.shm.outputs, vec![("y".to_string(), at("o", 0, 16))]);
+    assert!(fmt.in_shm("y") && !fmt.in_shm("x"));
     let e = err(
         br#"{"inputs":[],"outputs":[{"name":"y","parameters":{"shared_memory_region":"r","classification":2}}]}"#,
         None,
     );
     assert_eq!(e.code, Code::InvalidArg);
+    assert_eq!(
+        e.message,
+        "Output can't set both 'shared_memory_region' and 'classification'"
+    );
+    let e = err(
+        br#"{"inputs":[],"outputs":[{"name":"y","parameters":{"shared_memory_region":"r","binary_data":true}}]}"#,
+        None,
+    );
+    assert_eq!(
+        e.message,
+        "Output can't set both 'shared_memory_region' and 'binary_data'"
+    );
 }
 
 fn spec(inputs: Vec<IoSpec>, max_batch_size: u32) -> ModelSpec {
@@ -244,6 +261,7 @@ fn responses_mix_json_and_binary() {
     let fmt = OutputFormat {
         default_binary: true,
         per_output: HashMap::from([("a".to_string(), false)]),
+        ..OutputFormat::default()
     };
     let (body, header) = infer_response(resp.clone(), &fmt).unwrap();
     let header = header.expect("binary section");
