@@ -45,6 +45,7 @@ const DRAINING_RETRY: Duration = Duration::from_secs(1);
 /// Extensions this server really implements, in Triton's order (grpc-protocol.md §6).
 pub(crate) const EXTENSIONS: &[&str] = &[
     "classification",
+    "sequence",
     "model_repository",
     "model_repository(unload_dependents)",
     "schedule_policy",

@@ -113,20 +113,19 @@ async fn server_metadata_defaults() {
         .into_inner();
     assert_eq!(m.name, "triton");
     assert!(!m.version.is_empty());
-    for ext in ["statistics", "model_configuration", "trace", "logging"] {
+    for ext in [
+        "statistics",
+        "model_configuration",
+        "trace",
+        "logging",
+        "sequence",
+    ] {
         assert!(
             m.extensions.iter().any(|e| e == ext),
             "extensions {:?} lack {ext}",
             m.extensions
         );
     }
-    // Only what is implemented may be advertised (grpc-protocol.md §6): sequence batching
-    // is not yet.
-    assert!(
-        !m.extensions.iter().any(|e| e == "sequence"),
-        "{:?}",
-        m.extensions
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,7 @@ async fn health_and_server_metadata() {
         assert!(ext.contains(&want), "{ext:?} lacks {want}");
     }
     assert!(ext.contains(&"system_shared_memory"), "{ext:?}");
-    assert!(!ext.contains(&"sequence"), "{ext:?}");
+    assert!(ext.contains(&"sequence"), "{ext:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -228,6 +228,7 @@ async fn server_metadata_lists_the_extensions_implemented() {
         .into_inner();
     let want = [
         "classification",
+        "sequence",
         "model_repository",
         "model_repository(unload_dependents)",
         "schedule_policy",
