@@ -18,6 +18,7 @@ pub(crate) mod reply;
 #[cfg(test)]
 mod tests;
 pub(crate) mod thread;
+pub(crate) mod timer;
 
 use std::sync::Arc;
 
