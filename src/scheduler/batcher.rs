@@ -4,7 +4,10 @@
 //! Contracts: an instance slot (semaphore permit) is taken before a batch is formed and travels
 //! with the batch, so batches keep growing while every instance is busy; admission counters are
 //! checked by the caller at enqueue, so a full queue is refused without waiting; every entry the
-//! task takes is answered (dispatched, expired or cancelled).
+//! task takes is answered (dispatched, expired or cancelled). A request the task would dispatch
+//! alone at once (each request alone or no delay, nothing else queued, a slot free) is sent to
+//! the instances by `enqueue` itself. Queue delays are waited on the batcher thread's `Timer`
+//! (microsecond resolution), and how late a delayed batch leaves is observed.
 
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender as JobSender;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use super::QueueLimits;
 use super::batch::{Batch, ExecContext};
@@ -115,6 +118,11 @@ pub(crate) struct DynamicScheduler {
     /// The instance slots the task hands out; none free = every instance is busy (or one is
     /// held for a batch that is about to leave).
     permits: Arc<Semaphore>,
+    /// Whether a request may skip the batcher task (`enqueue`): true when the planner would
+    /// run a lone request at once (each request alone, or no queue delay).
+    direct: bool,
+    /// The instance threads' channel, for requests that skip the batcher task.
+    jobs: JobSender<Batch>,
 }
 
 impl DynamicScheduler {
@@ -154,13 +162,14 @@ impl DynamicScheduler {
                 .map(|t| t.max_padding_ratio)
                 .filter(|&r| r > 0.0),
         };
+        let direct = cfg.max_requests == 1 || cfg.max_queue_delay.is_zero();
         let task = BatcherTask {
             ctx: ctx.clone(),
             rx,
             queues: Queues::new(db.priority_levels),
             permits: permits.clone(),
             permit: None,
-            jobs,
+            jobs: jobs.clone(),
             admission: admission.clone(),
             cfg,
             _thread: thread.clone(),
@@ -175,6 +184,8 @@ impl DynamicScheduler {
             policy: db,
             ctx,
             permits,
+            direct,
+            jobs,
         }
     }
 
@@ -265,6 +276,10 @@ impl DynamicScheduler {
         };
         // Counted before the send: once sent, the entry may run and leave the queue at once.
         self.ctx.stats.enqueued(level);
+        let entry = match self.try_direct(entry) {
+            None => return Ok(()),
+            Some(entry) => entry,
+        };
         match self.tx.try_send(entry) {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -286,6 +301,36 @@ impl DynamicScheduler {
     pub(crate) fn queued(&self) -> usize {
         self.admission.queued()
     }
+
+    /// Instance slots free now.
+    #[cfg(test)]
+    pub(crate) fn free_instances(&self) -> usize {
+        self.permits.available_permits()
+    }
+
+    /// Hands `entry` straight to a free instance when the batcher task would do just that: the
+    /// policy runs a lone request at once, nothing else is queued (this entry holds the only
+    /// place, so no earlier or higher-priority request is passed over) and an instance slot is
+    /// free. Saves the hop through the batcher thread (a wake-up and a context switch per
+    /// request). Returns the entry when it must go through the task.
+    fn try_direct(&self, entry: Entry) -> Option<Entry> {
+        if !self.direct || self.admission.queued() != 1 {
+            return Some(entry);
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return Some(entry);
+        };
+        self.admission.release(entry.req.level());
+        if let Err(e) = self
+            .jobs
+            .try_send(Batch::new(self.ctx.clone(), vec![entry], Some(permit)))
+        {
+            // As in the task's `dispatch`: unreachable while permits bound the batches in flight.
+            e.into_inner()
+                .fail(Error::unavailable("the model's instances have stopped"));
+        }
+        None
+    }
 }
 
 struct BatcherTask {
@@ -305,6 +350,7 @@ struct BatcherTask {
 impl BatcherTask {
     async fn run(mut self) {
         let mut closed = false;
+        let mut timer = self._thread.timer();
         loop {
             let now = Instant::now();
             for e in self.queues.expire(now) {
@@ -340,6 +386,7 @@ impl BatcherTask {
                         };
                         match plan(&mut self.queues, now, &cfg) {
                             Action::Dispatch(entries) => {
+                                self.record_lateness(&entries, &cfg);
                                 self.dispatch(entries, permit);
                                 continue;
                             }
@@ -367,7 +414,7 @@ impl BatcherTask {
                     None => closed = true,
                 },
                 p = self.permits.clone().acquire_owned(), if want_permit => self.permit = p.ok(),
-                _ = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
+                _ = timer.sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
                 else => break,
             }
         }
@@ -378,6 +425,23 @@ impl BatcherTask {
     fn fail(&self, e: Entry, err: Error, why: FailureReason) {
         self.admission.release(e.req.level());
         e.fail(&self.ctx.stats, err, why);
+    }
+
+    /// Observes how long after its queue delay ended a batch that waited for it is leaving
+    /// (the timer's precision, plus any time waiting for a free instance). Batches that left
+    /// early (full, preferred size) or models without a delay are not observed.
+    fn record_lateness(&self, entries: &[Entry], cfg: &PlanConfig) {
+        if cfg.max_queue_delay.is_zero() {
+            return;
+        }
+        let Some(oldest) = entries.iter().map(|e| e.enqueued).min() else {
+            return;
+        };
+        let due = oldest + cfg.max_queue_delay;
+        let now = Instant::now();
+        if now >= due {
+            self.ctx.stats.batcher_late(now - due);
+        }
     }
 
     fn dispatch(&self, entries: Vec<Entry>, permit: OwnedSemaphorePermit) {

@@ -19,6 +19,7 @@ pub(crate) mod sequence;
 #[cfg(test)]
 mod tests;
 pub(crate) mod thread;
+pub(crate) mod timer;
 
 use std::sync::Arc;
 
@@ -102,6 +103,15 @@ impl Scheduler {
             ))),
             rx,
         )
+    }
+
+    /// Instance slots free now (the dynamic batcher's; a sequence scheduler reports none).
+    #[cfg(test)]
+    pub(crate) fn free_instances(&self) -> usize {
+        match &self.0 {
+            Kind::Dynamic(d) => d.free_instances(),
+            Kind::Sequence(_) => 0,
+        }
     }
 
     /// Queues one request (with its context: span, schedule) without waiting. The reply

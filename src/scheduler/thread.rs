@@ -18,6 +18,9 @@ use crate::error::{Error, Result};
 pub struct BatcherThread {
     handle: Handle,
     stop: Option<oneshot::Sender<()>>,
+    /// Batchers here wait on a microsecond timer (`Timer::precise`); false on a test's
+    /// paused-time runtime, where only tokio's timer follows the clock.
+    precise: bool,
 }
 
 impl BatcherThread {
@@ -33,6 +36,8 @@ impl BatcherThread {
         std::thread::Builder::new()
             .name("nereid-batcher".into())
             .spawn(move || {
+                // Queue delays of tens of µs must not be rounded up by the default 50 µs slack.
+                super::timer::set_thread_timer_slack();
                 runtime.block_on(async {
                     let _ = stopped.await;
                 })
@@ -41,6 +46,7 @@ impl BatcherThread {
         Ok(Arc::new(BatcherThread {
             handle,
             stop: Some(stop),
+            precise: true,
         }))
     }
 
@@ -51,6 +57,33 @@ impl BatcherThread {
         Arc::new(BatcherThread {
             handle: Handle::current(),
             stop: None,
+            precise: false,
+        })
+    }
+
+    /// The timer a batcher on this thread waits with; call it on this thread (the timer
+    /// registers with the thread's runtime).
+    pub(crate) fn timer(&self) -> super::timer::Timer {
+        if self.precise {
+            super::timer::Timer::precise()
+        } else {
+            super::timer::Timer::tokio()
+        }
+    }
+
+    /// A batcher "thread" whose tasks never run (its runtime is never driven), for tests of
+    /// what happens without the batcher task. The runtime is leaked: dropping it here could
+    /// run inside the test's runtime, where that is not allowed.
+    #[cfg(test)]
+    pub fn stalled() -> Arc<Self> {
+        let runtime = Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("test runtime");
+        Arc::new(BatcherThread {
+            handle: Box::leak(Box::new(runtime)).handle().clone(),
+            stop: None,
+            precise: false,
         })
     }
 

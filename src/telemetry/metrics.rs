@@ -53,6 +53,7 @@ pub(crate) const BATCH_SIZE: &str = "nereid_inference_batch_size";
 pub(crate) const QUEUE_DEPTH: &str = "nereid_inference_queue_depth";
 pub(crate) const REJECTED: &str = "nereid_inference_request_rejected_total";
 pub(crate) const REJECTION_SECONDS: &str = "nereid_inference_rejection_duration_seconds";
+pub(crate) const BATCHER_LATENESS: &str = "nereid_batcher_lateness_seconds";
 pub(crate) const INSTANCES: &str = "nereid_model_instances";
 pub(crate) const INSTANCES_BUSY: &str = "nereid_model_instances_busy";
 pub(crate) const MODEL_STATE: &str = "nereid_model_state";
@@ -74,6 +75,10 @@ const LATENCY_BUCKETS: [f64; 16] = [
 const REJECTION_BUCKETS: [f64; 15] = [
     0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.005, 0.01, 0.025,
     0.1, 0.25, 1.0,
+];
+/// Batcher lateness buckets in seconds: 5 µs .. 10 ms.
+const LATENESS_BUCKETS: [f64; 12] = [
+    0.000005, 0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.005, 0.01,
 ];
 const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
@@ -117,6 +122,8 @@ pub(crate) struct ModelMetrics {
     /// One per `Rejection`, at its `index()`; read through `rejected`.
     rejections: [IntCounter; Rejection::ALL.len()],
     pub rejection_seconds: Histogram,
+    /// How long after its queue delay ended a delayed batch was dispatched.
+    pub batcher_lateness: Histogram,
     pub instances: IntGauge,
     pub instances_busy: IntGauge,
 }
@@ -259,6 +266,13 @@ impl ModelMetrics {
                 &v,
                 &REJECTION_BUCKETS,
             ),
+            batcher_lateness: histogram(
+                BATCHER_LATENESS,
+                "Dynamic batcher lateness: dispatch time minus the oldest request's arrival minus max_queue_delay, for batches dispatched when that delay ended",
+                model,
+                &v,
+                &LATENESS_BUCKETS,
+            ),
             instances: gauge(o(INSTANCES, "Model instances (execution threads) loaded")),
             instances_busy: gauge(o(INSTANCES_BUSY, "Model instances executing a batch now")),
         }
@@ -298,6 +312,7 @@ impl ModelMetrics {
         self.queue_depth.iter().for_each(|g| add(g));
         self.rejections.iter().for_each(|c| add(c));
         add(&self.rejection_seconds);
+        add(&self.batcher_lateness);
         add(&self.instances);
         add(&self.instances_busy);
         out

@@ -135,6 +135,11 @@ impl ModelStats {
         }
     }
 
+    /// A batch that waited for its queue delay left `late` after that delay ended.
+    pub fn batcher_late(&self, late: Duration) {
+        self.metrics.batcher_lateness.observe(late.as_secs_f64());
+    }
+
     /// A request was accepted into the queue at priority `level` (0-based).
     pub fn enqueued(&self, level: usize) {
         self.metrics.pending.inc();

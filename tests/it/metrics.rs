@@ -38,6 +38,7 @@ async fn series_exist_at_load_with_triton_names_and_labels() {
         ("nereid_inference_queue_depth", "gauge"),
         ("nereid_inference_request_rejected_total", "counter"),
         ("nereid_inference_rejection_duration_seconds", "histogram"),
+        ("nereid_batcher_lateness_seconds", "histogram"),
         ("nereid_model_instances", "gauge"),
         ("nereid_model_instances_busy", "gauge"),
         ("nereid_model_state", "gauge"),

@@ -133,7 +133,7 @@ impl Backend for OrtBackend {
         &self,
         spec: &ModelSpec,
         group: &InstanceSpec,
-        _index: u32,
+        index: u32,
     ) -> Result<Box<dyn Runner>> {
         let intra = if spec.ort.intra_op_threads > 0 {
             spec.ort.intra_op_threads
@@ -169,6 +169,22 @@ impl Backend for OrtBackend {
                     ort::Error::<()>::from(e)
                 ))
             })?;
+        }
+        // ORT's intra-op pool spins between runs by default; once the instances' pools cover
+        // every core, that spinning takes CPU from the network threads and from each other
+        // (issue 22). Said once per version, at its first instance.
+        let pools = spec.instance_count().max(1).saturating_mul(intra);
+        if intra > 1 && pools >= self.cores {
+            if index == 0 {
+                tracing::info!(
+                    model = %spec.name,
+                    instances = spec.instance_count(),
+                    intra_op_threads = intra,
+                    cores = self.cores,
+                    "intra-op spinning off: the instances' thread pools cover every core"
+                );
+            }
+            b = opt(b.with_intra_op_spinning(false))?;
         }
         if let Some(arena) = spec.ort.mem_arena {
             b = opt(b.with_config_entry("session.use_arena", if arena { "1" } else { "0" }))?;

@@ -103,6 +103,22 @@ fn start_with(
     limits: QueueLimits,
     failing: &[usize],
 ) -> Harness {
+    // Paused-time tests run on a current-thread runtime, whose clock only its own tasks see.
+    let thread = match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => BatcherThread::on_current_runtime(),
+        _ => BatcherThread::start().unwrap(),
+    };
+    start_on(db, instances, work_ms, limits, failing, thread)
+}
+
+fn start_on(
+    db: Option<DynamicBatching>,
+    instances: usize,
+    work_ms: u64,
+    limits: QueueLimits,
+    failing: &[usize],
+    thread: Arc<BatcherThread>,
+) -> Harness {
     let levels = db.as_ref().map_or(1, |d| d.priority_levels);
     let spec = Arc::new(spec(db));
     let stats = Arc::new(ModelStats::default());
@@ -114,11 +130,6 @@ fn start_with(
         stats: stats.clone(),
         load: load.clone(),
     });
-    // Paused-time tests run on a current-thread runtime, whose clock only its own tasks see.
-    let thread = match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::CurrentThread => BatcherThread::on_current_runtime(),
-        _ => BatcherThread::start().unwrap(),
-    };
     let (scheduler, rx) = Scheduler::start(ctx.clone(), instances, limits, thread);
     let alive: Arc<dyn Send + Sync> = ctx;
     let threads = (0..instances)
@@ -314,6 +325,46 @@ async fn without_dynamic_batching_every_request_runs_alone() {
         r.await.unwrap().unwrap();
     }
     assert_eq!(h.log.batches(), vec![2, 2, 2, 2]);
+}
+
+/// A lone request reaches a free instance without the batcher task: on a batcher thread that
+/// never runs its tasks, requests still complete one by one (each after the previous one freed
+/// the instance) without dynamic batching and with a zero delay, but not with a delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_request_skips_the_batcher_when_an_instance_is_free() {
+    let limits = QueueLimits::default();
+    for db in [
+        None,
+        Some(batching(0, 1, policy(0, 0, TimeoutAction::Reject))),
+    ] {
+        let h = start_on(db, 1, 0, limits, &[], BatcherThread::stalled());
+        for i in 0..3 {
+            h.send(i, 1, Default::default())
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
+            // The instance slot is released after the reply: wait for it before the next one.
+            while h.scheduler.free_instances() == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(h.log.batches(), vec![1, 1, 1]);
+    }
+    let h = start_on(
+        Some(batching(1, 1, policy(0, 0, TimeoutAction::Reject))),
+        1,
+        0,
+        limits,
+        &[],
+        BatcherThread::stalled(),
+    );
+    let _waits = h.send(0, 1, Default::default()).unwrap();
+    assert_eq!(
+        h.scheduler.queued(),
+        1,
+        "a delay waits in the batcher's queue"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
