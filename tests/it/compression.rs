@@ -293,13 +293,23 @@ async fn compressed_stream_messages_expand_under_the_inflight_cap() {
     for (encoding, name) in encodings() {
         let before = crate::overload::rejected_metric(&s, "simple", "too_large").await;
         let mut c = s.new_client().await.send_compressed(encoding);
-        let requests = tokio_stream::iter([small.clone(), over.clone(), small.clone()]);
+        // One message at a time: the next is sent once the one before is answered, so no other
+        // request's bytes are in flight when `over` expands (the refusal is then "too large",
+        // never "busy").
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
         let mut responses = c
-            .model_stream_infer(requests)
+            .model_stream_infer(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .unwrap_or_else(|e| panic!("{name}: {e:?}"))
             .into_inner();
         let mut out = Vec::new();
+        tx.send(small.clone()).await.unwrap();
+        let first = tokio::time::timeout(RPC_TIMEOUT, responses.next()).await;
+        out.push(first.expect("progress").expect("a response"));
+        tx.send(over.clone()).await.unwrap();
+        // Never read: the refusal ends the stream (the send fails once the call is over).
+        let _ = tx.send(small.clone()).await;
+        drop(tx);
         while let Some(r) = tokio::time::timeout(RPC_TIMEOUT, responses.next())
             .await
             .expect("progress")
