@@ -131,6 +131,22 @@ impl Scheduler {
         }
     }
 
+    /// The server is stopping: a sequence model refuses new sequences from now on and keeps
+    /// serving the running ones (sequence-batching.md §3 row S); other models are unaffected.
+    pub fn refuse_new_sequences(&self) {
+        if let Kind::Sequence(s) = &self.0 {
+            s.refuse_new_sequences();
+        }
+    }
+
+    /// Sequences a sequence model is running or holding in its backlog (0 for other models).
+    pub fn sequences(&self) -> usize {
+        match &self.0 {
+            Kind::Sequence(s) => s.sequences(),
+            Kind::Dynamic(_) => 0,
+        }
+    }
+
     /// Requests waiting for an instance.
     pub fn queued(&self) -> usize {
         match &self.0 {

@@ -39,6 +39,7 @@ mod rest;
 mod restricted;
 mod sequence;
 mod sequence_errors;
+mod sequence_state;
 mod sequence_stream;
 mod settings;
 mod statistics;

@@ -48,6 +48,7 @@ fn spec() -> ModelSpec {
             },
             idle: IDLE,
             controls: vec![],
+            states: vec![],
         }),
     }
 }
@@ -93,6 +94,7 @@ fn entry(id: u64, value: i32, start: bool, end: bool) -> (SeqEntry, Rx) {
             id: sequence.id,
             start,
             end,
+            row: RowState::default(),
         },
         rx,
     )
