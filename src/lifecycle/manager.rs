@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use super::drains::SequenceDrains;
 use super::loader::{LoadOptions, Loader, fingerprint};
 use super::overrides;
 use super::reaper::{OnTornDown, Reaper};
@@ -59,6 +60,8 @@ pub struct ManagerOptions {
     pub poll_interval: Duration,
     pub load_threads: usize,
     pub strict_readiness: bool,
+    /// How long a replaced or unloaded sequence model serves its running sequences.
+    pub sequence_drain_timeout: Duration,
 }
 
 /// What a RepositoryModelLoad asked for besides the model's name.
@@ -118,6 +121,8 @@ pub struct ModelManager {
     load_permits: Semaphore,
     /// Loads in flight, so that a newer load, an unload or shutdown can stop them.
     pending: PendingLoads,
+    /// Old sequence model versions still serving their running sequences (`drains.rs`).
+    drains: Arc<SequenceDrains>,
     me: Weak<ModelManager>,
 }
 
@@ -132,6 +137,7 @@ impl ModelManager {
                 }
             });
             ModelManager {
+                drains: SequenceDrains::new(opts.sequence_drain_timeout),
                 opts,
                 loader: Arc::new(Loader::new(backend, load, Reaper::start(Some(torn_down)))),
                 models: RwLock::new(BTreeMap::new()),
@@ -448,6 +454,9 @@ impl ModelManager {
                 }
             }
         };
+        if !self.stopping() {
+            self.drains.adopt(name, &released);
+        }
         drop(released);
         result
     }
@@ -465,7 +474,20 @@ impl ModelManager {
             entry.reload_error = None;
             entry._override_dir = None;
         }
+        if !self.stopping() {
+            self.drains.adopt(name, &released);
+        }
         drop(released);
+    }
+
+    /// The old version a request's sequence still runs on after a reload or unload (`None`:
+    /// the serving version), or the refusal of a continuation whose sequence a drain ended.
+    pub(crate) fn sequence_home(
+        &self,
+        name: &str,
+        p: &crate::request::SequenceParams,
+    ) -> Result<Option<Arc<LoadedModel>>> {
+        self.drains.home(name, p)
     }
 
     /// The reaper joined build `id` of `name` `version`: its slot, if still UNLOADING for that

@@ -147,6 +147,22 @@ impl Scheduler {
         }
     }
 
+    /// Whether sequence `id` runs on this (sequence) model version.
+    pub(crate) fn runs_sequence(&self, id: &crate::request::CorrelationId) -> bool {
+        match &self.0 {
+            Kind::Sequence(s) => s.runs(id),
+            Kind::Dynamic(_) => false,
+        }
+    }
+
+    /// Ends every running sequence (see `SequenceScheduler::end_sequences`); the ids ended.
+    pub(crate) fn end_sequences(&self) -> Vec<crate::request::CorrelationId> {
+        match &self.0 {
+            Kind::Sequence(s) => s.end_sequences(),
+            Kind::Dynamic(_) => Vec::new(),
+        }
+    }
+
     /// Requests waiting for an instance.
     pub fn queued(&self) -> usize {
         match &self.0 {

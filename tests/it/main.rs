@@ -38,6 +38,7 @@ mod repository;
 mod rest;
 mod restricted;
 mod sequence;
+mod sequence_drain;
 mod sequence_errors;
 mod sequence_state;
 mod sequence_stream;

@@ -36,7 +36,7 @@ use super::thread::BatcherThread;
 use crate::error::{Error, Rejection, Result};
 use crate::model::SequenceSpec;
 use crate::model::sequence::Strategy;
-use crate::request::InferResponse;
+use crate::request::{CorrelationId, InferResponse};
 use crate::telemetry::spans;
 use crate::telemetry::stats::FailureReason;
 use crate::tensor::Tensor;
@@ -215,11 +215,73 @@ impl SequenceScheduler {
         self.shared.refuse_starts.store(true, Ordering::Release);
     }
 
+    /// Whether sequence `id` runs here (or waits in the backlog).
+    pub(crate) fn runs(&self, id: &CorrelationId) -> bool {
+        self.shared.table.lock().knows(id)
+    }
+
+    /// Ends every running sequence (a reload or unload stopped waiting for them): their
+    /// queued requests are answered UNAVAILABLE `sequence <id> of model '<m>' ended by a
+    /// reload`. Returns the ids ended, so later continuations get the same answer.
+    pub(crate) fn end_sequences(&self) -> Vec<CorrelationId> {
+        let ended = self.shared.table.lock().end_running();
+        let mut ids = Vec::with_capacity(ended.len());
+        for (id, entries) in ended {
+            for e in entries {
+                e.fail(
+                    &self.ctx.stats,
+                    ended_by_reload(&id, &self.ctx.spec.name),
+                    FailureReason::Canceled,
+                );
+            }
+            ids.push(id);
+        }
+        self.shared.wake.notify_one();
+        ids
+    }
+
     /// Sequences holding a slot or waiting for one.
     pub(crate) fn sequences(&self) -> usize {
         let t = self.shared.table.lock();
         t.active() + t.backlogged()
     }
+}
+
+/// The inputs the sequence batcher adds to a warmup run of `rows` rows (`spec` has
+/// `sequence_batching`): each control as for the first request of a sequence (START and READY
+/// true, END false, CORRID 1 or "1") and each implicit state's initial value.
+pub(crate) fn warmup_inputs(spec: &crate::model::ModelSpec, rows: usize) -> Result<Vec<Tensor>> {
+    let Some(seq) = &spec.sequence else {
+        return Ok(Vec::new());
+    };
+    let rows = if spec.batching() { rows.max(1) } else { 1 };
+    let id = match seq.corrid().map(|c| c.dtype()) {
+        Some(crate::tensor::DataType::Bytes) => CorrelationId::Str("1".into()),
+        _ => CorrelationId::Uint(1),
+    };
+    let first = crate::request::SequenceParams {
+        id,
+        start: true,
+        end: false,
+    };
+    let params = vec![Some(&first); rows];
+    let mut out = controls::control_tensors(&seq.controls, &params, spec.batching())?;
+    for s in &seq.states {
+        let parts = vec![&s.initial; rows];
+        out.push(if spec.batching() {
+            Tensor::concat_rows(&parts)?
+        } else {
+            s.initial.clone()
+        });
+    }
+    Ok(out)
+}
+
+/// The answer to a request of a sequence that a reload or unload ended.
+pub(crate) fn ended_by_reload(id: &CorrelationId, model: &str) -> Error {
+    Error::unavailable(format!(
+        "sequence {id} of model '{model}' ended by a reload"
+    ))
 }
 
 /// Triton's text for a request that the sequence batcher no longer takes (row S).

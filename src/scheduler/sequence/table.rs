@@ -530,6 +530,40 @@ impl Table {
         slots + self.backlog.iter().map(|b| b.entries.len()).sum::<usize>()
     }
 
+    /// Whether `id` is running here or waiting in the backlog.
+    pub(crate) fn knows(&self, id: &CorrelationId) -> bool {
+        self.routes.contains_key(id)
+    }
+
+    /// Ends every running and backlogged sequence (a reload's drain timed out): their ids are
+    /// forgotten and their queued requests handed back, per id, to be answered. Slots whose
+    /// END was already routed finish normally.
+    pub(crate) fn end_running(&mut self) -> Vec<(CorrelationId, Vec<Entry>)> {
+        let mut out = Vec::new();
+        let owned = self.slots_where(|s| s.owner.is_some());
+        for sid in owned {
+            let slot = self.slot(sid);
+            let Some(id) = slot.owner.take() else {
+                continue;
+            };
+            let queued = slot.queue.drain(..).map(|e| e.entry).collect();
+            self.routes.remove(&id);
+            out.push((id, queued));
+            self.release(sid);
+        }
+        let mut kept = VecDeque::with_capacity(self.backlog.len());
+        for b in self.backlog.drain(..) {
+            if self.routes.get(&b.id) == Some(&Route::Backlog(b.key)) {
+                self.routes.remove(&b.id);
+                out.push((b.id, b.entries.into_iter().map(|e| e.entry).collect()));
+            } else {
+                kept.push_back(b);
+            }
+        }
+        self.backlog = kept;
+        out
+    }
+
     /// Empties the table (the scheduler stops): every queued entry, to be answered.
     pub(crate) fn drain(&mut self) -> Vec<Entry> {
         let mut out = self.take_cancelled();
