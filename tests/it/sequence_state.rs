@@ -305,3 +305,21 @@ async fn on_sigterm_running_sequences_go_on_and_new_ones_are_refused() {
         .expect("the server stops once its sequences ended")
         .expect("the server stops cleanly");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_model_warms_up_with_its_controls_and_states() {
+    let repo = examples(&[ACC]);
+    // A required warmup sample: it runs only if the batcher's controls (a string CORRID
+    // included) and the initial state are fed beside the sample's INPUT.
+    let cfg = read_config(repo.path(), ACC);
+    write_config(
+        repo.path(),
+        ACC,
+        &format!(
+            "{cfg}model_warmup [ {{ name: \"w\" batch_size: 2 inputs {{ key: \"INPUT\" value: {{ data_type: TYPE_INT32 dims: [ 1 ] zero_data: true }} }} }} ]\n"
+        ),
+    );
+    let s = TestServer::start(repo.path()).await.owning(repo);
+    assert_eq!(step(&s, ACC, 2, Id::Str("5"), true, true).await, 2 + 5);
+    s.stop().await;
+}
