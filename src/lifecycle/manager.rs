@@ -480,16 +480,6 @@ impl ModelManager {
         drop(released);
     }
 
-    /// The old version a request's sequence still runs on after a reload or unload (`None`:
-    /// the serving version), or the refusal of a continuation whose sequence a drain ended.
-    pub(crate) fn sequence_home(
-        &self,
-        name: &str,
-        p: &crate::request::SequenceParams,
-    ) -> Result<Option<Arc<LoadedModel>>> {
-        self.drains.home(name, p)
-    }
-
     /// The reaper joined build `id` of `name` `version`: its slot, if still UNLOADING for that
     /// build, is UNAVAILABLE "unloaded" now.
     fn torn_down(&self, name: &str, version: i64, id: u64) {
