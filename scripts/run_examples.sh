@@ -117,6 +117,15 @@ runs_of() {
       echo "-m densenet_onnx -c 3 -s INCEPTION -i grpc -u $g $image"
       ;;
     grpc_image_client.py) echo "-m densenet_onnx -c 3 -s INCEPTION -u $g $image" ;;
+    # The sequence examples, also with -d (string correlation ids, simple_string_dyna_sequence).
+    simple_http_sequence_*)
+      echo "-u $h"
+      echo "-u $h -d"
+      ;;
+    simple_grpc*sequence_*)
+      echo "-u $g"
+      echo "-u $g -d"
+      ;;
     *http*) echo "-u $h" ;;
     *) echo "-u $g" ;;
   esac

@@ -271,6 +271,12 @@ pub struct Cli {
     #[arg(long, default_value_t = crate::scheduler::sequence::DEFAULT_BACKLOG, value_name = "N")]
     pub sequence_max_backlog: usize,
 
+    /// Sequence models: after a reload or unload, how long the old version keeps serving the
+    /// continuations of its running sequences (new sequences go to the new version at once);
+    /// then those sequences end with UNAVAILABLE "sequence <id> of model '<m>' ended by a reload".
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub sequence_drain_timeout_secs: u64,
+
     /// Requests in flight in the whole server (queued or running) before new ones are refused.
     #[arg(long, default_value_t = 8192, value_name = "N")]
     pub max_inflight_requests: usize,
@@ -550,6 +556,7 @@ impl Cli {
                 poll_interval: Duration::from_secs(self.repository_poll_secs),
                 load_threads: self.model_load_thread_count,
                 strict_readiness: self.strict_readiness,
+                sequence_drain_timeout: Duration::from_secs(self.sequence_drain_timeout_secs),
             },
             load: LoadOptions {
                 auto_complete: !(self.disable_auto_complete_config || self.strict_model_config),

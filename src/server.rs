@@ -96,6 +96,11 @@ async fn drain(
     signal.await;
     // Loads in flight are no longer wanted: they stop at their next step, and startup returns.
     core.manager().cancel_loads();
+    // Sequence models refuse new sequences from here on; their running sequences continue.
+    // (Before readiness turns false, so whoever sees it turn sees the refusal too.)
+    for v in serving_versions(&core) {
+        v.scheduler.refuse_new_sequences();
+    }
     core.begin_drain();
     if !delay.is_zero() {
         tracing::info!(
@@ -104,12 +109,17 @@ async fn drain(
         );
         tokio::time::sleep(delay).await;
     }
+    // The exit timeout counts from the end of the delay. Running sequences come first: their
+    // continuations may arrive on any connection (HTTP ones included, which the GOAWAY step
+    // closes), so the connections stay open until every sequence has ended or idled out, or
+    // the exit timeout passes. Without running sequences this step is a no-op.
+    let deadline = tokio::time::Instant::now() + exit_timeout;
+    sequences_ended(&core, deadline).await;
     tracing::info!("shutting down: GOAWAY on gRPC connections, idle HTTP connections closed");
     let _ = signals.closing.send(true);
     // Woken by the last in-flight request's guard as it drops and by the front-ends' last
     // connection closing (a stream opened just before the GOAWAY still counts); the ticks
     // only log progress.
-    let deadline = tokio::time::Instant::now() + exit_timeout;
     let done = async {
         while signals.frontends.recv().await.is_some() {}
         core.idle().await;
@@ -144,6 +154,43 @@ async fn drain(
         );
     }
     let _ = signals.stop.send(true);
+}
+
+/// Every version currently serving.
+fn serving_versions(core: &Core) -> Vec<Arc<crate::lifecycle::loader::LoadedModel>> {
+    let m = core.manager();
+    m.tracked()
+        .iter()
+        .flat_map(|name| m.ready_versions(name))
+        .collect()
+}
+
+/// Resolves once no sequence model has a running or backlogged sequence, or at `deadline`.
+/// Sequences end by their END, their idle timeout or their client going away, none of which
+/// signals here, so this looks again every 50 ms.
+async fn sequences_ended(core: &Core, deadline: tokio::time::Instant) {
+    let mut logged = false;
+    loop {
+        let running: usize = serving_versions(core)
+            .iter()
+            .map(|v| v.scheduler.sequences())
+            .sum();
+        if running == 0 || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        if !logged {
+            tracing::info!(
+                sequences = running,
+                "shutting down: waiting for running sequences to end; new sequences are refused"
+            );
+            logged = true;
+        }
+        tokio::time::sleep(
+            Duration::from_millis(50)
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+        )
+        .await;
+    }
 }
 
 impl RunningServer {

@@ -82,28 +82,32 @@ impl Core {
     /// model resolves to a serving version (a known one that is loading is an overload-style
     /// "not ready" with a retry hint), and the server-wide in-flight caps hold `bytes` more.
     /// A refusal by the caps is counted against the model (`count_refusal`).
+    /// `home` is the version a continuation's sequence still runs on after a reload
+    /// (`ModelManager::sequence_home`); it replaces the lookup.
     fn admit_head(
         &self,
         model_name: &str,
         model_version: &str,
         bytes: usize,
         arrival: Instant,
+        home: Option<Arc<LoadedModel>>,
     ) -> Result<(Arc<LoadedModel>, InflightGuard)> {
         self.check_running()?;
         let inflight = self.inflight.admit(&self.limits, bytes);
-        let model = self
-            .manager
-            .get(model_name, model_version)
-            .map_err(|lookup| {
-                // Known but not serving (loading, unloading): worth retrying shortly.
-                let retry = lookup.not_ready();
-                let e = Error::from(lookup);
-                if retry {
-                    e.refused(Rejection::ModelNotReady, Some(NOT_READY_RETRY))
-                } else {
-                    e
-                }
-            });
+        let model = match home {
+            Some(m) => Ok(m),
+            None => self.manager.get(model_name, model_version),
+        }
+        .map_err(|lookup| {
+            // Known but not serving (loading, unloading): worth retrying shortly.
+            let retry = lookup.not_ready();
+            let e = Error::from(lookup);
+            if retry {
+                e.refused(Rejection::ModelNotReady, Some(NOT_READY_RETRY))
+            } else {
+                e
+            }
+        });
         match (inflight, model) {
             (Ok(g), Ok(m)) => Ok((m, g)),
             (Err(e), Ok(m)) => {
@@ -140,7 +144,16 @@ impl Core {
             }
         };
         let arrival = origin.arrival;
-        let model = match self.admit_head(head.model_name, head.model_version, 0, arrival) {
+        // A continuation of a sequence that a reload left on the old version (or ended) is
+        // decided by `submit`, with the whole request.
+        if !matches!(
+            self.manager
+                .sequence_home(head.model_name, &head.params.sequence),
+            Ok(None)
+        ) {
+            return Ok(());
+        }
+        let model = match self.admit_head(head.model_name, head.model_version, 0, arrival, None) {
             Ok((m, _inflight)) => m,
             Err(e) => return overload(e),
         };
@@ -178,39 +191,42 @@ impl Core {
         let span = ctx.span().clone();
         let arrival = ctx.arrival();
         spans::record_id(&span, &req.id);
-        let accepted = {
-            let bytes = req.inputs.iter().map(|i| i.data.len()).sum();
-            self.admit_head(&req.model_name, &req.model_version, bytes, arrival)
-        }
-        .and_then(|(model, inflight)| {
-            span.record("model_version", model.spec.version);
-            let valid = validate(req, ctx, &model.spec)
-                .map_err(|e| e.refused(Rejection::Invalid, None))
-                .inspect_err(|e| count_refusal(&model.stats, arrival, e))?;
-            // Step 4: a text model's texts become token inputs on the tokenizer threads before
-            // they are queued; other models are queued now, so a full queue is refused at once.
-            let stage = if model.tokenizer.is_some() {
-                let m = model.clone();
-                Stage::Tokenizing(Box::pin(async move {
-                    let pool = m.tokenizer.as_ref().expect("checked above");
-                    // Refused by the tokenizer's own admission (a deadline it cannot meet) or
-                    // by the queue once tokenized: counted as the pending request completes.
-                    let queued = pool.tokenize(valid).await;
-                    queued
-                        .and_then(|valid| m.scheduler.enqueue(valid))
-                        .inspect_err(|e| count_refusal(&m.stats, arrival, e))
-                }))
-            } else {
-                let queued = model.scheduler.enqueue(valid);
-                Stage::Queued(queued.inspect_err(|e| count_refusal(&model.stats, arrival, e))?)
-            };
-            Ok(PendingInfer {
-                stage,
-                span: span.clone(),
-                _model: model,
-                _inflight: inflight,
+        let accepted = self
+            .manager
+            .sequence_home(&req.model_name, &req.params.sequence)
+            .and_then(|home| {
+                let bytes = req.inputs.iter().map(|i| i.data.len()).sum();
+                self.admit_head(&req.model_name, &req.model_version, bytes, arrival, home)
             })
-        });
+            .and_then(|(model, inflight)| {
+                span.record("model_version", model.spec.version);
+                let valid = validate(req, ctx, &model.spec)
+                    .map_err(|e| e.refused(Rejection::Invalid, None))
+                    .inspect_err(|e| count_refusal(&model.stats, arrival, e))?;
+                // Step 4: a text model's texts become token inputs on the tokenizer threads before
+                // they are queued; other models are queued now, so a full queue is refused at once.
+                let stage = if model.tokenizer.is_some() {
+                    let m = model.clone();
+                    Stage::Tokenizing(Box::pin(async move {
+                        let pool = m.tokenizer.as_ref().expect("checked above");
+                        // Refused by the tokenizer's own admission (a deadline it cannot meet) or
+                        // by the queue once tokenized: counted as the pending request completes.
+                        let queued = pool.tokenize(valid).await;
+                        queued
+                            .and_then(|valid| m.scheduler.enqueue(valid))
+                            .inspect_err(|e| count_refusal(&m.stats, arrival, e))
+                    }))
+                } else {
+                    let queued = model.scheduler.enqueue(valid);
+                    Stage::Queued(queued.inspect_err(|e| count_refusal(&model.stats, arrival, e))?)
+                };
+                Ok(PendingInfer {
+                    stage,
+                    span: span.clone(),
+                    _model: model,
+                    _inflight: inflight,
+                })
+            });
         if let Err(e) = &accepted {
             spans::record_error(&span, &e.message);
         }

@@ -414,8 +414,15 @@ fn warm(
                 )
             };
             stop_if_cancelled(&spec.name, cancel, &stopped())?;
-            let run = model_inputs(spec, sample.inputs.clone())
-                .and_then(|inputs| runner.run_cancellable(inputs, &outputs, cancel));
+            let run = model_inputs(spec, sample.inputs.clone()).and_then(|mut inputs| {
+                // A sequence model's graph also takes the controls and states the batcher feeds.
+                let rows = inputs
+                    .first()
+                    .and_then(|t| t.shape().first())
+                    .map_or(1, |&d| d.max(1) as usize);
+                inputs.extend(crate::scheduler::sequence::warmup_inputs(spec, rows)?);
+                runner.run_cancellable(inputs, &outputs, cancel)
+            });
             if run.is_err() {
                 // The terminate flag fails the run in progress: report the cancel, not that.
                 stop_if_cancelled(&spec.name, cancel, &stopped())?;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use super::drains::SequenceDrains;
 use super::loader::{LoadOptions, Loader, fingerprint};
 use super::overrides;
 use super::reaper::{OnTornDown, Reaper};
@@ -59,6 +60,8 @@ pub struct ManagerOptions {
     pub poll_interval: Duration,
     pub load_threads: usize,
     pub strict_readiness: bool,
+    /// How long a replaced or unloaded sequence model serves its running sequences.
+    pub sequence_drain_timeout: Duration,
 }
 
 /// What a RepositoryModelLoad asked for besides the model's name.
@@ -118,6 +121,8 @@ pub struct ModelManager {
     load_permits: Semaphore,
     /// Loads in flight, so that a newer load, an unload or shutdown can stop them.
     pending: PendingLoads,
+    /// Old sequence model versions still serving their running sequences (`drains.rs`).
+    drains: Arc<SequenceDrains>,
     me: Weak<ModelManager>,
 }
 
@@ -132,6 +137,7 @@ impl ModelManager {
                 }
             });
             ModelManager {
+                drains: SequenceDrains::new(opts.sequence_drain_timeout),
                 opts,
                 loader: Arc::new(Loader::new(backend, load, Reaper::start(Some(torn_down)))),
                 models: RwLock::new(BTreeMap::new()),
@@ -483,6 +489,9 @@ impl ModelManager {
                 }
             }
         };
+        if !self.stopping() {
+            self.drains.adopt(name, &released);
+        }
         drop(released);
         result
     }
@@ -499,6 +508,9 @@ impl ModelManager {
             entry.failure = None;
             entry.reload_error = None;
             entry._override_dir = None;
+        }
+        if !self.stopping() {
+            self.drains.adopt(name, &released);
         }
         drop(released);
     }

@@ -67,11 +67,14 @@ pub(crate) fn auto_complete(
             ))
         })
     };
-    // Sequence control inputs are graph inputs the server fills, never config inputs.
+    // Sequence control and state inputs are graph inputs the server fills, never config inputs.
     let controls: Vec<String> = match &cfg.scheduling_choice {
-        Some(SchedulingChoice::SequenceBatching(sb)) => {
-            sb.control_input.iter().map(|c| c.name.clone()).collect()
-        }
+        Some(SchedulingChoice::SequenceBatching(sb)) => sb
+            .control_input
+            .iter()
+            .map(|c| c.name.clone())
+            .chain(sb.state.iter().map(|s| s.input_name.clone()))
+            .collect(),
         _ => Vec::new(),
     };
     if cfg.input.is_empty() {
@@ -105,10 +108,20 @@ pub(crate) fn auto_complete(
 pub(crate) fn check_against_model(cfg: &ModelConfig, io: &ModelIo) -> Result<()> {
     let model = &cfg.name;
     // Sequence control inputs are graph inputs the server fills: each must be in the graph.
-    let controls = super::sequence::from_config(cfg)?.map_or(Vec::new(), |s| s.controls);
+    // So are implicit states' inputs; their outputs are graph outputs the server keeps.
+    let (controls, states) = super::sequence::from_config(cfg, None)?
+        .map_or((Vec::new(), Vec::new()), |s| (s.controls, s.states));
     super::sequence::check_controls(model, &controls, cfg.max_batch_size > 0, &io.inputs)?;
-    let required = cfg.input.iter().filter(|i| !i.optional).count() + controls.len();
-    let most = cfg.input.len() + controls.len();
+    super::sequence::check_states(
+        model,
+        &states,
+        cfg.max_batch_size > 0,
+        &io.inputs,
+        &io.outputs,
+    )?;
+    let filled = controls.len() + states.len();
+    let required = cfg.input.iter().filter(|i| !i.optional).count() + filled;
+    let most = cfg.input.len() + filled;
     if io.inputs.len() < required || io.inputs.len() > most {
         return Err(Error::invalid_arg(format!(
             "unable to load model '{model}', configuration expects {most} inputs, model provides {}",

@@ -2,6 +2,7 @@
 //! (sequence-batching.md §4.4, §5): the strategy, the idle limit and the control inputs the
 //! server fills for the model. Load errors carry Triton's texts.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -11,6 +12,10 @@ use crate::tensor::DataType;
 
 use super::config::ModelConfig;
 use super::io::IoDesc;
+
+mod state;
+pub(crate) use state::StateSpec;
+pub(crate) use state::check_states;
 
 /// Which signal a control input carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +112,8 @@ pub struct SequenceSpec {
     /// A sequence whose last request arrived longer ago than this loses its slot.
     pub idle: Duration,
     pub controls: Vec<Control>,
+    /// Implicit states, carried by the slot from one request of a sequence to the next.
+    pub states: Vec<StateSpec>,
 }
 
 impl SequenceSpec {
@@ -135,8 +142,12 @@ const CORRID_TYPES: [DataType; 5] = [
     DataType::Bytes,
 ];
 
-/// Validates `cfg.sequence_batching` (None when the model has none).
-pub(crate) fn from_config(cfg: &ModelConfig) -> Result<Option<SequenceSpec>> {
+/// Validates `cfg.sequence_batching` (None when the model has none). `model_dir` holds the
+/// implicit states' `initial_state/` files (without it they are not read).
+pub(crate) fn from_config(
+    cfg: &ModelConfig,
+    model_dir: Option<&Path>,
+) -> Result<Option<SequenceSpec>> {
     let Some(SchedulingChoice::SequenceBatching(seq)) = &cfg.scheduling_choice else {
         return Ok(None);
     };
@@ -146,17 +157,13 @@ pub(crate) fn from_config(cfg: &ModelConfig) -> Result<Option<SequenceSpec>> {
             "Response Cache does not currently support model {m} with sequence batching scheduler. Please disable the response cache."
         )));
     }
-    if !seq.state.is_empty() {
-        return Err(Error::invalid_arg(format!(
-            "sequence batching implicit state (sequence_batching.state) is not supported by this server yet for {m}"
-        )));
-    }
     if seq.iterative_sequence {
         return Err(Error::invalid_arg(format!(
             "iterative sequences (sequence_batching.iterative_sequence) are not supported by the ONNX Runtime backend for {m}"
         )));
     }
     let controls = controls(m, &seq.control_input)?;
+    let states = state::states(m, &seq.state, cfg.max_batch_size > 0, model_dir)?;
     let mbs = cfg.max_batch_size.max(0) as usize;
     let strategy = match &seq.strategy_choice {
         None => Strategy::Direct {
@@ -204,6 +211,7 @@ pub(crate) fn from_config(cfg: &ModelConfig) -> Result<Option<SequenceSpec>> {
         strategy,
         idle: Duration::from_micros(seq.max_sequence_idle_microseconds.max(1)),
         controls,
+        states,
     }))
 }
 
@@ -364,7 +372,7 @@ mod tests {
 
     fn spec(seq: &str) -> Result<Option<SequenceSpec>> {
         let text = format!("name: \"m\" max_batch_size: 4 sequence_batching {{ {seq} }}");
-        from_config(&parse_pbtxt(Path::new("c"), &text).unwrap())
+        from_config(&parse_pbtxt(Path::new("c"), &text).unwrap(), None)
     }
 
     fn control(name: &str, kind: &str, form: &str) -> String {

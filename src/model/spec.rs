@@ -254,7 +254,7 @@ pub fn to_spec(cfg: &ModelConfig, version: i64, model_dir: &Path) -> Result<Mode
         ort: parse_ort_options(cfg)?,
         dynamic_batching: dynamic_batching(cfg)?,
         text: super::text::TextSpec::from_config(cfg, model_dir)?,
-        sequence: super::sequence::from_config(cfg)?,
+        sequence: super::sequence::from_config(cfg, Some(model_dir))?,
     })
 }
 

@@ -141,6 +141,38 @@ impl Scheduler {
         }
     }
 
+    /// The server is stopping: a sequence model refuses new sequences from now on and keeps
+    /// serving the running ones (sequence-batching.md §3 row S); other models are unaffected.
+    pub fn refuse_new_sequences(&self) {
+        if let Kind::Sequence(s) = &self.0 {
+            s.refuse_new_sequences();
+        }
+    }
+
+    /// Sequences a sequence model is running or holding in its backlog (0 for other models).
+    pub fn sequences(&self) -> usize {
+        match &self.0 {
+            Kind::Sequence(s) => s.sequences(),
+            Kind::Dynamic(_) => 0,
+        }
+    }
+
+    /// Whether sequence `id` runs on this (sequence) model version.
+    pub(crate) fn runs_sequence(&self, id: &crate::request::CorrelationId) -> bool {
+        match &self.0 {
+            Kind::Sequence(s) => s.runs(id),
+            Kind::Dynamic(_) => false,
+        }
+    }
+
+    /// Ends every running sequence (see `SequenceScheduler::end_sequences`); the ids ended.
+    pub(crate) fn end_sequences(&self) -> Vec<crate::request::CorrelationId> {
+        match &self.0 {
+            Kind::Sequence(s) => s.end_sequences(),
+            Kind::Dynamic(_) => Vec::new(),
+        }
+    }
+
     /// Requests waiting for an instance.
     pub fn queued(&self) -> usize {
         match &self.0 {

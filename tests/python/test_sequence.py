@@ -1,10 +1,12 @@
 """The sequence batcher with the official Triton clients (tritonclient 2.73.0).
 
 One server process for the module, from $NEREID_BIN (default target/debug/nereid), on
-client_examples_repository/ with only simple_sequence and simple_dyna_sequence loaded and
-ephemeral ports. Triton's four sequence examples run unmodified from $TRITON_CLIENT_EXAMPLES
-(default ../shared/triton-client-examples next to the repository), as subprocesses pointed at
-that server with `-u`; the other tests check what the examples do not: the oldest strategy's
+client_examples_repository/ with the three sequence models of the examples loaded
+(simple_sequence, simple_dyna_sequence and simple_string_dyna_sequence, the accumulator on
+implicit state) and ephemeral ports. Triton's four sequence examples run unmodified from
+$TRITON_CLIENT_EXAMPLES (default ../shared/triton-client-examples next to the repository), as
+subprocesses pointed at that server with `-u`, without and with `-d` (the dynamic models); the
+other tests check what the examples do not: the oldest strategy's
 CORRID, and the sequence errors with Triton's texts over both protocols.
 Run with: .venv/bin/python -m pytest tests/python/test_sequence.py
 """
@@ -38,6 +40,7 @@ def server():
         "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
         "--model-control-mode", "explicit",
         "--load-model", "simple_sequence", "--load-model", "simple_dyna_sequence",
+        "--load-model", "simple_string_dyna_sequence", "--load-model", "simple_initial_state",
         repository=os.path.join(ROOT, "client_examples_repository"),
     )
     try:
@@ -74,6 +77,7 @@ def http(server):
     c.close()
 
 
+@pytest.mark.parametrize("dyna", [False, True], ids=["plain", "dyna"])
 @pytest.mark.parametrize(
     "script, protocol",
     [
@@ -83,7 +87,7 @@ def http(server):
         ("simple_grpc_aio_sequence_stream_infer_client.py", "grpc"),
     ],
 )
-def test_triton_sequence_example(server, script, protocol):
+def test_triton_sequence_example(server, script, protocol, dyna):
     path = os.path.join(EXAMPLES, script)
     if not os.path.isfile(path):
         pytest.fail(
@@ -92,7 +96,7 @@ def test_triton_sequence_example(server, script, protocol):
         )
     url = server.address if protocol == "grpc" else http_address(server)
     done = subprocess.run(
-        [sys.executable, path, "-u", url],
+        [sys.executable, path, "-u", url] + (["-d"] if dyna else []),
         cwd=EXAMPLES,
         capture_output=True,
         text=True,
@@ -163,3 +167,17 @@ def test_sequence_errors_over_http(http):
     with pytest.raises(InferenceServerException) as e:
         http.infer("simple_sequence", [x], sequence_id="x" * 129, sequence_start=True)
     assert "string correlation ID cannot be longer than 128 characters" in e.value.message()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_implicit_state_starts_from_the_initial_state_file(grpc, http, protocol):
+    client, step = (grpc, grpc_step) if protocol == "grpc" else (http, http_step)
+    seq = 5151 if protocol == "grpc" else 5152
+    got = [
+        step(client, "simple_initial_state", 1, seq, start=True),
+        step(client, "simple_initial_state", 2, seq),
+        step(client, "simple_initial_state", 3, seq, end=True),
+        step(client, "simple_initial_state", 4, seq, start=True, end=True),
+    ]
+    # acc starts at 100 (initial_state/offset.bin), adds INPUT, and START resets it.
+    assert got == [101, 103, 106, 104]

@@ -56,6 +56,16 @@ impl ModelManager {
         }
     }
 
+    /// The old version a request's sequence still runs on after a reload or unload (`None`:
+    /// the serving version), or the refusal of a continuation whose sequence a drain ended.
+    pub(crate) fn sequence_home(
+        &self,
+        name: &str,
+        p: &crate::request::SequenceParams,
+    ) -> Result<Option<Arc<LoadedModel>>> {
+        self.drains.home(name, p)
+    }
+
     /// Every READY version of `name` (ascending), or of every model when `name` is empty.
     pub fn ready_versions(&self, name: &str) -> Vec<Arc<LoadedModel>> {
         self.read()

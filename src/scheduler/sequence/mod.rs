@@ -11,9 +11,11 @@
 //! finished batch (`Completion`, dropped when the execution ends) or a timer (idle timeout,
 //! batch delay). Every entry taken from the table is answered: executed, or failed here.
 //!
-//! Slots stay bound to an instance index (an instance runs one batch at a time), so state that
-//! lives with a slot (implicit state, not yet served) can later live in `Slot` and travel
-//! with the batch.
+//! Slots stay bound to an instance index (an instance runs one batch at a time). Implicit state
+//! lives with the slot (`table::Slot`), never in a request: a batch takes a clone of each row's
+//! state with the request (none for a START, which resets it), and the state the model produced
+//! goes back into the slot when the batch's `Completion` drops, before the sequence's next
+//! request can be taken. A released slot (END, idle, cancel) drops its state.
 
 mod controls;
 mod exec;
@@ -34,11 +36,12 @@ use super::thread::BatcherThread;
 use crate::error::{Error, Rejection, Result};
 use crate::model::SequenceSpec;
 use crate::model::sequence::Strategy;
-use crate::request::InferResponse;
+use crate::request::{CorrelationId, InferResponse};
 use crate::telemetry::spans;
 use crate::telemetry::stats::FailureReason;
+use crate::tensor::Tensor;
 use crate::validate::ValidRequest;
-use table::{Caps, Form, Refused, SeqEntry, Table};
+use table::{Caps, Form, Refused, RowState, SeqEntry, SlotId, Table};
 
 /// Requests one sequence may have queued, by default (`--sequence-max-queue-size`).
 pub(crate) const DEFAULT_PER_SEQUENCE: usize = 256;
@@ -49,7 +52,10 @@ pub(crate) const DEFAULT_BACKLOG: usize = 1024;
 pub(crate) struct Layout {
     /// Per row: a real request (the next of the batch's entries, in order) or a padding row.
     pub rows: Vec<bool>,
-    pub _done: Completion,
+    /// Per row: the implicit state it runs with and where its next state goes (padding
+    /// rows: the initial state, kept nowhere).
+    pub states: Vec<RowState>,
+    pub done: Completion,
 }
 
 /// Dropped when a batch's execution is over (or the batch is dropped unrun): frees the
@@ -58,14 +64,19 @@ pub(crate) struct Completion {
     shared: Arc<Shared>,
     instance: usize,
     slots: Vec<usize>,
+    /// The states the batch produced, stored into their slots with the instance's release,
+    /// so the sequence's next request (which waits for it) runs with them.
+    pub stored: Vec<(SlotId, u64, Vec<Tensor>)>,
 }
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        self.shared
-            .table
-            .lock()
-            .finished(self.instance, &self.slots);
+        let mut t = self.shared.table.lock();
+        for (sid, generation, state) in self.stored.drain(..) {
+            t.store_state(sid, generation, state);
+        }
+        t.finished(self.instance, &self.slots);
+        drop(t);
         self.shared.wake.notify_one();
     }
 }
@@ -74,6 +85,8 @@ struct Shared {
     table: Mutex<Table>,
     wake: Notify,
     closed: AtomicBool,
+    /// The server is stopping: new sequences (START) are refused, running ones continue.
+    refuse_starts: AtomicBool,
 }
 
 /// The enqueuing side. Dropping it stops the task (nothing is in flight by then: every
@@ -110,6 +123,7 @@ impl SequenceScheduler {
             table: Mutex::new(Table::new(instances, slots, caps, seq.idle)),
             wake: Notify::new(),
             closed: AtomicBool::new(false),
+            refuse_starts: AtomicBool::new(false),
         });
         let task = Task {
             shared: shared.clone(),
@@ -136,6 +150,15 @@ impl SequenceScheduler {
                 "request to sequence model '{model}' reached its scheduler without a sequence id"
             )));
         };
+        if params.start && self.shared.refuse_starts.load(Ordering::Acquire) {
+            // Row S of sequence-batching.md §3: continuations of running sequences still pass.
+            return Err(Error::rejected(
+                Rejection::ServerDraining,
+                std::time::Duration::from_secs(1),
+                STOPPING,
+            )
+            .with_request_id(req.id()));
+        }
         let enqueued = Instant::now();
         // Applies only while the sequence waits in the backlog (`Table::expire_backlog`).
         let deadline = req.queue_timeout().map(|t| enqueued + t);
@@ -152,6 +175,7 @@ impl SequenceScheduler {
             id: params.id.clone(),
             start: params.start,
             end: params.end,
+            row: RowState::default(),
         };
         let routed = {
             let mut t = self.shared.table.lock();
@@ -185,7 +209,84 @@ impl SequenceScheduler {
     pub(crate) fn queued(&self) -> usize {
         self.shared.table.lock().queued()
     }
+
+    /// From now on new sequences are refused (the server stops); running ones continue.
+    pub(crate) fn refuse_new_sequences(&self) {
+        self.shared.refuse_starts.store(true, Ordering::Release);
+    }
+
+    /// Whether sequence `id` runs here (or waits in the backlog).
+    pub(crate) fn runs(&self, id: &CorrelationId) -> bool {
+        self.shared.table.lock().knows(id)
+    }
+
+    /// Ends every running sequence (a reload or unload stopped waiting for them): their
+    /// queued requests are answered UNAVAILABLE `sequence <id> of model '<m>' ended by a
+    /// reload`. Returns the ids ended, so later continuations get the same answer.
+    pub(crate) fn end_sequences(&self) -> Vec<CorrelationId> {
+        let ended = self.shared.table.lock().end_running();
+        let mut ids = Vec::with_capacity(ended.len());
+        for (id, entries) in ended {
+            for e in entries {
+                e.fail(
+                    &self.ctx.stats,
+                    ended_by_reload(&id, &self.ctx.spec.name),
+                    FailureReason::Canceled,
+                );
+            }
+            ids.push(id);
+        }
+        self.shared.wake.notify_one();
+        ids
+    }
+
+    /// Sequences holding a slot or waiting for one.
+    pub(crate) fn sequences(&self) -> usize {
+        let t = self.shared.table.lock();
+        t.active() + t.backlogged()
+    }
 }
+
+/// The inputs the sequence batcher adds to a warmup run of `rows` rows (`spec` has
+/// `sequence_batching`): each control as for the first request of a sequence (START and READY
+/// true, END false, CORRID 1 or "1") and each implicit state's initial value.
+pub(crate) fn warmup_inputs(spec: &crate::model::ModelSpec, rows: usize) -> Result<Vec<Tensor>> {
+    let Some(seq) = &spec.sequence else {
+        return Ok(Vec::new());
+    };
+    let rows = if spec.batching() { rows.max(1) } else { 1 };
+    let id = match seq.corrid().map(|c| c.dtype()) {
+        Some(crate::tensor::DataType::Bytes) => CorrelationId::Str("1".into()),
+        _ => CorrelationId::Uint(1),
+    };
+    let first = crate::request::SequenceParams {
+        id,
+        start: true,
+        end: false,
+    };
+    let params = vec![Some(&first); rows];
+    let mut out = controls::control_tensors(&seq.controls, &params, spec.batching())?;
+    for s in &seq.states {
+        let parts = vec![&s.initial; rows];
+        out.push(if spec.batching() {
+            Tensor::concat_rows(&parts)?
+        } else {
+            s.initial.clone()
+        });
+    }
+    Ok(out)
+}
+
+/// The answer to a request of a sequence that a reload or unload ended.
+pub(crate) fn ended_by_reload(id: &CorrelationId, model: &str) -> Error {
+    Error::unavailable(format!(
+        "sequence {id} of model '{model}' ended by a reload"
+    ))
+}
+
+/// Triton's text for a request that the sequence batcher no longer takes (row S).
+const STOPPING: &str =
+    "Server is stopping, scheduler for model has stopped accepting new inference requests";
 
 struct Task {
     shared: Arc<Shared>,
@@ -203,13 +304,7 @@ impl Task {
             if closed {
                 let left = self.shared.table.lock().drain();
                 for e in left {
-                    self.fail(
-                        e,
-                        Error::unavailable(
-                            "Server is stopping, scheduler for model has stopped accepting new inference requests",
-                        ),
-                        FailureReason::Canceled,
-                    );
+                    self.fail(e, Error::unavailable(STOPPING), FailureReason::Canceled);
                 }
                 break;
             }
@@ -271,14 +366,25 @@ impl Task {
                 match form {
                     Form::Dispatch(rows) => {
                         let layout_rows = rows.iter().map(Option::is_some).collect();
-                        let entries: Vec<Entry> =
-                            rows.into_iter().flatten().map(|e| e.entry).collect();
+                        let mut states = Vec::with_capacity(rows.len());
+                        let mut entries: Vec<Entry> = Vec::with_capacity(rows.len());
+                        for row in rows {
+                            match row {
+                                Some(mut e) => {
+                                    states.push(std::mem::take(&mut e.row));
+                                    entries.push(e.entry);
+                                }
+                                None => states.push(RowState::default()),
+                            }
+                        }
                         let layout = Layout {
                             rows: layout_rows,
-                            _done: Completion {
+                            states,
+                            done: Completion {
                                 shared: self.shared.clone(),
                                 instance,
                                 slots,
+                                stored: Vec::new(),
                             },
                         };
                         batches.push(Batch::custom(self.ctx.clone(), entries, Box::new(layout)));

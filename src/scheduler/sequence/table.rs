@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::super::entry::Entry;
 use super::super::queue::Pending;
 use crate::request::CorrelationId;
+use crate::tensor::Tensor;
 
 /// One queued request of a sequence, with the flags it was routed with.
 pub(crate) struct SeqEntry {
@@ -24,6 +25,19 @@ pub(crate) struct SeqEntry {
     pub id: CorrelationId,
     pub start: bool,
     pub end: bool,
+    /// Filled when a batch takes the request (`take_head`): its slot's implicit state.
+    pub row: RowState,
+}
+
+/// The implicit state a batch row runs with, and where its next state goes.
+#[derive(Default)]
+pub(crate) struct RowState {
+    /// The slot's state (one tensor per state, one row each); `None` = the initial state
+    /// (a START request, or a sequence with no state yet).
+    pub state: Option<Vec<Tensor>>,
+    /// The slot and its generation that the model's new state is stored into after the run;
+    /// `None` for an END request (its state is freed with it).
+    pub keep: Option<(SlotId, u64)>,
 }
 
 /// A sequence slot: `slot` is the batch row (direct) or candidate index (oldest) within
@@ -52,6 +66,11 @@ struct Slot {
     /// Oldest strategy: a request of this slot is executing (the next one waits for it).
     in_flight: bool,
     free: bool,
+    /// The implicit state the sequence's next request runs with (§7); `None` = initial.
+    state: Option<Vec<Tensor>>,
+    /// Bumped each time the slot is released, so a batch that ran for an earlier sequence
+    /// never stores its state into the next one.
+    generation: u64,
 }
 
 /// A new sequence waiting for a slot.
@@ -223,6 +242,9 @@ impl Table {
     /// queue, whose requests move into it; with no backlog it returns to the free pool. A
     /// backlog queue whose client has gone is discarded on the way (§6.3).
     fn release(&mut self, sid: SlotId) {
+        let slot = self.slot(sid);
+        slot.state = None;
+        slot.generation = slot.generation.wrapping_add(1);
         while let Some(b) = self.backlog.pop_front() {
             if b.entries.front().is_some_and(|e| e.entry.reply.is_closed()) {
                 if self.routes.get(&b.id) == Some(&Route::Backlog(b.key)) {
@@ -357,9 +379,15 @@ impl Table {
         }
     }
 
-    /// Takes the head of `sid`'s queue into a batch; an END releases the slot behind it.
+    /// Takes the head of `sid`'s queue into a batch, with the slot's state (none for a START,
+    /// which resets it); an END releases the slot (and frees its state) behind it.
     fn take_head(&mut self, sid: SlotId) -> Option<SeqEntry> {
-        let e = self.slot(sid).queue.pop_front()?;
+        let slot = self.slot(sid);
+        let mut e = slot.queue.pop_front()?;
+        e.row = RowState {
+            state: if e.start { None } else { slot.state.clone() },
+            keep: (!e.end).then_some((sid, slot.generation)),
+        };
         if e.end && self.slot(sid).queue.is_empty() {
             self.release(sid);
         }
@@ -469,6 +497,14 @@ impl Table {
         (Form::Dispatch(rows), chosen)
     }
 
+    /// Stores the state a batch row produced, unless the slot was released since.
+    pub(crate) fn store_state(&mut self, sid: SlotId, generation: u64, state: Vec<Tensor>) {
+        let slot = self.slot(sid);
+        if slot.generation == generation {
+            slot.state = Some(state);
+        }
+    }
+
     /// Sequences holding a slot (running or draining).
     pub(crate) fn active(&self) -> usize {
         self.instances
@@ -492,6 +528,40 @@ impl Table {
             .map(|s| s.queue.len())
             .sum();
         slots + self.backlog.iter().map(|b| b.entries.len()).sum::<usize>()
+    }
+
+    /// Whether `id` is running here or waiting in the backlog.
+    pub(crate) fn knows(&self, id: &CorrelationId) -> bool {
+        self.routes.contains_key(id)
+    }
+
+    /// Ends every running and backlogged sequence (a reload's drain timed out): their ids are
+    /// forgotten and their queued requests handed back, per id, to be answered. Slots whose
+    /// END was already routed finish normally.
+    pub(crate) fn end_running(&mut self) -> Vec<(CorrelationId, Vec<Entry>)> {
+        let mut out = Vec::new();
+        let owned = self.slots_where(|s| s.owner.is_some());
+        for sid in owned {
+            let slot = self.slot(sid);
+            let Some(id) = slot.owner.take() else {
+                continue;
+            };
+            let queued = slot.queue.drain(..).map(|e| e.entry).collect();
+            self.routes.remove(&id);
+            out.push((id, queued));
+            self.release(sid);
+        }
+        let mut kept = VecDeque::with_capacity(self.backlog.len());
+        for b in self.backlog.drain(..) {
+            if self.routes.get(&b.id) == Some(&Route::Backlog(b.key)) {
+                self.routes.remove(&b.id);
+                out.push((b.id, b.entries.into_iter().map(|e| e.entry).collect()));
+            } else {
+                kept.push_back(b);
+            }
+        }
+        self.backlog = kept;
+        out
     }
 
     /// Empties the table (the scheduler stops): every queued entry, to be answered.

@@ -48,6 +48,7 @@ fn spec() -> ModelSpec {
             },
             idle: IDLE,
             controls: vec![],
+            states: vec![],
         }),
     }
 }
@@ -93,6 +94,7 @@ fn entry(id: u64, value: i32, start: bool, end: bool) -> (SeqEntry, Rx) {
             id: sequence.id,
             start,
             end,
+            row: RowState::default(),
         },
         rx,
     )
@@ -311,4 +313,58 @@ fn a_backlogged_sequence_times_out_by_its_requests_timeout() {
     );
     // A sequence that holds a slot is never timed out this way.
     assert_eq!(t.active(), 1);
+}
+
+/// The one row of a direct batch of `instance` 0 (panics on anything else).
+fn only_row(form: Form) -> SeqEntry {
+    match form {
+        Form::Dispatch(rows) => rows.into_iter().flatten().next().expect("a real row"),
+        _ => panic!("no batch"),
+    }
+}
+
+#[test]
+fn implicit_state_stays_with_the_slot_resets_on_start_and_ends_with_the_sequence() {
+    let now = Instant::now();
+    let mut t = Table::new(1, 1, caps(), IDLE);
+    let state = |v: i32| {
+        vec![
+            crate::tensor::Tensor::new("S", DataType::Int32, vec![1, 1], v.to_le_bytes().to_vec())
+                .unwrap(),
+        ]
+    };
+    let value = |row: &SeqEntry| row.row.state.as_ref().map(|s| s[0].data()[0]);
+    let mut keep = Vec::new();
+    let mut step = |t: &mut Table, value_in: i32, start: bool, end: bool| {
+        let (e, rx) = entry(1, value_in, start, end);
+        keep.push(rx);
+        assert!(t.route(e, now).is_ok());
+        let row = only_row(t.form_direct(0, now, 0.0, Duration::ZERO));
+        t.finished(0, &[]);
+        row
+    };
+    // START runs with the initial state; what it produced is the next request's state.
+    let first = step(&mut t, 0, true, false);
+    assert_eq!(value(&first), None);
+    let (sid, generation) = first.row.keep.expect("a START keeps its state");
+    t.store_state(sid, generation, state(7));
+    let second = step(&mut t, 1, false, false);
+    assert_eq!(value(&second), Some(7));
+    // A second START for the running id resets the state.
+    let again = step(&mut t, 2, true, false);
+    assert_eq!(value(&again), None);
+    let (sid, generation) = again.row.keep.unwrap();
+    t.store_state(sid, generation, state(9));
+    // END runs with the state and keeps none; the slot's state is freed with it, and a
+    // batch that ran for the ended sequence cannot store into the slot any more.
+    let last = step(&mut t, 3, false, true);
+    assert_eq!(value(&last), Some(9));
+    assert!(last.row.keep.is_none());
+    t.store_state(sid, generation, state(11));
+    let next = step(&mut t, 4, true, false);
+    assert_eq!(value(&next), None);
+    let (_, fresh) = next.row.keep.unwrap();
+    assert_ne!(fresh, generation);
+    let cont = step(&mut t, 5, false, false);
+    assert_eq!(value(&cont), None, "the stale store was ignored");
 }
