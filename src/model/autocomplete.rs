@@ -143,11 +143,7 @@ pub(crate) fn check_against_model(cfg: &ModelConfig, io: &ModelIo) -> Result<()>
                 allowed.join(", ")
             )));
         };
-        let provided = d
-            .dtype
-            .as_ref()
-            .map(|t| t.config_name().to_string())
-            .unwrap_or_else(|t| t.clone());
+        let provided = d.config_type_name();
         let expected =
             DataType::from_config_value(data_type).map_or("TYPE_INVALID", |t| t.config_name());
         if expected != provided {

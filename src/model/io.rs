@@ -18,3 +18,14 @@ pub struct IoDesc {
     /// -1 for symbolic or unknown dimensions.
     pub shape: Vec<i64>,
 }
+
+impl IoDesc {
+    /// The element type as a config names it (`TYPE_FP32`), or the file's own name for a type
+    /// with no KServe datatype: what load errors say the model provides.
+    pub fn config_type_name(&self) -> String {
+        match &self.dtype {
+            Ok(t) => t.config_name().to_string(),
+            Err(name) => name.clone(),
+        }
+    }
+}

@@ -333,11 +333,7 @@ pub(crate) fn check_controls(
         };
         let want = c.dtype();
         if d.dtype.as_ref() != Ok(&want) {
-            let provided = d
-                .dtype
-                .as_ref()
-                .map(|t| t.config_name().to_string())
-                .unwrap_or_else(|t| t.clone());
+            let provided = d.config_type_name();
             return Err(Error::invalid_arg(format!(
                 "unable to load model '{m}', sequence batching control input '{}' ({}) is fed as {}, model provides {provided}",
                 c.name,

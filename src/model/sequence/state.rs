@@ -228,11 +228,7 @@ pub(crate) fn check_states(
                 )));
             };
             if d.dtype.as_ref() != Ok(&s.dtype) {
-                let provided = d
-                    .dtype
-                    .as_ref()
-                    .map(|t| t.config_name().to_string())
-                    .unwrap_or_else(|t| t.clone());
+                let provided = d.config_type_name();
                 return Err(Error::invalid_arg(format!(
                     "unable to load model '{m}', sequence batching state {what} '{name}' (state '{}') is {}, model provides {provided}",
                     s.input,
