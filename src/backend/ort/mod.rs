@@ -334,11 +334,8 @@ fn from_ort(name: &str, value: &DynValue) -> Result<Tensor> {
     })?;
     let shape: Vec<i64> = shape.iter().copied().collect();
     let data = if dtype == DataType::Bytes {
-        let count = shape
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
-            .ok_or_else(|| Error::internal(format!("output '{name}' has an invalid shape")))?;
-        let elements = strings::from_ort(value, count)?;
+        let elements = strings::from_ort(value)
+            .map_err(|e| Error::internal(format!("output '{name}': {}", e.message)))?;
         bytes_codec::encode(elements.iter().map(Vec::as_slice))
     } else {
         let tensor = value

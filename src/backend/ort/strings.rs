@@ -4,7 +4,7 @@
 
 use ort::AsPointer;
 use ort::memory::Allocator;
-use ort::value::{DynTensor, DynValue, TensorElementType};
+use ort::value::{DynTensor, DynValue, TensorElementType, ValueType};
 
 use crate::error::{Error, Result};
 
@@ -21,8 +21,16 @@ unsafe fn check(status: ort::sys::OrtStatusPtr) -> Result<()> {
     unsafe { ort::Error::result_from_status(status) }.map_err(ort_err)
 }
 
-/// A string tensor of `shape` whose element `i` is exactly `elements[i]`. The caller checked
-/// that `elements.len()` is the element count of `shape`.
+/// The element count of `shape` (checked arithmetic; `None` for a negative dimension or an
+/// overflow).
+fn element_count(shape: &[i64]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
+}
+
+/// A string tensor of `shape` whose element `i` is exactly `elements[i]`; `elements` must fill
+/// `shape` exactly (checked here).
 pub(super) fn to_ort(shape: &[i64], elements: &[&[u8]]) -> Result<DynValue> {
     let mut value = DynTensor::new(
         &Allocator::default(),
@@ -30,10 +38,7 @@ pub(super) fn to_ort(shape: &[i64], elements: &[&[u8]]) -> Result<DynValue> {
         shape.to_vec(),
     )
     .map_err(ort_err)?;
-    let count = shape
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?));
-    if count != Some(elements.len()) {
+    if element_count(shape) != Some(elements.len()) {
         return Err(Error::internal(format!(
             "{} string elements do not fill a tensor of shape {}",
             elements.len(),
@@ -72,8 +77,24 @@ pub(super) fn to_ort(shape: &[i64], elements: &[&[u8]]) -> Result<DynValue> {
     Ok(value.into_dyn())
 }
 
-/// The `count` elements of the string tensor `value`, each with its exact bytes.
-pub(super) fn from_ort(value: &DynValue, count: usize) -> Result<Vec<Vec<u8>>> {
+/// The elements of the string tensor `value`, each with its exact bytes. Their count is read
+/// from the tensor's own type and shape, as ONNX Runtime reports them, not taken from a caller.
+pub(super) fn from_ort(value: &DynValue) -> Result<Vec<Vec<u8>>> {
+    let ValueType::Tensor {
+        ty: TensorElementType::String,
+        shape,
+        ..
+    } = value.dtype()
+    else {
+        return Err(Error::internal("not a string tensor"));
+    };
+    let dims: Vec<i64> = shape.iter().copied().collect();
+    let count = element_count(&dims).ok_or_else(|| {
+        Error::internal(format!(
+            "string tensor of invalid shape {}",
+            crate::tensor::shape_string(&dims)
+        ))
+    })?;
     let api = ort::api();
     let ptr = value.ptr();
     let mut out = Vec::new();
@@ -81,8 +102,8 @@ pub(super) fn from_ort(value: &DynValue, count: usize) -> Result<Vec<Vec<u8>>> {
         .map_err(|_| Error::unavailable("cannot allocate the string output"))?;
     for index in 0..count {
         let mut len = 0usize;
-        // SAFETY: `ptr` is a live string tensor of `count` elements (its shape, read by the
-        // caller) and `index` is below `count`.
+        // SAFETY: `ptr` is a live string tensor of `count` elements (its own shape, read
+        // above) and `index` is below `count`.
         unsafe { check((api.GetStringTensorElementLength)(ptr, index, &mut len))? };
         let mut bytes = Vec::new();
         bytes
