@@ -13,10 +13,15 @@ use tokio::net::TcpStream;
 
 use crate::common::*;
 
-/// The socket inodes this process holds for connections accepted on `port` (the server side
-/// of each connection, not the listener), read from /proc: what the server has open for the
-/// listener, untouched by other tests' descriptors in this process.
-fn server_sockets(port: u16) -> usize {
+/// How many of this process's descriptors are TCP sockets whose /proc/net/tcp row passes
+/// `keep(local port, remote port, state)`. A closed socket lingers, if at all, with inode 0,
+/// which no descriptor names.
+fn held_sockets(keep: impl Fn(u16, u16, &str) -> bool) -> usize {
+    let port_of = |col: &str| {
+        col.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
     let mut inodes = HashSet::new();
     for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
@@ -27,53 +32,31 @@ fn server_sockets(port: u16) -> usize {
             if cols.len() < 10 {
                 continue;
             }
-            let local_port = cols[1]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            // State 0A is LISTEN: the listener itself.
-            if local_port == Some(port) && cols[3] != "0A" {
+            if let (Some(local), Some(remote)) = (port_of(cols[1]), port_of(cols[2]))
+                && keep(local, remote, cols[3])
+            {
                 inodes.insert(format!("socket:[{}]", cols[9]));
             }
         }
     }
-    std::fs::read_dir("/proc/self/fd")
-        .map(|dir| {
-            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter(|l| inodes.contains(l.to_string_lossy().as_ref()))
-                .count()
-        })
-        .unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| {
+        dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| inodes.contains(l.to_string_lossy().as_ref()))
+            .count()
+    })
+}
+
+/// The sockets this process holds for connections accepted on `port` (the server side of
+/// each connection, not the listener, whose state is 0A, LISTEN): what the server has open for
+/// the listener, untouched by other tests' descriptors in this process.
+fn server_sockets(port: u16) -> usize {
+    held_sockets(|local, _, state| local == port && state != "0A")
 }
 
 /// Whether the server (this process) still holds its end of the connection from the client
-/// port `peer` to the listener on `port`: a socket with that local and remote port whose inode
-/// is one of this process's descriptors (a closed one lingers, if at all, with inode 0).
+/// port `peer` to the listener on `port`.
 fn server_holds(port: u16, peer: u16) -> bool {
-    let mut inodes = HashSet::new();
-    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() < 10 {
-                continue;
-            }
-            let port_of = |col: &str| {
-                col.rsplit(':')
-                    .next()
-                    .and_then(|p| u16::from_str_radix(p, 16).ok())
-            };
-            if port_of(cols[1]) == Some(port) && port_of(cols[2]) == Some(peer) {
-                inodes.insert(format!("socket:[{}]", cols[9]));
-            }
-        }
-    }
-    std::fs::read_dir("/proc/self/fd").is_ok_and(|dir| {
-        dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-            .any(|l| inodes.contains(l.to_string_lossy().as_ref()))
-    })
+    held_sockets(|local, remote, _| local == port && remote == peer) > 0
 }
 
 /// Reads until the server closes the connection (EOF or reset); returns what was read.
