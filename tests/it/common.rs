@@ -265,6 +265,42 @@ impl Drop for TestServer {
     }
 }
 
+/// A server run directly (not through `TestServer`), so the test can see its `Core`.
+pub struct DirectServer {
+    pub running: RunningServer,
+    pub addr: SocketAddr,
+    /// Sending (or dropping) it is the shutdown signal.
+    pub stop: oneshot::Sender<()>,
+    _repo: TempDir,
+}
+
+/// Serves `repo` with no shutdown delay and an exit timeout no test waits for: a drain that
+/// ends did so because its last request went.
+pub async fn start_direct(repo: TempDir, edit: impl FnOnce(&mut ServerConfig)) -> DirectServer {
+    let mut config = ServerConfig::new(vec![repo.path().to_path_buf()]);
+    config.shutdown_delay = Duration::ZERO;
+    config.exit_timeout = Duration::from_secs(3600);
+    edit(&mut config);
+    let listeners = Listeners {
+        grpc: Some(bind("127.0.0.1:0".parse().unwrap()).await.unwrap()),
+        http: None,
+        metrics: None,
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = RunningServer::start(config, listeners, async {
+        let _ = stopped.await;
+    })
+    .await
+    .expect("the server starts");
+    let addr = running.grpc_addr.expect("gRPC is bound");
+    DirectServer {
+        running,
+        addr,
+        stop,
+        _repo: repo,
+    }
+}
+
 pub async fn connect(addr: SocketAddr) -> Client {
     GrpcInferenceServiceClient::connect(format!("http://{addr}"))
         .await

@@ -12,50 +12,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use nereid::ControlMode;
-use nereid::ServerConfig;
 use nereid::pb::inference::{ModelInferResponse, RepositoryModelUnloadRequest};
-use nereid::{Listeners, RunningServer, bind};
 use serde_json::json;
 use tempfile::TempDir;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::common::*;
-
-/// A server run directly (not through `TestServer`), so the test can see its `Core`.
-struct Server {
-    running: RunningServer,
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    _repo: TempDir,
-}
-
-/// Serves `repo` with no shutdown delay and an exit timeout no test waits for: a drain that
-/// ends did so because its last request went.
-async fn start(repo: TempDir, edit: impl FnOnce(&mut ServerConfig)) -> Server {
-    let mut config = ServerConfig::new(vec![repo.path().to_path_buf()]);
-    config.shutdown_delay = Duration::ZERO;
-    config.exit_timeout = Duration::from_secs(3600);
-    edit(&mut config);
-    let listeners = Listeners {
-        grpc: Some(bind("127.0.0.1:0".parse().unwrap()).await.unwrap()),
-        http: None,
-        metrics: None,
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = RunningServer::start(config, listeners, async {
-        let _ = stopped.await;
-    })
-    .await
-    .expect("the server starts");
-    let addr = running.grpc_addr.expect("gRPC is bound");
-    Server {
-        running,
-        addr,
-        stop,
-        _repo: repo,
-    }
-}
 
 /// `simple` as `name`: one instance, and a batcher that waits an hour for a batch to fill, so
 /// a request stays queued until its client goes away.
@@ -109,7 +71,7 @@ fn thread_names() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_ends_when_the_last_request_goes() {
-    let s = start(held_repo("held"), |_| {}).await;
+    let s = start_direct(held_repo("held"), |_| {}).await;
     let core = s.running.core.clone();
     let first = held_call(s.addr, "held");
     let second = held_call(s.addr, "held");
@@ -134,7 +96,7 @@ async fn the_drain_ends_when_the_last_request_goes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unloaded_version_is_torn_down_when_its_last_request_goes() {
-    let s = start(held_repo("reaped"), |c| {
+    let s = start_direct(held_repo("reaped"), |c| {
         c.manager.control_mode = ControlMode::Explicit;
         c.manager.startup_models = vec!["reaped".into()];
     })

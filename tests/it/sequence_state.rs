@@ -7,10 +7,8 @@
 //! on SIGTERM running sequences go on while new ones are refused.
 
 use std::path::Path;
-use std::time::Duration;
 
-use nereid::{ControlMode, Listeners, RunningServer, ServerConfig, bind};
-use tokio::sync::oneshot;
+use nereid::ControlMode;
 
 use crate::common::*;
 use crate::sequence::{Id, seq_request};
@@ -236,23 +234,14 @@ async fn a_failed_reload_keeps_the_old_version_and_its_sequences() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_sigterm_running_sequences_go_on_and_new_ones_are_refused() {
-    let repo = examples(&[ACC]);
-    let mut config = ServerConfig::new(vec![repo.path().to_path_buf()]);
-    config.shutdown_delay = Duration::ZERO;
-    config.exit_timeout = Duration::from_secs(3600);
-    let listeners = Listeners {
-        grpc: Some(bind("127.0.0.1:0".parse().unwrap()).await.unwrap()),
-        http: None,
-        metrics: None,
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = RunningServer::start(config, listeners, async {
-        let _ = stopped.await;
-    })
-    .await
-    .expect("the server starts");
+    let DirectServer {
+        running,
+        addr,
+        stop,
+        ..
+    } = start_direct(examples(&[ACC]), |_| {}).await;
     let core = running.core.clone();
-    let c = connect(running.grpc_addr.unwrap()).await;
+    let c = connect(addr).await;
     let infer = |req| {
         let mut c = c.clone();
         async move {
