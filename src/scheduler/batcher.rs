@@ -320,15 +320,7 @@ impl DynamicScheduler {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             return Some(entry);
         };
-        self.admission.release(entry.req.level());
-        if let Err(e) = self
-            .jobs
-            .try_send(Batch::new(self.ctx.clone(), vec![entry], Some(permit)))
-        {
-            // As in the task's `dispatch`: unreachable while permits bound the batches in flight.
-            e.into_inner()
-                .fail(Error::unavailable("the model's instances have stopped"));
-        }
+        hand_off(&self.ctx, &self.jobs, &self.admission, vec![entry], permit);
         None
     }
 }
@@ -445,17 +437,27 @@ impl BatcherTask {
     }
 
     fn dispatch(&self, entries: Vec<Entry>, permit: OwnedSemaphorePermit) {
-        for e in &entries {
-            self.admission.release(e.req.level());
-        }
-        if let Err(e) = self
-            .jobs
-            .try_send(Batch::new(self.ctx.clone(), entries, Some(permit)))
-        {
-            // Unreachable while permits bound the batches in flight to the channel's capacity;
-            // if the instance threads are gone, answer instead of hanging.
-            let batch = e.into_inner();
-            batch.fail(Error::unavailable("the model's instances have stopped"));
-        }
+        hand_off(&self.ctx, &self.jobs, &self.admission, entries, permit);
+    }
+}
+
+/// Hands `entries` to the instance threads as one batch holding the instance slot `permit`,
+/// and gives up their places in the queue: the one way a batch leaves, from the batcher task or
+/// straight from `enqueue`.
+fn hand_off(
+    ctx: &Arc<ExecContext>,
+    jobs: &JobSender<Batch>,
+    admission: &Admission,
+    entries: Vec<Entry>,
+    permit: OwnedSemaphorePermit,
+) {
+    for e in &entries {
+        admission.release(e.req.level());
+    }
+    if let Err(e) = jobs.try_send(Batch::new(ctx.clone(), entries, Some(permit))) {
+        // Unreachable while permits bound the batches in flight to the channel's capacity;
+        // if the instance threads are gone, answer instead of hanging.
+        e.into_inner()
+            .fail(Error::unavailable("the model's instances have stopped"));
     }
 }
