@@ -110,11 +110,7 @@ where
         let respond_with = self.response.choose(req.headers());
         Box::pin(async move {
             let origin = super::call_origin(req.headers());
-            let encoding = req
-                .headers()
-                .get(GRPC_ENCODING)
-                .and_then(|v| v.to_str().ok())
-                .and_then(Encoding::parse);
+            let encoding = request_encoding(req.headers());
             let (mut parts, mut body) = req.into_parts();
             let read = match encoding {
                 None => read_head(&mut body).await,
@@ -153,18 +149,22 @@ where
 /// message under the limit and the in-flight byte cap (`inflating.rs`), and tonic sees an
 /// uncompressed stream. Other calls pass as they are.
 fn inflate_stream(req: http::Request<Body>, core: Arc<Core>, limit: usize) -> http::Request<Body> {
-    let encoding = req
-        .headers()
-        .get(GRPC_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .and_then(Encoding::parse);
-    let Some(encoding) = encoding else {
+    let Some(encoding) = request_encoding(req.headers()) else {
         return req;
     };
     let (mut parts, body) = req.into_parts();
     parts.headers.remove(GRPC_ENCODING);
     let body = Body::new(InflatingBody::new(body, core, encoding, limit));
     http::Request::from_parts(parts, body)
+}
+
+/// The encoding a request's messages are compressed with, when this server expands them
+/// itself (gzip, deflate); `None` for none, identity, or one tonic answers.
+fn request_encoding(headers: &http::HeaderMap) -> Option<Encoding> {
+    headers
+        .get(GRPC_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Encoding::parse)
 }
 
 /// What `read_head` took from the body.
