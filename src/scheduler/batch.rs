@@ -20,6 +20,7 @@ use crate::telemetry::stats::{FailureReason, ModelStats};
 use crate::tensor::Tensor;
 
 use super::assembly::{assemble, scatter};
+use super::batcher::QueuePlace;
 use super::classification::finish_output;
 use super::entry::Entry;
 
@@ -40,6 +41,9 @@ pub struct Batch {
     /// A batch with its own way of executing (the sequence batcher's rows, padding rows and
     /// control inputs); `None` = the plain execution below.
     custom: Option<Box<dyn Execution>>,
+    /// A request still holding its queue place (the default scheduler's shared channel): given
+    /// back when an instance takes the batch.
+    place: Option<QueuePlace>,
 }
 
 /// How a batch executes when it is not a plain batch of requests. Implemented by the
@@ -65,6 +69,19 @@ impl Batch {
             _permit: permit,
             formed: Instant::now(),
             custom: None,
+            place: None,
+        }
+    }
+
+    /// A request that waits in the instances' channel, holding its queue `place`.
+    pub(super) fn queued(ctx: Arc<ExecContext>, entry: Entry, place: QueuePlace) -> Self {
+        Batch {
+            ctx,
+            entries: vec![entry],
+            _permit: None,
+            formed: Instant::now(),
+            custom: None,
+            place: Some(place),
         }
     }
 
@@ -80,6 +97,7 @@ impl Batch {
             _permit: None,
             formed: Instant::now(),
             custom: Some(exec),
+            place: None,
         }
     }
 
@@ -97,23 +115,33 @@ impl Job for Batch {
             ctx,
             entries,
             _permit,
-            formed,
+            mut formed,
             custom,
+            place,
         } = self;
+        if place.is_some() {
+            // It waited for this instance in the channel: its slot is held from now on.
+            drop(place);
+            formed = Instant::now();
+        }
         if let Some(exec) = custom {
             return exec.execute(ctx, entries, runner);
         }
         let start = Instant::now();
         let _busy = ctx.stats.busy();
-        // Work whose client has gone is never run.
-        let (mut entries, gone): (Vec<Entry>, Vec<Entry>) =
-            entries.into_iter().partition(|e| !e.reply.is_closed());
-        for e in gone {
-            e.fail(
-                &ctx.stats,
-                Error::cancelled("request cancelled: the client went away"),
-                FailureReason::Canceled,
-            );
+        // Work whose client has gone is never run (no allocation when every client waits).
+        let mut entries = entries;
+        if entries.iter().any(|e| e.reply.is_closed()) {
+            let (live, gone): (Vec<Entry>, Vec<Entry>) =
+                entries.into_iter().partition(|e| !e.reply.is_closed());
+            for e in gone {
+                e.fail(
+                    &ctx.stats,
+                    Error::cancelled("request cancelled: the client went away"),
+                    FailureReason::Canceled,
+                );
+            }
+            entries = live;
         }
         if entries.is_empty() {
             return RunHealth::Ok;

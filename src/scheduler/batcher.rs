@@ -8,6 +8,12 @@
 //! alone at once (each request alone or no delay, nothing else queued, a slot free) is sent to
 //! the instances by `enqueue` itself. Queue delays are waited on the batcher thread's `Timer`
 //! (microsecond resolution), and how late a delayed batch leaves is observed.
+//!
+//! A model without `dynamic_batching` (Triton's default scheduler: one level, no delay, no
+//! queue timeouts) needs none of the task's decisions: its requests go straight into the
+//! instance threads' shared FIFO channel, sized to the queue, and an instance takes the next
+//! one when it is free. That saves the batcher thread's two wake-ups per request under load
+//! (the enqueue, and the instance slot coming back).
 
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -108,7 +114,7 @@ impl Admission {
 
 /// The enqueueing side. Dropping every handle ends the task once the queues are drained.
 pub(crate) struct DynamicScheduler {
-    tx: mpsc::Sender<Entry>,
+    route: Route,
     admission: Arc<Admission>,
     order: Option<Arc<Sequencer>>,
     /// Keeps ticket order equal to queue order when responses must be released in order.
@@ -118,11 +124,41 @@ pub(crate) struct DynamicScheduler {
     /// The instance slots the task hands out; none free = every instance is busy (or one is
     /// held for a batch that is about to leave).
     permits: Arc<Semaphore>,
-    /// Whether a request may skip the batcher task (`enqueue`): true when the planner would
-    /// run a lone request at once (each request alone, or no queue delay).
-    direct: bool,
     /// The instance threads' channel, for requests that skip the batcher task.
     jobs: JobSender<Batch>,
+}
+
+/// How an admitted request reaches the instances.
+enum Route {
+    /// Through the batcher task. With `direct`, the planner would run a lone request at once
+    /// (each request alone, or no queue delay), so one may skip the task (`try_direct`).
+    Task {
+        tx: mpsc::Sender<Entry>,
+        direct: bool,
+    },
+    /// Triton's default scheduler: straight into `jobs`, which is as deep as the queue; the
+    /// request holds its queue place until an instance takes it (`QueuePlace`).
+    Shared,
+}
+
+/// `Scheduler::start` sizes the instance threads' channel with this: a model version whose
+/// requests all run alone with no queue timeouts and one level needs no batcher task, and its
+/// channel is its queue.
+pub(crate) fn shared_queue(db: Option<&DynamicBatching>, limits: QueueLimits) -> Option<usize> {
+    db.is_none().then_some(limits.capacity.max(1))
+}
+
+/// A request's place in the queue while it waits in the shared channel; given back when an
+/// instance takes it (or when the batch is answered without running).
+pub(crate) struct QueuePlace {
+    admission: Arc<Admission>,
+    level: usize,
+}
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.admission.release(self.level);
+    }
 }
 
 impl DynamicScheduler {
@@ -139,6 +175,19 @@ impl DynamicScheduler {
     ) -> Self {
         let admission = Arc::new(Admission::new(&db, limits));
         let permits = Arc::new(Semaphore::new(instances.max(1)));
+        let order = db.preserve_ordering.then(|| Arc::new(Sequencer::default()));
+        if alone {
+            return DynamicScheduler {
+                route: Route::Shared,
+                admission,
+                order,
+                order_lock: Mutex::new(()),
+                policy: db,
+                ctx,
+                permits,
+                jobs,
+            };
+        }
         let (tx, rx) = mpsc::channel(limits.capacity.max(1));
         let cfg = PlanConfig {
             max_batch_size: if alone {
@@ -175,16 +224,14 @@ impl DynamicScheduler {
             _thread: thread.clone(),
         };
         thread.spawn(task.run());
-        let order = db.preserve_ordering.then(|| Arc::new(Sequencer::default()));
         DynamicScheduler {
-            tx,
+            route: Route::Task { tx, direct },
             admission,
             order,
             order_lock: Mutex::new(()),
             policy: db,
             ctx,
             permits,
-            direct,
             jobs,
         }
     }
@@ -210,7 +257,7 @@ impl DynamicScheduler {
             && let Some(wait) = self.ctx.load.estimate_wait(
                 level,
                 self.admission.ahead(level) - 1,
-                self.permits.available_permits() == 0,
+                self.all_busy(level),
             )
             && wait > timeout
         {
@@ -276,11 +323,15 @@ impl DynamicScheduler {
         };
         // Counted before the send: once sent, the entry may run and leave the queue at once.
         self.ctx.stats.enqueued(level);
+        let tx = match &self.route {
+            Route::Shared => return self.send_shared(entry),
+            Route::Task { tx, .. } => tx,
+        };
         let entry = match self.try_direct(entry) {
             None => return Ok(()),
             Some(entry) => entry,
         };
-        match self.tx.try_send(entry) {
+        match tx.try_send(entry) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.admission.release(level);
@@ -314,7 +365,8 @@ impl DynamicScheduler {
     /// free. Saves the hop through the batcher thread (a wake-up and a context switch per
     /// request). Returns the entry when it must go through the task.
     fn try_direct(&self, entry: Entry) -> Option<Entry> {
-        if !self.direct || self.admission.queued() != 1 {
+        let direct = matches!(self.route, Route::Task { direct: true, .. });
+        if !direct || self.admission.queued() != 1 {
             return Some(entry);
         }
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
@@ -322,6 +374,38 @@ impl DynamicScheduler {
         };
         hand_off(&self.ctx, &self.jobs, &self.admission, vec![entry], permit);
         None
+    }
+
+    /// `Route::Shared`: the entry goes into the instances' channel with its queue place.
+    fn send_shared(&self, entry: Entry) -> Result<()> {
+        let place = QueuePlace {
+            admission: self.admission.clone(),
+            level: entry.req.level(),
+        };
+        let batch = Batch::queued(self.ctx.clone(), entry, place);
+        match self.jobs.try_send(batch) {
+            Ok(()) => Ok(()),
+            // Full cannot happen while admission bounds the queue to the channel's capacity;
+            // either way the instances cannot take it, and the batch answers its request.
+            Err(e) => {
+                let err = Error::unavailable(
+                    "Server is stopping, scheduler for model has stopped accepting new inference requests",
+                )
+                .refused(Rejection::Stopping, None);
+                e.into_inner().fail(err.clone());
+                Err(err)
+            }
+        }
+    }
+
+    /// Whether a request arriving at `level` finds every instance busy. Through the task, no
+    /// instance slot is free; in the shared channel, some request is already waiting (every
+    /// instance takes the next one as soon as it is free).
+    fn all_busy(&self, level: usize) -> bool {
+        match self.route {
+            Route::Task { .. } => self.permits.available_permits() == 0,
+            Route::Shared => self.admission.ahead(level) > 1,
+        }
     }
 }
 

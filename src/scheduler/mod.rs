@@ -69,7 +69,7 @@ impl Default for QueueLimits {
 pub struct Scheduler(Kind);
 
 /// A model with `sequence_batching` gets the sequence batcher; every other model the dynamic
-/// batcher (which also runs Triton's default scheduler).
+/// batcher's scheduler (which also runs Triton's default scheduler, without its task).
 enum Kind {
     Dynamic(DynamicScheduler),
     Sequence(sequence::SequenceScheduler),
@@ -78,16 +78,22 @@ enum Kind {
 impl Scheduler {
     /// Creates the scheduler for `ctx.spec` with `instances` instance threads to feed; returns
     /// the receiver those threads share. The batcher is a task on `thread`.
-    /// Without `dynamic_batching` the same task runs every request alone (Triton's default
-    /// scheduler), which still gives it bounded queues, deadlines and cancellation.
+    /// Without `dynamic_batching` there is no task: each request runs alone, queued in the
+    /// instance threads' channel (Triton's default scheduler), still with a bounded queue and
+    /// cancellation.
     pub fn start(
         ctx: Arc<ExecContext>,
         instances: usize,
         limits: QueueLimits,
         thread: Arc<BatcherThread>,
     ) -> (Scheduler, Receiver<Batch>) {
-        // Permits bound the batches in flight to `instances`, so this never fills.
-        let (jobs, rx) = crossbeam_channel::bounded(instances.max(1));
+        // Through the batcher, permits bound the batches in flight to `instances`; a model
+        // without a batcher queues in the channel itself. Either way it never fills.
+        let depth = match ctx.spec.sequence {
+            Some(_) => None,
+            None => batcher::shared_queue(ctx.spec.dynamic_batching.as_ref(), limits),
+        };
+        let (jobs, rx) = crossbeam_channel::bounded(depth.unwrap_or(instances.max(1)));
         if let Some(seq) = ctx.spec.sequence.clone() {
             let caps = (limits.sequence_queue, limits.sequence_backlog);
             let s = sequence::SequenceScheduler::start(ctx, seq, instances, caps, jobs, thread);

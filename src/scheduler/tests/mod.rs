@@ -367,6 +367,41 @@ async fn a_lone_request_skips_the_batcher_when_an_instance_is_free() {
     );
 }
 
+/// Without dynamic batching, requests wait in the instances' own channel (no batcher task: the
+/// batcher thread here never runs its tasks): the queue is bounded, holds its places until an
+/// instance takes a request, skips a request whose client went away, and runs in arrival order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_dynamic_batching_requests_queue_in_the_instances_channel() {
+    let limits = QueueLimits {
+        capacity: 3,
+        ..Default::default()
+    };
+    let h = start_on(None, 1, 0, limits, &[], BatcherThread::stalled());
+    let busy = h.occupy(0, 1, 0).await;
+    let queued: Vec<Reply> = (1..=3)
+        .map(|i| h.send(i, 1, Default::default()).unwrap())
+        .collect();
+    assert_eq!(h.scheduler.queued(), 3);
+    let err = h.send(4, 1, Default::default()).unwrap_err();
+    assert_eq!(err.code, Code::Unavailable);
+    assert!(
+        err.message.ends_with("Exceeds maximum queue size"),
+        "{}",
+        err.message
+    );
+    let mut queued = queued.into_iter();
+    let first = queued.next().unwrap();
+    drop(queued.next()); // request 2's client goes away while it waits
+    let third = queued.next().unwrap();
+    h.gate.open();
+    busy.await.unwrap().unwrap();
+    assert_eq!(first_value(&first.await.unwrap().unwrap()), 1);
+    assert_eq!(first_value(&third.await.unwrap().unwrap()), 3);
+    assert_eq!(h.log.batches(), vec![1, 1, 1], "request 2 never ran");
+    assert_eq!(h.scheduler.queued(), 0);
+    assert_eq!(h.stats.snapshot().fail.count, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_at_once_and_accepted_requests_complete() {
     // One slow instance; the first request occupies it, three more fit the queue of 3.
