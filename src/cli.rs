@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
 
+mod backend;
 mod connections;
 mod repos;
 pub(crate) use connections::ConnectionOptions;
 
+use crate::backend::GlobalThreadPool;
 use crate::frontend::grpc::compression::ResponseCompression;
 use crate::frontend::restrict::{Api, Restrictions};
 use crate::lifecycle::loader::LoadOptions;
@@ -291,7 +293,8 @@ pub struct Cli {
     pub max_instances_per_model: usize,
 
     /// Most ONNX Runtime threads one model version may ask for: instances × (intra_op_thread_count
-    /// + inter_op_thread_count); a config asking for more fails to load.
+    /// plus inter_op_thread_count); a config asking for more fails to load. With the global
+    /// thread pool sessions own no threads, and the pool's own threads are bounded by this instead.
     #[arg(long, default_value_t = limits::DEFAULT_MAX_MODEL_THREADS, value_name = "N")]
     pub max_model_threads: usize,
 
@@ -341,7 +344,7 @@ pub struct Cli {
     #[arg(long, value_name = "SETTING")]
     pub trace_config: Vec<String>,
 
-    /// Backend settings: `onnxruntime,default-max-batch-size=N` (or the global `default-max-batch-size=N`). Repeatable.
+    /// Backend settings: `onnxruntime,default-max-batch-size=N` (or the global `default-max-batch-size=N`); `onnxruntime,enable-global-threadpool=1` with `onnxruntime,intra_op_thread_count=N` and `onnxruntime,inter_op_thread_count=N` (one ONNX Runtime thread pool for every session; 0 = one thread per core). Repeatable.
     #[arg(long, value_name = "SETTING")]
     pub backend_config: Vec<String>,
 
@@ -403,6 +406,9 @@ pub struct ServerConfig {
     /// Server-wide admission caps (requests, request bytes in flight).
     pub inflight: crate::core::InflightLimits,
     pub onnxruntime_library: Option<PathBuf>,
+    /// `--backend-config=onnxruntime,enable-global-threadpool=1`: ONNX Runtime's environment
+    /// gets this global thread pool and sessions own no threads.
+    pub ort_global_pool: Option<GlobalThreadPool>,
     /// None when metrics are turned off.
     pub metrics_addr: Option<SocketAddr>,
     pub metrics_interval: Duration,
@@ -491,27 +497,11 @@ impl Cli {
         if !(0.0..=90.0).contains(&self.priority_reserve_percent) {
             return Err("--priority-reserve-percent must be between 0 and 90".into());
         }
-        let mut default_max_batch_size = 4;
-        let mut ignored = Vec::new();
-        for setting in &self.backend_config {
-            let (backend, kv) = match setting.split_once(',') {
-                Some((b, kv)) => (Some(b), kv),
-                None => (None, setting.as_str()),
-            };
-            let Some((key, value)) = kv.split_once('=') else {
-                return Err(format!(
-                    "--backend-config '{setting}': expected [<backend>,]<key>=<value>"
-                ));
-            };
-            match (backend, key) {
-                (None | Some("onnxruntime"), "default-max-batch-size") => {
-                    default_max_batch_size = value
-                        .parse()
-                        .map_err(|_| format!("--backend-config '{setting}': default-max-batch-size must be a non-negative integer"))?;
-                }
-                _ => ignored.push(format!("--backend-config={setting}")),
-            }
-        }
+        let backend::BackendSettings {
+            default_max_batch_size,
+            global_pool,
+            mut ignored,
+        } = backend::parse(&self.backend_config, self.max_model_threads)?;
         let (repositories, remotes) =
             repos::split(self.model_repository.clone(), &self.repos.model_cache_dir)?;
         if self.http_max_input_size == 0 {
@@ -577,6 +567,7 @@ impl Cli {
                     tokenizer_threads: self.max_tokenizer_threads,
                     warmup_bytes: self.max_warmup_bytes,
                     text_length: self.max_text_length,
+                    session_threads: global_pool.is_none(),
                 },
             },
             server_id: self.id,
@@ -600,6 +591,7 @@ impl Cli {
                 bytes: self.max_inflight_bytes,
             },
             onnxruntime_library: self.onnxruntime_library,
+            ort_global_pool: global_pool,
             metrics_addr: self
                 .allow_metrics
                 .then_some(SocketAddr::new(self.metrics_address, self.metrics_port)),

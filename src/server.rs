@@ -205,11 +205,13 @@ impl RunningServer {
     ) -> Result<RunningServer> {
         let backend: Arc<dyn Backend> = {
             let lib = config.onnxruntime_library.clone();
-            let b = tokio::task::spawn_blocking(move || OrtBackend::init(lib.as_deref()))
-                .await
-                .map_err(|e| {
-                    Error::internal(format!("ONNX Runtime initialisation panicked: {e}"))
-                })??;
+            let pool = config.ort_global_pool;
+            let b =
+                tokio::task::spawn_blocking(move || OrtBackend::init_with(lib.as_deref(), pool))
+                    .await
+                    .map_err(|e| {
+                        Error::internal(format!("ONNX Runtime initialisation panicked: {e}"))
+                    })??;
             Arc::new(b)
         };
         Self::start_with_backend(config, listeners, backend, shutdown).await

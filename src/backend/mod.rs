@@ -6,6 +6,7 @@ pub(crate) mod devices;
 pub(crate) mod instance;
 pub(crate) mod ort;
 
+pub(crate) use self::ort::GlobalThreadPool;
 pub use self::ort::OrtBackend;
 pub(crate) use cancel::CancelToken;
 #[cfg(any(test, feature = "test-backend"))]

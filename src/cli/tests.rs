@@ -200,6 +200,7 @@ fn config_limit_flags() {
             tokenizer_threads: 4,
             warmup_bytes: 5,
             text_length: 6,
+            session_threads: true,
         }
     );
     assert!(parse(&["--max-instances-per-model=0"]).is_err());
@@ -252,5 +253,90 @@ fn object_store_repositories() {
     assert!(
         help.contains("nereid-model-cache"),
         "--model-cache-dir shows its default"
+    );
+}
+
+#[test]
+fn onnxruntime_global_thread_pool() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.ort_global_pool, None);
+    assert!(c.load.limits.session_threads);
+    let c = parse(&[
+        "--backend-config=onnxruntime,enable-global-threadpool=1",
+        "--backend-config=onnxruntime,intra_op_thread_count=2",
+        "--backend-config=onnxruntime,inter_op_thread_count=1",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.ort_global_pool,
+        Some(GlobalThreadPool {
+            intra_op_threads: 2,
+            inter_op_threads: 1
+        })
+    );
+    assert!(
+        !c.load.limits.session_threads,
+        "sessions own no threads: --max-model-threads counts none per instance"
+    );
+    assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+    // Triton's spellings: any boolean form; counts of 0 or less are ONNX Runtime's default.
+    let c = parse(&[
+        "--backend-config=onnxruntime,enable-global-threadpool=true",
+        "--backend-config=onnxruntime,intra_op_thread_count=-1",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.ort_global_pool,
+        Some(GlobalThreadPool {
+            intra_op_threads: 0,
+            inter_op_threads: 0
+        })
+    );
+    // Without the pool the counts mean nothing, as in Triton: accepted, reported as ignored.
+    let c = parse(&[
+        "--backend-config=onnxruntime,enable-global-threadpool=0",
+        "--backend-config=onnxruntime,intra_op_thread_count=2",
+    ])
+    .unwrap();
+    assert_eq!(c.ort_global_pool, None);
+    assert!(c.load.limits.session_threads);
+    assert_eq!(c.ignored.len(), 1);
+    assert!(
+        c.ignored[0].starts_with("--backend-config=onnxruntime,intra_op_thread_count=2 ")
+            && c.ignored[0].contains("enable-global-threadpool=1"),
+        "{:?}",
+        c.ignored
+    );
+    // Bad values refuse to start, naming the setting.
+    assert_eq!(
+        parse(&["--backend-config=onnxruntime,intra_op_thread_count=abc"]).unwrap_err(),
+        "--backend-config 'onnxruntime,intra_op_thread_count=abc': intra_op_thread_count must be an integer (0 = one thread per core), got 'abc'"
+    );
+    assert!(
+        parse(&["--backend-config=onnxruntime,inter_op_thread_count=1.5"])
+            .unwrap_err()
+            .contains("inter_op_thread_count must be an integer")
+    );
+    assert!(
+        parse(&["--backend-config=onnxruntime,enable-global-threadpool=maybe"])
+            .unwrap_err()
+            .starts_with("--backend-config 'onnxruntime,enable-global-threadpool=maybe': ")
+    );
+    // The pool is bounded by --max-model-threads.
+    assert_eq!(
+        parse(&[
+            "--max-model-threads=4",
+            "--backend-config=onnxruntime,enable-global-threadpool=1",
+            "--backend-config=onnxruntime,intra_op_thread_count=4",
+            "--backend-config=onnxruntime,inter_op_thread_count=1",
+        ])
+        .unwrap_err(),
+        "--backend-config: the global thread pool's intra_op_thread_count 4 + inter_op_thread_count 1 = 5 threads, more than --max-model-threads 4"
+    );
+    // Other backends' settings stay ignored.
+    let c = parse(&["--backend-config=tensorflow,intra_op_thread_count=2"]).unwrap();
+    assert_eq!(
+        c.ignored,
+        vec!["--backend-config=tensorflow,intra_op_thread_count=2".to_string()]
     );
 }

@@ -25,6 +25,9 @@ pub struct ConfigLimits {
     pub tokenizer_threads: usize,
     pub warmup_bytes: usize,
     pub text_length: usize,
+    /// False when ONNX Runtime runs every session on its global thread pool: sessions then own
+    /// no threads, and only instances count (the pool itself is bounded once, at startup).
+    pub session_threads: bool,
 }
 
 impl Default for ConfigLimits {
@@ -35,6 +38,7 @@ impl Default for ConfigLimits {
             tokenizer_threads: DEFAULT_MAX_TOKENIZER_THREADS,
             warmup_bytes: DEFAULT_MAX_WARMUP_BYTES,
             text_length: DEFAULT_MAX_TEXT_LENGTH,
+            session_threads: true,
         }
     }
 }
@@ -42,7 +46,8 @@ impl Default for ConfigLimits {
 impl ConfigLimits {
     /// Instances and ONNX Runtime threads of a version; call before creating any session.
     /// Threads per instance are `intra_op_thread_count` (0 = the server shares the cores out,
-    /// counted as 1) plus `inter_op_thread_count`.
+    /// counted as 1) plus `inter_op_thread_count`; none with the global thread pool, which
+    /// ignores those parameters.
     pub fn check_instances(&self, spec: &ModelSpec) -> Result<()> {
         let instances = spec
             .instances
@@ -53,6 +58,9 @@ impl ConfigLimits {
                 "model '{}': instance_group asks for {instances} instances, more than --max-instances-per-model {}",
                 spec.name, self.instances_per_model
             )));
+        }
+        if !self.session_threads {
+            return Ok(());
         }
         let per_instance = spec
             .ort
@@ -155,6 +163,13 @@ mod tests {
             l.check_instances(&spec(&[1], usize::MAX, usize::MAX))
                 .is_err()
         );
+        // With the global thread pool the sessions own no threads: only instances count.
+        let global = ConfigLimits {
+            session_threads: false,
+            ..l
+        };
+        assert!(global.check_instances(&spec(&[8], 32, 1)).is_ok());
+        assert!(global.check_instances(&spec(&[65], 1, 0)).is_err());
     }
 
     #[test]

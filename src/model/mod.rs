@@ -101,6 +101,11 @@ pub struct OrtOptions {
     pub graph_level: i32,
     pub mem_arena: Option<bool>,
     pub mem_pattern: Option<bool>,
+    /// `session.intra_op.allow_spinning` (a Nereid parameter): `None` = the server decides
+    /// (off once instances × intra-op threads reach the cores).
+    pub intra_op_spinning: Option<bool>,
+    /// `session.inter_op.allow_spinning` (a Nereid parameter): `None` = ONNX Runtime's default.
+    pub inter_op_spinning: Option<bool>,
 }
 
 /// `dynamic_batching { ... }` after validation (model-config.md §6).

@@ -108,6 +108,17 @@ fn parse_bool(key: &str, v: &str) -> Result<bool> {
     }
 }
 
+/// ONNX Runtime's own spelling of a spinning switch (`0`/`1`), and `true`/`false`.
+fn spinning(model: &str, key: &str, v: &str) -> Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" => Ok(true),
+        "0" | "false" => Ok(false),
+        _ => Err(Error::invalid_arg(format!(
+            "model '{model}': parameter '{key}' must be 0, 1, true or false, got '{v}'"
+        ))),
+    }
+}
+
 fn parse_ort_options(cfg: &ModelConfig) -> Result<OrtOptions> {
     let mut o = OrtOptions {
         graph_level: cfg
@@ -149,6 +160,12 @@ fn parse_ort_options(cfg: &ModelConfig) -> Result<OrtOptions> {
             }
             "enable_mem_arena" => o.mem_arena = Some(parse_bool(key, v)?),
             "enable_mem_pattern" => o.mem_pattern = Some(parse_bool(key, v)?),
+            "session.intra_op.allow_spinning" => {
+                o.intra_op_spinning = Some(spinning(&cfg.name, key, v)?)
+            }
+            "session.inter_op.allow_spinning" => {
+                o.inter_op_spinning = Some(spinning(&cfg.name, key, v)?)
+            }
             _ => {
                 tracing::debug!(model = %cfg.name, parameter = %key, "model parameter not used by this server")
             }
@@ -394,6 +411,46 @@ mod tests {
             none.dynamic_batching.is_none(),
             "max_batch_size 0 runs requests alone"
         );
+    }
+
+    #[test]
+    fn spinning_parameters() {
+        let ort = |params: &str| {
+            let text = format!(
+                "name: \"m\" backend: \"onnxruntime\" max_batch_size: 0 input [ {{ name: \"x\" data_type: TYPE_FP32 dims: [ 4 ] }} ] output [ {{ name: \"y\" data_type: TYPE_FP32 dims: [ 4 ] }} ] {params}"
+            );
+            let cfg = parse_pbtxt(Path::new("c"), &text).unwrap();
+            parse_ort_options(&cfg).map_err(|e| e.message)
+        };
+        let param = |key: &str, v: &str| {
+            format!("parameters {{ key: \"{key}\" value: {{ string_value: \"{v}\" }} }}")
+        };
+        let intra = "session.intra_op.allow_spinning";
+        let inter = "session.inter_op.allow_spinning";
+        let none = ort("").unwrap();
+        assert_eq!(
+            (none.intra_op_spinning, none.inter_op_spinning),
+            (None, None)
+        );
+        for (v, want) in [("0", false), ("1", true), ("true", true), ("FALSE", false)] {
+            assert_eq!(
+                ort(&param(intra, v)).unwrap().intra_op_spinning,
+                Some(want),
+                "{v}"
+            );
+            assert_eq!(
+                ort(&param(inter, v)).unwrap().inter_op_spinning,
+                Some(want),
+                "{v}"
+            );
+        }
+        for v in ["yes", "2", "", "on"] {
+            assert_eq!(
+                ort(&param(intra, v)).unwrap_err(),
+                format!("model 'm': parameter '{intra}' must be 0, 1, true or false, got '{v}'")
+            );
+        }
+        assert!(ort(&param(inter, "maybe")).unwrap_err().contains(inter));
     }
 
     #[test]

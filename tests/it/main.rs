@@ -30,6 +30,7 @@ mod load_cancel;
 mod load_failures;
 mod load_ratio;
 mod metrics;
+mod ort_threads;
 mod overload;
 mod ownership;
 mod parity;

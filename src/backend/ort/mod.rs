@@ -7,11 +7,15 @@ use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ort::environment::Environment;
+use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::memory::Allocator;
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{RunOptions, Session};
 mod strings;
+mod threads;
+
+pub(crate) use threads::GlobalThreadPool;
+use threads::NamedThreads;
 
 use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType, ValueType};
 
@@ -28,12 +32,21 @@ pub struct OrtBackend {
     env: Environment,
     /// Cores available to this process (cgroup-aware), shared out among instances.
     cores: usize,
+    /// Set when the environment has a global thread pool: sessions then own no threads.
+    global_pool: Option<GlobalThreadPool>,
 }
 
 impl OrtBackend {
     /// Loads ONNX Runtime from `path` (or `ORT_DYLIB_PATH`, or the default). A missing or
     /// unloadable library is an error with an instruction, never a panic.
     pub fn init(path: Option<&Path>) -> Result<Self> {
+        Self::init_with(path, None)
+    }
+
+    /// `init`, with the environment's global thread pool when `global_pool` is set. The
+    /// environment is process-wide: asking for other thread settings than those of an
+    /// environment this process already created is an error, not a silent mismatch.
+    pub fn init_with(path: Option<&Path>, global_pool: Option<GlobalThreadPool>) -> Result<Self> {
         let path: PathBuf = match path {
             Some(p) => p.to_path_buf(),
             None => std::env::var_os("ORT_DYLIB_PATH")
@@ -47,33 +60,142 @@ impl OrtBackend {
                 path.display()
             )));
         }
-        let env = shared_environment(&path)?;
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        tracing::info!(path = %path.display(), cores, "ONNX Runtime loaded");
-        Ok(OrtBackend { env, cores })
+        let env = shared_environment(&path, global_pool, cores)?;
+        match global_pool {
+            None => tracing::info!(path = %path.display(), cores, "ONNX Runtime loaded"),
+            Some(pool) => {
+                let spin = threads::global_spinning(pool, cores);
+                tracing::info!(
+                    path = %path.display(),
+                    cores,
+                    intra_op_threads = pool.intra_op_threads,
+                    inter_op_threads = pool.inter_op_threads,
+                    spinning = spin.as_str(),
+                    "ONNX Runtime loaded with a global thread pool (0 threads = one per core); sessions own no threads"
+                )
+            }
+        }
+        Ok(OrtBackend {
+            env,
+            cores,
+            global_pool,
+        })
     }
 
     fn builder(&self) -> Result<SessionBuilder> {
         Session::builder(&self.env).map_err(ort_err)
     }
+
+    /// A session's threads. With the global pool the session owns none (`ort` calls
+    /// `DisablePerSessionThreads` for every session of an environment that has a global pool)
+    /// and the model's thread parameters are ignored, as Triton ignores them. Otherwise the
+    /// intra-op threads are the config's or cores ÷ instances, and the intra-op pool spins as
+    /// `threads::spinning` decides. `first`: the version's first instance, which says so.
+    fn session_threads(
+        &self,
+        b: SessionBuilder,
+        spec: &ModelSpec,
+        first: bool,
+    ) -> Result<SessionBuilder> {
+        let instances = spec.instance_count();
+        let o = &spec.ort;
+        if let Some(pool) = self.global_pool {
+            if first {
+                tracing::info!(
+                    model = %spec.name,
+                    version = spec.version,
+                    instances,
+                    intra_op_threads = pool.intra_op_threads,
+                    inter_op_threads = pool.inter_op_threads,
+                    cores = self.cores,
+                    "sessions run on ONNX Runtime's global thread pool and own no threads"
+                );
+                if o.intra_op_threads > 0
+                    || o.inter_op_threads > 0
+                    || o.intra_op_spinning.is_some()
+                    || o.inter_op_spinning.is_some()
+                {
+                    tracing::warn!(
+                        model = %spec.name,
+                        version = spec.version,
+                        "the model's intra_op_thread_count, inter_op_thread_count and session.*.allow_spinning parameters are ignored: --backend-config=onnxruntime,enable-global-threadpool=1 runs every session on the global thread pool"
+                    );
+                }
+            }
+            return Ok(b);
+        }
+        let intra = if o.intra_op_threads > 0 {
+            o.intra_op_threads
+        } else {
+            (self.cores / instances.max(1)).max(1)
+        };
+        let mut b = opt(b.with_intra_threads(intra))?;
+        b = opt(b.with_inter_threads(o.inter_op_threads.max(1)))?;
+        b = opt(b.with_thread_manager(NamedThreads(threads::SESSION_THREAD_NAME)))?;
+        let spin = threads::spinning(o.intra_op_spinning, instances, intra, self.cores);
+        if first {
+            let why = match (spin.from_parameter, spin.on) {
+                (true, _) => "session.intra_op.allow_spinning",
+                (false, false) => "instances × intra-op threads cover every core",
+                (false, true) => "instances × intra-op threads leave a core free",
+            };
+            tracing::info!(
+                model = %spec.name,
+                version = spec.version,
+                instances,
+                intra_op_threads = intra,
+                cores = self.cores,
+                spinning = spin.as_str(),
+                chosen = spin.source(),
+                "intra-op spinning {} ({}: {why})",
+                spin.as_str(),
+                spin.source()
+            );
+        }
+        b = opt(b.with_intra_op_spinning(spin.on))?;
+        if let Some(on) = o.inter_op_spinning {
+            b = opt(b.with_inter_op_spinning(on))?;
+        }
+        Ok(b)
+    }
+}
+
+/// The environment this process created, with the library and global pool it was made with.
+struct SharedEnv {
+    path: PathBuf,
+    global_pool: Option<GlobalThreadPool>,
+    env: Environment,
 }
 
 /// ONNX Runtime allows one environment per process (and one library); every server in the
-/// process (tests start many) shares the first one.
-fn shared_environment(path: &Path) -> Result<Environment> {
-    static ENV: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
+/// process (tests start many) shares the first one. Its thread pools are fixed when it is
+/// created, so a server asking for other ones cannot start in this process.
+fn shared_environment(
+    path: &Path,
+    global_pool: Option<GlobalThreadPool>,
+    cores: usize,
+) -> Result<Environment> {
+    static ENV: Mutex<Option<SharedEnv>> = Mutex::new(None);
     let mut env = ENV.lock();
-    if let Some((loaded, e)) = env.as_ref() {
-        if loaded != path {
+    if let Some(shared) = env.as_ref() {
+        if shared.global_pool != global_pool {
+            return Err(Error::unavailable(format!(
+                "ONNX Runtime's environment already exists in this process with {}; this server asks for {}, and ONNX Runtime allows one environment per process: run it as a process of its own",
+                pool_text(shared.global_pool),
+                pool_text(global_pool)
+            )));
+        }
+        if shared.path != path {
             tracing::warn!(
-                loaded = %loaded.display(),
+                loaded = %shared.path.display(),
                 requested = %path.display(),
                 "ONNX Runtime is already loaded in this process; keeping the loaded library"
             );
         }
-        return Ok(e.clone());
+        return Ok(shared.env.clone());
     }
     let builder = ort::init_from(path).map_err(|e| {
         Error::unavailable(format!(
@@ -81,13 +203,43 @@ fn shared_environment(path: &Path) -> Result<Environment> {
             path.display()
         ))
     })?;
-    let e = builder.with_name("nereid").build().map_err(|e| {
+    let mut builder = builder.with_name("nereid");
+    if let Some(pool) = global_pool {
+        let spin = threads::global_spinning(pool, cores);
+        let options = GlobalThreadPoolOptions::default()
+            .with_intra_threads(pool.intra_op_threads)
+            .and_then(|o| o.with_inter_threads(pool.inter_op_threads))
+            .and_then(|o| o.with_spin_control(spin.on))
+            .and_then(|o| o.with_thread_manager(NamedThreads(threads::GLOBAL_THREAD_NAME)))
+            .map_err(|e| {
+                Error::invalid_arg(format!(
+                    "ONNX Runtime's global thread pool ({}): {e}",
+                    pool_text(global_pool)
+                ))
+            })?;
+        builder = builder.with_global_thread_pool(options);
+    }
+    let e = builder.build().map_err(|e| {
         Error::internal(format!(
             "failed to create the ONNX Runtime environment: {e}"
         ))
     })?;
-    *env = Some((path.to_path_buf(), e.clone()));
+    *env = Some(SharedEnv {
+        path: path.to_path_buf(),
+        global_pool,
+        env: e.clone(),
+    });
     Ok(e)
+}
+
+fn pool_text(pool: Option<GlobalThreadPool>) -> String {
+    match pool {
+        None => "no global thread pool".into(),
+        Some(p) => format!(
+            "a global thread pool of {} intra-op and {} inter-op threads",
+            p.intra_op_threads, p.inter_op_threads
+        ),
+    }
 }
 
 fn ort_err(e: impl std::fmt::Display) -> Error {
@@ -135,20 +287,16 @@ impl Backend for OrtBackend {
         group: &InstanceSpec,
         index: u32,
     ) -> Result<Box<dyn Runner>> {
-        let intra = if spec.ort.intra_op_threads > 0 {
-            spec.ort.intra_op_threads
-        } else {
-            (self.cores / spec.instance_count().max(1)).max(1)
-        };
-        let inter = spec.ort.inter_op_threads.max(1);
+        // Said once per version, at its first instance as the loader creates them (a rebuild of
+        // that instance after failures says it again).
+        let first = index == 0 && spec.instances.first() == Some(group);
         let level = match spec.ort.graph_level {
             -1 => GraphOptimizationLevel::Level1,
             1 => GraphOptimizationLevel::Level2,
             2 => GraphOptimizationLevel::Disable,
             _ => GraphOptimizationLevel::Level3,
         };
-        let mut b = opt(self.builder()?.with_intra_threads(intra))?;
-        b = opt(b.with_inter_threads(inter))?;
+        let mut b = self.session_threads(self.builder()?, spec, first)?;
         b = opt(b.with_parallel_execution(spec.ort.parallel_execution))?;
         b = opt(b.with_optimization_level(level))?;
         if let Some(p) = spec.ort.mem_pattern {
@@ -169,22 +317,6 @@ impl Backend for OrtBackend {
                     ort::Error::<()>::from(e)
                 ))
             })?;
-        }
-        // ORT's intra-op pool spins between runs by default; once the instances' pools cover
-        // every core, that spinning takes CPU from the network threads and from each other
-        // (issue 22). Said once per version, at its first instance.
-        let pools = spec.instance_count().max(1).saturating_mul(intra);
-        if intra > 1 && pools >= self.cores {
-            if index == 0 {
-                tracing::info!(
-                    model = %spec.name,
-                    instances = spec.instance_count(),
-                    intra_op_threads = intra,
-                    cores = self.cores,
-                    "intra-op spinning off: the instances' thread pools cover every core"
-                );
-            }
-            b = opt(b.with_intra_op_spinning(false))?;
         }
         if let Some(arena) = spec.ort.mem_arena {
             b = opt(b.with_config_entry("session.use_arena", if arena { "1" } else { "0" }))?;
