@@ -114,7 +114,7 @@ impl Job for Batch {
         let Batch {
             ctx,
             entries,
-            _permit,
+            _permit: permit,
             mut formed,
             custom,
             place,
@@ -184,6 +184,9 @@ impl Job for Batch {
             Ok((wanted, out))
         });
         drop(batch_span);
+        // The instance is done with the model: the batcher may form the next batch while this
+        // thread scatters and answers (the channel holds at most one batch per slot).
+        drop(permit);
         let (wanted, out) = match result {
             Ok(r) => r,
             Err(e) => {

@@ -344,7 +344,7 @@ async fn a_lone_request_skips_the_batcher_when_an_instance_is_free() {
                 .await
                 .unwrap()
                 .unwrap();
-            // The instance slot is released after the reply: wait for it before the next one.
+            // The instance slot may come back just after the reply: wait for it.
             while h.scheduler.free_instances() == 0 {
                 tokio::task::yield_now().await;
             }
