@@ -115,6 +115,7 @@ set_quota() {
   local q why
   read -r q why <<< "$(quota_for "$1")"
   why="${why//-/ }"
+  quota_pct="$q"
   if [ "$q" -gt 0 ]; then
     # The shortest period whose quota is still the kernel's minimum of 1000 µs.
     period_us="${OVERLOAD_QUOTA_PERIOD_US:-$(( (100000 + q - 1) / q > 1000 ? (100000 + q - 1) / q : 1000 ))}"
@@ -128,10 +129,11 @@ set_quota() {
   fi
 }
 
-# start_server CMD...: in a background subshell, joins the quota's cgroup and becomes the pinned
-# server (exec), so `$!` is the server's pid and every thread it starts is inside the quota.
+# start_server CMD...: in a background subshell, joins the quota's cgroup (when this model has a
+# quota) and becomes the pinned server (exec), so `$!` is the server's pid and every thread it
+# starts is inside the quota.
 start_server() {
-  if [ -n "$cgroup" ]; then echo "$BASHPID" > "$cgroup/cgroup.procs"; fi
+  if [ "$quota_pct" -gt 0 ]; then echo "$BASHPID" > "$cgroup/cgroup.procs"; fi
   if [ -n "$server_cpus" ]; then exec taskset -c "$server_cpus" "$@"; else exec "$@"; fi
 }
 generator() {
