@@ -4,9 +4,14 @@
 //! server. For each batch size B every instance thread loops: take the next B sentences, tokenize
 //! them (padded to the longest), run, pool; throughput is sentences per second over a window.
 //!
+//! Then the ceiling of a server at concurrency 1: one instance, batch 1, one request at a time
+//! (the next sentence starts when the last one's embedding is pooled), with its per-sentence
+//! latency.
+//!
 //! cargo bench --bench text_ceiling -- <repository> <model> <sentences.json> [seconds] [B...]
 //!
-//! Prints `batch <B> <sentences/s>` per batch size, then `best <B> <sentences/s>`.
+//! Prints `batch <B> <sentences/s>` per batch size, then `best <B> <sentences/s>`, then
+//! `serial <sentences/s> <p50 ms> <p99 ms>`.
 
 #![allow(
     clippy::disallowed_types,
@@ -98,7 +103,84 @@ fn run(args: &[String]) -> Result<(), String> {
         }
     }
     println!("best {} {:.1}", best.0, best.1);
+    let (rate, p50, p99) = measure_serial(&spec, &encoder, &mut runners[0], &sentences, seconds)?;
+    println!("serial {rate:.1} {p50:.3} {p99:.3}");
     Ok(())
+}
+
+/// One batch of `b` sentences from `start` (wrapping around the set): tokenize, run, pool.
+fn run_batch(
+    spec: &ModelSpec,
+    encoder: &Encoder,
+    runner: &mut Box<dyn Runner>,
+    sentences: &[String],
+    start: usize,
+    b: usize,
+) -> Result<(), String> {
+    let text = spec.text.as_ref().expect("text model");
+    let batch: Vec<&[u8]> = (start..start + b)
+        .map(|i| sentences[i % sentences.len()].as_bytes())
+        .collect();
+    let texts = Tensor::new(
+        text.input.clone(),
+        DataType::Bytes,
+        vec![b as i64, 1],
+        bytes_codec::encode(batch),
+    )
+    .map_err(|e| e.message)?;
+    let inputs = encoder
+        .encode_inputs(&[texts])
+        .map_err(|e| e.message)?
+        .inputs;
+    let mask = inputs
+        .iter()
+        .find(|t| t.name() == ATTENTION_MASK)
+        .expect("mask");
+    let lengths = post::row_lengths(mask);
+    let out = runner
+        .run(inputs, &[text.graph_output.as_str()])
+        .map_err(|e| e.message)?;
+    for t in out.tensors {
+        post::finish(t, &lengths, text.pooling, text.normalize, &text.output)
+            .map_err(|e| e.message)?;
+    }
+    Ok(())
+}
+
+/// Concurrency 1 in process: one instance, batch 1, one sentence at a time. Sentences per second
+/// and the p50 and p99 latency of one sentence (ms), after a warm-up.
+fn measure_serial(
+    spec: &ModelSpec,
+    encoder: &Encoder,
+    runner: &mut Box<dyn Runner>,
+    sentences: &[String],
+    seconds: f64,
+) -> Result<(f64, f64, f64), String> {
+    let warm_until = Instant::now() + Duration::from_secs_f64((seconds / 5.0).max(0.5));
+    let mut next = 0;
+    while Instant::now() < warm_until {
+        run_batch(spec, encoder, runner, sentences, next, 1)?;
+        next += 1;
+    }
+    let mut took = Vec::new();
+    let t0 = Instant::now();
+    let stop = t0 + Duration::from_secs_f64(seconds);
+    while Instant::now() < stop {
+        let t = Instant::now();
+        run_batch(spec, encoder, runner, sentences, next, 1)?;
+        took.push(t.elapsed());
+        next += 1;
+    }
+    if took.is_empty() {
+        return Err("no sentence finished within the serial window".into());
+    }
+    let rate = took.len() as f64 / t0.elapsed().as_secs_f64();
+    took.sort();
+    let pct = |q: f64| {
+        let i = ((q * took.len() as f64).ceil() as usize).clamp(1, took.len()) - 1;
+        took[i].as_secs_f64() * 1e3
+    };
+    Ok((rate, pct(0.5), pct(0.99)))
 }
 
 /// Sentences per second with every instance running batches of `b` concurrently.
@@ -114,36 +196,9 @@ fn measure(
     let done = AtomicUsize::new(0);
     let measuring = AtomicBool::new(false);
     let stop = AtomicBool::new(false);
-    let text = spec.text.as_ref().expect("text model");
     let one = |runner: &mut Box<dyn Runner>| -> Result<(), String> {
         let start = cursor.fetch_add(b, Ordering::Relaxed);
-        let batch: Vec<&[u8]> = (start..start + b)
-            .map(|i| sentences[i % sentences.len()].as_bytes())
-            .collect();
-        let texts = Tensor::new(
-            text.input.clone(),
-            DataType::Bytes,
-            vec![b as i64, 1],
-            bytes_codec::encode(batch),
-        )
-        .map_err(|e| e.message)?;
-        let inputs = encoder
-            .encode_inputs(&[texts])
-            .map_err(|e| e.message)?
-            .inputs;
-        let mask = inputs
-            .iter()
-            .find(|t| t.name() == ATTENTION_MASK)
-            .expect("mask");
-        let lengths = post::row_lengths(mask);
-        let out = runner
-            .run(inputs, &[text.graph_output.as_str()])
-            .map_err(|e| e.message)?;
-        for t in out.tensors {
-            post::finish(t, &lengths, text.pooling, text.normalize, &text.output)
-                .map_err(|e| e.message)?;
-        }
-        Ok(())
+        run_batch(spec, encoder, runner, sentences, start, b)
     };
     let elapsed = std::thread::scope(|scope| {
         let workers: Vec<_> = runners

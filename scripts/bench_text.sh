@@ -4,7 +4,10 @@
 # from a fixed set of 512 of 4 to 48 words) against the in-process ceiling measured in the same
 # run (benches/text_ceiling.rs: the same tokenizer, sessions and pooling in one process, no server,
 # best batch size, the model's own instances and threads). Target: >= 0.85 of the ceiling at the
-# best concurrency.
+# best concurrency. And concurrency 1 against its own ceiling (issue 22): one instance, batch 1,
+# one sentence at a time in process (what a c1 client can get at best; its rate is 1 / latency).
+# Target: c1 >= 0.8 of it (sentences/s; the p50s are printed beside). The model's
+# max_queue_delay_microseconds is part of the server's c1 latency, as in Triton.
 #
 #   NEREID_BIN          server binary (default: cargo build --release, then <target>/release/nereid)
 #   BENCH_GRPC_PORT     gRPC port (default 18011); BENCH_HTTP_PORT (18010), BENCH_METRICS_PORT (18012)
@@ -138,28 +141,48 @@ ceiling after
 "$py" - "$out" "$concurrency" <<'PY'
 import csv, sys
 out, conc = sys.argv[1], sys.argv[2].split()
-runs = {}
+runs, serial = {}, {}
 for when in ("before", "after"):
-    runs[when] = {int(b): float(r) for kind, b, r in (l.split() for l in open(f"{out}/ceiling_{when}.txt")) if kind == "batch"}
+    lines = [l.split() for l in open(f"{out}/ceiling_{when}.txt")]
+    runs[when] = {int(l[1]): float(l[2]) for l in lines if l[0] == "batch"}
+    serial[when] = next(((float(l[1]), float(l[2]), float(l[3])) for l in lines if l[0] == "serial"), None)
 print()
 print("in-process ceiling (tokenizer + ONNX Runtime + pooling, no server), sentences/s:")
 print(f"  {'batch':>5}  {'before':>8}  {'after':>8}")
 for b in runs["before"]:
     print(f"  {b:>5}  {runs['before'][b]:>8.1f}  {runs['after'].get(b, 0):>8.1f}")
 best_batch, ceiling = max(((b, r) for run in runs.values() for b, r in run.items()), key=lambda x: x[1])
+for when in ("before", "after"):
+    if serial[when]:
+        r, p50, p99 = serial[when]
+        print(f"  c1 ceiling ({when}): one instance, batch 1, one at a time: {r:.1f}/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms")
 print()
 print(f"{'concurrency':>11}  {'sentences/s':>11}  {'p50 ms':>8}  {'p99 ms':>8}  {'of ceiling':>10}")
 best = 0.0
+c1 = None
 for c in conc:
     with open(f"{out}/perf_c{c}.csv", newline="") as f:
         row = next(csv.DictReader(f))
     rate = float(row["Inferences/Second"])
     best = max(best, rate)
+    if c == "1":
+        c1 = (rate, int(row["p50 latency"]) / 1000)
     print(f"{c:>11}  {rate:>11.1f}  {int(row['p50 latency']) / 1000:>8.2f}  {int(row['p99 latency']) / 1000:>8.2f}"
           f"  {rate / ceiling:>10.2f}")
 print(f"{'ceiling':>11}  {ceiling:>11.1f}  {'':>8}  {'':>8}  {'(batch ' + str(best_batch) + ')':>10}")
 ratio = best / ceiling
 print(f"\nbest concurrency reaches {ratio:.2f} of the in-process ceiling (target >= 0.85): {'met' if ratio >= 0.85 else 'NOT met'}")
+ceil1 = max((v for v in serial.values() if v), default=None)
+if c1 and ceil1:
+    r1 = c1[0] / ceil1[0]
+    print(f"concurrency 1 reaches {r1:.2f} of its in-process ceiling (batch 1, one at a time: {c1[0]:.1f} vs "
+          f"{ceil1[0]:.1f} sentences/s; p50 {c1[1]:.2f} vs {ceil1[1]:.2f} ms) (target >= 0.8): {'met' if r1 >= 0.8 else 'NOT met'}")
+elif ceil1:
+    print("concurrency 1 was not run (BENCH_CONCURRENCY): no c1 ratio")
+if serial["before"] and serial["after"]:
+    b, a = serial["before"][0], serial["after"][0]
+    if abs(b - a) > 0.15 * max(a, b):
+        print(f"warning: the c1 ceiling moved from {b:.1f} to {a:.1f} during the run: the machine's load changed, rerun on a quiet machine")
 b, a = runs["before"][best_batch], runs["after"].get(best_batch, 0)
 if abs(b - a) > 0.15 * max(a, b):
     print(f"warning: the ceiling at batch {best_batch} moved from {b:.1f} to {a:.1f} during the run: the machine's load changed, rerun on a quiet machine")

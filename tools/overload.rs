@@ -9,7 +9,9 @@
 //! nereid_inference_rejection_duration_seconds).
 //!
 //! Requests are sent at evenly spaced times (like perf_analyzer's constant distribution) whether or
-//! not earlier ones were answered. Latency runs from the moment a request is handed to the gRPC
+//! not earlier ones were answered. A generator short of CPU hands them to the client late: `sent/s`
+//! is the rate it achieved (requests ÷ the time until the last one left), `lag p99` how late they
+//! left; a step whose `sent/s` is below its `offered/s` did not offer what it was asked to. Latency runs from the moment a request is handed to the gRPC
 //! client to its answer. An answer is accepted (success), rejected (UNAVAILABLE, split into refused
 //! at admission and expired in the queue by its message) or an error: anything else, which counts
 //! as a lost request. The server's resident memory is sampled every 20 ms from /proc.
@@ -139,15 +141,34 @@ enum Outcome {
     Error,
 }
 
+/// One answer: its priority class, outcome and latency, and when the generator handed the request
+/// to the client, since the step began (its lag behind the schedule is `started − due`).
+struct Answer {
+    high: bool,
+    outcome: Outcome,
+    latency: Duration,
+    started: Duration,
+    lag: Duration,
+}
+
 #[derive(Default)]
 struct Record {
-    /// (high priority, outcome, latency)
-    answers: Vec<(bool, Outcome, Duration)>,
+    answers: Vec<Answer>,
     errors: Vec<String>,
 }
 
-async fn send(mut client: Client, req: ModelInferRequest, high: bool, rec: Arc<Mutex<Record>>) {
+/// Sends one request, due `due` after the step's start `t0`. A generator whose core is saturated
+/// runs these tasks late: the lag and the achieved rate (`Step::sent_per_s`) say so.
+async fn send(
+    mut client: Client,
+    req: ModelInferRequest,
+    high: bool,
+    rec: Arc<Mutex<Record>>,
+    t0: Instant,
+    due: Duration,
+) {
     let t = Instant::now();
+    let started = t - t0;
     let r = client.model_infer(req).await;
     let took = t.elapsed();
     let outcome = match &r {
@@ -162,7 +183,13 @@ async fn send(mut client: Client, req: ModelInferRequest, high: bool, rec: Arc<M
         Err(_) => Outcome::Error,
     };
     let mut rec = rec.lock().unwrap();
-    rec.answers.push((high, outcome, took));
+    rec.answers.push(Answer {
+        high,
+        outcome,
+        latency: took,
+        started,
+        lag: started.saturating_sub(due),
+    });
     if let Err(s) = r
         && outcome == Outcome::Error
         && rec.errors.len() < 5
@@ -218,7 +245,11 @@ async fn capacity(
 struct Step {
     mult: f64,
     offered: f64,
+    /// The rate actually achieved: requests ÷ the time until the last was handed to the client
+    /// (at most the step's length). Below `offered` when the generator could not keep up.
     sent_per_s: f64,
+    /// How late the generator handed requests to the client, p99 (ms).
+    lag_p99: f64,
     accepted_per_s: f64,
     p50: f64,
     p99: f64,
@@ -293,7 +324,8 @@ async fn step(
             let high = sent.is_multiple_of(every);
             let client = clients[(sent as usize) % clients.len()].clone();
             let req = reqs[usize::from(!high)].clone();
-            tasks.push(tokio::spawn(send(client, req, high, rec.clone())));
+            let due = Duration::from_secs_f64(sent as f64 * interval);
+            tasks.push(tokio::spawn(send(client, req, high, rec.clone(), t0, due)));
             sent += 1;
         }
         if sent < total {
@@ -301,7 +333,6 @@ async fn step(
             tokio::time::sleep_until(next.into()).await;
         }
     }
-    let send_time = t0.elapsed().as_secs_f64();
     for t in tasks {
         let _ = t.await;
     }
@@ -320,16 +351,25 @@ async fn step(
     let pick = |f: &dyn Fn(bool, Outcome) -> bool| -> Vec<Duration> {
         rec.answers
             .iter()
-            .filter(|(h, oc, _)| f(*h, *oc))
-            .map(|a| a.2)
+            .filter(|a| f(a.high, a.outcome))
+            .map(|a| a.latency)
             .collect()
     };
+    // The schedule hands the last request over at (total − 1) × interval; one interval more is
+    // the step's length. A generator that fell behind took longer.
+    let last_start = rec
+        .answers
+        .iter()
+        .map(|a| a.started.as_secs_f64())
+        .fold(0.0, f64::max);
+    let send_time = (last_start + interval).max(o.seconds);
     let accepted = pick(&|_, oc| oc == Outcome::Accepted);
     let rejected = pick(&|_, oc| matches!(oc, Outcome::Refused | Outcome::Expired));
     Step {
         mult,
         offered: rate,
-        sent_per_s: sent as f64 / send_time,
+        sent_per_s: rec.answers.len() as f64 / send_time,
+        lag_p99: pct_ms(rec.answers.iter().map(|a| a.lag).collect(), 0.99),
         accepted_per_s: accepted.len() as f64 / elapsed,
         p50: pct_ms(accepted.clone(), 0.50),
         p99: pct_ms(accepted, 0.99),
@@ -338,17 +378,21 @@ async fn step(
         refused: rec
             .answers
             .iter()
-            .filter(|a| a.1 == Outcome::Refused)
+            .filter(|a| a.outcome == Outcome::Refused)
             .count(),
         expired: rec
             .answers
             .iter()
-            .filter(|a| a.1 == Outcome::Expired)
+            .filter(|a| a.outcome == Outcome::Expired)
             .count(),
         reject_p99: pct_ms(rejected, 0.99),
         refused_p50: pct_ms(pick(&|_, oc| oc == Outcome::Refused), 0.50),
         refused_p99: pct_ms(pick(&|_, oc| oc == Outcome::Refused), 0.99),
-        error_count: rec.answers.iter().filter(|a| a.1 == Outcome::Error).count()
+        error_count: rec
+            .answers
+            .iter()
+            .filter(|a| a.outcome == Outcome::Error)
+            .count()
             + (sent as usize).saturating_sub(rec.answers.len()),
         errors: rec.errors,
         peak_mb: peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0,
@@ -436,10 +480,11 @@ async fn run(o: Options) -> Result<bool, String> {
         o.model, o.capacity_concurrency, o.capacity_seconds
     );
     println!(
-        "{:>5} {:>9} {:>8} {:>10} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7} {:>10} {:>11} {:>11} {:>12} {:>9} {:>8} {:>6}",
+        "{:>5} {:>9} {:>8} {:>8} {:>10} {:>8} {:>8} {:>9} {:>8} {:>8} {:>7} {:>10} {:>11} {:>11} {:>12} {:>9} {:>8} {:>6}",
         "load",
         "offered/s",
         "sent/s",
+        "lag p99",
         "accepted/s",
         "p50 ms",
         "p99 ms",
@@ -462,10 +507,11 @@ async fn run(o: Options) -> Result<bool, String> {
         let s = step(&clients, &reqs, &o, mult, cap * mult).await;
         lost += s.error_count;
         println!(
-            "{:>4}x {:>9.1} {:>8.1} {:>10.1} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>8} {:>7} {:>10.2} {:>11.2} {:>11.2} {:>12} {:>9.2} {:>8.1} {:>6}",
+            "{:>4}x {:>9.1} {:>8.1} {:>8.2} {:>10.1} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>8} {:>7} {:>10.2} {:>11.2} {:>11.2} {:>12} {:>9.2} {:>8.1} {:>6}",
             s.mult,
             s.offered,
             s.sent_per_s,
+            s.lag_p99,
             s.accepted_per_s,
             s.p50,
             s.p99,
@@ -486,11 +532,12 @@ async fn run(o: Options) -> Result<bool, String> {
         }
         let _ = writeln!(
             json,
-            "{{\"model\":\"{}\",\"capacity\":{cap:.3},\"mult\":{},\"offered\":{:.3},\"sent\":{:.3},\"accepted\":{:.3},\"p50_ms\":{},\"p99_ms\":{},\"high_p99_ms\":{},\"low_p99_ms\":{},\"refused\":{},\"expired\":{},\"reject_p99_ms\":{},\"refused_p99_ms\":{},\"server_refused_p99_ms\":{},\"wake_p99_ms\":{},\"peak_mb\":{:.1},\"lost\":{}}}",
+            "{{\"model\":\"{}\",\"capacity\":{cap:.3},\"mult\":{},\"offered\":{:.3},\"sent\":{:.3},\"lag_p99_ms\":{},\"accepted\":{:.3},\"p50_ms\":{},\"p99_ms\":{},\"high_p99_ms\":{},\"low_p99_ms\":{},\"refused\":{},\"expired\":{},\"reject_p99_ms\":{},\"refused_p99_ms\":{},\"server_refused_p99_ms\":{},\"wake_p99_ms\":{},\"peak_mb\":{:.1},\"lost\":{}}}",
             o.model,
             s.mult,
             s.offered,
             s.sent_per_s,
+            num(s.lag_p99),
             s.accepted_per_s,
             num(s.p50),
             num(s.p99),

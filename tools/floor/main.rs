@@ -1,13 +1,19 @@
-//! The protocol floor of scripts/bench_overhead.sh: the thinnest tonic server that answers the
-//! KServe v2 gRPC calls perf_analyzer makes for the `simple` model (OUTPUT0 = INPUT0 + INPUT1,
-//! OUTPUT1 = INPUT0 − INPUT1, INT32 [-1, 16]), with no queue, no scheduler and no ONNX Runtime.
-//! Whatever Nereid spends per request beyond this is the server's own cost.
+//! The protocol floor of scripts/bench_overhead.sh: the thinnest tonic (gRPC) and axum (HTTP)
+//! server that answers the KServe v2 calls perf_analyzer makes for the `simple` model
+//! (OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 − INPUT1, INT32 [-1, 16]), with no queue, no
+//! scheduler and no ONNX Runtime. Whatever Nereid spends per request beyond this is the server's
+//! own cost. Both protocols share one runtime and one count of answered inferences.
 //!
-//! Usage: `cargo run --release --example floor -- --grpc-port 18101`
+//! Usage: `cargo run --release --example floor -- --grpc-port 18101 --http-port 18100`
+
+mod http;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::serve::ListenerExt as _;
 
 use bytes::Bytes;
 use clap::Parser;
@@ -23,11 +29,14 @@ const MODEL: &str = "simple";
 const WIDTH: usize = 16;
 
 #[derive(Parser)]
-#[command(about = "Protocol-floor KServe v2 gRPC server for the `simple` model")]
+#[command(about = "Protocol-floor KServe v2 gRPC and HTTP server for the `simple` model")]
 struct Args {
     /// gRPC port (listens on 127.0.0.1)
     #[arg(long, default_value_t = 18101)]
     grpc_port: u16,
+    /// HTTP port (listens on 127.0.0.1; 0 = no HTTP)
+    #[arg(long, default_value_t = 18100)]
+    http_port: u16,
     /// tokio worker threads (0 = one per core, as Nereid's front-end runtime)
     #[arg(long, default_value_t = 0)]
     workers: usize,
@@ -94,6 +103,17 @@ fn ints(raw: &[u8]) -> impl Iterator<Item = i32> + '_ {
         .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }
 
+/// `simple`'s computation on raw little-endian INT32: (a + b, a − b), wrapping like the model.
+fn compute(a: &[u8], b: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut sum = Vec::with_capacity(a.len());
+    let mut diff = Vec::with_capacity(a.len());
+    for (x, y) in ints(a).zip(ints(b)) {
+        sum.extend_from_slice(&x.wrapping_add(y).to_le_bytes());
+        diff.extend_from_slice(&x.wrapping_sub(y).to_le_bytes());
+    }
+    (sum, diff)
+}
+
 fn unimplemented<T>() -> Answer<T> {
     Err(Status::unimplemented("not part of the protocol floor"))
 }
@@ -152,12 +172,7 @@ impl GrpcInferenceService for Floor {
             }
         };
         let rows = (a.len() / (4 * WIDTH)) as i64;
-        let mut sum = Vec::with_capacity(a.len());
-        let mut diff = Vec::with_capacity(a.len());
-        for (x, y) in ints(a).zip(ints(b)) {
-            sum.extend_from_slice(&x.wrapping_add(y).to_le_bytes());
-            diff.extend_from_slice(&x.wrapping_sub(y).to_le_bytes());
-        }
+        let (sum, diff) = compute(a, b);
         let output = |name: &str| {
             let t = tensor(name, rows);
             InferOutputTensor {
@@ -306,16 +321,39 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let addr = SocketAddr::from(([127, 0, 0, 1], args.grpc_port));
+    let floor = Arc::new(Floor::default());
+    let grpc_addr = SocketAddr::from(([127, 0, 0, 1], args.grpc_port));
+    let http_addr = SocketAddr::from(([127, 0, 0, 1], args.http_port));
     let served = rt.block_on(async move {
-        eprintln!("floor: gRPC on {addr}");
-        tonic::transport::Server::builder()
+        // Both listeners are bound before the readiness line, so a caller may connect at once.
+        let http = if args.http_port == 0 {
+            None
+        } else {
+            let listener = tokio::net::TcpListener::bind(http_addr)
+                .await
+                .map_err(|e| format!("HTTP {http_addr}: {e}"))?
+                .tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+            eprintln!("floor: HTTP on {http_addr}");
+            let app = http::router(floor.clone());
+            Some(tokio::spawn(async move {
+                axum::serve(listener, app).await.map_err(|e| e.to_string())
+            }))
+        };
+        eprintln!("floor: gRPC on {grpc_addr}");
+        let grpc = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(GrpcInferenceServiceServer::new(Floor::default()))
-            .serve_with_shutdown(addr, async {
+            .add_service(GrpcInferenceServiceServer::from_arc(floor))
+            .serve_with_shutdown(grpc_addr, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await
+            .map_err(|e| format!("gRPC {grpc_addr}: {e}"));
+        if let Some(h) = http {
+            h.abort();
+        }
+        grpc
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
