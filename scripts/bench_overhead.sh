@@ -112,13 +112,15 @@ ticks() { awk '{ print $14 + $15 }' "/proc/$server_pid/stat"; }
 served() { "$py" "$helper" count "$grpc_port" simple; }
 
 # perf PROTO NAME MODEL CONCURRENCY: one perf_analyzer run over PROTO; its CSV is $out/NAME.csv
-# (absent when it found no stable window twice).
+# (absent when it found no stable window twice). Each try is bounded by OVERHEAD_TRY_TIMEOUT_S
+# (default 180 s): perf_analyzer 2.51's HTTP client was seen to hang at c16 against the floor,
+# its memory growing by gigabytes a minute.
 perf() {
   local proto="$1" name="$2" model="$3" c="$4" try port="$grpc_port"
   [ "$proto" = grpc ] || port="$http_port"
   for try in 1 2; do
     rm -f "$out/$name.csv"
-    if pin "$client_cpus" "$perf_analyzer" -m "$model" -i "$proto" -u "localhost:$port" \
+    if pin "$client_cpus" timeout -s KILL "${OVERHEAD_TRY_TIMEOUT_S:-180}" "$perf_analyzer" -m "$model" -i "$proto" -u "localhost:$port" \
       --concurrency-range "$c" -p "$window_ms" -r 8 -s 30 -f "$out/$name.csv" \
       > "$out/$name.txt" 2>&1 && [ -s "$out/$name.csv" ]; then
       return 0

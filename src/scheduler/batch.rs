@@ -31,10 +31,16 @@ pub struct ExecContext {
     pub load: Arc<super::load::LoadTracker>,
 }
 
-pub struct Batch {
+/// Boxed, so that a slot of the instances' channel is one pointer: the default scheduler's
+/// channel is as deep as the queue (1024 by default) for every model version.
+pub struct Batch(Box<Parts>);
+
+const _: () = assert!(std::mem::size_of::<Batch>() == std::mem::size_of::<usize>());
+
+struct Parts {
     ctx: Arc<ExecContext>,
     entries: Vec<Entry>,
-    /// The instance slot this batch occupies (dynamic batcher); released when execution ends.
+    /// The instance slot this batch occupies (dynamic batcher); given back when the run ends.
     _permit: Option<OwnedSemaphorePermit>,
     /// When the batch took its slot.
     formed: Instant,
@@ -63,26 +69,26 @@ impl Batch {
         entries: Vec<Entry>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Self {
-        Batch {
+        Batch(Box::new(Parts {
             ctx,
             entries,
             _permit: permit,
             formed: Instant::now(),
             custom: None,
             place: None,
-        }
+        }))
     }
 
     /// A request that waits in the instances' channel, holding its queue `place`.
     pub(super) fn queued(ctx: Arc<ExecContext>, entry: Entry, place: QueuePlace) -> Self {
-        Batch {
+        Batch(Box::new(Parts {
             ctx,
             entries: vec![entry],
             _permit: None,
             formed: Instant::now(),
             custom: None,
             place: Some(place),
-        }
+        }))
     }
 
     /// A batch that `exec` executes (the sequence batcher's).
@@ -91,34 +97,35 @@ impl Batch {
         entries: Vec<Entry>,
         exec: Box<dyn Execution>,
     ) -> Self {
-        Batch {
+        Batch(Box::new(Parts {
             ctx,
             entries,
             _permit: None,
             formed: Instant::now(),
             custom: Some(exec),
             place: None,
-        }
+        }))
     }
 
     /// Answers every request of a batch that will not run.
     pub fn fail(self, err: Error) {
-        for entry in self.entries {
-            entry.fail(&self.ctx.stats, err.clone(), FailureReason::Other);
+        let Parts { ctx, entries, .. } = *self.0;
+        for entry in entries {
+            entry.fail(&ctx.stats, err.clone(), FailureReason::Other);
         }
     }
 }
 
 impl Job for Batch {
     fn execute(self, runner: &mut dyn Runner) -> RunHealth {
-        let Batch {
+        let Parts {
             ctx,
             entries,
             _permit: permit,
             mut formed,
             custom,
             place,
-        } = self;
+        } = *self.0;
         if place.is_some() {
             // It waited for this instance in the channel: its slot is held from now on.
             drop(place);
