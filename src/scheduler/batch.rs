@@ -19,8 +19,8 @@ use crate::telemetry::spans;
 use crate::telemetry::stats::{FailureReason, ModelStats};
 use crate::tensor::Tensor;
 
+use super::admission::QueuePlace;
 use super::assembly::{assemble, scatter};
-use super::batcher::QueuePlace;
 use super::classification::finish_output;
 use super::entry::Entry;
 

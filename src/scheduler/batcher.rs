@@ -17,7 +17,6 @@
 
 use parking_lot::Mutex;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::Sender as JobSender;
@@ -25,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::QueueLimits;
+use super::admission::{Admission, QueuePlace};
 use super::batch::{Batch, ExecContext};
 use super::entry::Entry;
 use super::planner::{Action, PlanConfig, plan};
@@ -36,81 +36,6 @@ use crate::model::{DynamicBatching, TimeoutAction};
 use crate::telemetry::spans;
 use crate::telemetry::stats::FailureReason;
 use crate::validate::ValidRequest;
-
-/// Queue-size bookkeeping shared by the enqueuing callers and the batcher task.
-pub(crate) struct Admission {
-    /// Per level: (queued now, limit; 0 = none).
-    levels: Vec<(AtomicUsize, usize)>,
-    total: AtomicUsize,
-    limits: QueueLimits,
-}
-
-impl Admission {
-    fn new(db: &DynamicBatching, limits: QueueLimits) -> Self {
-        Admission {
-            levels: db
-                .queue_policies
-                .iter()
-                .map(|p| (AtomicUsize::new(0), p.max_queue_size))
-                .collect(),
-            total: AtomicUsize::new(0),
-            limits,
-        }
-    }
-
-    /// Most requests the whole queue may hold when this one is at `level` (0 = highest):
-    /// the highest level may fill it, each lower level stops at a lower high-water mark, the
-    /// lowest at `capacity × (1 − priority_reserve)`.
-    fn level_capacity(&self, level: usize) -> usize {
-        let n = self.levels.len();
-        if n <= 1 || level == 0 {
-            return self.limits.capacity;
-        }
-        let share = 1.0 - self.limits.priority_reserve * level as f64 / (n - 1) as f64;
-        ((self.limits.capacity as f64 * share) as usize).max(1)
-    }
-
-    fn try_admit(&self, level: usize) -> std::result::Result<(), Rejection> {
-        let (count, limit) = &self.levels[level];
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (*limit == 0 || n < *limit).then_some(n + 1)
-            })
-            .map_err(|_| Rejection::QueueFull)?;
-        let cap = self.level_capacity(level);
-        let admitted = self
-            .total
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < cap).then_some(n + 1)
-            });
-        if admitted.is_err() {
-            count.fetch_sub(1, Ordering::AcqRel);
-            return Err(if cap < self.limits.capacity {
-                Rejection::ShedByPriority
-            } else {
-                Rejection::QueueFull
-            });
-        }
-        Ok(())
-    }
-
-    fn release(&self, level: usize) {
-        self.levels[level].0.fetch_sub(1, Ordering::AcqRel);
-        self.total.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// Requests queued at `level` or above (served before a new one at `level`).
-    fn ahead(&self, level: usize) -> usize {
-        self.levels[..=level]
-            .iter()
-            .map(|(c, _)| c.load(Ordering::Acquire))
-            .sum()
-    }
-
-    pub(crate) fn queued(&self) -> usize {
-        self.total.load(Ordering::Acquire)
-    }
-}
 
 /// The enqueueing side. Dropping every handle ends the task once the queues are drained.
 pub(crate) struct DynamicScheduler {
@@ -148,19 +73,6 @@ pub(crate) fn shared_queue(db: Option<&DynamicBatching>, limits: QueueLimits) ->
     db.is_none().then_some(limits.capacity.max(1))
 }
 
-/// A request's place in the queue while it waits in the shared channel; given back when an
-/// instance takes it (or when the batch is answered without running).
-pub(crate) struct QueuePlace {
-    admission: Arc<Admission>,
-    level: usize,
-}
-
-impl Drop for QueuePlace {
-    fn drop(&mut self) {
-        self.admission.release(self.level);
-    }
-}
-
 impl DynamicScheduler {
     /// Starts the batcher task on the current runtime. `jobs` reaches the instance threads;
     /// `instances` is how many batches may run at once; `alone` runs every request by itself.
@@ -176,26 +88,37 @@ impl DynamicScheduler {
         let admission = Arc::new(Admission::new(&db, limits));
         let permits = Arc::new(Semaphore::new(instances.max(1)));
         let order = db.preserve_ordering.then(|| Arc::new(Sequencer::default()));
-        if alone {
-            return DynamicScheduler {
-                route: Route::Shared,
-                admission,
-                order,
-                order_lock: Mutex::new(()),
-                policy: db,
-                ctx,
-                permits,
-                jobs,
-            };
+        let route = if alone {
+            Route::Shared
+        } else {
+            Self::start_task(&ctx, &db, limits, &jobs, &permits, &admission, thread)
+        };
+        DynamicScheduler {
+            route,
+            admission,
+            order,
+            order_lock: Mutex::new(()),
+            policy: db,
+            ctx,
+            permits,
+            jobs,
         }
+    }
+
+    /// Spawns the batcher task on `thread`; the route to it.
+    fn start_task(
+        ctx: &Arc<ExecContext>,
+        db: &DynamicBatching,
+        limits: QueueLimits,
+        jobs: &JobSender<Batch>,
+        permits: &Arc<Semaphore>,
+        admission: &Arc<Admission>,
+        thread: Arc<BatcherThread>,
+    ) -> Route {
         let (tx, rx) = mpsc::channel(limits.capacity.max(1));
         let cfg = PlanConfig {
-            max_batch_size: if alone {
-                usize::MAX
-            } else {
-                ctx.spec.max_batch_size as usize
-            },
-            max_requests: if alone { 1 } else { usize::MAX },
+            max_batch_size: ctx.spec.max_batch_size as usize,
+            max_requests: usize::MAX,
             preferred_batch_sizes: db.preferred_batch_sizes.clone(),
             max_queue_delay: db.max_queue_delay,
             max_batch_tokens: ctx
@@ -211,7 +134,7 @@ impl DynamicScheduler {
                 .map(|t| t.max_padding_ratio)
                 .filter(|&r| r > 0.0),
         };
-        let direct = cfg.max_requests == 1 || cfg.max_queue_delay.is_zero();
+        let direct = cfg.max_queue_delay.is_zero();
         let task = BatcherTask {
             ctx: ctx.clone(),
             rx,
@@ -224,16 +147,7 @@ impl DynamicScheduler {
             _thread: thread.clone(),
         };
         thread.spawn(task.run());
-        DynamicScheduler {
-            route: Route::Task { tx, direct },
-            admission,
-            order,
-            order_lock: Mutex::new(()),
-            policy: db,
-            ctx,
-            permits,
-            jobs,
-        }
+        Route::Task { tx, direct }
     }
 
     /// Takes a place in the queue at `level`, or refuses the request (an overload refusal for

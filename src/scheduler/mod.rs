@@ -6,6 +6,7 @@
 //! owns priority queues and forms batches with the pure `planner`. Either way a full queue is
 //! refused at once with "Exceeds maximum queue size".
 
+pub(crate) mod admission;
 pub(crate) mod assembly;
 pub(crate) mod batch;
 pub(crate) mod batcher;
