@@ -66,13 +66,6 @@ enum Route {
     Shared,
 }
 
-/// `Scheduler::start` sizes the instance threads' channel with this: a model version whose
-/// requests all run alone with no queue timeouts and one level needs no batcher task, and its
-/// channel is its queue.
-pub(crate) fn shared_queue(db: Option<&DynamicBatching>, limits: QueueLimits) -> Option<usize> {
-    db.is_none().then_some(limits.capacity.max(1))
-}
-
 impl DynamicScheduler {
     /// Starts the batcher task on the current runtime. `jobs` reaches the instance threads;
     /// `instances` is how many batches may run at once; `alone` runs every request by itself.
@@ -253,10 +246,7 @@ impl DynamicScheduler {
                 let entry = match e {
                     mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
                 };
-                let err = Error::unavailable(
-                    "Server is stopping, scheduler for model has stopped accepting new inference requests",
-                )
-                .refused(Rejection::Stopping, None);
+                let err = stopping();
                 entry.reply.send(Err(err.clone()));
                 Err(err)
             }
@@ -302,10 +292,7 @@ impl DynamicScheduler {
             // Full cannot happen while admission bounds the queue to the channel's capacity;
             // either way the instances cannot take it, and the batch answers its request.
             Err(e) => {
-                let err = Error::unavailable(
-                    "Server is stopping, scheduler for model has stopped accepting new inference requests",
-                )
-                .refused(Rejection::Stopping, None);
+                let err = stopping();
                 e.into_inner().fail(err.clone());
                 Err(err)
             }
@@ -321,6 +308,11 @@ impl DynamicScheduler {
             Route::Shared => self.admission.ahead(level) > 1,
         }
     }
+}
+
+/// The refusal of a request whose scheduler (or instances) stopped taking work.
+fn stopping() -> Error {
+    Error::unavailable(super::STOPPING).refused(Rejection::Stopping, None)
 }
 
 struct BatcherTask {

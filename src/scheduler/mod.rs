@@ -35,6 +35,11 @@ pub(crate) use batch::{Batch, ExecContext};
 use batcher::DynamicScheduler;
 pub(crate) use thread::{BatcherThread, BatcherThreads};
 
+/// Triton's text for a request that a scheduler no longer takes (the server is stopping, the
+/// version is going away).
+pub(crate) const STOPPING: &str =
+    "Server is stopping, scheduler for model has stopped accepting new inference requests";
+
 /// Requests queued per model version (all priority levels together) before new ones are refused.
 pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 
@@ -88,14 +93,17 @@ impl Scheduler {
         limits: QueueLimits,
         thread: Arc<BatcherThread>,
     ) -> (Scheduler, Receiver<Batch>) {
-        // Through the batcher, permits bound the batches in flight to `instances`; a model
-        // without a batcher queues in the channel itself. Either way it never fills.
-        let depth = match ctx.spec.sequence {
-            Some(_) => None,
-            None => batcher::shared_queue(ctx.spec.dynamic_batching.as_ref(), limits),
+        // Through a batcher, permits bound the batches in flight to `instances`; the default
+        // scheduler queues in the channel itself, as deep as the queue. Either way it never fills.
+        let channel = |queue_here: bool| {
+            crossbeam_channel::bounded(if queue_here {
+                limits.capacity.max(1)
+            } else {
+                instances.max(1)
+            })
         };
-        let (jobs, rx) = crossbeam_channel::bounded(depth.unwrap_or(instances.max(1)));
         if let Some(seq) = ctx.spec.sequence.clone() {
+            let (jobs, rx) = channel(false);
             let caps = (limits.sequence_queue, limits.sequence_backlog);
             let s = sequence::SequenceScheduler::start(ctx, seq, instances, caps, jobs, thread);
             return (Scheduler(Kind::Sequence(s)), rx);
@@ -104,6 +112,7 @@ impl Scheduler {
             Some(db) => (db, false),
             None => (crate::model::DynamicBatching::default_scheduler(), true),
         };
+        let (jobs, rx) = channel(alone);
         (
             Scheduler(Kind::Dynamic(DynamicScheduler::start(
                 ctx, db, alone, instances, limits, jobs, thread,

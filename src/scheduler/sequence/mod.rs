@@ -29,6 +29,7 @@ use crossbeam_channel::Sender as JobSender;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, sleep_until};
 
+use super::STOPPING;
 use super::batch::{Batch, ExecContext};
 use super::entry::Entry;
 use super::reply::Replier;
@@ -283,10 +284,6 @@ pub(crate) fn ended_by_reload(id: &CorrelationId, model: &str) -> Error {
         "sequence {id} of model '{model}' ended by a reload"
     ))
 }
-
-/// Triton's text for a request that the sequence batcher no longer takes (row S).
-const STOPPING: &str =
-    "Server is stopping, scheduler for model has stopped accepting new inference requests";
 
 struct Task {
     shared: Arc<Shared>,
