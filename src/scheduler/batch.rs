@@ -135,7 +135,7 @@ impl Job for Batch {
             return exec.execute(ctx, entries, runner);
         }
         let start = Instant::now();
-        let _busy = ctx.stats.busy();
+        let busy = ctx.stats.busy();
         // Work whose client has gone is never run (no allocation when every client waits).
         let mut entries = entries;
         if entries.iter().any(|e| e.reply.is_closed()) {
@@ -191,8 +191,10 @@ impl Job for Batch {
             Ok((wanted, out))
         });
         drop(batch_span);
-        // The instance is done with the model: the batcher may form the next batch while this
-        // thread scatters and answers (the channel holds at most one batch per slot).
+        // The instance is done with the model: it counts as busy no longer (a client that has
+        // its answer sees the gauge back down), and the batcher may form the next batch while
+        // this thread scatters and answers (the channel holds at most one batch per slot).
+        drop(busy);
         drop(permit);
         let (wanted, out) = match result {
             Ok(r) => r,

@@ -140,7 +140,10 @@ async fn slow_idle_and_silent_connections_are_closed_while_others_are_served() {
         server_sockets(http_port) == 0
     })
     .await;
-    assert!(live_over_http(&s).await);
+    // On a new connection: the pooled one may be the one the server just closed.
+    let fresh = reqwest::Client::new();
+    let live = fresh.get(s.url("/v2/health/live")).send().await;
+    assert!(live.is_ok_and(|r| r.status() == 200));
     s.stop().await;
 }
 
