@@ -10,7 +10,7 @@ use std::sync::Weak;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
+use crate::backend::jobs::JobReceiver as Receiver;
 
 use crate::backend::Runner;
 use crate::error::{Error, Result};

@@ -4,6 +4,7 @@
 pub(crate) mod cancel;
 pub(crate) mod devices;
 pub(crate) mod instance;
+pub(crate) mod jobs;
 pub(crate) mod ort;
 
 pub(crate) use self::ort::GlobalThreadPool;

@@ -167,7 +167,7 @@ mod tests {
         }
     }
 
-    fn instance(jobs: crossbeam_channel::Receiver<Nothing>) -> InstanceThread {
+    fn instance(jobs: crate::backend::jobs::JobReceiver<Nothing>) -> InstanceThread {
         let runner = FakeRunner {
             log: Arc::new(FakeLog::default()),
             ..Default::default()
@@ -185,7 +185,7 @@ mod tests {
             let on_worker = std::thread::current().id() == worker;
             record.lock().push((m.to_string(), v, id, on_worker));
         })));
-        let (jobs, rx) = crossbeam_channel::bounded::<Nothing>(1);
+        let (jobs, rx) = crate::backend::jobs::bounded::<Nothing>(1);
         let live = reaper.register();
         assert_eq!(reaper.alive(), 1);
         let remains = Remains {
@@ -211,7 +211,7 @@ mod tests {
         let reaper = Reaper::start(Some(Arc::new(move |_: &str, _: i64, id: u64| {
             let _ = done.send((id, std::thread::current().name().map(str::to_string)));
         })));
-        let (jobs, rx) = crossbeam_channel::bounded::<Nothing>(1);
+        let (jobs, rx) = crate::backend::jobs::bounded::<Nothing>(1);
         reaper.reap(Remains {
             model: "m".into(),
             version: 1,

@@ -24,7 +24,7 @@ pub(crate) mod timer;
 
 use std::sync::Arc;
 
-use crossbeam_channel::Receiver;
+use crate::backend::jobs::JobReceiver as Receiver;
 use tokio::sync::oneshot;
 
 use crate::error::Result;
@@ -96,7 +96,7 @@ impl Scheduler {
         // Through a batcher, permits bound the batches in flight to `instances`; the default
         // scheduler queues in the channel itself, as deep as the queue. Either way it never fills.
         let channel = |queue_here: bool| {
-            crossbeam_channel::bounded(if queue_here {
+            crate::backend::jobs::bounded(if queue_here {
                 limits.capacity.max(1)
             } else {
                 instances.max(1)

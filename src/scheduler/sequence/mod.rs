@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crossbeam_channel::Sender as JobSender;
+use crate::backend::jobs::JobSender;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, sleep_until};
 
