@@ -264,6 +264,20 @@ impl LogGuard {
     }
 }
 
+/// The most verbose `log` level `filter` can let through: `log` records have no per-callsite
+/// cache, so without this cap each one is built and offered to the filter.
+fn cap_of(filter: &EnvFilter) -> log::LevelFilter {
+    use tracing::level_filters::LevelFilter as T;
+    match tracing_subscriber::layer::Filter::<Registry>::max_level_hint(filter) {
+        None | Some(T::TRACE) => log::LevelFilter::Trace,
+        Some(T::DEBUG) => log::LevelFilter::Debug,
+        Some(T::INFO) => log::LevelFilter::Info,
+        Some(T::WARN) => log::LevelFilter::Warn,
+        Some(T::ERROR) => log::LevelFilter::Error,
+        Some(_) => log::LevelFilter::Off,
+    }
+}
+
 /// Installs the process-wide subscriber. `rust_log`, when given, replaces the directive the
 /// settings imply until the first LogSettings update. In opentelemetry trace mode this also
 /// starts the OTLP exporter, which needs a tokio runtime context.
@@ -293,6 +307,7 @@ pub fn init(
     let env = || {
         EnvFilter::try_new(&directive).map_err(|e| format!("invalid log filter '{directive}': {e}"))
     };
+    let log_cap = cap_of(&env()?);
     let (text_env, text_handle) = reload::Layer::new(env()?);
     let (json_env, json_handle) = reload::Layer::new(env()?);
 
@@ -300,8 +315,11 @@ pub fn init(
         settings.clone(),
         Some(Box::new(move |d: &str| {
             let f = || EnvFilter::try_new(d).map_err(|e| e.to_string());
+            let cap = cap_of(&f()?);
             text_handle.reload(f()?).map_err(|e| e.to_string())?;
-            json_handle.reload(f()?).map_err(|e| e.to_string())
+            json_handle.reload(f()?).map_err(|e| e.to_string())?;
+            log::set_max_level(cap);
+            Ok(())
         })),
     );
     let sw = control.inner.switches.clone();
@@ -339,6 +357,9 @@ pub fn init(
         .with(layers)
         .try_init()
         .map_err(|e| format!("failed to install the log subscriber: {e}"))?;
+    // Installing the subscriber let every `log` record through (TRACE); crates that log through
+    // `log` (tokenizers, per text) would pay the filter's check on every record.
+    log::set_max_level(log_cap);
     Ok((
         control,
         LogGuard {
@@ -392,5 +413,18 @@ mod tests {
         assert_eq!(s.directive(), "warn,ort=warn");
         s.verbose_level = 2;
         assert_eq!(s.directive(), "debug");
+    }
+
+    #[test]
+    fn log_records_are_capped_at_the_filters_most_verbose_level() {
+        let cap = |d: &str| cap_of(&EnvFilter::try_new(d).unwrap());
+        assert_eq!(
+            cap(&LogSettings::default().directive()),
+            log::LevelFilter::Info
+        );
+        assert_eq!(cap("warn,ort=warn"), log::LevelFilter::Warn);
+        assert_eq!(cap("debug"), log::LevelFilter::Debug);
+        assert_eq!(cap("warn,tokenizers=trace"), log::LevelFilter::Trace);
+        assert_eq!(cap("off"), log::LevelFilter::Off);
     }
 }
