@@ -116,13 +116,15 @@ impl<J> Clone for JobReceiver<J> {
 impl<J> JobReceiver<J> {
     /// Waits for the next job; an error once the channel is empty and every sender is gone.
     pub fn recv(&self) -> Result<J, RecvError> {
-        let me = std::thread::current();
+        // Only a receiver that finds nothing needs its own handle (to register as idle).
+        let mut me: Option<std::thread::Thread> = None;
         loop {
             match self.rx.try_recv() {
                 Ok(job) => return Ok(job),
                 Err(TryRecvError::Disconnected) => return Err(RecvError),
                 Err(TryRecvError::Empty) => {}
             }
+            let me = me.get_or_insert_with(std::thread::current);
             self.shared.idle().push(me.clone());
             match self.rx.try_recv() {
                 Ok(job) => {

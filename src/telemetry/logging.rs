@@ -307,16 +307,18 @@ pub fn init(
     let env = || {
         EnvFilter::try_new(&directive).map_err(|e| format!("invalid log filter '{directive}': {e}"))
     };
-    let log_cap = cap_of(&env()?);
-    let (text_env, text_handle) = reload::Layer::new(env()?);
+    let text_filter = env()?;
+    let log_cap = cap_of(&text_filter);
+    let (text_env, text_handle) = reload::Layer::new(text_filter);
     let (json_env, json_handle) = reload::Layer::new(env()?);
 
     let control = LogControl::with_reloader(
         settings.clone(),
         Some(Box::new(move |d: &str| {
             let f = || EnvFilter::try_new(d).map_err(|e| e.to_string());
-            let cap = cap_of(&f()?);
-            text_handle.reload(f()?).map_err(|e| e.to_string())?;
+            let text = f()?;
+            let cap = cap_of(&text);
+            text_handle.reload(text).map_err(|e| e.to_string())?;
             json_handle.reload(f()?).map_err(|e| e.to_string())?;
             log::set_max_level(cap);
             Ok(())
