@@ -3,7 +3,8 @@
   bench_overhead.py ready PORT MODEL     wait (60 s at most) until MODEL is ready over gRPC
   bench_overhead.py count PORT MODEL     print the successes ModelStatistics counts for MODEL
   bench_overhead.py report OUT REPEATS CLK_TCK DELAY_US PROTO...
-                                         print one table per protocol from the files in OUT
+                                         print one table per protocol from the files in OUT;
+                                         exits 1 when a target is missed
 
 The report reads, per repeat r and protocol p (grpc, http): {floor,nereid}-p-c1-r.csv and
 -c16-r.csv (perf_analyzer), {floor,nereid}-p-cpu-r.txt (server ticks and requests over the c1
@@ -125,9 +126,19 @@ def fmt(x, unit="", digits=0):
     return "n/a" if x is None else f"{x:,.{digits}f}{unit}"
 
 
+def verdict(value, limit, at_most):
+    """'met' / 'NOT met' for a figure against its target; a missing figure is not met."""
+    if value is None:
+        return "NOT met (no figure)", False
+    good = value <= limit if at_most else value >= limit
+    return ("met" if good else "NOT met"), good
+
+
 def report(out, repeats, clk_tck, delay_us, protocols):
+    """Prints the tables; returns 1 when any target is missed (or a figure is missing), else 0."""
     reps = range(1, repeats + 1)
     previous = {r: None for r in reps}  # the previous protocol's scrape, per repeat
+    missed = []
     for proto in protocols:
         fc = [cpu_us(out, f"floor-{proto}-cpu-r{r}", clk_tck) for r in reps]
         nc = [cpu_us(out, f"nereid-{proto}-cpu-r{r}", clk_tck) for r in reps]
@@ -142,22 +153,37 @@ def report(out, repeats, clk_tck, delay_us, protocols):
             late.append(lateness(scrape, previous[r]))
             previous[r] = scrape
 
+        cpu_r = med([ratio(a, b) for a, b in zip(fc, nc)])
+        p50_r = med([ratio(a, b) for a, b in zip(fp, np_)])
+        c16_r = med([ratio(a, b) for a, b in zip(ft, nt)])
+        extra = med([b - a if a is not None and b is not None else None for a, b in zip(np_, dp)])
+        l50 = med([l[0] if l else None for l in late])
+        l99 = med([l[1] if l else None for l in late])
+        checks = {
+            "cpu": verdict(cpu_r, 1.5, True),
+            "p50": verdict(p50_r, 1.3, True),
+            "c16": verdict(c16_r, 0.9, False),
+            "delay": verdict(extra, 150, True),
+            "late": (lambda a, b: (f"{a[0]} / {b[0]}", a[1] and b[1]))(
+                verdict(l50, 50, True), verdict(l99, 200, True)
+            ),
+        }
+        missed += [f"{proto} {name}" for name, (_, good) in checks.items() if not good]
+
         print()
         print(f"{proto}:")
         print(f"| {proto} (median of {repeats}) | floor | Nereid | ratio (median of same-repeat ratios) | target |")
         print("| --- | --- | --- | --- | --- |")
         print(f"| server CPU per request (c1 + c16 runs) | {fmt(med(fc), ' µs')} | {fmt(med(nc), ' µs')} "
-              f"| {fmt(med([ratio(a, b) for a, b in zip(fc, nc)]), '×', 2)} | ≤ 1.5× |")
+              f"| {fmt(cpu_r, '×', 2)} | ≤ 1.5×: {checks['cpu'][0]} |")
         print(f"| p50 at concurrency 1 | {fmt(med(fp), ' µs')} | {fmt(med(np_), ' µs')} "
-              f"| {fmt(med([ratio(a, b) for a, b in zip(fp, np_)]), '×', 2)} | ≤ 1.3× |")
+              f"| {fmt(p50_r, '×', 2)} | ≤ 1.3×: {checks['p50'][0]} |")
         print(f"| throughput at concurrency 16 | {fmt(med(ft), '/s')} | {fmt(med(nt), '/s')} "
-              f"| {fmt(med([ratio(a, b) for a, b in zip(ft, nt)]), '×', 2)} | ≥ 0.9× |")
-        extra = [b - a if a is not None and b is not None else None for a, b in zip(np_, dp)]
+              f"| {fmt(c16_r, '×', 2)} | ≥ 0.9×: {checks['c16'][0]} |")
         print(f"| c1 p50 with max_queue_delay {delay_us} µs | | {fmt(med(dp), ' µs')} "
-              f"| +{fmt(med(extra), ' µs')} over no delay | ≤ +150 µs |")
-        l50 = med([l[0] if l else None for l in late])
-        l99 = med([l[1] if l else None for l in late])
-        print(f"| batcher lateness p50 / p99 (delay run) | | {fmt(l50, ' µs')} / {fmt(l99, ' µs')} | | ≤ 50 / 200 µs |")
+              f"| +{fmt(extra, ' µs')} over no delay | ≤ +150 µs: {checks['delay'][0]} |")
+        print(f"| batcher lateness p50 / p99 (delay run) | | {fmt(l50, ' µs')} / {fmt(l99, ' µs')} | "
+              f"| ≤ 50 / 200 µs: {checks['late'][0]} |")
         print()
         print(f"{proto} per repeat (floor cpu µs, nereid cpu µs, floor p50, nereid p50, floor c16/s, "
               "nereid c16/s, delay p50, lateness p50/p99):")
@@ -165,6 +191,11 @@ def report(out, repeats, clk_tck, delay_us, protocols):
             l = late[i]
             print(f"  {r}: {fmt(fc[i])} {fmt(nc[i])} {fmt(fp[i])} {fmt(np_[i])} {fmt(ft[i])} {fmt(nt[i])} "
                   f"{fmt(dp[i])} {fmt(l[0] if l else None)}/{fmt(l[1] if l else None)}")
+    print()
+    if missed:
+        print(f"targets missed: {', '.join(missed)}")
+        return 1
+    print("every target met")
     return 0
 
 

@@ -7,7 +7,8 @@
 # best concurrency. And concurrency 1 against its own ceiling (issue 22): one instance, batch 1,
 # one sentence at a time in process (what a c1 client can get at best; its rate is 1 / latency).
 # Target: c1 >= 0.8 of it (sentences/s; the p50s are printed beside). The model's
-# max_queue_delay_microseconds is part of the server's c1 latency, as in Triton.
+# max_queue_delay_microseconds is part of the server's c1 latency, as in Triton. Exits 1 when a
+# target is missed (the table is printed either way).
 #
 #   NEREID_BIN          server binary (default: cargo build --release, then <target>/release/nereid)
 #   BENCH_GRPC_PORT     gRPC port (default 18011); BENCH_HTTP_PORT (18010), BENCH_METRICS_PORT (18012)
@@ -171,10 +172,12 @@ for c in conc:
           f"  {rate / ceiling:>10.2f}")
 print(f"{'ceiling':>11}  {ceiling:>11.1f}  {'':>8}  {'':>8}  {'(batch ' + str(best_batch) + ')':>10}")
 ratio = best / ceiling
+ok = ratio >= 0.85
 print(f"\nbest concurrency reaches {ratio:.2f} of the in-process ceiling (target >= 0.85): {'met' if ratio >= 0.85 else 'NOT met'}")
 ceil1 = max((v for v in serial.values() if v), default=None)
 if c1 and ceil1:
     r1 = c1[0] / ceil1[0]
+    ok &= r1 >= 0.8
     print(f"concurrency 1 reaches {r1:.2f} of its in-process ceiling (batch 1, one at a time: {c1[0]:.1f} vs "
           f"{ceil1[0]:.1f} sentences/s; p50 {c1[1]:.2f} vs {ceil1[1]:.2f} ms) (target >= 0.8): {'met' if r1 >= 0.8 else 'NOT met'}")
 elif ceil1:
@@ -186,4 +189,5 @@ if serial["before"] and serial["after"]:
 b, a = runs["before"][best_batch], runs["after"].get(best_batch, 0)
 if abs(b - a) > 0.15 * max(a, b):
     print(f"warning: the ceiling at batch {best_batch} moved from {b:.1f} to {a:.1f} during the run: the machine's load changed, rerun on a quiet machine")
+sys.exit(0 if ok else 1)
 PY
