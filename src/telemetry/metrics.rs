@@ -261,7 +261,7 @@ impl ModelMetrics {
             rejections,
             rejection_seconds: histogram(
                 REJECTION_SECONDS,
-                "Time from a request's arrival to its overload refusal (its head, for gRPC calls refused before their tensors arrived)",
+                "Time from a request's arrival (its headers) to its refusal by the server's admission limits",
                 model,
                 &v,
                 &REJECTION_BUCKETS,

@@ -42,6 +42,22 @@ impl RawCall {
     }
 }
 
+/// A successful call's answer: the whole response body, read under flow control, its
+/// trailers saying OK, decoded.
+async fn read_answer(resp: http::Response<h2::RecvStream>) -> ModelInferResponse {
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    assert_eq!(text(&trailers, "grpc-status"), "0");
+    ModelInferResponse::decode(&data[5..]).unwrap()
+}
+
 /// Bytes of `req`'s head (fields 1-4) in its gRPC framing, prefix included.
 fn head_len(req: &nereid::pb::inference::ModelInferRequest) -> usize {
     let mut head = req.clone();
@@ -169,17 +185,7 @@ async fn the_head_decides_by_priority_and_an_admitted_call_waits_for_its_body() 
         .await
         .expect("answered")
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let mut data = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        data.extend_from_slice(&chunk);
-    }
-    let trailers = body.trailers().await.unwrap().expect("trailers");
-    assert_eq!(text(&trailers, "grpc-status"), "0");
-    let out = ModelInferResponse::decode(&data[5..]).unwrap();
+    let out = read_answer(resp).await;
     let sum: Vec<i32> = out.raw_output_contents[0]
         .chunks(4)
         .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
@@ -190,4 +196,58 @@ async fn the_head_decides_by_priority_and_an_admitted_call_waits_for_its_body() 
     for q in low {
         q.await.unwrap().expect("accepted requests complete");
     }
+}
+
+/// A call's arrival is its head's: a refusal decided only once the body is whole is timed from
+/// the head, so the time the body took to arrive counts, as over HTTP, where the request is
+/// opened before its body is read (and the client's deadline counts from there too). The
+/// handler runs only once the message is whole, so a clock read there would leave it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_the_body_is_timed_from_the_head() {
+    // simple's two tensors are 128 bytes: the head passes (it has no tensors yet), the whole
+    // request is refused as larger than the in-flight cap, a timed refusal.
+    let s = TestServer::bundled_subset_with(&["simple"], |c| c.inflight.bytes = 64).await;
+    let (a, b) = simple_operands(1, 3);
+    let req = simple_request("simple", 1, &a, &b);
+    let sent = head_len(&req) + 10;
+    let RawCall {
+        response,
+        mut body,
+        framed,
+    } = RawCall::start(&s, &req, sent).await;
+    // The stimulus, not a wait for state: the body stalls for at least this long (a slow
+    // machine only stretches it, which the lower bound below allows).
+    let stall = Duration::from_millis(300);
+    tokio::time::sleep(stall).await;
+    body.send_data(Bytes::copy_from_slice(&framed[sent..]), true)
+        .unwrap();
+    let resp = tokio::time::timeout(RPC_TIMEOUT, response)
+        .await
+        .expect("answered")
+        .unwrap();
+    // A trailers-only answer: the status is in the headers.
+    let h = resp.headers();
+    assert_eq!(text(h, "grpc-status"), "3", "INVALID_ARGUMENT");
+    let msg = grpc_message(h);
+    assert!(msg.contains("--max-inflight-bytes"), "{msg}");
+
+    let metrics = s.metrics().await;
+    let labels = r#"model="simple",version="1""#;
+    let count = sample(
+        &metrics,
+        "nereid_inference_rejection_duration_seconds_count",
+        labels,
+    );
+    assert_eq!(count, Some(1.0));
+    let took = sample(
+        &metrics,
+        "nereid_inference_rejection_duration_seconds_sum",
+        labels,
+    )
+    .expect("timed");
+    assert!(
+        took >= stall.as_secs_f64(),
+        "the refusal took {took} s from arrival, leaving out the {} ms the body stalled",
+        stall.as_millis()
+    );
 }

@@ -10,7 +10,9 @@
 //! with the same status, message, retry hint and metric as a refusal after the whole body; the
 //! rest of the body is dropped unread (HTTP/2 resets the stream, the client stops sending).
 //! Every other request goes on, its buffered frames first, and is decided again in full by the
-//! handler. Heads that do not parse, and fields out of order pass through. A compressed request
+//! handler, which takes this layer's [`Origin`] from the request's extensions ([`HeadOrigin`]):
+//! its arrival is the head's, so the time to a refusal and the client's deadline count the wait
+//! for the rest of the body, as over HTTP. Heads that do not parse, and fields out of order pass through. A compressed request
 //! is read whole and expanded here under the message limit and the in-flight byte cap
 //! (`compression.rs`), then scanned like an uncompressed one; its response is compressed as
 //! `--grpc-infer-response-compression-level` says. A compressed `ModelStreamInfer` body is
@@ -112,6 +114,7 @@ where
             let origin = super::call_origin(req.headers());
             let encoding = request_encoding(req.headers());
             let (mut parts, mut body) = req.into_parts();
+            parts.extensions.insert(HeadOrigin(origin.clone()));
             let read = match encoding {
                 None => read_head(&mut body).await,
                 Some(encoding) => {
@@ -144,6 +147,11 @@ where
         })
     }
 }
+
+/// The [`Origin`] of a unary `ModelInfer` call, taken when its headers arrived, before any of
+/// its body: the handler opens the request with it rather than with a later clock reading.
+#[derive(Clone)]
+pub(crate) struct HeadOrigin(pub(crate) Origin);
 
 /// A `ModelStreamInfer` call whose messages are gzip or deflate: its body is expanded message by
 /// message under the limit and the in-flight byte cap (`inflating.rs`), and tonic sees an

@@ -124,7 +124,12 @@ impl GrpcInferenceService for GrpcService {
         &self,
         req: Request<pb::ModelInferRequest>,
     ) -> Reply<pb::ModelInferResponse> {
-        let origin = call_origin(req.metadata().as_ref());
+        // The early layer's origin, taken before the body arrived (serve.rs always installs
+        // the layer); without it the call arrives now.
+        let origin = match req.extensions().get::<early::HeadOrigin>() {
+            Some(head) => head.0.clone(),
+            None => call_origin(req.metadata().as_ref()),
+        };
         let msg = req.into_inner();
         let ctx = self
             .core
