@@ -10,7 +10,9 @@
 //!
 //! No job waits while an instance idles: a receiver registers before its last look at the
 //! channel and a sender sends before it pops, both under the stack's lock or ordered by it,
-//! so either the receiver sees the job or the sender sees the receiver.
+//! so either the receiver sees the job or the sender sees the receiver. A receiver that finds
+//! a job on that last look, after a sender already popped it, passes the sender's wake on to
+//! the next idle receiver (the job it took was another's, and the sender's job still waits).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,8 +50,34 @@ impl Shared {
         self.idle.lock()
     }
 
-    fn forget(&self, me: ThreadId) {
-        self.idle().retain(|t| t.id() != me);
+    /// Puts `me` on top of the idle stack.
+    fn register(&self, me: &Thread) {
+        self.idle().push(me.clone());
+    }
+
+    /// Takes `me` off the idle stack; false when a sender popped it first (and unparked it).
+    fn forget(&self, me: ThreadId) -> bool {
+        let mut idle = self.idle();
+        match idle.iter().rposition(|t| t.id() == me) {
+            Some(i) => {
+                idle.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `me` registered, then found a job on its own look: not idle after all. If a sender
+    /// popped it meanwhile, that sender's wake was meant for a job still in the channel, so it
+    /// goes to the next idle receiver; kept, it would be spent on a busy thread while that job
+    /// waited for it and another receiver stayed parked.
+    fn busy_after_all(&self, me: ThreadId) {
+        if !self.forget(me) {
+            let next = self.idle().pop();
+            if let Some(t) = next {
+                t.unpark();
+            }
+        }
     }
 }
 
@@ -125,11 +153,10 @@ impl<J> JobReceiver<J> {
                 Err(TryRecvError::Empty) => {}
             }
             let me = me.get_or_insert_with(std::thread::current);
-            self.shared.idle().push(me.clone());
+            self.shared.register(me);
             match self.rx.try_recv() {
                 Ok(job) => {
-                    // Not idle after all: a sender must not spend its wake on this thread.
-                    self.shared.forget(me.id());
+                    self.shared.busy_after_all(me.id());
                     return Ok(job);
                 }
                 Err(TryRecvError::Disconnected) => {
@@ -244,6 +271,31 @@ mod tests {
             .flat_map(|s| (0..2_000).map(move |k| s * 10_000 + k))
             .collect();
         assert_eq!(got, want);
+    }
+
+    /// The race `busy_after_all` closes, driven step by step: this thread is receiver A, B is
+    /// parked below it. A registers; a job is already in the channel (its sender popped before
+    /// either registered); a second sender pops A. A's last look takes the first job, so the
+    /// second sender's job must wake B, not wait for A.
+    #[test]
+    fn a_wake_spent_on_a_receiver_that_found_a_job_goes_to_the_next_idle_one() {
+        let (tx, rx) = bounded::<u32>(8);
+        let (done, handles) = receivers(&rx, 1);
+        wait_idle(&tx, 1);
+        let me = std::thread::current();
+        rx.shared.register(&me);
+        tx.tx.as_ref().unwrap().try_send(0).unwrap();
+        tx.try_send(1).unwrap();
+        assert!(matches!(rx.rx.try_recv(), Ok(0)));
+        rx.shared.busy_after_all(me.id());
+        // A hang detector, not a time bound: B gets job 1 without another send.
+        let got = done.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(got, Ok((0, 1)), "job 1 waited while B stayed parked");
+        assert!(rx.shared.idle().iter().all(|t| t.id() != me.id()));
+        drop((tx, rx));
+        for h in handles {
+            h.join().unwrap();
+        }
     }
 
     #[test]

@@ -12,11 +12,12 @@
 //! Every other request goes on, its buffered frames first, and is decided again in full by the
 //! handler, which takes this layer's [`Origin`] from the request's extensions ([`HeadOrigin`]):
 //! its arrival is the head's, so the time to a refusal and the client's deadline count the wait
-//! for the rest of the body, as over HTTP. Heads that do not parse, and fields out of order pass through. A compressed request
-//! is read whole and expanded here under the message limit and the in-flight byte cap
-//! (`compression.rs`), then scanned like an uncompressed one; its response is compressed as
-//! `--grpc-infer-response-compression-level` says. A compressed `ModelStreamInfer` body is
-//! expanded message by message under the same bounds (`inflating.rs`).
+//! for the rest of the body, as over HTTP. Heads that do not parse, and fields out of order,
+//! pass through. A compressed request is read whole and expanded here under the message limit
+//! and the in-flight byte cap (`compression.rs`), then scanned like an uncompressed one; its
+//! response is compressed as `--grpc-infer-response-compression-level` says. A compressed
+//! `ModelStreamInfer` body is expanded message by message under the same bounds
+//! (`inflating.rs`).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -114,7 +115,6 @@ where
             let origin = super::call_origin(req.headers());
             let encoding = request_encoding(req.headers());
             let (mut parts, mut body) = req.into_parts();
-            parts.extensions.insert(HeadOrigin(origin.clone()));
             let read = match encoding {
                 None => read_head(&mut body).await,
                 Some(encoding) => {
@@ -139,6 +139,7 @@ where
                 error: read.error,
                 rest: Some(body),
             });
+            parts.extensions.insert(HeadOrigin(origin));
             let resp = inner.call(http::Request::from_parts(parts, body)).await?;
             Ok(match respond_with {
                 Some(encoding) => compress_response(resp, encoding).await,
