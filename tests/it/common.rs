@@ -670,6 +670,24 @@ pub async fn raw_grpc_call(
     client.send_request(head, false).unwrap()
 }
 
+/// The response's data frames and its `grpc-status` (from the trailers, or from the headers of
+/// a trailers-only answer).
+pub async fn read_raw_reply(resp: http::Response<h2::RecvStream>) -> (Vec<u8>, String) {
+    if let Some(s) = resp.headers().get("grpc-status") {
+        return (Vec::new(), s.to_str().unwrap().to_string());
+    }
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    let status = trailers["grpc-status"].to_str().unwrap().to_string();
+    (data, status)
+}
+
 /// One message in gRPC framing (uncompressed).
 pub fn grpc_framed(msg: &[u8]) -> Vec<u8> {
     let mut out = vec![0];

@@ -46,15 +46,8 @@ impl RawCall {
 /// trailers saying OK, decoded.
 async fn read_answer(resp: http::Response<h2::RecvStream>) -> ModelInferResponse {
     assert_eq!(resp.status(), 200);
-    let mut body = resp.into_body();
-    let mut data = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        data.extend_from_slice(&chunk);
-    }
-    let trailers = body.trailers().await.unwrap().expect("trailers");
-    assert_eq!(text(&trailers, "grpc-status"), "0");
+    let (data, status) = read_raw_reply(resp).await;
+    assert_eq!(status, "0");
     ModelInferResponse::decode(&data[5..]).unwrap()
 }
 

@@ -16,24 +16,6 @@ async fn raw_grpc(s: &TestServer, method: &str, body: Vec<u8>) -> h2::client::Re
     response
 }
 
-/// The response's data frames and its `grpc-status` (from the trailers, or from the headers of
-/// a trailers-only answer).
-async fn read_all(resp: http::Response<h2::RecvStream>) -> (Vec<u8>, String) {
-    if let Some(s) = resp.headers().get("grpc-status") {
-        return (Vec::new(), s.to_str().unwrap().to_string());
-    }
-    let mut body = resp.into_body();
-    let mut data = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        data.extend_from_slice(&chunk);
-    }
-    let trailers = body.trailers().await.unwrap().expect("trailers");
-    let status = trailers["grpc-status"].to_str().unwrap().to_string();
-    (data, status)
-}
-
 /// A 16-byte `ModelInfer` body whose `model_name` declares 2^64 − 11 bytes: summed unchecked,
 /// the field's end wraps back to its start and the early-refusal scan never ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,7 +33,7 @@ async fn a_head_whose_length_wraps_is_answered_and_the_server_goes_on() {
             .await
             .expect("the call is answered")
             .unwrap();
-        let (_, status) = read_all(resp).await;
+        let (_, status) = read_raw_reply(resp).await;
         assert_ne!(status, "0", "a message that does not decode is an error");
     }
     s.assert_still_serving().await;
@@ -113,7 +95,7 @@ async fn an_undecodable_stream_message_ends_the_stream_with_an_error() {
         .await
         .expect("the stream is answered")
         .unwrap();
-    let (data, status) = tokio::time::timeout(RPC_TIMEOUT, read_all(resp))
+    let (data, status) = tokio::time::timeout(RPC_TIMEOUT, read_raw_reply(resp))
         .await
         .expect("the stream ends");
     assert_eq!(status, "13", "INTERNAL, the decode error's status");
