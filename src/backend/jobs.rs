@@ -73,10 +73,15 @@ impl Shared {
     /// waited for it and another receiver stayed parked.
     fn busy_after_all(&self, me: ThreadId) {
         if !self.forget(me) {
-            let next = self.idle().pop();
-            if let Some(t) = next {
-                t.unpark();
-            }
+            self.wake_last_idle();
+        }
+    }
+
+    /// Unparks the receiver that went idle last, if any (taking it off the stack).
+    fn wake_last_idle(&self) {
+        let top = self.idle().pop();
+        if let Some(t) = top {
+            t.unpark();
         }
     }
 }
@@ -94,10 +99,7 @@ impl<J> JobSender<J> {
             Some(tx) => tx.try_send(job)?,
             None => return Err(TrySendError::Disconnected(job)),
         }
-        let top = self.shared.idle().pop();
-        if let Some(t) = top {
-            t.unpark();
-        }
+        self.shared.wake_last_idle();
         Ok(())
     }
 }
